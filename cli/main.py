@@ -1,0 +1,63 @@
+"""The `vlkd` command. Heavy libraries (torch, ray, boto3, transformers) load only inside the commands that
+need them, so `vlkd --help` answers at once."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from vlkd import __version__
+from vlkd.cli import artifacts, specs
+from vlkd.cli.output import print_error
+from vlkd.errors import SpecError, VlkdError
+
+app = typer.Typer(
+    name="vlkd",
+    help="VidLanKD as batch jobs: video features -> teacher -> distilled students -> eval, on Ray or Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold credentials
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command()(specs.validate)
+app.command()(specs.schema)
+app.add_typer(artifacts.app, name="artifacts")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vlkd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
+    """VidLanKD as batch jobs on Ray and Kubernetes."""
+
+
+def main() -> None:
+    """Run the CLI; user errors print one line (no traceback) and exit non-zero."""
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print_error("aborted")
+        sys.exit(130)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print_error(f"{exc.source}: {problem}")
+        sys.exit(exc.exit_code)
+    except VlkdError as exc:
+        print_error(str(exc))
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

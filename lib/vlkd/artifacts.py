@@ -1,0 +1,442 @@
+"""Versioned, immutable artifacts with manifests and lineage, on any `Storage`.
+
+Layout under the store root::
+
+    artifacts/<kind>/<name>/v<N>/claim.json       who took version N, and when
+    artifacts/<kind>/<name>/v<N>/files/<path>     the data
+    artifacts/<kind>/<name>/v<N>/manifest.json    written last: its presence is what publishes vN
+    artifacts/<kind>/<name>/aliases/<alias>.json  {"version": N}
+
+Guarantees:
+- A version number is taken by an exclusive create of its `claim.json` (`If-None-Match: *` on S3, `link` on
+  files), so two concurrent publishers of one name never share a number: the loser moves on to N+1.
+- Readers only see versions whose manifest exists, and the manifest is written after every file, so a
+  crashed or interrupted publish is invisible; `gc` removes its leftovers.
+- `latest` is not stored: it is the highest published version, so concurrent publishers cannot leave it
+  pointing backwards.
+- Downloads are checked against the manifest's size and sha256 before they appear under their final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from vlkd import __version__
+from vlkd.errors import ChecksumError, KeyExistsError, NotFoundError, RefError, VlkdError
+from vlkd.refs import KINDS, LATEST, ArtifactRef, check_alias, check_name
+from vlkd.storage import Progress, Storage, default_store_uri, open_storage
+
+ROOT = "artifacts"
+MANIFEST = "manifest.json"
+CLAIM = "claim.json"
+FILES = "files"
+ALIASES = "aliases"
+_VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
+_MAX_CLAIM_ATTEMPTS = 1000
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    size: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """Everything known about one published version; enough to rebuild what it holds without its spec."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = 1
+    kind: str
+    name: str
+    version: int
+    created_at: datetime
+    vlkd_version: str
+    job_id: str | None = None
+    spec: dict[str, Any] | None = None
+    parents: list[str] = []
+    metrics: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    files: list[FileEntry] = []
+
+    @property
+    def ref(self) -> ArtifactRef:
+        return ArtifactRef(self.kind, self.name, self.version)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass
+class ArtifactSummary:
+    """One artifact name and its published versions, for listings."""
+
+    kind: str
+    name: str
+    versions: list[int]
+    aliases: dict[str, int]
+    latest: Manifest
+
+
+@dataclass
+class LineageNode:
+    ref: str
+    manifest: Manifest | None
+    parents: list[LineageNode] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_file_path(path: str) -> str:
+    """A manifest path: relative, `/`-separated, no `..` (a manifest must not write outside its folder)."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+        raise VlkdError(f"invalid file path {path!r} in artifact: use a relative path without '..'")
+    return path
+
+
+def collect_files(paths: Iterable[Path]) -> dict[str, Path]:
+    """Map artifact paths to local files: a file keeps its name, a directory contributes its contents."""
+    found: dict[str, Path] = {}
+    for root in paths:
+        if root.is_dir():
+            items = [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()]
+        elif root.is_file():
+            items = [(root.name, root)]
+        else:
+            raise VlkdError(f"{root}: no such file or directory")
+        for rel, local in items:
+            if rel in found and found[rel] != local:
+                raise VlkdError(f"two inputs would both be stored as {rel!r}: {found[rel]} and {local}")
+            found[rel] = local
+    if not found:
+        raise VlkdError("nothing to publish: the given paths hold no files")
+    return found
+
+
+def _as_dict(spec: BaseModel | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    return spec.model_dump(mode="json") if isinstance(spec, BaseModel) else dict(spec)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Draft:
+    """A version being published: its number is taken, its files go up, and nobody sees it until `commit`.
+
+    Use as a context manager: leaving the block by an exception aborts the draft (best-effort cleanup; an
+    abandoned draft is invisible anyway and `ArtifactStore.gc` removes it).
+    """
+
+    def __init__(self, store: ArtifactStore, kind: str, name: str, version: int, job_id: str | None):
+        self.store = store
+        self.ref = ArtifactRef(kind, name, version)
+        self.job_id = job_id
+        self.files: dict[str, FileEntry] = {}
+        self.done = False
+
+    def _key(self, path: str) -> str:
+        return f"{self.store.version_prefix(self.ref)}/{FILES}/{check_file_path(path)}"
+
+    def _record(self, entry: FileEntry) -> FileEntry:
+        if self.done:
+            raise VlkdError(f"{self.ref} is already committed or aborted")
+        self.files[entry.path] = entry
+        return entry
+
+    def add_file(self, local_path: Path, path: str | None = None, progress: Progress | None = None) -> FileEntry:
+        path = path or local_path.name
+        entry = FileEntry(path=path, size=local_path.stat().st_size, sha256=sha256_file(local_path))
+        self.store.storage.upload(self._key(path), local_path, progress)
+        return self._record(entry)
+
+    def add_bytes(self, path: str, data: bytes) -> FileEntry:
+        self.store.storage.write_bytes(self._key(path), data)
+        return self._record(FileEntry(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+
+    def add_files(self, files: Mapping[str, Path], progress: Progress | None = None) -> None:
+        for path, local in files.items():
+            self.add_file(local, path, progress)
+
+    def commit(
+        self,
+        *,
+        spec: BaseModel | Mapping[str, Any] | None = None,
+        parents: Iterable[ArtifactRef | str] = (),
+        metrics: Mapping[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Manifest:
+        """Write the manifest, which makes the version visible. Parents are pinned to versions here, so
+        lineage never moves when an alias does."""
+        if self.done:
+            raise VlkdError(f"{self.ref} is already committed or aborted")
+        manifest = Manifest(
+            kind=self.ref.kind,
+            name=self.ref.name,
+            version=self.ref.version or 0,
+            created_at=_now(),
+            vlkd_version=__version__,
+            job_id=self.job_id,
+            spec=_as_dict(spec),
+            parents=[str(self.store.resolve(p)) for p in parents],
+            metrics=dict(metrics or {}),
+            attributes=dict(attributes or {}),
+            files=sorted(self.files.values(), key=lambda f: f.path),
+        )
+        key = f"{self.store.version_prefix(self.ref)}/{MANIFEST}"
+        self.store.storage.write_bytes(key, manifest.model_dump_json(indent=2).encode(), exclusive=True)
+        self.done = True
+        return manifest
+
+    def abort(self) -> None:
+        if not self.done:
+            self.done = True
+            self.store.storage.delete_prefix(self.store.version_prefix(self.ref))
+
+    def __enter__(self) -> Draft:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and not self.done:
+            with contextlib.suppress(Exception):  # the original error matters more; gc cleans up later
+                self.abort()
+
+
+class ArtifactStore:
+    """Publish, resolve, fetch and trace artifacts in one store."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._manifests: dict[ArtifactRef, Manifest] = {}  # versions are immutable, so caching is safe
+
+    @classmethod
+    def open(cls, uri: str | None = None, endpoint_url: str | None = None, region: str | None = None):
+        """The store at `uri`, else `$VLKD_STORE`, else `~/.vlkd/store`."""
+        return cls(open_storage(uri or default_store_uri(), endpoint_url, region))
+
+    @property
+    def uri(self) -> str:
+        return self.storage.uri
+
+    # -- layout -------------------------------------------------------------------------------------
+    @staticmethod
+    def name_prefix(kind: str, name: str) -> str:
+        return f"{ROOT}/{kind}/{name}"
+
+    def version_prefix(self, ref: ArtifactRef) -> str:
+        return f"{self.name_prefix(ref.kind, ref.name)}/v{ref.version}"
+
+    def _version_numbers(self, kind: str, name: str) -> list[int]:
+        """Every taken number, published or not."""
+        found = (_VERSION_DIR.match(child) for child in self.storage.children(self.name_prefix(kind, name)))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def _published(self, ref: ArtifactRef) -> bool:
+        return ref in self._manifests or self.storage.exists(f"{self.version_prefix(ref)}/{MANIFEST}")
+
+    # -- publishing ---------------------------------------------------------------------------------
+    def draft(self, kind: str, name: str, job_id: str | None = None) -> Draft:
+        """Take the next version number of `kind/name` and return a draft to fill and commit."""
+        if kind not in KINDS:
+            raise RefError(f"unknown artifact kind {kind!r}; available: {', '.join(KINDS)}")
+        check_name(name)
+        version = max(self._version_numbers(kind, name), default=0) + 1
+        claim = {"job_id": job_id, "claimed_at": _now().isoformat(), "token": uuid.uuid4().hex}
+        for _ in range(_MAX_CLAIM_ATTEMPTS):
+            key = f"{self.name_prefix(kind, name)}/v{version}/{CLAIM}"
+            try:
+                self.storage.write_bytes(key, json.dumps(claim).encode(), exclusive=True)
+                return Draft(self, kind, name, version, job_id)
+            except KeyExistsError:
+                version += 1  # another publisher took this number first
+        raise VlkdError(f"could not take a version number for {kind}/{name} after {_MAX_CLAIM_ATTEMPTS} tries")
+
+    def publish(
+        self,
+        kind: str,
+        name: str,
+        files: Mapping[str, Path],
+        *,
+        spec: BaseModel | Mapping[str, Any] | None = None,
+        parents: Iterable[ArtifactRef | str] = (),
+        metrics: Mapping[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        progress: Progress | None = None,
+    ) -> Manifest:
+        """Publish local files (artifact path -> local path) as the next version of `kind/name`."""
+        parents = list(parents)
+        for parent in parents:  # fail before uploading anything
+            self.resolve(parent)
+        with self.draft(kind, name, job_id) as draft:
+            draft.add_files(files, progress)
+            return draft.commit(spec=spec, parents=parents, metrics=metrics, attributes=attributes)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def versions(self, kind: str, name: str) -> list[int]:
+        """Published versions, oldest first."""
+        return [v for v in self._version_numbers(kind, name) if self._published(ArtifactRef(kind, name, v))]
+
+    def aliases(self, kind: str, name: str) -> dict[str, int]:
+        prefix = f"{self.name_prefix(kind, name)}/{ALIASES}"
+        found = {}
+        for child in self.storage.children(prefix):
+            if child.endswith(".json"):
+                found[child[: -len(".json")]] = json.loads(self.storage.read_bytes(f"{prefix}/{child}"))["version"]
+        return found
+
+    def resolve(self, ref: ArtifactRef | str) -> ArtifactRef:
+        """The pinned version a ref names now; `NotFoundError` says what exists instead."""
+        ref = ArtifactRef.parse(ref) if isinstance(ref, str) else ref
+        if ref.pinned:
+            if not self._published(ref):
+                raise NotFoundError(f"{ref} does not exist; {self._what_exists(ref)}")
+            return ref
+        if ref.alias == LATEST:
+            for version in reversed(self._version_numbers(ref.kind, ref.name)):
+                if self._published(ref.at_version(version)):
+                    return ref.at_version(version)
+            raise NotFoundError(f"{ref.path} has no published version; {self._what_exists(ref)}")
+        aliases = self.aliases(ref.kind, ref.name)
+        if ref.alias not in aliases:
+            known = ", ".join(sorted([LATEST, *aliases]))
+            raise NotFoundError(f"{ref} does not exist; aliases of {ref.path}: {known}")
+        return ref.at_version(aliases[ref.alias])
+
+    def _what_exists(self, ref: ArtifactRef) -> str:
+        versions = self.versions(ref.kind, ref.name)
+        if versions:
+            return "published versions: " + ", ".join(f"v{v}" for v in versions)
+        names = self.names(ref.kind)
+        if names:
+            return f"{ref.kind} artifacts here: {', '.join(names)}"
+        return f"the store {self.uri} holds no {ref.kind} artifacts"
+
+    def manifest(self, ref: ArtifactRef | str) -> Manifest:
+        pinned = self.resolve(ref)
+        if pinned not in self._manifests:
+            raw = self.storage.read_bytes(f"{self.version_prefix(pinned)}/{MANIFEST}")
+            self._manifests[pinned] = Manifest.model_validate_json(raw)
+        return self._manifests[pinned]
+
+    def names(self, kind: str) -> list[str]:
+        return self.storage.children(f"{ROOT}/{kind}")
+
+    def list(self, kind: str | None = None) -> list[ArtifactSummary]:
+        """Every artifact with at least one published version (of one kind, or all)."""
+        if kind is not None and kind not in KINDS:
+            raise RefError(f"unknown artifact kind {kind!r}; available: {', '.join(KINDS)}")
+        summaries = []
+        for k in [kind] if kind else [k for k in KINDS if k in self.storage.children(ROOT)]:
+            for name in self.names(k):
+                versions = self.versions(k, name)
+                if versions:
+                    latest = self.manifest(ArtifactRef(k, name, versions[-1]))
+                    summaries.append(ArtifactSummary(k, name, versions, self.aliases(k, name), latest))
+        return summaries
+
+    def fetch(self, ref: ArtifactRef | str, dest: Path, progress: Progress | None = None) -> Manifest:
+        """Download every file of `ref` into `dest`, each verified before it takes its final name.
+
+        Files already in `dest` with the right checksum are kept, so an interrupted fetch resumes."""
+        manifest = self.manifest(ref)
+        for entry in manifest.files:
+            target = dest / check_file_path(entry.path)
+            if target.is_file() and target.stat().st_size == entry.size and sha256_file(target) == entry.sha256:
+                if progress:
+                    progress(entry.size)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_name(f".{target.name}.vlkd-part")
+            try:
+                self.storage.download(f"{self.version_prefix(manifest.ref)}/{FILES}/{entry.path}", part, progress)
+                _verify(manifest.ref, entry, part)
+                os.replace(part, target)
+            finally:
+                part.unlink(missing_ok=True)
+        return manifest
+
+    def lineage(self, ref: ArtifactRef | str) -> LineageNode:
+        """The tree of parents; a parent that no longer exists appears with `manifest=None`."""
+        return self._lineage(str(self.resolve(ref)), frozenset())
+
+    def _lineage(self, ref: str, seen: frozenset[str]) -> LineageNode:
+        try:
+            manifest = self.manifest(ref)
+        except NotFoundError:
+            return LineageNode(ref, None)
+        if ref in seen:  # cannot happen with immutable versions, but a hand-edited store must not hang us
+            return LineageNode(ref, manifest)
+        parents = [self._lineage(p, seen | {ref}) for p in manifest.parents]
+        return LineageNode(ref, manifest, parents)
+
+    # -- aliases and housekeeping -------------------------------------------------------------------
+    def tag(self, ref: ArtifactRef | str, alias: str) -> ArtifactRef:
+        """Point `alias` at the version `ref` names now (moving it if it pointed elsewhere)."""
+        check_alias(alias)
+        if alias == LATEST:
+            raise RefError("'latest' always means the newest published version and cannot be set by hand")
+        pinned = self.resolve(ref)
+        record = {"version": pinned.version, "tagged_at": _now().isoformat()}
+        key = f"{self.name_prefix(pinned.kind, pinned.name)}/{ALIASES}/{alias}.json"
+        self.storage.write_bytes(key, json.dumps(record).encode())
+        return pinned
+
+    def abandoned(self, older_than: timedelta) -> Iterator[ArtifactRef]:
+        """Drafts never committed whose claim is older than `older_than` (a crashed or killed publish)."""
+        cutoff = _now() - older_than
+        for kind in (k for k in KINDS if k in self.storage.children(ROOT)):
+            for name in self.names(kind):
+                for version in self._version_numbers(kind, name):
+                    ref = ArtifactRef(kind, name, version)
+                    if self._published(ref):
+                        continue
+                    try:
+                        claim = json.loads(self.storage.read_bytes(f"{self.version_prefix(ref)}/{CLAIM}"))
+                        claimed_at = datetime.fromisoformat(claim["claimed_at"])
+                    except NotFoundError:
+                        claimed_at = datetime.min.replace(tzinfo=timezone.utc)  # files but no claim: debris
+                    if claimed_at < cutoff:
+                        yield ref
+
+    def gc(self, older_than: timedelta, dry_run: bool = False) -> list[ArtifactRef]:
+        """Delete abandoned drafts; published versions are never touched."""
+        found = list(self.abandoned(older_than))
+        if not dry_run:
+            for ref in found:
+                self.storage.delete_prefix(self.version_prefix(ref))
+        return found
+
+
+def _verify(ref: ArtifactRef, entry: FileEntry, local: Path) -> None:
+    size = local.stat().st_size
+    digest = sha256_file(local)
+    if size != entry.size or digest != entry.sha256:
+        raise ChecksumError(
+            f"{ref} file {entry.path!r} is corrupt in the store: expected {entry.size} bytes with sha256 "
+            f"{entry.sha256[:12]}..., got {size} bytes with sha256 {digest[:12]}...; re-publish it"
+        )

@@ -1,0 +1,47 @@
+"""Errors meant for users: each says what went wrong, where, and what to do.
+
+The CLI prints a `VlkdError` as one line and exits with its `exit_code`; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+
+class VlkdError(Exception):
+    """A problem the user can fix (bad input, missing artifact, unreachable store)."""
+
+    exit_code = 1
+
+
+class SpecError(VlkdError):
+    """A job spec failed validation; `problems` holds one `field.path: message` line per error."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} error{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{source}: {count}: " + "; ".join(problems))
+
+
+class RefError(VlkdError):
+    """An artifact ref that does not parse, or names the wrong kind."""
+
+    exit_code = 2
+
+
+class NotFoundError(VlkdError):
+    """An artifact, version, alias or stored object that does not exist."""
+
+
+class ChecksumError(VlkdError):
+    """A downloaded file's size or sha256 differs from its manifest: the stored copy is corrupt."""
+
+
+class StorageError(VlkdError):
+    """The object store cannot be used: unreachable endpoint, missing bucket, denied access, no credentials."""
+
+
+class KeyExistsError(VlkdError):
+    """An exclusive write found the key already taken (another publisher won the race)."""

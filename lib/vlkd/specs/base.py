@@ -1,0 +1,192 @@
+"""Parts every stage spec shares: strictness, resources, storage, artifact names, refs and data sources."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+from vlkd.errors import RefError, StorageError
+from vlkd.refs import KINDS, ArtifactRef, check_name
+from vlkd.storage import normalize_store_uri
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors: a misspelt option must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _as_value_error(check: Any) -> Any:
+    """Run a vlkd check and report its `VlkdError` as a pydantic error at the field's path."""
+
+    def run(value: Any) -> Any:
+        try:
+            return check(value)
+        except (RefError, StorageError) as exc:
+            raise ValueError(str(exc)) from None
+
+    return run
+
+
+ArtifactName = Annotated[
+    str,
+    AfterValidator(_as_value_error(check_name)),
+    Field(description="artifact name: letters, digits, '.', '_', '-'"),
+]
+
+
+def ref_of(*kinds: str) -> Any:
+    """An `ArtifactRef` field that accepts only the given kinds (a teacher ref where a corpus is due is an
+    error at validation, not a crash an hour into a job)."""
+    assert all(k in KINDS for k in kinds)
+
+    def check(ref: ArtifactRef) -> ArtifactRef:
+        if ref.kind not in kinds:
+            raise ValueError(f"expected a {' or '.join(kinds)} artifact ref (e.g. {kinds[0]}/NAME:v1), got {ref}")
+        return ref
+
+    pattern = rf"^({'|'.join(kinds)})/[A-Za-z0-9._-]+(:[A-Za-z0-9._-]+)?$"
+    return Annotated[ArtifactRef, AfterValidator(check), WithJsonSchema({"type": "string", "pattern": pattern})]
+
+
+FeaturesRef = ref_of("features")
+TokenizerRef = ref_of("tokenizer")
+CorpusRef = ref_of("corpus")
+TeacherRef = ref_of("teacher")
+ModelRef = ref_of("student", "teacher")
+
+_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.*)$")
+
+
+def _check_data_source(value: str) -> str:
+    if "://" in value:
+        if not _URI.match(value):
+            raise ValueError(f"unsupported URI {value!r}: use s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH")
+        return value
+    try:
+        ref = ArtifactRef.parse(value)
+    except RefError:
+        ref = None
+    if ref is None or ref.kind != "dataset":
+        raise ValueError(
+            f"{value!r} is neither a URI nor a dataset ref: use s3://BUCKET/PREFIX, file:///ABSOLUTE/PATH "
+            "or dataset/NAME[:vN] (imported with `vlkd artifacts push dataset/NAME PATH`)"
+        )
+    return value
+
+
+DataSource = Annotated[
+    str,
+    AfterValidator(_check_data_source),
+    Field(description="s3://BUCKET/PREFIX, file:///PATH, or a dataset artifact ref"),
+]
+
+
+def _check_weights_source(value: str) -> str:
+    if value.startswith("hf://") and value.count("/") >= 3:
+        return value
+    if "://" in value:
+        if not _URI.match(value):
+            raise ValueError(f"unsupported URI {value!r}: use s3://..., file:///..., hf://ORG/NAME or weights/NAME")
+        return value
+    try:
+        ref = ArtifactRef.parse(value)
+    except RefError:
+        ref = None
+    if ref is None or ref.kind != "weights":
+        raise ValueError(
+            f"{value!r} is not a weights source: use s3://..., file:///..., a Hugging Face hub id as "
+            "hf://ORG/NAME (needs internet), or weights/NAME[:vN] (imported with `vlkd artifacts push`)"
+        )
+    return value
+
+
+WeightsSource = Annotated[
+    str,
+    AfterValidator(_check_weights_source),
+    Field(description="s3://..., file:///..., hf://ORG/NAME (a hub id) or a weights artifact ref"),
+]
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+_UNITS.update({"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50})
+
+
+def quantity_bytes(quantity: str) -> int:
+    """Bytes in a Kubernetes memory quantity such as `16Gi` or `500M`."""
+    match = _QUANTITY.match(quantity)
+    if match is None:
+        raise ValueError(f"invalid memory quantity {quantity!r}: use a Kubernetes quantity such as 16Gi or 512Mi")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _check_quantity(value: str) -> str:
+    quantity_bytes(value)
+    return value
+
+
+class Resources(StrictModel):
+    """What one job asks of the cluster, per worker."""
+
+    num_workers: int = Field(
+        1, ge=0, description="Ray Train workers, or encoder actors for data stages; 0 trains in-process"
+    )
+    gpus_per_worker: float = Field(0, ge=0)
+    cpus_per_worker: float = Field(1, gt=0)
+    memory: Annotated[str, AfterValidator(_check_quantity)] | None = Field(
+        None, description="memory per worker as a Kubernetes quantity, e.g. 16Gi"
+    )
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return quantity_bytes(self.memory) if self.memory else None
+
+
+_CREDENTIAL_WORDS = ("access_key", "secret", "session_token", "password", "credential")
+
+
+class StorageConfig(StrictModel):
+    """Where artifacts live. Credentials never belong here: they come from the environment (or a Kubernetes
+    Secret on a cluster), so a spec can be shared and stored with its artifacts safely."""
+
+    root: str = Field(description="s3://BUCKET/PREFIX or file:///PATH")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph); default: AWS")
+    region: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if any(word in str(key).lower() for word in _CREDENTIAL_WORDS):
+                    raise ValueError(
+                        f"{key!r}: credentials never go in a spec; set AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY in the environment (a Kubernetes Secret on a cluster)"
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _check_root(self) -> StorageConfig:
+        if not self.root.startswith(("s3://", "file:///")):
+            raise ValueError(f"storage.root {self.root!r}: use s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH")
+        try:
+            self.root = normalize_store_uri(self.root)
+        except StorageError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class StageSpec(StrictModel):
+    """What every stage spec has: the stage tag, the name of what it publishes, and how it runs."""
+
+    stage: str
+    outputs: ClassVar[tuple[str, ...]] = ()
+    """Artifact kinds the stage publishes, each under the spec's `name`."""
+
+    name: ArtifactName
+    description: str = ""
+    seed: int = 0
+    resources: Resources = Resources()
+    storage: StorageConfig | None = Field(None, description="default: the store of the submitting command")

@@ -1,0 +1,101 @@
+"""Specs of the data stages: videos -> frame features (`preprocess`), corpus -> tokenizer + shards (`text`)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from vlkd.specs.base import DataSource, StageSpec, StrictModel, TokenizerRef, WeightsSource
+
+# Where pretrained weights come from when the spec names none (needs internet on the cluster).
+DEFAULT_WEIGHTS: dict[str, str | None] = {
+    "clip-vit-b32": "hf://openai/clip-vit-base-patch32",
+    "resnet152": "hf://microsoft/resnet-152",
+    "resnext3d": None,  # the Kinetics checkpoints of kenshohara/3D-ResNets-PyTorch are not on a hub
+}
+
+
+class _EncoderSpec(StrictModel):
+    name: str
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random: offline tests and demos only; recorded in the features manifest"
+    )
+    weights: WeightsSource | None = None
+    batch_size: int = Field(64, gt=0, description="frames (2D) or clips (3D) per forward pass")
+
+    @model_validator(mode="after")
+    def _weights_for_pretrained(self) -> _EncoderSpec:
+        if self.init == "pretrained" and self.weights is None:
+            self.weights = DEFAULT_WEIGHTS[self.name]
+            if self.weights is None:
+                raise ValueError(
+                    f"weights: required for a pretrained {self.name}: give a URI or weights/NAME ref of the "
+                    "checkpoint (or set init: random for a demo)"
+                )
+        return self
+
+
+class Encoder2DSpec(_EncoderSpec):
+    """The frame-level image encoder, run on frames sampled at `PreprocessSpec.fps` (Sec. 4.2)."""
+
+    name: Literal["clip-vit-b32", "resnet152"] = "clip-vit-b32"
+    image_size: int = Field(224, gt=0)
+
+
+class Encoder3DSpec(_EncoderSpec):
+    """The 3D-ResNeXt clip encoder: `window` frames at `input_fps` per feature, i.e. 24/16 = 1.5 features
+    per second, sub-sampled to the 2D stream's rate (Sec. 4.2)."""
+
+    name: Literal["resnext3d"] = "resnext3d"
+    depth: Literal[50, 101, 152] = Field(152, description="3D-ResNeXt-152 in the paper (Sec. 4.2)")
+    input_fps: float = Field(24.0, gt=0)
+    window: int = Field(16, gt=0, description="frames per 3D feature")
+    image_size: int = Field(112, gt=0)
+
+
+class PreprocessSpec(StageSpec):
+    """Videos + captions -> per-clip frame features (concat of 2D and 3D encoders, 1 feature per second)."""
+
+    stage: Literal["preprocess"] = "preprocess"
+    outputs: ClassVar[tuple[str, ...]] = ("features",)
+
+    videos: DataSource = Field(description="folder/prefix with video files (mp4, webm, mkv) and captions")
+    captions: str = Field("captions.jsonl", description="JSON Lines (video_id, start, end, text), in `videos`")
+    encoder_2d: Encoder2DSpec = Encoder2DSpec()
+    encoder_3d: Encoder3DSpec = Field(description="needs weights (or init: random): no hub hosts them")
+    fps: float = Field(1.0, gt=0, description="feature rate; 1 fps in the paper (Sec. 4.2)")
+    max_frames: int = Field(512, gt=0, description="per video; Sec. 4.3")
+    shard_size: int = Field(256, gt=0, description="clips per Parquet shard")
+    decode_cpus: float = Field(1.0, gt=0, description="CPUs per decoding task")
+
+
+class TokenizerSpec(StrictModel):
+    """Which BERT uncased WordPiece vocabulary to use: train one on the corpus (default), load a given
+    vocab file (e.g. bert-base-uncased's vocab.txt), or reuse a tokenizer artifact."""
+
+    vocab: WeightsSource | None = Field(None, description="URI or weights ref of a vocab.txt")
+    artifact: TokenizerRef | None = None
+    vocab_size: int = Field(30522, gt=0, description="when training; bert-base-uncased's size")
+    min_frequency: int = Field(2, gt=0)
+    lowercase: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenizerSpec:
+        if self.vocab is not None and self.artifact is not None:
+            raise ValueError("give either vocab or artifact, not both")
+        return self
+
+
+class TextSpec(StageSpec):
+    """A text corpus -> a tokenizer artifact and a corpus artifact of token shards (both named `name`)."""
+
+    stage: Literal["text"] = "text"
+    outputs: ClassVar[tuple[str, ...]] = ("tokenizer", "corpus")
+
+    corpus: DataSource = Field(description="plain text, one paragraph or sentence per line (Wiki103 layout)")
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    max_len: int = Field(128, gt=2, description="tokens per sequence incl. [CLS]/[SEP]; Sec. 4.3")
+    pack: bool = Field(True, description="pack consecutive sentences up to max_len (else one per sequence)")
+    val_size: int = Field(10_000, ge=0, description="held-out sequences (the paper reserves 10K)")
+    shard_size: int = Field(100_000, gt=0, description="sequences per shard")

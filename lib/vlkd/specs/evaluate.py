@@ -1,0 +1,102 @@
+"""Spec of the eval stage: downstream finetuning, teacher retrieval and the comparison report."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from vlkd.specs.base import DataSource, FeaturesRef, ModelRef, StageSpec, StrictModel, TeacherRef
+
+TaskName = Literal["sst2", "qnli", "qqp", "mnli", "squad_v1", "squad_v2", "swag", "piqa", "tracie", "glue_diagnostic"]
+
+
+class FinetuneSpec(StrictModel):
+    """Downstream hyperparameters; the paper uses 3 epochs, lr 1e-4, batch 32 for all tasks (Sec. 4.3)."""
+
+    epochs: int = Field(3, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_len: int = Field(128, gt=2)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class TaskSpec(StrictModel):
+    """One downstream task; `finetune` holds only this task's overrides of `EvalSpec.finetune`."""
+
+    name: TaskName
+    data: DataSource | None = Field(None, description="the task's files in their official format")
+    hf_dataset: str | None = Field(None, description="a Hugging Face datasets name (needs internet)")
+    finetune: FinetuneSpec = FinetuneSpec()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TaskSpec:
+        if (self.data is None) == (self.hf_dataset is None):
+            raise ValueError(f"task {self.name}: give exactly one of data or hf_dataset")
+        return self
+
+
+class EvalModel(StrictModel):
+    ref: ModelRef
+    label: str | None = Field(None, description="row name in the report; default: the artifact name")
+
+    @property
+    def row(self) -> str:
+        return self.label or self.ref.name
+
+
+class RetrievalSpec(StrictModel):
+    """Text-to-video retrieval of a teacher on held-out clips (R@1/5/10, median rank) and example pages."""
+
+    teacher: TeacherRef
+    features: FeaturesRef | None = Field(None, description="default: the teacher's own features, held out")
+    num_examples: int = Field(8, ge=0, description="example queries on the visualisation page")
+    top_k: int = Field(5, gt=0)
+
+
+class EvalSpec(StageSpec):
+    stage: Literal["eval"] = "eval"
+    outputs: ClassVar[tuple[str, ...]] = ("eval",)
+
+    models: list[EvalModel] = Field(default_factory=list, description="student/teacher refs to finetune")
+    baseline: str | None = Field(None, description="the row others are compared with (a model's label)")
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    finetune: FinetuneSpec = FinetuneSpec()
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="finetuning seeds, averaged")
+    retrieval: RetrievalSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        """Models may be bare refs; each task's finetune block overrides the global one field by field."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("models"), list):
+            data["models"] = [{"ref": m} if isinstance(m, str) else m for m in data["models"]]
+        common = data.get("finetune") or {}
+        if isinstance(data.get("tasks"), list) and isinstance(common, dict):
+            data["tasks"] = [
+                {**t, "finetune": {**common, **(t.get("finetune") or {})}} if isinstance(t, dict) else t
+                for t in data["tasks"]
+            ]
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalSpec:
+        rows = [m.row for m in self.models]
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"models: two rows share a label ({rows}); set distinct labels")
+        if self.baseline is not None and self.baseline not in rows:
+            raise ValueError(f"baseline: {self.baseline!r} is not a model row; rows: {', '.join(rows) or 'none'}")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: a task is listed twice ({names})")
+        if "glue_diagnostic" in names and "mnli" not in names:
+            raise ValueError("tasks: glue_diagnostic scores the MNLI-finetuned model; add the mnli task")
+        if self.tasks and not self.models:
+            raise ValueError("models: list the student or teacher refs to finetune on the tasks")
+        if not self.tasks and self.retrieval is None:
+            raise ValueError("nothing to evaluate: give tasks (with models) or retrieval")
+        return self

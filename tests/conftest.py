@@ -1,0 +1,97 @@
+"""Shared fixtures: a real S3 endpoint (moto server on loopback) and artifact stores on both backends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from vlkd.artifacts import ArtifactStore
+
+TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "vlkd-test",
+    "AWS_SECRET_ACCESS_KEY": "vlkd-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",  # never wait on an instance-metadata lookup
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never see the developer's AWS profile, store or home directory."""
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "VLKD_STORE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "aws-credentials"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 at a free port, spoken to over HTTP like any S3 endpoint."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _make_bucket(endpoint: str) -> str:
+    bucket = f"vlkd-test-{uuid.uuid4().hex[:12]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def new_bucket(s3_endpoint: str) -> callable:
+    """Make an empty bucket on the moto server; returns its name."""
+    return lambda: _make_bucket(s3_endpoint)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty store root on each backend; for S3 a new bucket on the moto server."""
+    if request.param == "file":
+        return (tmp_path / "store").as_uri()
+    endpoint = request.getfixturevalue("s3_endpoint")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    return f"s3://{_make_bucket(endpoint)}/vlkd"
+
+
+@pytest.fixture
+def store(store_uri: str) -> ArtifactStore:
+    return ArtifactStore.open(store_uri)
+
+
+@pytest.fixture
+def vlkd_cli() -> callable:
+    """Run the installed `vlkd` command in a subprocess with the test's environment."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "vlkd.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            timeout=120,
+        )
+
+    return run

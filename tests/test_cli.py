@@ -1,0 +1,171 @@
+"""The `vlkd` command as a user runs it: a subprocess, real stores, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> Path:
+    root = tmp_path / "payload"
+    (root / "sub").mkdir(parents=True)
+    (root / "vocab.txt").write_text("[PAD]\n[UNK]\nred\ncircle\n")
+    (root / "sub" / "weights.bin").write_bytes(b"\x00\x01" * 5000)
+    return root
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str, code: int = 1) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+
+
+def test_installed_command_answers_version():
+    exe = shutil.which("vlkd")
+    assert exe is not None, "the vlkd console script is not on PATH"
+    result = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("vlkd ")
+
+
+def test_help_imports_no_heavy_library():
+    probe = (
+        "import sys\n"
+        "sys.argv = ['vlkd', '--help']\n"
+        "from vlkd.cli.main import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'ray', 'transformers', 'boto3', 'botocore', 'kubernetes', 'av')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "artifacts" in result.stdout  # the help was printed
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_artifact_round_trip(vlkd_cli, store_uri, payload, tmp_path):
+    store = ("--store", store_uri)
+    pushed = vlkd_cli("artifacts", "push", "dataset/synth", str(payload), "--attr", "source=unit-test", *store)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.strip() == "published dataset/synth:v1 (2 files, 9.8 KiB)"
+    second = vlkd_cli("artifacts", "push", "weights/vocab", str(payload / "vocab.txt"), "-p", "dataset/synth", *store)
+    assert second.stdout.strip() == "published weights/vocab:v1 (1 file, 23 B)"
+
+    listing = vlkd_cli("artifacts", "ls", "--json", *store)
+    assert [(r["artifact"], r["latest"]) for r in json.loads(listing.stdout)] == [
+        ("dataset/synth", "dataset/synth:v1"),
+        ("weights/vocab", "weights/vocab:v1"),
+    ]
+    table = vlkd_cli("artifacts", "ls", "dataset", *store).stdout
+    assert "dataset/synth" in table and "weights/vocab" not in table
+
+    shown = vlkd_cli("artifacts", "show", "weights/vocab", *store).stdout
+    assert "weights/vocab:v1" in shown and "parents   dataset/synth:v1" in shown and "vocab.txt" in shown
+    manifest = json.loads(vlkd_cli("artifacts", "show", "dataset/synth:v1", "--json", *store).stdout)
+    assert manifest["attributes"] == {"source": "unit-test"}
+
+    lineage = vlkd_cli("artifacts", "lineage", "weights/vocab:v1", *store).stdout.splitlines()
+    assert lineage[0].startswith("weights/vocab:v1") and "dataset/synth:v1" in lineage[1]
+
+    tagged = vlkd_cli("artifacts", "tag", "dataset/synth:v1", "golden", *store)
+    assert tagged.stdout.strip() == "dataset/synth:golden -> dataset/synth:v1"
+
+    out = tmp_path / "fetched"
+    got = vlkd_cli("artifacts", "get", "dataset/synth:golden", "-o", str(out), *store)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == f"fetched dataset/synth:v1 into {out} (2 files, verified)"
+    assert (out / "sub" / "weights.bin").read_bytes() == (payload / "sub" / "weights.bin").read_bytes()
+
+
+def test_store_comes_from_the_environment_then_the_home_default(vlkd_cli, payload, tmp_path):
+    env_store = tmp_path / "env-store"
+    assert vlkd_cli("artifacts", "push", "dataset/a", str(payload), env={"VLKD_STORE": str(env_store)}).returncode == 0
+    assert (env_store / "artifacts" / "dataset" / "a" / "v1" / "manifest.json").is_file()
+    assert vlkd_cli("artifacts", "push", "dataset/b", str(payload)).returncode == 0
+    home = Path(os.environ["HOME"])  # the test's own (see conftest)
+    assert (home / ".vlkd" / "store" / "artifacts" / "dataset" / "b" / "v1" / "manifest.json").is_file()
+
+
+def test_push_refuses_a_version_in_the_target(vlkd_cli, payload, tmp_path):
+    result = vlkd_cli("artifacts", "push", "dataset/a:v3", str(payload), "--store", str(tmp_path / "s"))
+    assert_one_line_error(result, "push creates the next version itself: give KIND/NAME (e.g. dataset/a)", 2)
+
+
+def test_bad_ref_is_one_line(vlkd_cli, tmp_path):
+    assert_one_line_error(vlkd_cli("artifacts", "show", "wiki103", "--store", str(tmp_path)), "invalid artifact ref", 2)
+
+
+def test_missing_artifact_is_one_line(vlkd_cli, tmp_path):
+    result = vlkd_cli("artifacts", "get", "teacher/nope:v2", "--store", str(tmp_path))
+    assert_one_line_error(result, "teacher/nope:v2 does not exist")
+
+
+def test_unreachable_endpoint_is_one_line(vlkd_cli):
+    result = vlkd_cli(
+        "artifacts", "ls", "--store", "s3://some-bucket/x", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    )
+    assert_one_line_error(result, "cannot reach the S3 endpoint http://127.0.0.1:9")
+
+
+def test_gc_lists_and_removes_abandoned_drafts(vlkd_cli, tmp_path):
+    store = tmp_path / "s"
+    leftover = store / "artifacts" / "dataset" / "a" / "v1" / "files"
+    leftover.mkdir(parents=True)
+    (leftover / "half.bin").write_bytes(b"...")
+    dry = vlkd_cli("artifacts", "gc", "--older-than", "0s", "--dry-run", "--store", str(store))
+    assert dry.stdout.splitlines() == ["would remove dataset/a:v1 (never published)", "would remove 1 abandoned draft"]
+    assert (leftover / "half.bin").exists()
+    assert vlkd_cli("artifacts", "gc", "--older-than", "0s", "--store", str(store)).returncode == 0
+    assert not (leftover / "half.bin").exists()
+    bad = vlkd_cli("artifacts", "gc", "--older-than", "soon", "--store", str(store))
+    assert_one_line_error(bad, "--older-than: invalid duration 'soon'")
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.yaml")), ids=lambda p: p.name)
+def test_validate_accepts_the_examples(vlkd_cli, path):
+    result = vlkd_cli("validate", str(path))
+    assert (result.returncode, result.stdout) == (0, "ok\n")
+
+
+def test_validate_prints_every_error_with_its_path(vlkd_cli, tmp_path):
+    spec = tmp_path / "teacher.yaml"
+    spec.write_text(
+        "stage: teacher\nname: t\nfeatures: corpus/x\ntokenizer: tokenizer/w\n"
+        "model: {preset: tiny, hidden_sise: 32}\ntrain: {batch_size: many}\n"
+    )
+    result = vlkd_cli("validate", str(spec))
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "features: expected a features artifact ref (e.g. features/NAME:v1), got corpus/x:latest",
+        "model.hidden_sise: unknown field; did you mean 'hidden_size'?",
+        "train.batch_size: Input should be a valid integer, unable to parse string as an integer",
+    ]
+
+
+def test_validate_names_the_line_of_a_yaml_syntax_error(vlkd_cli, tmp_path):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("stage: teacher\nname: [unclosed\n")
+    result = vlkd_cli("validate", str(spec))
+    assert result.returncode == 2
+    assert result.stdout.startswith("YAML syntax error at line 3")
+
+
+def test_validate_of_a_missing_file(vlkd_cli, tmp_path):
+    result = vlkd_cli("validate", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and result.stdout.startswith("cannot read")
+
+
+def test_schema_prints_json_schema(vlkd_cli):
+    result = vlkd_cli("schema", "distill")
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "DistillSpec" and "kd" in schema["properties"]
+    assert_one_line_error(vlkd_cli("schema", "train"), "unknown stage 'train'; available: preprocess", 2)

@@ -1,0 +1,262 @@
+"""Spec validation: the examples, every kind of mistake a user makes, and the pipeline's wiring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from vlkd.errors import SpecError
+from vlkd.specs import (
+    PRESETS,
+    STAGES,
+    DistillSpec,
+    ModelShape,
+    PipelineSpec,
+    Resources,
+    TeacherSpec,
+    load_spec,
+    parse_spec,
+    spec_schema,
+)
+
+EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").rglob("*.yaml"))
+TEACHER = {"stage": "teacher", "name": "t", "features": "features/f:v1", "tokenizer": "tokenizer/w"}
+
+
+def problems(data: dict, stage: str | None = None) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, stage)
+    return info.value.problems
+
+
+def test_examples_exist_for_every_stage():
+    stages = {yaml.safe_load(p.read_text())["stage"] for p in EXAMPLES}
+    assert stages == set(STAGES)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_example_validates_and_matches_its_json_schema(path):
+    spec = load_spec(path)
+    raw = yaml.safe_load(path.read_text())
+    jsonschema.validate(raw, spec_schema(raw["stage"]))
+    assert type(spec).model_validate(spec.model_dump(mode="json")) == spec  # what a manifest stores reloads
+
+
+def test_misspelt_nested_field_is_an_error_with_path_and_suggestion():
+    assert problems({**TEACHER, "model": {"preset": "tiny", "hidden_sise": 32}}) == [
+        "model.hidden_sise: unknown field; did you mean 'hidden_size'?"
+    ]
+
+
+def test_unknown_top_level_field_is_an_error():
+    assert problems({**TEACHER, "epochs": 3}) == [
+        "epochs: unknown field; valid fields: " + ", ".join(TeacherSpec.model_fields)
+    ]
+
+
+def test_wrong_type_names_the_field():
+    (problem,) = problems({**TEACHER, "train": {"batch_size": "many"}})
+    assert problem.startswith("train.batch_size: Input should be a valid integer")
+
+
+def test_every_error_is_reported_at_once():
+    found = problems({**TEACHER, "margin": -1, "train": {"max_steps": 0}, "objectives": ["ct", "itm"]})
+    assert [p.split(":")[0] for p in found] == ["objectives[1]", "margin", "train.max_steps"]
+
+
+def test_ref_of_the_wrong_kind_is_rejected():
+    (problem,) = problems({**TEACHER, "features": "corpus/wiki103:v1"})
+    assert problem == "features: expected a features artifact ref (e.g. features/NAME:v1), got corpus/wiki103:v1"
+
+
+def test_malformed_ref_is_rejected():
+    (problem,) = problems({**TEACHER, "tokenizer": "wiki103"})
+    assert problem.startswith("tokenizer: invalid artifact ref 'wiki103'")
+
+
+def test_missing_required_field():
+    assert problems({"stage": "teacher", "name": "t", "tokenizer": "tokenizer/w"}) == [
+        "features: required field is missing"
+    ]
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_presets_fill_every_shape_field(preset):
+    shape = ModelShape(preset=preset)
+    assert {k: getattr(shape, k) for k in PRESETS[preset]} == PRESETS[preset]
+
+
+def test_paper_presets_are_the_papers_shapes():
+    assert (ModelShape(preset="bert-12l-768h").num_layers, ModelShape(preset="bert-12l-768h").hidden_size) == (12, 768)
+    assert (ModelShape(preset="bert-6l-512h").num_layers, ModelShape(preset="bert-6l-512h").hidden_size) == (6, 512)
+
+
+def test_preset_fields_are_overridable_one_by_one():
+    shape = ModelShape.model_validate({"preset": "bert-6l-512h", "num_layers": 4})
+    assert (shape.num_layers, shape.hidden_size, shape.num_heads) == (4, 512, 8)
+
+
+def test_bare_preset_name_is_a_shape():
+    assert ModelShape.model_validate("tiny") == ModelShape(preset="tiny")
+
+
+def test_unknown_preset_lists_the_choices():
+    assert problems({**TEACHER, "model": {"preset": "bert-huge"}}) == [
+        "model.preset: unknown preset 'bert-huge'; available: tiny, bert-6l-512h, bert-12l-768h"
+    ]
+
+
+def test_heads_must_divide_hidden_size():
+    (problem,) = problems({**TEACHER, "model": {"preset": "tiny", "num_heads": 3}})
+    assert "hidden_size (64) must be a multiple of num_heads (3)" in problem
+
+
+def test_video_encoder_defaults_to_the_language_models_shape():
+    spec = parse_spec({**TEACHER, "model": {"preset": "bert-6l-512h", "num_layers": 3}})
+    assert spec.video_model == spec.model
+    own = parse_spec({**TEACHER, "model": "tiny", "video_model": "bert-6l-512h"})
+    assert own.video_model.hidden_size == 512
+
+
+def test_distillation_needs_a_teacher_but_the_baseline_does_not():
+    base = {"stage": "distill", "name": "s", "corpus": "corpus/c"}
+    (problem,) = problems(base)
+    assert "teacher: required to distill with nst, crd" in problem
+    baseline = parse_spec({**base, "kd": {}})
+    assert isinstance(baseline, DistillSpec) and baseline.kd == {} and baseline.teacher is None
+
+
+def test_unknown_kd_objective_is_rejected():
+    (problem,) = problems(
+        {"stage": "distill", "name": "s", "corpus": "corpus/c", "teacher": "teacher/t", "kd": {"nts": 1}}
+    )
+    assert problem.startswith("kd.nts: Input should be 'soft_label', 'regression', 'nst'")
+
+
+def test_credentials_in_a_spec_are_refused():
+    (problem,) = problems({**TEACHER, "storage": {"root": "s3://bkt/x", "aws_secret_access_key": "abc"}})
+    assert problem.startswith("storage: 'aws_secret_access_key': credentials never go in a spec")
+
+
+def test_storage_root_must_be_s3_or_file():
+    (problem,) = problems({**TEACHER, "storage": {"root": "gs://bkt/x"}})
+    assert "use s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH" in problem
+
+
+def test_memory_is_a_kubernetes_quantity():
+    assert Resources(memory="16Gi").memory_bytes == 16 * 2**30
+    assert Resources(memory="500M").memory_bytes == 500 * 10**6
+    (problem,) = problems({**TEACHER, "resources": {"memory": "16 GB"}})
+    assert problem.startswith("resources.memory: Value error, invalid memory quantity") or problem.startswith(
+        "resources.memory: invalid memory quantity"
+    )
+
+
+def test_pretrained_3d_encoder_needs_weights():
+    spec = {"stage": "preprocess", "name": "f", "videos": "s3://bkt/videos", "encoder_3d": {"name": "resnext3d"}}
+    (problem,) = problems(spec)
+    assert problem.startswith("encoder_3d: weights: required for a pretrained resnext3d")
+    ok = parse_spec({**spec, "encoder_3d": {"init": "random"}})
+    assert ok.encoder_2d.weights == "hf://openai/clip-vit-base-patch32"  # the 2D default is on the hub
+
+
+def test_data_source_must_be_a_uri_or_a_dataset_ref():
+    spec = {"stage": "text", "name": "w", "corpus": "./wiki.txt"}
+    (problem,) = problems(spec)
+    assert "neither a URI nor a dataset ref" in problem
+    assert parse_spec({**spec, "corpus": "dataset/wiki103:v2"}).corpus == "dataset/wiki103:v2"
+
+
+def test_eval_task_overrides_merge_with_the_common_finetune_block():
+    spec = parse_spec(
+        {
+            "stage": "eval",
+            "name": "e",
+            "models": ["student/a", {"ref": "student/b", "label": "B"}],
+            "baseline": "a",
+            "finetune": {"lr": 3e-5, "epochs": 2},
+            "tasks": [
+                {"name": "sst2", "data": "s3://bkt/sst2"},
+                {"name": "squad_v1", "data": "s3://bkt/sq", "finetune": {"max_len": 384}},
+            ],
+        }
+    )
+    sst2, squad = spec.tasks
+    assert (sst2.finetune.lr, sst2.finetune.epochs, sst2.finetune.max_len) == (3e-5, 2, 128)
+    assert (squad.finetune.lr, squad.finetune.max_len) == (3e-5, 384)
+    assert [m.row for m in spec.models] == ["a", "B"]
+
+
+def test_eval_checks_rows_and_task_dependencies():
+    base = {"stage": "eval", "name": "e", "models": ["student/a"]}
+    (problem,) = problems({**base, "baseline": "zzz", "tasks": [{"name": "sst2", "data": "s3://bkt/x"}]})
+    assert "baseline: 'zzz' is not a model row; rows: a" in problem
+    (problem,) = problems({**base, "tasks": [{"name": "glue_diagnostic", "data": "s3://bkt/x"}]})
+    assert "glue_diagnostic scores the MNLI-finetuned model" in problem
+
+
+def test_pipeline_wires_each_stage_to_the_outputs_before_it():
+    spec = load_spec(Path(__file__).parent.parent / "examples/tiny/pipeline.yaml")
+    assert isinstance(spec, PipelineSpec)
+    assert [key for key, _ in spec.stages()] == [
+        "preprocess",
+        "text",
+        "teacher",
+        "distill:tiny-nst-crd",
+        "distill:tiny-baseline",
+        "eval",
+    ]
+    assert str(spec.teacher.features) == "features/tiny:latest"
+    assert str(spec.teacher.tokenizer) == "tokenizer/tiny:latest"
+    kd, baseline = spec.students
+    assert str(kd.teacher) == "teacher/tiny:latest" and str(kd.corpus) == "corpus/tiny:latest"
+    assert baseline.teacher is None
+    assert [str(m.ref) for m in spec.eval.models] == ["student/tiny-nst-crd:latest", "student/tiny-baseline:latest"]
+    assert spec.eval.baseline == "tiny-baseline"
+    assert str(spec.eval.retrieval.teacher) == "teacher/tiny:latest"
+
+
+def test_pipeline_storage_reaches_every_stage():
+    raw = yaml.safe_load((Path(__file__).parent.parent / "examples/tiny/pipeline.yaml").read_text())
+    spec = parse_spec({**raw, "storage": {"root": "s3://team-bucket/vlkd"}})
+    assert {st.storage.root for _, st in spec.stages()} == {"s3://team-bucket/vlkd"}
+
+
+def test_pipeline_students_need_distinct_names():
+    raw = yaml.safe_load((Path(__file__).parent.parent / "examples/tiny/pipeline.yaml").read_text())
+    raw["students"][1]["name"] = raw["students"][0]["name"]
+    (problem,) = problems(raw)
+    assert "students: each student needs its own name" in problem
+
+
+def test_stage_key_must_match_the_requested_stage():
+    assert problems(TEACHER, "distill") == ["stage: this is a teacher spec, not a distill spec"]
+    assert problems({k: v for k, v in TEACHER.items() if k != "stage"})[0].startswith("stage: missing")
+    assert isinstance(parse_spec({k: v for k, v in TEACHER.items() if k != "stage"}, "teacher"), TeacherSpec)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("stage: teacher\nname: t\nmodel: {preset: tiny\ntrain: 3\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.problems[0].startswith("YAML syntax error at line 4")
+
+
+def test_duplicate_yaml_keys_are_errors(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("stage: teacher\nname: t\nmargin: 1.0\nmargin: 2.0\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert "duplicate key 'margin' (first on line 3)" in info.value.problems[0]
+    assert "line 4" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_json_schema_is_published_for_every_stage(stage):
+    schema = spec_schema(stage)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["additionalProperties"] is False
