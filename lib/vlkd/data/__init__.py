@@ -1,0 +1,1 @@
+"""Data: captions, video decoding, synthetic datasets, text corpora and tokenisation, input sources."""
