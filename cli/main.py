@@ -9,7 +9,7 @@ import click
 import typer
 
 from vlkd import __version__
-from vlkd.cli import artifacts, specs
+from vlkd.cli import artifacts, data, specs, submit
 from vlkd.cli.output import print_error
 from vlkd.errors import SpecError, VlkdError
 
@@ -23,7 +23,9 @@ app = typer.Typer(
 )
 app.command()(specs.validate)
 app.command()(specs.schema)
+app.command()(submit.submit)
 app.add_typer(artifacts.app, name="artifacts")
+app.add_typer(data.app, name="data")
 
 
 def _version(value: bool) -> None:

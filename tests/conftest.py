@@ -95,3 +95,42 @@ def vlkd_cli() -> callable:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One real local Ray for the session, with more logical CPUs than cores so trainers, Ray Data tasks and
+    actors never wait on each other (jobs call `ensure_ray`, which then reuses it)."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": dict(TEST_CREDENTIALS)},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset, made once per session (the generator is deterministic)."""
+    from vlkd.data.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate(
+        root,
+        SynthConfig(num_videos=6, max_seconds=6.0, corpus_paragraphs=300, task_train_examples=64, task_dev_examples=32),
+    )
+    return root
+
+
+@pytest.fixture
+def job_context(store: ArtifactStore, tmp_path: Path):
+    from vlkd.runtime import JobContext
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return JobContext("vlkd-test-job", store, scratch)

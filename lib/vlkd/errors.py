@@ -43,5 +43,9 @@ class StorageError(VlkdError):
     """The object store cannot be used: unreachable endpoint, missing bucket, denied access, no credentials."""
 
 
+class DataError(VlkdError, ValueError):
+    """Input data that cannot be used as asked (an empty corpus, a hold-out larger than the data, ...)."""
+
+
 class KeyExistsError(VlkdError):
     """An exclusive write found the key already taken (another publisher won the race)."""

@@ -218,10 +218,20 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self._endpoint_url = endpoint_url
+        # Resolved now, not when the client is made: a storage pickled to a Ray worker must reach the same
+        # endpoint whatever that worker's environment says.
+        self._endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self._region = region
         self._client: Any = None
         self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray ships storages to its tasks by pickling; boto3 clients and locks do not pickle, and a fresh
+        # process should make its own client anyway.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _client=None, _lock=threading.Lock())
 
     @property
     def client(self) -> Any:
@@ -234,13 +244,12 @@ class S3Storage:
         import boto3
         from botocore.config import Config
 
-        # A custom endpoint (MinIO, Ceph, a test server) rarely has wildcard DNS for virtual-hosted buckets.
-        custom = self._endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = Config(
             connect_timeout=5,
             read_timeout=60,
             retries={"max_attempts": 3, "mode": "standard"},
-            s3={"addressing_style": "path" if custom else "auto"},
+            # A custom endpoint (MinIO, Ceph, a test server) rarely has wildcard DNS for virtual-hosted buckets.
+            s3={"addressing_style": "path" if self._endpoint_url else "auto"},
         )
         session = boto3.session.Session(region_name=self._region)
         return session.client("s3", endpoint_url=self._endpoint_url, config=config)

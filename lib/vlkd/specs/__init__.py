@@ -8,7 +8,16 @@ from vlkd.specs.base import DataSource, Resources, StageSpec, StorageConfig, Str
 from vlkd.specs.data import Encoder2DSpec, Encoder3DSpec, PreprocessSpec, TextSpec, TokenizerSpec
 from vlkd.specs.distill import CRDOptions, DistillSpec, KDObjective, KDOptions, NSTOptions
 from vlkd.specs.evaluate import EvalModel, EvalSpec, FinetuneSpec, RetrievalSpec, TaskSpec
-from vlkd.specs.loading import SPEC_TYPES, STAGES, format_errors, load_spec, load_yaml, parse_spec, spec_schema
+from vlkd.specs.loading import (
+    SPEC_TYPES,
+    STAGES,
+    format_errors,
+    load_spec,
+    load_yaml,
+    parse_spec,
+    parse_yaml,
+    spec_schema,
+)
 from vlkd.specs.pipeline import PipelineSpec
 from vlkd.specs.shapes import PRESETS, ModelShape
 from vlkd.specs.teacher import TeacherSpec
@@ -48,6 +57,7 @@ __all__ = [
     "load_spec",
     "load_yaml",
     "parse_spec",
+    "parse_yaml",
     "quantity_bytes",
     "spec_schema",
 ]

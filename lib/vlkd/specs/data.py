@@ -97,5 +97,9 @@ class TextSpec(StageSpec):
     tokenizer: TokenizerSpec = TokenizerSpec()
     max_len: int = Field(128, gt=2, description="tokens per sequence incl. [CLS]/[SEP]; Sec. 4.3")
     pack: bool = Field(True, description="pack consecutive sentences up to max_len (else one per sequence)")
-    val_size: int = Field(10_000, ge=0, description="held-out sequences (the paper reserves 10K)")
+    val_size: int = Field(
+        10_000,
+        ge=0,
+        description="held-out sequences (the paper holds out 10K clips of HowTo100M; it gives no size for text)",
+    )
     shard_size: int = Field(100_000, gt=0, description="sequences per shard")

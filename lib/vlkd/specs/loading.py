@@ -53,14 +53,18 @@ def load_yaml(path: Path) -> Any:
         text = path.read_text()
     except OSError as exc:
         raise SpecError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
-        raise SpecError(str(path), [f"YAML syntax error at {where}: {exc.problem or exc.context}"]) from None
+        raise SpecError(source, [f"YAML syntax error at {where}: {exc.problem or exc.context}"]) from None
     except yaml.YAMLError as exc:
-        raise SpecError(str(path), [f"YAML error: {exc}"]) from None
+        raise SpecError(source, [f"YAML error: {exc}"]) from None
 
 
 def parse_spec(data: Any, stage: str | None = None, source: str = "<spec>") -> Any:

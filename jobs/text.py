@@ -1,0 +1,139 @@
+"""Stage `text`: a plain-text corpus -> a `tokenizer` artifact and a `corpus` artifact of token shards
+(Sec. 4.1, 4.3), with Ray Data tokenising the input files in parallel.
+
+Parallelism is per input file (a Wikipedia dump comes as many files; split a single huge file to use more
+workers). Rows come back in corpus order, so packing consecutive sentences stays deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from vlkd.artifacts import ArtifactStore, Manifest, collect_files
+from vlkd.data import text as textdata
+from vlkd.errors import VlkdError
+from vlkd.inputs import InputSource, fetch_weights, open_input
+from vlkd.refs import ArtifactRef
+from vlkd.runtime import JobContext, ensure_ray, job_main
+from vlkd.specs import TextSpec, TokenizerSpec
+
+log = logging.getLogger("vlkd.text")
+
+
+def corpus_files(source: InputSource) -> list[str]:
+    files = sorted(f.path for f in source.files() if not Path(f.path).name.startswith("."))
+    if not files:
+        raise VlkdError(f"the corpus {source.uri} holds no files")
+    return files
+
+
+def _file_lines(source: InputSource, path: str) -> list[str]:
+    return list(textdata.corpus_lines(source.read_bytes(path).decode("utf-8", errors="replace").splitlines()))
+
+
+def build_tokenizer(
+    spec: TokenizerSpec, source: InputSource, files: list[str], store: ArtifactStore, scratch: Path
+) -> tuple[Any, ArtifactRef | None]:
+    """The tokenizer and the artifact it came from (None when trained on this corpus)."""
+    if spec.artifact is not None:
+        manifest = store.fetch(spec.artifact, scratch / "tokenizer-in")
+        from transformers import BertTokenizerFast
+
+        return BertTokenizerFast.from_pretrained(scratch / "tokenizer-in"), manifest.ref
+    if spec.vocab is not None:
+        vocab, parent = fetch_weights(spec.vocab, store, scratch / "vocab")
+        return textdata.load_vocab_tokenizer(Path(vocab), spec.lowercase), parent
+    lines = (line for path in files for line in _file_lines(source, path))
+    return textdata.train_tokenizer(lines, spec.vocab_size, spec.min_frequency, spec.lowercase), None
+
+
+def tokenize_file(row: dict[str, Any], source: InputSource, tokenizer_dir: str) -> list[dict[str, Any]]:
+    """Ray Data task: one input file -> one row of token ids per paragraph."""
+    tokenizer = _cached_tokenizer(tokenizer_dir)
+    lines = _file_lines(source, row["path"])
+    return [{"file": row["index"], "input_ids": ids} for ids in textdata.tokenize_lines(tokenizer, lines)]
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _cached_tokenizer(directory: str) -> Any:
+    # Ray reuses worker processes: load the tokenizer once per worker, not once per file.
+    if directory not in _TOKENIZERS:
+        from transformers import BertTokenizerFast
+
+        _TOKENIZERS[directory] = BertTokenizerFast.from_pretrained(directory)
+    return _TOKENIZERS[directory]
+
+
+def tokenized_paragraphs(source: InputSource, files: list[str], tokenizer_dir: Path):
+    ensure_ray(2)
+    import ray
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    rows = [{"index": i, "path": path} for i, path in enumerate(files)]
+    dataset = ray.data.from_items(rows).flat_map(
+        partial(tokenize_file, source=source, tokenizer_dir=str(tokenizer_dir))
+    )
+    for row in dataset.iter_rows():
+        yield [int(t) for t in row["input_ids"]]
+
+
+def run(spec: TextSpec, context: JobContext) -> list[Manifest]:
+    started = time.monotonic()
+    store = context.store
+    source = open_input(spec.corpus, store)
+    files = corpus_files(source)
+    work = Path(tempfile.mkdtemp(prefix="text-", dir=context.scratch))
+    tokenizer, tokenizer_parent = build_tokenizer(spec.tokenizer, source, files, store, work)
+    tokenizer_dir = work / "tokenizer"
+    textdata.save_tokenizer(tokenizer, tokenizer_dir)
+    inputs = [p for p in (source.ref, tokenizer_parent) if p is not None]
+    tokenizer_manifest = store.publish(
+        "tokenizer",
+        spec.name,
+        collect_files([tokenizer_dir]),
+        spec=spec,
+        parents=inputs,
+        metrics={"vocab_size": len(tokenizer)},
+        attributes={"source": source.uri, "trained": tokenizer_parent is None},
+        job_id=context.job_id,
+    )
+    paragraphs = tokenized_paragraphs(source, files, tokenizer_dir)
+    sequences = textdata.pack_sequences(
+        paragraphs, spec.max_len, tokenizer.cls_token_id, tokenizer.sep_token_id, spec.pack
+    )
+    shards_dir = work / "corpus"
+    index = textdata.write_shards(sequences, shards_dir, spec.shard_size, spec.val_size, spec.seed, spec.max_len)
+    seconds = time.monotonic() - started
+    splits = index["splits"]
+    metrics = {
+        "files": len(files),
+        "sequences": sum(s["sequences"] for s in splits.values()),
+        "tokens": sum(s["tokens"] for s in splits.values()),
+        "train_sequences": splits["train"]["sequences"],
+        "validation_sequences": splits["validation"]["sequences"],
+        "vocab_size": len(tokenizer),
+        "seconds": round(seconds, 2),
+    }
+    corpus_manifest = store.publish(
+        "corpus",
+        spec.name,
+        collect_files([shards_dir]),
+        spec=spec,
+        parents=[*([source.ref] if source.ref else []), tokenizer_manifest.ref],
+        metrics=metrics,
+        attributes={"source": source.uri, "max_len": spec.max_len, "pack": spec.pack},
+        job_id=context.job_id,
+    )
+    log.info("%s: %d sequences, %d tokens", corpus_manifest.ref, metrics["sequences"], metrics["tokens"])
+    return [tokenizer_manifest, corpus_manifest]
+
+
+if __name__ == "__main__":
+    job_main("text", run)

@@ -1,0 +1,176 @@
+"""The `preprocess` stage on a real local Ray with real mp4s: features, alignment, skipped inputs, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from vlkd.artifacts import collect_files
+from vlkd.data import features as fmt
+from vlkd.data.captions import Caption, dump_captions, parse_captions
+from vlkd.data.synth import VIDEOS_DIR, corrupt_video, write_audio_only
+from vlkd.data.video import SamplingPlan, decode_video
+from vlkd.errors import DataError
+from vlkd.jobs import preprocess
+from vlkd.models.frame_encoders import build_2d_encoder
+from vlkd.specs import parse_spec
+
+pytestmark = pytest.mark.timeout(300)
+MAX_FRAMES = 5
+
+
+def preprocess_spec(**overrides):
+    spec = {
+        "stage": "preprocess",
+        "name": "synth",
+        "videos": "dataset/videos",
+        "encoder_2d": {"name": "clip-vit-b32", "init": "random", "image_size": 32},
+        "encoder_3d": {"name": "resnext3d", "depth": 50, "init": "random", "image_size": 32},
+        "max_frames": MAX_FRAMES,
+        "shard_size": 4,
+    }
+    return parse_spec({**spec, **overrides})
+
+
+@pytest.fixture
+def video_folder(synth_root: Path, tmp_path: Path) -> Path:
+    """The synthetic videos plus every kind of bad input."""
+    folder = tmp_path / "videos"
+    shutil.copytree(synth_root / VIDEOS_DIR, folder)
+    captions_file = folder / "captions.jsonl"
+    captions, _ = parse_captions(captions_file.read_text().splitlines())
+    corrupt_video(folder / "corrupt.mp4")
+    write_audio_only(folder / "audio.mp4")
+    shutil.copy(folder / "synth_0000.mp4", folder / "captionless.mp4")
+    extra = [Caption(v, 0.0, 2.0, "a red circle moves up") for v in ("corrupt", "audio", "ghost")]
+    captions_file.write_text(dump_captions(captions + extra) + "this line is not json\n")
+    return folder
+
+
+@pytest.fixture
+def dataset(store, video_folder):
+    return store.publish("dataset", "videos", collect_files([video_folder])).ref
+
+
+def duration_of(path: Path) -> float:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return float(stream.duration * stream.time_base)
+
+
+def load(store, manifest, tmp_path):
+    out = tmp_path / f"fetched-{manifest.version}"
+    store.fetch(manifest.ref, out)
+    index = json.loads((out / fmt.INDEX).read_text())
+    clips = [
+        c for shard in index["shards"] for c in fmt.read_clips((out / shard["path"]).read_bytes(), index["feature_dim"])
+    ]
+    skipped = [json.loads(line) for line in (out / fmt.SKIPPED).read_text().splitlines()]
+    return index, clips, skipped
+
+
+def test_features_are_published_with_bad_inputs_skipped(
+    ray_session, store, job_context, dataset, video_folder, tmp_path
+):
+    (manifest,) = preprocess.run(preprocess_spec(), job_context)
+    index, clips, skipped = load(store, manifest, tmp_path)
+
+    assert manifest.parents == [str(dataset)]
+    assert manifest.attributes["random_init"] is True and manifest.attributes["encoder_2d"]["init"] == "random"
+    reasons = {s["item"]: s["reason"] for s in skipped}
+    assert "no video stream" in reasons["audio.mp4"]
+    assert reasons["corrupt.mp4"].startswith(("cannot open", "corrupt video data", "no decodable frames"))
+    assert reasons["captionless.mp4"] == "no captions"
+    assert reasons["ghost"] == "captions name a missing video (1 clips)"
+    assert any(item.startswith("captions.jsonl:") and "not a caption record" in r for item, r in reasons.items())
+
+    captions, _ = parse_captions((video_folder / "captions.jsonl").read_text().splitlines())
+    good = [c for c in captions if c.video_id.startswith("synth_")]
+    beyond = [s for s in skipped if "beyond the video's" in s["reason"]]
+    assert len(clips) + len(beyond) == len(good)
+    assert manifest.metrics["clips"] == len(clips) and manifest.metrics["videos"] == 6
+    assert index["feature_dim"] == 512 + 2048 and index["dim_2d"] == 512
+    assert [s["clips"] for s in index["shards"]][:-1] == [4] * (len(index["shards"]) - 1)
+    for clip in clips:
+        frames = fmt.clip_frames(
+            clip.start, clip.end, 1.0, min(round(duration_of(video_folder / f"{clip.video_id}.mp4")), MAX_FRAMES)
+        )
+        assert clip.features.shape == (frames[1] - frames[0], 2560)
+        assert np.isfinite(clip.features).all()
+
+
+def test_each_video_has_one_feature_per_second_up_to_max_frames(
+    ray_session, store, job_context, dataset, video_folder, tmp_path
+):
+    (manifest,) = preprocess.run(preprocess_spec(), job_context)
+    out = tmp_path / "f"
+    store.fetch(manifest.ref, out)
+    import pyarrow.parquet as pq
+
+    for row in pq.read_table(out / fmt.VIDEOS).to_pylist():
+        duration = duration_of(video_folder / f"{row['video_id']}.mp4")
+        assert row["frames"] == min(round(duration), MAX_FRAMES)
+        assert row["duration"] == pytest.approx(duration, abs=0.05)
+
+
+def test_clip_features_are_the_concatenated_2d_and_3d_features_of_its_seconds(
+    ray_session, store, job_context, dataset, video_folder, tmp_path
+):
+    spec = preprocess_spec()
+    (manifest,) = preprocess.run(spec, job_context)
+    _, clips, _ = load(store, manifest, tmp_path)
+    clip = next(c for c in clips if c.video_id == "synth_0001")
+    decoded = decode_video(video_folder / "synth_0001.mp4", preprocess.sampling_plan(spec))
+    first = fmt.clip_frames(clip.start, clip.end, 1.0, decoded.num_features)[0]
+    encoder = build_2d_encoder(spec.encoder_2d, None)  # seeded random init: the same weights as the job's
+    expected = encoder.encode(torch.from_numpy(decoded.frames_2d[first : first + len(clip.features)])).numpy()
+    np.testing.assert_allclose(clip.features[:, :512].astype(np.float32), expected, rtol=1e-2, atol=1e-3)
+
+
+def test_an_interrupted_run_resumes_without_encoding_again(
+    ray_session, store, job_context, dataset, tmp_path, monkeypatch
+):
+    def crash(*args, **kwargs):
+        raise RuntimeError("node lost before publishing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(preprocess, "publish", crash)
+        with pytest.raises(RuntimeError, match="node lost"):
+            preprocess.run(preprocess_spec(), job_context)
+    assert store.versions("features", "synth") == []
+
+    encoded: list[str] = []
+    original = preprocess.encode_videos
+    monkeypatch.setattr(
+        preprocess,
+        "encode_videos",
+        lambda spec, source, cache, store, todo: (
+            encoded.extend(v.video_id for v in todo) or original(spec, source, cache, store, todo)
+        ),
+    )
+    (resumed,) = preprocess.run(preprocess_spec(), job_context)
+    assert resumed.metrics["reused_videos"] == 6
+    assert sorted(encoded) == ["audio", "corrupt"]  # only the failures are tried again
+    (fresh,) = preprocess.run(preprocess_spec(name="fresh"), job_context)
+    assert fresh.metrics["reused_videos"] == 0
+    assert {f.path: f.sha256 for f in resumed.files if f.path.startswith("shards/")} == {
+        f.path: f.sha256 for f in fresh.files if f.path.startswith("shards/")
+    }
+    assert list(store.storage.list("cache")) == []  # the run cache is gone once published
+
+
+def test_nothing_usable_fails_the_job_with_the_reasons(ray_session, store, job_context, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    corrupt_video(folder / "only.mp4")
+    (folder / "captions.jsonl").write_text(dump_captions([Caption("only", 0.0, 2.0, "a red circle")]))
+    store.publish("dataset", "videos", collect_files([folder]))
+    with pytest.raises(DataError, match="no usable clips in dataset/videos:v1"):
+        preprocess.run(preprocess_spec(), job_context)
+    assert store.versions("features", "synth") == []

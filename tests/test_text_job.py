@@ -1,0 +1,83 @@
+"""The `text` stage on a real local Ray: corpus -> tokenizer + token shards, published with lineage."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import BertTokenizerFast
+
+from vlkd.artifacts import collect_files
+from vlkd.data.synth import TEXT_DIR
+from vlkd.data.text import read_shards
+from vlkd.jobs import text as text_job
+from vlkd.specs import parse_spec
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def text_spec(**overrides):
+    spec = {
+        "stage": "text",
+        "name": "synth",
+        "corpus": "dataset/synth-text",
+        "tokenizer": {"vocab_size": 300, "min_frequency": 1},
+        "max_len": 24,
+        "val_size": 20,
+        "shard_size": 200,
+    }
+    return parse_spec({**spec, **overrides})
+
+
+@pytest.fixture
+def corpus_dataset(store, synth_root):
+    return store.publish("dataset", "synth-text", collect_files([synth_root / TEXT_DIR])).ref
+
+
+def test_text_stage_publishes_a_loadable_tokenizer_and_token_shards(
+    ray_session, store, job_context, corpus_dataset, tmp_path
+):
+    tokenizer_manifest, corpus_manifest = text_job.run(text_spec(), job_context)
+
+    assert str(tokenizer_manifest.ref) == "tokenizer/synth:v1"
+    assert tokenizer_manifest.parents == [str(corpus_dataset)]
+    store.fetch(tokenizer_manifest.ref, tmp_path / "tok")
+    tokenizer = BertTokenizerFast.from_pretrained(tmp_path / "tok", local_files_only=True)
+    sentence = "a red circle moves to the left"
+    ids = tokenizer(sentence)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == sentence
+
+    assert corpus_manifest.parents == [str(corpus_dataset), str(tokenizer_manifest.ref)]
+    assert corpus_manifest.metrics["validation_sequences"] == 20
+    store.fetch(corpus_manifest.ref, tmp_path / "corpus")
+    train = list(read_shards(tmp_path / "corpus", "train"))
+    assert len(train) == corpus_manifest.metrics["train_sequences"] > 100
+    assert all(len(s) <= 24 and s[0] == tokenizer.cls_token_id and s[-1] == tokenizer.sep_token_id for s in train)
+    assert (
+        sum(len(s) for s in train) + sum(len(s) for s in read_shards(tmp_path / "corpus", "validation"))
+        == corpus_manifest.metrics["tokens"]
+    )
+    assert len([f for f in corpus_manifest.files if f.path.startswith("train/")]) == -(-len(train) // 200)
+
+
+def test_text_stage_reuses_a_given_vocab_and_a_tokenizer_artifact(
+    ray_session, store, job_context, corpus_dataset, tmp_path
+):
+    first, _ = text_job.run(text_spec(), job_context)
+    store.fetch(first.ref, tmp_path / "tok")
+    vocab = store.publish("weights", "synth-vocab", collect_files([tmp_path / "tok" / "vocab.txt"])).ref
+
+    from_vocab, corpus_a = text_job.run(text_spec(name="from-vocab", tokenizer={"vocab": str(vocab)}), job_context)
+    assert from_vocab.parents == [str(corpus_dataset), str(vocab)]
+    from_artifact, corpus_b = text_job.run(
+        text_spec(name="reused", tokenizer={"artifact": "tokenizer/synth:v1"}), job_context
+    )
+    assert from_artifact.parents == [str(corpus_dataset), str(first.ref)]
+    # the same vocabulary tokenises the same corpus into the same shards
+    assert {f.sha256 for f in corpus_a.files} == {f.sha256 for f in corpus_b.files}
+
+
+def test_a_hold_out_larger_than_the_corpus_is_a_clear_error(ray_session, job_context, corpus_dataset):
+    from vlkd.errors import DataError
+
+    with pytest.raises(DataError, match="val_size"):
+        text_job.run(text_spec(val_size=10**6), job_context)
