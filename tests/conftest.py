@@ -23,6 +23,11 @@ TEST_CREDENTIALS = {
 }
 
 
+# Module- and session-scoped fixtures run before the per-test environment below is set up, so the fake
+# credentials are also the process's own from the start.
+os.environ.update(TEST_CREDENTIALS)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never see the developer's AWS profile, store or home directory."""
@@ -63,6 +68,19 @@ def _make_bucket(endpoint: str) -> str:
 def new_bucket(s3_endpoint: str) -> callable:
     """Make an empty bucket on the moto server; returns its name."""
     return lambda: _make_bucket(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def make_store(request: pytest.FixtureRequest) -> callable:
+    """Make a fresh, empty store on a backend, independent of the environment: for fixtures wider than a test."""
+
+    def make(backend: str, folder: Path) -> ArtifactStore:
+        if backend == "file":
+            return ArtifactStore.open((folder / "store").as_uri())
+        endpoint = request.getfixturevalue("s3_endpoint")
+        return ArtifactStore.open(f"s3://{_make_bucket(endpoint)}/vlkd", endpoint_url=endpoint)
+
+    return make
 
 
 @pytest.fixture(params=["file", "s3"])

@@ -22,7 +22,9 @@ def test_synth_then_both_data_stages_publish_described_artifacts(vlkd_cli, tmp_p
     for stage, outputs in (("preprocess", ["features/tiny:v1"]), ("text", ["tokenizer/tiny:v1", "corpus/tiny:v1"])):
         result = vlkd_cli("submit", stage, "--spec", str(EXAMPLES / f"{stage}.yaml"), env=env)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert [line for line in result.stdout.splitlines() if line.startswith("published")] == [f"published {o}" for o in outputs]
+        assert [line for line in result.stdout.splitlines() if line.startswith("published")] == [
+            f"published {o}" for o in outputs
+        ]
 
     features = json.loads(vlkd_cli("artifacts", "show", "features/tiny", "--json", env=env).stdout)
     assert features["parents"] == ["dataset/synth-videos:v1"]
@@ -38,3 +40,27 @@ def test_submit_rejects_an_invalid_spec_before_running_anything(vlkd_cli, tmp_pa
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {spec}: max_frame: unknown field; did you mean 'max_frames'?"
     assert not (tmp_path / "store").exists()
+
+
+def test_synth_writes_to_an_s3_prefix(vlkd_cli, s3_endpoint, new_bucket):
+    import boto3
+
+    bucket = new_bucket()
+    result = vlkd_cli(
+        "data",
+        "synth",
+        "--out",
+        f"s3://{bucket}/synth",
+        "--videos",
+        "2",
+        "--no-push",
+        env={"AWS_ENDPOINT_URL": s3_endpoint},
+    )
+    assert result.returncode == 0, result.stderr
+    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {
+        "synth/videos/captions.jsonl",
+        "synth/videos/synth_0000.mp4",
+        "synth/text/corpus.txt",
+        "synth/tasks/sst2/train.tsv",
+    } <= keys

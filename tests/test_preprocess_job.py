@@ -15,7 +15,7 @@ from vlkd.artifacts import collect_files
 from vlkd.data import features as fmt
 from vlkd.data.captions import Caption, dump_captions, parse_captions
 from vlkd.data.synth import VIDEOS_DIR, corrupt_video, write_audio_only
-from vlkd.data.video import SamplingPlan, decode_video
+from vlkd.data.video import decode_video
 from vlkd.errors import DataError
 from vlkd.jobs import preprocess
 from vlkd.models.frame_encoders import build_2d_encoder
@@ -38,10 +38,10 @@ def preprocess_spec(**overrides):
     return parse_spec({**spec, **overrides})
 
 
-@pytest.fixture
-def video_folder(synth_root: Path, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def video_folder(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic videos plus every kind of bad input."""
-    folder = tmp_path / "videos"
+    folder = tmp_path_factory.mktemp("bad-inputs") / "videos"
     shutil.copytree(synth_root / VIDEOS_DIR, folder)
     captions_file = folder / "captions.jsonl"
     captions, _ = parse_captions(captions_file.read_text().splitlines())
@@ -64,6 +64,18 @@ def duration_of(path: Path) -> float:
         return float(stream.duration * stream.time_base)
 
 
+@pytest.fixture(scope="module", params=["file", "s3"])
+def published(request, ray_session, make_store, video_folder, tmp_path_factory):
+    """One preprocess run per store backend, shared by the tests that only read its artifact."""
+    from vlkd.runtime import JobContext
+
+    folder = tmp_path_factory.mktemp(f"published-{request.param}")
+    store = make_store(request.param, folder)
+    store.publish("dataset", "videos", collect_files([video_folder]))
+    (manifest,) = preprocess.run(preprocess_spec(), JobContext("vlkd-test-job", store, folder))
+    return store, manifest
+
+
 def load(store, manifest, tmp_path):
     out = tmp_path / f"fetched-{manifest.version}"
     store.fetch(manifest.ref, out)
@@ -75,13 +87,11 @@ def load(store, manifest, tmp_path):
     return index, clips, skipped
 
 
-def test_features_are_published_with_bad_inputs_skipped(
-    ray_session, store, job_context, dataset, video_folder, tmp_path
-):
-    (manifest,) = preprocess.run(preprocess_spec(), job_context)
+def test_features_are_published_with_bad_inputs_skipped(published, video_folder, tmp_path):
+    store, manifest = published
     index, clips, skipped = load(store, manifest, tmp_path)
 
-    assert manifest.parents == [str(dataset)]
+    assert manifest.parents == ["dataset/videos:v1"]
     assert manifest.attributes["random_init"] is True and manifest.attributes["encoder_2d"]["init"] == "random"
     reasons = {s["item"]: s["reason"] for s in skipped}
     assert "no video stream" in reasons["audio.mp4"]
@@ -105,10 +115,8 @@ def test_features_are_published_with_bad_inputs_skipped(
         assert np.isfinite(clip.features).all()
 
 
-def test_each_video_has_one_feature_per_second_up_to_max_frames(
-    ray_session, store, job_context, dataset, video_folder, tmp_path
-):
-    (manifest,) = preprocess.run(preprocess_spec(), job_context)
+def test_each_video_has_one_feature_per_second_up_to_max_frames(published, video_folder, tmp_path):
+    store, manifest = published
     out = tmp_path / "f"
     store.fetch(manifest.ref, out)
     import pyarrow.parquet as pq
@@ -119,11 +127,9 @@ def test_each_video_has_one_feature_per_second_up_to_max_frames(
         assert row["duration"] == pytest.approx(duration, abs=0.05)
 
 
-def test_clip_features_are_the_concatenated_2d_and_3d_features_of_its_seconds(
-    ray_session, store, job_context, dataset, video_folder, tmp_path
-):
+def test_clip_features_are_the_concatenated_2d_and_3d_features_of_its_seconds(published, video_folder, tmp_path):
     spec = preprocess_spec()
-    (manifest,) = preprocess.run(spec, job_context)
+    store, manifest = published
     _, clips, _ = load(store, manifest, tmp_path)
     clip = next(c for c in clips if c.video_id == "synth_0001")
     decoded = decode_video(video_folder / "synth_0001.mp4", preprocess.sampling_plan(spec))
@@ -133,6 +139,7 @@ def test_clip_features_are_the_concatenated_2d_and_3d_features_of_its_seconds(
     np.testing.assert_allclose(clip.features[:, :512].astype(np.float32), expected, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("store_uri", ["file"], indirect=True)  # the run cache goes through Storage, tested on S3 too
 def test_an_interrupted_run_resumes_without_encoding_again(
     ray_session, store, job_context, dataset, tmp_path, monkeypatch
 ):
@@ -174,3 +181,17 @@ def test_nothing_usable_fails_the_job_with_the_reasons(ray_session, store, job_c
     with pytest.raises(DataError, match="no usable clips in dataset/videos:v1"):
         preprocess.run(preprocess_spec(), job_context)
     assert store.versions("features", "synth") == []
+
+
+def test_videos_can_come_straight_from_a_uri(ray_session, store, job_context, video_folder, store_uri, tmp_path):
+    if store_uri.startswith("s3://"):
+        bucket = store_uri.split("/")[2]
+        storage = store.storage
+        for path in sorted(p for p in video_folder.rglob("*") if p.is_file()):
+            storage.upload(f"raw/{path.relative_to(video_folder).as_posix()}", path)
+        uri = f"s3://{bucket}/vlkd/raw"
+    else:
+        uri = video_folder.as_uri()
+    (manifest,) = preprocess.run(preprocess_spec(videos=uri), job_context)
+    assert manifest.parents == [] and manifest.attributes["source"] == uri
+    assert manifest.metrics["videos"] == 6
