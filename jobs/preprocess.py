@@ -306,6 +306,7 @@ def publish(
             "encoder_2d": spec.encoder_2d.model_dump(mode="json", include={"name", "init", "weights"}),
             "encoder_3d": spec.encoder_3d.model_dump(mode="json", include={"name", "init", "weights", "depth"}),
             "random_init": "random" in (spec.encoder_2d.init, spec.encoder_3d.init),
+            "pretrained": spec.encoder_2d.init == spec.encoder_3d.init == "pretrained",
             "source": source_uri,
             "feature_dim": dim_2d + dim_3d,
             "skipped": skipped[:100],  # all of them are in skipped.jsonl

@@ -62,6 +62,9 @@ class Storage(Protocol):
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix`; return how many."""
 
+    def pyarrow_location(self, prefix: str) -> tuple[str, Any]:
+        """(path, pyarrow filesystem or None for local) of `prefix`, for libraries that speak pyarrow."""
+
 
 def default_store_uri() -> str:
     """`--store` falls back to `$VLKD_STORE`, then to `~/.vlkd/store`."""
@@ -187,6 +190,10 @@ class FileStorage:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if not p.name.startswith(self._TMP))
+
+    def pyarrow_location(self, prefix: str) -> tuple[str, Any]:
+        """Where Ray Train (which speaks pyarrow filesystems) should write under `prefix`."""
+        return str(self._dir(prefix)), None
 
     def delete_prefix(self, prefix: str) -> int:
         base = self._dir(prefix)
@@ -353,6 +360,17 @@ class S3Storage:
             for obj in page.get("Contents", []):
                 names.add(obj["Key"].rsplit("/", 1)[-1])
         return sorted(names)
+
+    def pyarrow_location(self, prefix: str) -> tuple[str, Any]:
+        """Where Ray Train (which speaks pyarrow filesystems) should write under `prefix`: the same bucket,
+        endpoint and region as this store; credentials from the same environment."""
+        from pyarrow import fs
+
+        options: dict[str, Any] = {"region": self.client.meta.region_name}
+        if self._endpoint_url:
+            parsed = urlparse(self._endpoint_url)
+            options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+        return f"{self.bucket}/{self._key(prefix)}", fs.S3FileSystem(**options)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [self._key(info.key) for info in self.list(prefix)]

@@ -23,7 +23,13 @@ from vlkd.models.resnext3d import ACTIVITYNET_MEAN, ResNeXt3D, load_kinetics_che
 from vlkd.specs.data import Encoder2DSpec, Encoder3DSpec
 
 # Feature sizes by encoder name, so callers can lay out features without building a model.
-ENCODER_DIMS: dict[str, int] = {"clip-vit-b32": 512, "resnet152": 2048, "resnext3d": 2048}
+ENCODER_DIMS: dict[str, int] = {
+    "clip-vit-b32": 512,
+    "resnet152": 2048,
+    "resnext3d": 2048,
+    "pixels": 192,
+    "pixel-motion": 192,
+}
 
 CLIP_PATCH_SIZE = 32
 # Random init (offline tests, demos) is seeded: every Ray actor must build the same encoder, or features of
@@ -255,11 +261,49 @@ def build_resnext3d(spec: Encoder3DSpec, weights: str | None, device: torch.devi
     )
 
 
+class PixelGrid(nn.Module):
+    """Parameter-free demo encoder (not in the paper): a frame [n, 3, s, s] as its 8x8 grid of mean colours
+    [n, 192], which keeps what a synthetic frame shows (colours, positions) for a demo teacher to learn from."""
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(frames, 8).flatten(1)
+
+
+class PixelMotion(nn.Module):
+    """Parameter-free demo clip encoder (not in the paper): the change from a window's first to last frame on an
+    8x8 colour grid [n, 192], a crude motion signal."""
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(clips[:, -1] - clips[:, 0], 8).flatten(1)
+
+
+# Pixels on [0, 1], centred: the demo encoders' features then sit near unit scale.
+PIXEL_NORM = PixelNorm(1 / 255, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def _call(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    return model(pixels)
+
+
+def build_pixels(spec: Encoder2DSpec, weights: str | None, device: torch.device) -> FrozenEncoder:
+    return FrozenEncoder(spec.name, PixelGrid(), _call, PIXEL_NORM, spec.image_size, spec.batch_size, device)
+
+
+def build_pixel_motion(spec: Encoder3DSpec, weights: str | None, device: torch.device) -> FrozenEncoder:
+    return FrozenEncoder(
+        spec.name, PixelMotion(), _call, PIXEL_NORM, spec.image_size, spec.batch_size, device, spec.window
+    )
+
+
 Build2D = Callable[[Encoder2DSpec, str | None, torch.device], FrozenEncoder]
 Build3D = Callable[[Encoder3DSpec, str | None, torch.device], FrozenEncoder]
 
-ENCODERS_2D: dict[str, Build2D] = {"clip-vit-b32": build_clip_vit_b32, "resnet152": build_resnet152}
-ENCODERS_3D: dict[str, Build3D] = {"resnext3d": build_resnext3d}
+ENCODERS_2D: dict[str, Build2D] = {
+    "clip-vit-b32": build_clip_vit_b32,
+    "resnet152": build_resnet152,
+    "pixels": build_pixels,
+}
+ENCODERS_3D: dict[str, Build3D] = {"resnext3d": build_resnext3d, "pixel-motion": build_pixel_motion}
 
 
 def build_2d_encoder(spec: Encoder2DSpec, weights: str | None, device: str | torch.device = "cpu") -> FrozenEncoder:

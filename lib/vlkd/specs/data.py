@@ -14,18 +14,29 @@ DEFAULT_WEIGHTS: dict[str, str | None] = {
     "resnet152": "hf://microsoft/resnet-152",
     "resnext3d": None,  # the Kinetics checkpoints of kenshohara/3D-ResNets-PyTorch are not on a hub
 }
+# Parameter-free encoders for offline demos and tests (not in the paper): random-weight deep networks scramble
+# what synthetic frames show, these keep it, so a demo teacher has something to learn.
+PARAMETER_FREE = ("pixels", "pixel-motion")
 
 
 class _EncoderSpec(StrictModel):
     name: str
-    init: Literal["pretrained", "random"] = Field(
-        "pretrained", description="random: offline tests and demos only; recorded in the features manifest"
+    init: Literal["pretrained", "random", "none"] = Field(
+        "pretrained",
+        description="random: offline tests and demos only, recorded in the manifest; none: parameter-free encoders",
     )
     weights: WeightsSource | None = None
     batch_size: int = Field(64, gt=0, description="frames (2D) or clips (3D) per forward pass")
 
     @model_validator(mode="after")
     def _weights_for_pretrained(self) -> _EncoderSpec:
+        if self.name in PARAMETER_FREE:
+            if self.weights is not None or self.init == "random":
+                raise ValueError(f"{self.name} has no parameters: remove weights and init")
+            self.init = "none"
+            return self
+        if self.init == "none":
+            raise ValueError(f"init: none is for parameter-free encoders ({', '.join(PARAMETER_FREE)})")
         if self.init == "pretrained" and self.weights is None:
             self.weights = DEFAULT_WEIGHTS[self.name]
             if self.weights is None:
@@ -39,7 +50,7 @@ class _EncoderSpec(StrictModel):
 class Encoder2DSpec(_EncoderSpec):
     """The frame-level image encoder, run on frames sampled at `PreprocessSpec.fps` (Sec. 4.2)."""
 
-    name: Literal["clip-vit-b32", "resnet152"] = "clip-vit-b32"
+    name: Literal["clip-vit-b32", "resnet152", "pixels"] = "clip-vit-b32"
     image_size: int = Field(224, gt=0)
 
 
@@ -47,7 +58,7 @@ class Encoder3DSpec(_EncoderSpec):
     """The 3D-ResNeXt clip encoder: `window` frames at `input_fps` per feature, i.e. 24/16 = 1.5 features
     per second, sub-sampled to the 2D stream's rate (Sec. 4.2)."""
 
-    name: Literal["resnext3d"] = "resnext3d"
+    name: Literal["resnext3d", "pixel-motion"] = "resnext3d"
     depth: Literal[50, 101, 152] = Field(152, description="3D-ResNeXt-152 in the paper (Sec. 4.2)")
     input_fps: float = Field(24.0, gt=0)
     window: int = Field(16, gt=0, description="frames per 3D feature")

@@ -1,0 +1,198 @@
+"""Stage `teacher`: cross-modal pretraining of LM^T and V^T on a `features` artifact (Sec. 3.2), with Ray Train.
+
+L^T = w_ct L_CT + w_mlm L_MLM (Eq. 3 and BERT's MLM); the contrastive term sees the unmasked text, the MLM term
+the masked one. Validation reports the losses and text-to-video retrieval (R@1/5/10, median rank) on held-out
+videos; training stops early when the validation loss stops improving, and the best weights are published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlkd import losses
+from vlkd.artifacts import Manifest, collect_files
+from vlkd.data.clips import clip_datasets, middle_frames, pad_features
+from vlkd.metrics import retrieval_metrics
+from vlkd.runtime import JobContext, ensure_ray, job_main
+from vlkd.specs import TeacherSpec
+from vlkd.train import LOGS, RunPlace, fit, load_final
+
+log = logging.getLogger("vlkd.teacher")
+MAX_VAL_QUERIES = 10_000
+
+
+@dataclass
+class TeacherTask:
+    """The teacher's objectives for the shared loop (`vlkd.train`)."""
+
+    spec: TeacherSpec
+    tokenizer: Any
+    feature_dim: int
+
+    @property
+    def ddp_find_unused(self) -> bool:
+        return set(self.spec.objectives) != {"ct", "mlm"}  # an unused branch has no gradients
+
+    def build_model(self) -> nn.Module:
+        from vlkd.models.teacher import Teacher
+
+        return Teacher.build(self.spec.model, self.spec.video_model, len(self.tokenizer), self.feature_dim)
+
+    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        texts = [str(t) for t in batch["text"]]
+        encoded = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.spec.max_text_len,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
+        items = [np.asarray(f, np.float32) for f in batch["features"]]
+        if self.spec.visual_input == "middle_frame":
+            items = [middle_frames(f) for f in items]
+        features, frame_mask = pad_features(items)
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "special_tokens_mask": encoded["special_tokens_mask"].bool() | ~encoded["attention_mask"].bool(),
+            "features": torch.from_numpy(features),
+            "frame_mask": torch.from_numpy(frame_mask),
+        }
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def _terms(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        objectives = set(self.spec.objectives)
+        masked = labels = None
+        if "mlm" in objectives:
+            masked, labels = losses.mask_tokens(
+                batch["input_ids"].cpu(),
+                batch["special_tokens_mask"].cpu(),
+                self.tokenizer.mask_token_id,
+                len(self.tokenizer),
+                self.spec.mlm_probability,
+                generator,
+            )
+            masked, labels = masked.to(batch["input_ids"].device), labels.to(batch["input_ids"].device)
+        with_video = "ct" in objectives
+        out = model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            masked_input_ids=masked,
+            features=batch["features"] if with_video else None,
+            frame_mask=batch["frame_mask"] if with_video else None,
+        )
+        terms: dict[str, torch.Tensor] = {}
+        if with_video:
+            size = len(batch["input_ids"])
+            negatives = [losses.sample_negatives(size, generator).to(batch["input_ids"].device) for _ in range(2)]
+            terms["ct"] = losses.token_contrastive_loss(
+                out["text_states"], batch["attention_mask"].bool(), out["video_repr"], *negatives, self.spec.margin
+            )
+        if labels is not None:
+            terms["mlm"] = losses.mlm_loss(out["mlm_logits"], labels)
+        return terms
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self._terms(model, batch, generator)
+        weights = self.spec.loss_weights.model_dump()
+        total = sum(weights[name] * value for name, value in terms.items())
+        return total, {"loss": float(total.detach()), **{name: float(value.detach()) for name, value in terms.items()}}
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """Validation losses (fixed masking and negatives, so evaluations compare) and retrieval."""
+        generator = torch.Generator().manual_seed(0)
+        sums: dict[str, float] = {}
+        count = 0
+        texts, videos = [], []
+        for batch in batches:
+            if len(batch["input_ids"]) > 1:  # a negative needs another example
+                _, terms = self.loss(model, batch, generator)
+                sums = {k: sums.get(k, 0.0) + v for k, v in terms.items()}
+                count += 1
+            states = model.text_states(batch["input_ids"], batch["attention_mask"])
+            texts.append(losses.mean_pool(states, batch["attention_mask"].bool()).float().cpu())
+            videos.append(model.video_encoder(batch["features"], batch["frame_mask"])[1].float().cpu())
+        metrics = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
+        metrics["val_loss"] = metrics.pop("val_loss", float("inf"))
+        text, video = torch.cat(texts)[:MAX_VAL_QUERIES], torch.cat(videos)[:MAX_VAL_QUERIES]
+        metrics.update({f"val_{k}": v for k, v in retrieval_metrics(text, video).items()})
+        return metrics
+
+
+def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
+    from transformers import BertTokenizerFast
+
+    started = time.monotonic()
+    store = context.store
+    tokenizer_dir = context.scratch / "tokenizer"
+    tokenizer_manifest = store.fetch(spec.tokenizer, tokenizer_dir)
+    tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
+    ensure_ray(max(1, spec.resources.num_workers) * spec.resources.cpus_per_worker + 1)
+    datasets, info = clip_datasets(
+        store, spec.features, spec.train.val_size, spec.seed, spec.visual_input == "middle_frame", spec.max_frames
+    )
+    feature_dim = info.dim_2d if spec.visual_input == "middle_frame" else info.feature_dim
+    task = TeacherTask(spec, tokenizer, feature_dim)
+    place = RunPlace(store.storage, context.job_id)
+    final = fit(task, spec.train, spec.optim, spec.resources, datasets, place, spec.seed)
+    payload = load_final(final)
+    model = task.build_model()
+    model.load_state_dict(payload["best_weights"] or payload["model"])
+    export = context.scratch / "teacher"
+    model.save(export, tokenizer_dir)
+    if (final / LOGS).is_dir():
+        (export / LOGS).mkdir(parents=True, exist_ok=True)
+        for path in (final / LOGS).iterdir():
+            (export / LOGS / path.name).write_bytes(path.read_bytes())
+    state = payload["state"]
+    description = {"feature_dim": feature_dim, "visual_input": spec.visual_input, "objectives": spec.objectives}
+    (export / "teacher.json").write_text(json.dumps(description, indent=2))
+    metrics = {
+        **{k: round(v, 4) for k, v in state["best_metrics"].items()},
+        "best_val_loss": round(state["best_val"], 4),
+        "best_step": state["best_step"],
+        "steps": state["step"],
+        "stopped_early": state["stopped_early"],
+        "resumed_from": state["resumed_from"],
+        **{f"peak_{k}": round(v, 1) for k, v in state["peak"].items()},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    manifest = store.publish(
+        "teacher",
+        spec.name,
+        collect_files([export]),
+        spec=spec,
+        parents=[info.ref, tokenizer_manifest.ref],
+        metrics=metrics,
+        attributes={
+            "features_random_init": store.manifest(info.ref).attributes.get("random_init", False),
+            "checkpoints": f"{store.uri}/{place.prefix}",
+        },
+        job_id=context.job_id,
+    )
+    log.info(
+        "%s: best val loss %.4f at step %d, R@1 %.1f",
+        manifest.ref,
+        state["best_val"],
+        state["best_step"],
+        metrics.get("val_r1", float("nan")),
+    )
+    return [manifest]
+
+
+if __name__ == "__main__":
+    job_main("teacher", run)

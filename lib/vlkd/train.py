@@ -1,0 +1,476 @@
+"""The one Ray Train loop the teacher and student stages share: AdamW with warm-up and linear decay, mixed
+precision on GPU, gradient accumulation and clipping, periodic validation with early stopping, checkpoints that
+carry everything needed to resume (model, optimizer, scheduler, step, RNG, best weights, logs), and metrics to the
+console, a JSON Lines file and TensorBoard.
+
+A stage describes itself as a `TrainingTask`; `fit` runs it on Ray Train (`TorchTrainer`, DDP across workers) and
+returns the directory of the final checkpoint. Checkpoints live in the artifact store under
+`checkpoints/<job id>/`: Ray Train persists them there (`RunConfig(storage_path=...)`, `CheckpointConfig`) and
+restores them after a worker failure (`FailureConfig`) or when the same job id is submitted again. Ray Train's
+in-process local mode (`num_workers: 0`) persists nothing itself, so there the loop writes and finds them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlkd.specs import OptimSpec, Resources, TrainSpec
+from vlkd.storage import Storage
+
+log = logging.getLogger("vlkd.train")
+STATE_FILE = "state.pt"
+LOGS = "logs"
+METRICS_FILE = "metrics.jsonl"
+_COMPLETE = ".complete"
+
+
+class TrainingTask(Protocol):
+    """What a stage gives the loop. Built on the driver and shipped to every worker, so keep it light (specs,
+    refs, a tokenizer); the model is built on the worker."""
+
+    def build_model(self) -> nn.Module: ...
+
+    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """A Ray Data batch (numpy) -> tensors for `loss` (on the CPU; the loop moves them)."""
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss and each term's value, for logging."""
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """Validation metrics; must include `val_loss` (early stopping watches it)."""
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        """Tokens in a batch, for throughput."""
+
+
+@dataclass
+class RunPlace:
+    """Where a run keeps its checkpoints: `checkpoints/<job id>` in the store."""
+
+    storage: Storage
+    job_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"checkpoints/{self.job_id}"
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_val: float = math.inf
+    best_step: int = -1
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    """validation metrics at `best_step`: those of the weights that get published"""
+    peak: dict[str, float] = field(default_factory=dict)
+    resumed_from: list[int] = field(default_factory=list)
+    """the steps this run was resumed at (after a lost worker or a resubmission)"""
+
+
+def build_optimizer(optim: OptimSpec, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW (Sec. 4.3); no weight decay on biases and LayerNorm weights, as in BERT."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+
+
+def build_scheduler(
+    optim: OptimSpec, optimizer: torch.optim.Optimizer, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(optim.warmup_fraction * max_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if optim.schedule == "constant":
+            return 1.0
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(precision: str, device: torch.device) -> tuple[AbstractContextManager[Any], bool]:
+    """(context, needs a grad scaler): `auto` is bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    if device.type != "cuda" or precision == "fp32":
+        return nullcontext(), False
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype), dtype == torch.float16
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class MetricsLog:
+    """Rank 0's metrics: one JSON line per record and TensorBoard scalars, in a folder checkpoints carry."""
+
+    def __init__(self, directory: Path, enabled: bool) -> None:
+        self.directory = directory
+        self.enabled = enabled
+        self._writer: Any = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            directory.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(str(directory))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.directory / METRICS_FILE, "a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class Checkpoints:
+    """Save and find checkpoints; Ray Train persists them unless it runs in local mode, where this does."""
+
+    def __init__(self, place: RunPlace, keep: int, local_mode: bool) -> None:
+        self.place = place
+        self.keep = keep
+        self.local_mode = local_mode
+
+    def restore(self, into: Path) -> bool:
+        """Copy the latest checkpoint into `into`; False when the run has none yet."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                shutil.copytree(directory, into, dirs_exist_ok=True)
+            return True
+        return self.local_mode and self.download_latest(into)
+
+    def save(self, directory: Path, step: int, metrics: dict[str, float], is_writer: bool) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        if self.local_mode:
+            if is_writer:
+                self._upload(directory, step)
+            ray.train.report(metrics)
+        else:  # every rank reports; Ray keeps rank 0's directory
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(directory)) if is_writer else None)
+
+    def _local_steps(self) -> list[str]:
+        storage, prefix = self.place.storage, self.place.prefix
+        names = [c for c in storage.children(prefix) if c.startswith("step-")]
+        return sorted(n for n in names if storage.exists(f"{prefix}/{n}/{_COMPLETE}"))
+
+    def _upload(self, directory: Path, step: int) -> None:
+        storage, prefix = self.place.storage, f"{self.place.prefix}/step-{step:09d}"
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            storage.upload(f"{prefix}/{path.relative_to(directory).as_posix()}", path)
+        storage.write_bytes(f"{prefix}/{_COMPLETE}", b"")  # last: an interrupted upload is never restored
+        for old in self._local_steps()[: -self.keep]:
+            storage.delete_prefix(f"{self.place.prefix}/{old}")
+
+    def download_latest(self, into: Path) -> bool:
+        steps = self._local_steps()
+        if not steps:
+            return False
+        prefix = f"{self.place.prefix}/{steps[-1]}"
+        for info in self.place.storage.list(prefix):
+            relative = info.key[len(prefix) + 1 :]
+            if relative != _COMPLETE:
+                (into / relative).parent.mkdir(parents=True, exist_ok=True)
+                self.place.storage.download(info.key, into / relative)
+        return True
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _batches(shard: Any, task: TrainingTask, batch_size: int, seed: int, shuffle: bool) -> Iterator[dict[str, Any]]:
+    for batch in shard.iter_batches(
+        batch_size=batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=4 * batch_size if shuffle else None,
+        local_shuffle_seed=seed if shuffle else None,
+        drop_last=shuffle,  # a training batch of one has no in-batch negative
+    ):
+        yield task.collate(batch)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class Loop:
+    """One worker's training run (everything that happens inside `train_loop_per_worker`)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import ray.train
+        import ray.train.torch
+
+        self.task: TrainingTask = config["task"]
+        self.train: TrainSpec = config["train"]
+        self.optim: OptimSpec = config["optim"]
+        self.seed: int = config["seed"]
+        self.checkpoints = Checkpoints(config["place"], self.train.keep_checkpoints, config["local_mode"])
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        torch.manual_seed(self.seed + self.rank)
+        model = self.task.build_model()
+        if self.world > 1:
+            ddp = {"find_unused_parameters": getattr(self.task, "ddp_find_unused", False)}
+            self.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp)
+        else:
+            self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.optim, self.model)
+        self.scheduler = build_scheduler(self.optim, self.optimizer, self.train.max_steps)
+        self.cast, needs_scaler = autocast(self.train.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
+        self.state = TrainState()
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.work = Path(tempfile.mkdtemp(prefix="vlkd-train-"))
+        self._resume()
+        self.metrics = MetricsLog(self.work / LOGS, enabled=self.rank == 0)
+        self.generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.val_shard = ray.train.get_dataset_shard("validation")
+
+    def _resume(self) -> None:
+        restored = self.work / "restored"
+        if not self.checkpoints.restore(restored):
+            return
+        saved = torch.load(restored / STATE_FILE, map_location="cpu", weights_only=False)
+        _unwrap(self.model).load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.state = TrainState(**saved["state"])
+        self.state.resumed_from.append(self.state.step)
+        self.best_weights = saved["best_weights"]
+        _set_rng_state(saved["rng"][min(self.rank, len(saved["rng"]) - 1)])
+        if (restored / LOGS).is_dir():
+            shutil.copytree(restored / LOGS, self.work / LOGS, dirs_exist_ok=True)
+        log.info("resumed at step %d from the latest checkpoint", self.state.step)
+
+    def run(self) -> None:
+        started, window = time.monotonic(), {"time": time.monotonic(), "tokens": 0, "samples": 0}
+        epoch = 0
+        while not self._finished():
+            for batch in _batches(self.train_shard, self.task, self.train.batch_size, self.seed + epoch, shuffle=True):
+                self._micro_step(_to(batch, self.device), window)
+                if self._finished():
+                    break
+            epoch += 1
+        self._checkpoint(final=True)
+        self.metrics.close()
+        if self.rank == 0:
+            log.info("finished at step %d in %.0f s", self.state.step, time.monotonic() - started)
+
+    def _finished(self) -> bool:
+        return self.state.step >= self.train.max_steps or self.state.stopped_early
+
+    def _micro_step(self, batch: dict[str, Any], window: dict[str, float]) -> None:
+        self._micro = getattr(self, "_micro", 0) + 1
+        sync = self._micro % self.train.grad_accum_steps == 0
+        no_sync = self.model.no_sync if (self.world > 1 and not sync) else nullcontext
+        self.model.train()
+        with no_sync(), self.cast:
+            loss, terms = self.task.loss(self.model, batch, self.generator)
+        self.scaler.scale(loss / self.train.grad_accum_steps).backward()
+        window["tokens"] += self.task.tokens(batch)
+        window["samples"] += next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
+        self._terms = (
+            {k: self._terms.get(k, 0.0) + v for k, v in terms.items()} if hasattr(self, "_terms") else dict(terms)
+        )
+        if not sync:
+            return
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip or math.inf)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.step += 1
+        if self.state.step % self.train.log_every == 0:
+            self._log(window, float(grad_norm))
+        if self.state.step % self.train.eval_every == 0:
+            self._validate()
+        if self.state.step % self.train.checkpoint_every == 0 and not self._finished():
+            self._checkpoint(final=False)
+
+    def _log(self, window: dict[str, float], grad_norm: float) -> None:
+        seconds = max(time.monotonic() - window["time"], 1e-9)
+        count = self._micro
+        terms = {k: v / count for k, v in self._terms.items()}
+        throughput = {
+            "tokens_per_s": window["tokens"] * self.world / seconds,
+            "samples_per_s": window["samples"] * self.world / seconds,
+        }
+        metrics = {**terms, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, **throughput}
+        for key, value in throughput.items():
+            self.state.peak[key] = max(self.state.peak.get(key, 0.0), value)
+        self.metrics.write(self.state.step, metrics)
+        if self.rank == 0:
+            remaining = (self.train.max_steps - self.state.step) * seconds / self.train.log_every
+            shown = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
+            log.info(
+                "step %d/%d (%.0f%%) %s | lr %.2e | %.0f tok/s | eta %s",
+                self.state.step,
+                self.train.max_steps,
+                100 * self.state.step / self.train.max_steps,
+                shown,
+                metrics["lr"],
+                throughput["tokens_per_s"],
+                time.strftime("%H:%M:%S", time.gmtime(remaining)),
+            )
+        window.update(time=time.monotonic(), tokens=0, samples=0)
+        self._terms, self._micro = {}, 0
+
+    def _validate(self) -> None:
+        """Every rank evaluates the whole validation split, so all take the same early-stopping decision."""
+        self.model.eval()
+        with torch.no_grad(), self.cast:
+            batches = (
+                _to(b, self.device) for b in _batches(self.val_shard, self.task, self.train.batch_size, 0, False)
+            )
+            metrics = self.task.evaluate(_unwrap(self.model), batches)
+        self.state.last_metrics = metrics
+        if metrics["val_loss"] < self.state.best_val:
+            self.state.best_val, self.state.best_step = metrics["val_loss"], self.state.step
+            self.state.best_metrics = metrics
+            self.state.evals_without_improvement = 0
+            self.best_weights = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in _unwrap(self.model).state_dict().items()}
+            )
+        else:
+            self.state.evals_without_improvement += 1
+            if self.train.patience is not None and self.state.evals_without_improvement >= self.train.patience:
+                self.state.stopped_early = True
+        self.metrics.write(self.state.step, {**metrics, "best_val_loss": self.state.best_val})
+        if self.rank == 0:
+            shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            log.info(
+                "step %d validation: %s%s", self.state.step, shown, " (early stop)" if self.state.stopped_early else ""
+            )
+
+    def _checkpoint(self, final: bool) -> None:
+        if final and self.state.best_step < 0 and self.val_shard is not None:
+            self._validate()  # a run shorter than eval_every still picks its weights on validation data
+        directory = self.work / f"checkpoint-{self.state.step}"
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            rng = [_rng_state()]
+            payload = {
+                "model": _unwrap(self.model).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "state": asdict(self.state),
+                "best_weights": self.best_weights,
+                "rng": rng,
+            }
+            torch.save(payload, directory / STATE_FILE)
+            if (self.work / LOGS).is_dir():
+                shutil.copytree(self.work / LOGS, directory / LOGS, dirs_exist_ok=True)
+        report = {"step": self.state.step, "best_val_loss": self.state.best_val, **self.state.last_metrics}
+        self.checkpoints.save(directory, self.state.step, report, is_writer=self.rank == 0)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    Loop(config).run()
+
+
+def fit(
+    task: TrainingTask,
+    train: TrainSpec,
+    optim: OptimSpec,
+    resources: Resources,
+    datasets: dict[str, Any],
+    place: RunPlace,
+    seed: int,
+) -> Path:
+    """Run `task` on Ray Train and return a local directory holding the final checkpoint."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    local_mode = resources.num_workers == 0
+    storage_path, filesystem = place.storage.pyarrow_location("checkpoints")
+    per_worker = {"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "task": task,
+            "train": train,
+            "optim": optim,
+            "seed": seed,
+            "place": place,
+            "local_mode": local_mode,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=resources.num_workers,
+            use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker={k: v for k, v in per_worker.items() if v} if not local_mode else None,
+        ),
+        run_config=RunConfig(
+            name=place.job_id,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=train.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker validates on the whole split
+    )
+    result = trainer.fit()
+    final = Path(tempfile.mkdtemp(prefix="vlkd-final-"))
+    if local_mode:
+        Checkpoints(place, train.keep_checkpoints, True).download_latest(final)
+    else:
+        with result.checkpoint.as_directory() as directory:
+            shutil.copytree(directory, final, dirs_exist_ok=True)
+    return final
+
+
+def load_final(directory: Path) -> dict[str, Any]:
+    """The final checkpoint's payload: `best_weights` (the weights to publish), `state`, `model`."""
+    return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
