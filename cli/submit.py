@@ -22,6 +22,7 @@ def submit(
     stage: str = typer.Argument(..., help=f"one of {', '.join(_JOB_STAGES)}", show_default=False),
     spec: Path = typer.Option(..., "--spec", "-f", help="the stage's spec (YAML)", show_default=False),
     store: Store = None,
+    job_id: str = typer.Option(None, "--job-id", help="resume an interrupted job: give its id again"),
 ) -> None:
     """Validate SPEC and run the STAGE job on this machine's Ray, waiting for it (exit code = the job's)."""
     if stage not in _JOB_STAGES:
@@ -30,7 +31,7 @@ def submit(
     module = job_module(stage)
     if importlib.util.find_spec(module) is None:
         raise VlkdError(f"the {stage} stage has no job in this vlkd version yet")
-    job_id = new_job_id(stage)
+    job_id = job_id or new_job_id(stage)
     err_console.print(f"job {job_id}: {stage} {validated.name} (local)", highlight=False)
     command = [sys.executable, "-m", module, "--spec", str(spec.resolve()), "--job-id", job_id]
     if store:

@@ -24,7 +24,7 @@ from vlkd.data.clips import clip_datasets, middle_frames, pad_features
 from vlkd.metrics import retrieval_metrics
 from vlkd.runtime import JobContext, ensure_ray, job_main
 from vlkd.specs import TeacherSpec
-from vlkd.train import LOGS, RunPlace, fit, load_final
+from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary
 
 log = logging.getLogger("vlkd.teacher")
 MAX_VAL_QUERIES = 10_000
@@ -151,26 +151,14 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
     final = fit(task, spec.train, spec.optim, spec.resources, datasets, place, spec.seed)
     payload = load_final(final)
     model = task.build_model()
-    model.load_state_dict(payload["best_weights"] or payload["model"])
+    weights, validation = published_weights(payload, spec.train)
+    model.load_state_dict(weights)
     export = context.scratch / "teacher"
     model.save(export, tokenizer_dir)
-    if (final / LOGS).is_dir():
-        (export / LOGS).mkdir(parents=True, exist_ok=True)
-        for path in (final / LOGS).iterdir():
-            (export / LOGS / path.name).write_bytes(path.read_bytes())
-    state = payload["state"]
+    export_logs(final, export)
     description = {"feature_dim": feature_dim, "visual_input": spec.visual_input, "objectives": spec.objectives}
     (export / "teacher.json").write_text(json.dumps(description, indent=2))
-    metrics = {
-        **{k: round(v, 4) for k, v in state["best_metrics"].items()},
-        "best_val_loss": round(state["best_val"], 4),
-        "best_step": state["best_step"],
-        "steps": state["step"],
-        "stopped_early": state["stopped_early"],
-        "resumed_from": state["resumed_from"],
-        **{f"peak_{k}": round(v, 1) for k, v in state["peak"].items()},
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    metrics = run_summary(payload["state"], validation, time.monotonic() - started)
     manifest = store.publish(
         "teacher",
         spec.name,
@@ -184,13 +172,7 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
         },
         job_id=context.job_id,
     )
-    log.info(
-        "%s: best val loss %.4f at step %d, R@1 %.1f",
-        manifest.ref,
-        state["best_val"],
-        state["best_step"],
-        metrics.get("val_r1", float("nan")),
-    )
+    log.info("%s: best val loss %.4f at step %d", manifest.ref, metrics["best_val_loss"], metrics["best_step"])
     return [manifest]
 
 

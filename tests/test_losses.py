@@ -479,7 +479,7 @@ def test_crd_loss_uses_the_other_examples_as_negatives_while_the_memory_is_empty
     s, t = _embeddings(crd, student, teacher)
     scores = s @ t.T
     negatives = torch.stack([torch.cat([scores[b, :b], scores[b, b + 1 :]]) for b in range(3)])
-    expected = crd_nce_loss(scores.diagonal(), negatives, num_data=100, temperature=0.07)
+    expected = crd_nce_loss(*_normalised(scores.diagonal(), negatives, 0.07, 100), num_data=100, temperature=0.07)
     assert torch.allclose(crd(student, teacher), expected)
 
 
@@ -491,8 +491,29 @@ def test_crd_loss_draws_negatives_from_the_filled_part_of_the_memory() -> None:
     crd.num_written.fill_(2)
     student, teacher = torch.randn(3, 6), torch.randn(3, 5)
     s, t = _embeddings(crd, student, teacher)
-    expected = crd_nce_loss((s * t).sum(-1), (s @ entry).unsqueeze(1).expand(3, 7), num_data=100, temperature=0.07)
+    positive, negative = (s * t).sum(-1), (s @ entry).unsqueeze(1).expand(3, 7)
+    expected = crd_nce_loss(*_normalised(positive, negative, 0.07, 100), num_data=100, temperature=0.07)
     assert torch.allclose(crd(student, teacher), expected)
+
+
+def _normalised(positive, negative, temperature, num_data):
+    """Scores shifted by T log Z, CRD's normalising constant Z = M * mean exp(score / T) over the first batch."""
+    z = torch.cat([positive.flatten(), negative.flatten()]) / temperature
+    log_z = torch.logsumexp(z, 0) - math.log(len(z)) + math.log(num_data)
+    return positive - temperature * log_z, negative - temperature * log_z
+
+
+def test_crd_normalising_constant_is_fixed_after_the_first_training_batch() -> None:
+    crd = CRDLoss(6, 5, dim=4, buffer_size=64, num_negatives=32, num_data=1000)
+    crd(torch.randn(8, 6), torch.randn(8, 5))
+    log_z = float(crd.log_z)
+    student, teacher = torch.randn(8, 6), torch.randn(8, 5)
+    s, t = _embeddings(crd, student, teacher)
+    loss = crd(student, teacher)
+    assert float(crd.log_z) == log_z and "log_z" in crd.state_dict()
+    # Without Z every negative's h is near 1 once exp(z) >> N/M, and the sum over N negatives explodes.
+    plain = crd_nce_loss((s * t).sum(-1), s @ crd.memory[:8].T, num_data=1000, temperature=0.07)
+    assert loss.item() < plain.item()
 
 
 def test_crd_loss_queue_wraps_around_at_buffer_size() -> None:

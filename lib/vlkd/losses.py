@@ -9,6 +9,8 @@ authors' code, so a loss's scale does not grow with sentence length or batch siz
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -202,8 +204,8 @@ def crd_nce_loss(
 
     pos_scores [B], neg_scores [B, N] (N negatives per example), num_data M (the dataset's size) -> scalar. In the
     stable form -log h(z) = softplus(log(N/M) - z) and -log(1 - h(z)) = softplus(z - log(N/M)), finite for any
-    score. Eq. 8 as written: CRD's code also divides exp(z) by a normalising constant estimated on the first
-    batch (the NCE partition function); that constant is left out here. With N = 0, h = 1 and the loss is 0."""
+    score. Eq. 8 as written; `CRDLoss` adds CRD's normalising constant by shifting the scores it passes in.
+    With N = 0, h = 1 and the loss is 0."""
     log_ratio = torch.tensor(neg_scores.shape[-1] / num_data, dtype=pos_scores.dtype, device=pos_scores.device).log()
     positive = F.softplus(log_ratio - pos_scores / temperature)
     negative = F.softplus(neg_scores / temperature - log_ratio).sum(-1)
@@ -253,6 +255,8 @@ class CRDLoss(nn.Module):
         self.num_data = num_data
         self.register_buffer("memory", torch.zeros(buffer_size, dim))
         self.register_buffer("num_written", torch.zeros((), dtype=torch.long))
+        self.register_buffer("log_z", torch.zeros(()))
+        self.register_buffer("log_z_set", torch.zeros((), dtype=torch.bool))
 
     @property
     def filled(self) -> int:
@@ -268,10 +272,24 @@ class CRDLoss(nn.Module):
         teacher = F.normalize(self.f2(teacher_repr.detach()), dim=-1)
         positive = (student * teacher).sum(-1)
         negative = self._negative_scores(student, teacher.detach(), generator)
-        loss = crd_nce_loss(positive, negative, self.num_data, self.temperature)
+        shift = self.temperature * self._log_partition(positive, negative)
+        loss = crd_nce_loss(positive - shift, negative - shift, self.num_data, self.temperature)
         if self.training:
             self._enqueue(teacher.detach())
         return loss
+
+    @torch.no_grad()
+    def _log_partition(self, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        """log Z, CRD's normalising constant: exp(z) / Z is NCE's model probability, with Z = M * mean exp(z)
+        estimated on the first training batch and fixed after (as CRD's code does). Without it exp(z) is about 1
+        for every pair while N/M is small, so h is near 1 for all negatives and the loss (a sum over N of them)
+        is in the hundreds, drowning L_MLM."""
+        if not bool(self.log_z_set):
+            z = torch.cat([positive.flatten(), negative.flatten()]).float() / self.temperature
+            log_mean = torch.logsumexp(z, 0) - torch.log(torch.tensor(float(len(z)), device=z.device))
+            self.log_z.fill_(float(log_mean) + math.log(self.num_data))
+            self.log_z_set.fill_(self.training)
+        return self.log_z.to(positive.dtype)
 
     def _negative_scores(
         self, student: torch.Tensor, teacher: torch.Tensor, generator: torch.Generator | None

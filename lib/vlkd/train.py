@@ -472,5 +472,35 @@ def fit(
 
 
 def load_final(directory: Path) -> dict[str, Any]:
-    """The final checkpoint's payload: `best_weights` (the weights to publish), `state`, `model`."""
+    """The final checkpoint's payload: `model` (last weights), `best_weights`, `state`."""
     return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def published_weights(payload: dict[str, Any], train: TrainSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The weights to publish and their validation metrics: the best ones when training stops on validation
+    (`patience`, the teacher's "until it converges", Sec. 4.3), else the last (a fixed budget, so students and
+    their baseline compare at equal steps)."""
+    state = payload["state"]
+    if train.patience is not None and payload["best_weights"] is not None:
+        return payload["best_weights"], state["best_metrics"]
+    return payload["model"], state["last_metrics"]
+
+
+def export_logs(final: Path, directory: Path) -> None:
+    """Put the run's metrics (JSON Lines, TensorBoard events) into the artifact being published."""
+    if (final / LOGS).is_dir():
+        shutil.copytree(final / LOGS, directory / LOGS, dirs_exist_ok=True)
+
+
+def run_summary(state: dict[str, Any], metrics: dict[str, float], seconds: float) -> dict[str, Any]:
+    """The manifest metrics of a training run: validation `metrics` of the published weights, how it ran."""
+    return {
+        **{k: round(v, 4) for k, v in metrics.items()},
+        "best_val_loss": round(state["best_val"], 4),
+        "best_step": state["best_step"],
+        "steps": state["step"],
+        "stopped_early": state["stopped_early"],
+        "resumed_from": state["resumed_from"],
+        **{f"peak_{k}": round(v, 1) for k, v in state["peak"].items()},
+        "seconds": round(seconds, 1),
+    }

@@ -57,7 +57,6 @@ class DistillSpec(StageSpec):
     distill_head: bool = Field(True, description="two-layer MLP on the student's last states (Sec. 4.3)")
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     max_len: int = Field(128, gt=2, description="Sec. 4.3")
-    precompute_teacher: bool = Field(False, description="store teacher states once, for several students on one corpus")
     optim: OptimSpec = OptimSpec()
     train: TrainSpec = TrainSpec(patience=None)
 

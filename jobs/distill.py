@@ -1,0 +1,269 @@
+"""Stage `distill`: a student language model trained on a `corpus` artifact with MLM plus the KD objectives of
+the spec against a frozen `teacher` (Sec. 3.3-3.4), with Ray Train; `kd: {}` is the text-only baseline.
+
+The teacher is loaded on each worker, frozen (eval mode, no gradients, never in the optimizer, bf16 on GPU) and
+fed the very masked input the student sees. The student's parents are the teacher, the corpus and its tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlkd import losses
+from vlkd.artifacts import ArtifactStore, Manifest, collect_files
+from vlkd.data.corpus import corpus_datasets, pad_sequences
+from vlkd.distillation import KD_OBJECTIVES, USES_HEAD, KDBatch, objective_modules, weighted_total
+from vlkd.errors import DataError
+from vlkd.refs import ArtifactRef
+from vlkd.runtime import JobContext, ensure_ray, job_main
+from vlkd.specs import DistillSpec
+from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary
+
+log = logging.getLogger("vlkd.distill")
+
+
+@dataclass
+class FrozenTeacher:
+    """LM^T (and, for vokens, V^T's video bank) as the student sees it: inference only."""
+
+    language_model: nn.Module
+    video_bank: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (last hidden states [B, L, D_t], logits [B, L, V]) in fp32."""
+        out = self.language_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[-1].float(), out.logits.float()
+
+
+def load_frozen_teacher(
+    store: ArtifactStore, ref: ArtifactRef, device: torch.device, bank: tuple[str, int] | None
+) -> FrozenTeacher:
+    from vlkd.models.teacher import Teacher
+
+    with tempfile.TemporaryDirectory(prefix="vlkd-teacher-") as tmp:
+        store.fetch(ref, Path(tmp))
+        teacher = Teacher.load(Path(tmp))
+    teacher.eval().requires_grad_(False).to(device)
+    if device.type == "cuda":  # the frozen teacher needs no fp32 master weights
+        teacher.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    video_bank = _video_bank(teacher, store, *bank, device) if bank else None
+    return FrozenTeacher(teacher.language_model, video_bank)
+
+
+@torch.no_grad()
+def _video_bank(teacher: Any, store: ArtifactStore, features: str, size: int, device: torch.device) -> torch.Tensor:
+    """The teacher's representations of the first `size` clips of a features artifact (Eq. 9's video bank)."""
+    from vlkd.data import features as fmt
+    from vlkd.data.clips import features_info, pad_features
+    from vlkd.inputs import open_input
+
+    source = open_input(features, store)
+    info = features_info(source)
+    clips = [c.features for path in info.shards for c in fmt.read_clips(source.read_bytes(path), info.feature_dim)]
+    reprs = []
+    dtype = next(teacher.video_encoder.parameters()).dtype
+    for start in range(0, min(size, len(clips)), 256):
+        padded, mask = pad_features([np.asarray(c, np.float32) for c in clips[start : min(size, start + 256)]])
+        frames = torch.from_numpy(padded).to(device, dtype)
+        reprs.append(teacher.video_encoder(frames, torch.from_numpy(mask).to(device))[1].float())
+    return torch.cat(reprs)
+
+
+@dataclass
+class DistillTask:
+    """The student's objectives for the shared loop (`vlkd.train`)."""
+
+    spec: DistillSpec
+    tokenizer: Any
+    store: ArtifactStore
+    teacher: ArtifactRef | None
+    teacher_dim: int | None
+    num_data: int
+    bank: tuple[str, int] | None = None
+    """(features ref, bank size) for the voken objective"""
+    _frozen: FrozenTeacher | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_frozen": None}  # each worker loads its own teacher
+
+    @property
+    def uses_head(self) -> bool:
+        return self.spec.distill_head and bool(USES_HEAD & set(self.spec.kd))
+
+    @property
+    def ddp_find_unused(self) -> bool:
+        return False
+
+    def build_model(self) -> nn.Module:
+        from vlkd.models.student import Student
+
+        shape = self.spec.model
+        kd_dim = self.teacher_dim if self.uses_head else shape.hidden_size
+        bank_size = self.bank[1] if self.bank else 0
+        modules = objective_modules(
+            self.spec.kd, self.spec.kd_options, kd_dim, self.teacher_dim or kd_dim, self.num_data, bank_size
+        )
+        return Student.build(shape, len(self.tokenizer), self.teacher_dim if self.uses_head else None, modules)
+
+    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        ids, mask = pad_sequences([np.asarray(s) for s in batch["input_ids"]], self.tokenizer.pad_token_id)
+        special = np.isin(ids, [self.tokenizer.cls_token_id, self.tokenizer.sep_token_id]) | (mask == 0)
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+            "special_tokens_mask": torch.from_numpy(special),
+        }
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def _frozen_teacher(self, device: torch.device) -> FrozenTeacher:
+        if self._frozen is None:
+            self._frozen = load_frozen_teacher(self.store, self.teacher, device, self.bank)
+        return self._frozen
+
+    def _terms(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        masked, labels = losses.mask_tokens(
+            ids.cpu(), batch["special_tokens_mask"].cpu(), self.tokenizer.mask_token_id, len(self.tokenizer),
+            self.spec.mlm_probability, generator,
+        )  # fmt: skip
+        masked, labels = masked.to(ids.device), labels.to(ids.device)
+        if not self.spec.kd:
+            return {"mlm": losses.mlm_loss(model(masked, attention)["logits"], labels)}
+        teacher = self._frozen_teacher(ids.device)
+        teacher_hidden, teacher_logits = teacher(masked, attention)  # the same masked input (Sec. 3.4)
+        crd_generator = generator if ids.device.type == "cpu" else None
+        student = model(masked, attention, teacher_hidden=teacher_hidden, generator=crd_generator)
+        vokens = losses.assign_vokens(teacher_hidden, teacher.video_bank) if teacher.video_bank is not None else None
+        kd_batch = KDBatch(student, teacher_hidden, teacher_logits, attention.bool(), vokens)
+        terms = {"mlm": losses.mlm_loss(student["logits"], labels)}
+        terms.update({name: KD_OBJECTIVES[name](kd_batch, self.spec.kd_options) for name in self.spec.kd})
+        return terms
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self._terms(model, batch, generator)
+        total = weighted_total(terms["mlm"], terms, self.spec.kd)
+        return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(0)  # the same masking at every evaluation
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in batches:
+            _, terms = self.loss(model, batch, generator)
+            sums = {k: sums.get(k, 0.0) + v for k, v in terms.items()}
+            count += 1
+        metrics = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
+        metrics["val_loss"] = metrics.pop("val_loss", float("inf"))
+        metrics["val_perplexity"] = float(np.exp(min(metrics.get("val_mlm", float("inf")), 50.0)))
+        return metrics
+
+
+def _tokenizer_of(store: ArtifactStore, ref: ArtifactRef | str) -> ArtifactRef:
+    """The tokenizer an artifact was made with (a corpus's or a teacher's parent)."""
+    parent = next((p for p in store.manifest(ref).parents if p.startswith("tokenizer/")), None)
+    if parent is None:
+        raise DataError(f"{ref} names no tokenizer among its parents: was it made by vlkd?")
+    return ArtifactRef.parse(parent)
+
+
+def _check_same_vocabulary(store: ArtifactStore, teacher: ArtifactRef, corpus_tokenizer: ArtifactRef) -> None:
+    """Teacher and student read the same token ids (Sec. 3.4): their tokenizers must have the same vocabulary."""
+    teacher_tokenizer = _tokenizer_of(store, teacher)
+
+    def vocab(ref: ArtifactRef) -> str | None:
+        return next((f.sha256 for f in store.manifest(ref).files if f.path == "vocab.txt"), None)
+
+    if teacher_tokenizer != corpus_tokenizer and vocab(teacher_tokenizer) != vocab(corpus_tokenizer):
+        raise DataError(
+            f"the teacher {teacher} was trained with {teacher_tokenizer} but the corpus is tokenised with "
+            f"{corpus_tokenizer}: rerun the text stage with `tokenizer: {{artifact: {teacher_tokenizer}}}`"
+        )
+
+
+def _teacher_width(store: ArtifactStore, teacher: ArtifactRef) -> int:
+    import json
+
+    from vlkd.inputs import open_input
+    from vlkd.models.teacher import LANGUAGE_MODEL
+
+    return json.loads(open_input(str(teacher), store).read_bytes(f"{LANGUAGE_MODEL}/config.json"))["hidden_size"]
+
+
+def plan_task(spec: DistillSpec, store: ArtifactStore, tokenizer: Any, num_data: int) -> DistillTask:
+    """Check what can only be checked against the artifacts, and describe the task."""
+    teacher = store.resolve(spec.teacher) if spec.kd else None  # the baseline has no teacher in its lineage
+    teacher_dim = _teacher_width(store, teacher) if teacher else None
+    if teacher is not None:
+        _check_same_vocabulary(store, teacher, _tokenizer_of(store, spec.corpus))
+    if not spec.distill_head and teacher_dim not in (None, spec.model.hidden_size) and {"regression"} & set(spec.kd):
+        raise DataError(
+            f"regression compares the student's states ({spec.model.hidden_size}-d) with the teacher's "
+            f"({teacher_dim}-d) directly: keep distill_head: true, or give the student the teacher's width"
+        )
+    bank = None
+    if "voken" in spec.kd:
+        features = store.resolve(spec.kd_options.voken.features)
+        clips = int(store.manifest(features).metrics["clips"])
+        bank = (str(features), min(spec.kd_options.voken.bank_size, clips))
+    return DistillTask(spec, tokenizer, store, teacher, teacher_dim, num_data, bank)
+
+
+def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
+    from transformers import BertTokenizerFast
+
+    started = time.monotonic()
+    store = context.store
+    tokenizer_ref = _tokenizer_of(store, spec.corpus)
+    tokenizer_dir = context.scratch / "tokenizer"
+    store.fetch(tokenizer_ref, tokenizer_dir)
+    tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
+    ensure_ray(max(1, spec.resources.num_workers) * spec.resources.cpus_per_worker + 1)
+    datasets, info = corpus_datasets(store, spec.corpus)
+    task = plan_task(spec, store, tokenizer, info.train_sequences)
+    final = fit(
+        task, spec.train, spec.optim, spec.resources, datasets, RunPlace(store.storage, context.job_id), spec.seed
+    )
+    payload = load_final(final)
+    model = task.build_model()
+    weights, validation = published_weights(payload, spec.train)
+    model.load_state_dict(weights)
+    export = context.scratch / "student"
+    description = {
+        "kd": spec.kd,
+        "distill_head": task.uses_head,
+        "teacher": str(task.teacher) if task.teacher else None,
+    }
+    model.save(export, tokenizer_dir, description)
+    export_logs(final, export)
+    metrics = run_summary(payload["state"], validation, time.monotonic() - started)
+    parents = [p for p in (task.teacher, info.ref, tokenizer_ref) if p is not None]
+    attributes = {
+        "kd": spec.kd or "none (text-only baseline)",
+        "teacher": description["teacher"],
+        "corpus": str(info.ref),
+    }
+    manifest = store.publish(
+        "student", spec.name, collect_files([export]), spec=spec, parents=parents, metrics=metrics,
+        attributes=attributes, job_id=context.job_id,
+    )  # fmt: skip
+    log.info("%s: best val loss %.4f at step %d", manifest.ref, metrics["best_val_loss"], metrics["best_step"])
+    return [manifest]
+
+
+if __name__ == "__main__":
+    job_main("distill", run)

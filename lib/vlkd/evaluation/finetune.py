@@ -1,0 +1,181 @@
+"""Finetune a pretrained student or teacher on a downstream task and score it on the task's dev files
+(Sec. 4.1, 4.3: AdamW, linear warm-up and decay, `FinetuneSpec`'s epochs, lr and batch size).
+
+The model directory is a `save_pretrained` BertForMaskedLM that also holds its tokenizer; the task's head
+(sequence classification, question answering or multiple choice, by the task's kind) is new, the encoder the
+pretrained one.
+
+Two levels of API:
+- `finetune(...)` trains and scores one task: `{"metrics", "examples", "seconds"}`.
+- `train(...)` returns the trained model in memory (`Finetuned`) and `evaluate(finetuned, task, folder)` scores
+  it on any task it can score. GLUE's diagnostic has no training set: train on MNLI once, then
+  `evaluate(mnli, "mnli", mnli_dir)` and `evaluate(mnli, "glue_diagnostic", diagnostic_dir)`.
+A run is deterministic for its seed on a given device: the seed sets the new head's initial weights, dropout
+and the order of the training examples.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vlkd.errors import NotFoundError, VlkdError
+from vlkd.evaluation import choice, classification, qa
+from vlkd.evaluation.batches import Feature, collate
+from vlkd.evaluation.tasks import Kind, Task, get_task, read_eval, read_train
+from vlkd.specs import OptimSpec
+from vlkd.specs.evaluate import FinetuneSpec
+from vlkd.train import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Progress = Callable[[int, int, float], None]
+"""(optimizer steps done, steps in all, this step's loss), called after every step."""
+
+# Hugging Face's Trainer clips at 1.0 (max_grad_norm), as the finetuning scripts of BERT and vokenization do.
+GRAD_CLIP = 1.0
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a kind of task needs: its model on the pretrained encoder, its training features, its predictions."""
+
+    build_model: Callable[[Path, Task], nn.Module]
+    encode: Callable[..., list[Feature]]
+    predict: Callable[..., list[Any]]
+
+
+HEADS: dict[Kind, Head] = {
+    "classification": Head(classification.build_model, classification.encode, classification.predict),
+    "extractive_qa": Head(qa.build_model, qa.encode, qa.predict),
+    "multiple_choice": Head(choice.build_model, choice.encode, choice.predict),
+}
+
+
+@dataclass
+class Finetuned:
+    """A model finetuned on `task`, in memory, with what scoring it needs."""
+
+    task: str
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    hp: FinetuneSpec
+    device: str
+    examples: int
+    """training examples"""
+    seconds: float
+    """training time"""
+
+
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    from transformers import BertTokenizerFast
+
+    model_dir = Path(model_dir)
+    missing = [name for name in ("config.json", "tokenizer.json") if not (model_dir / name).is_file()]
+    if missing:
+        raise NotFoundError(
+            f"{model_dir} lacks {', '.join(missing)}: expected a save_pretrained BERT directory that also holds its "
+            "tokenizer (a student or teacher artifact)"
+        )
+    return BertTokenizerFast.from_pretrained(model_dir)
+
+
+def train(
+    model_dir: Path,
+    task: str,
+    data_dir: Path,
+    hp: FinetuneSpec,
+    seed: int,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> Finetuned:
+    """Finetune the model in `model_dir` on the training file of `task` in `data_dir` (the task's official
+    files, as released)."""
+    definition = get_task(task)
+    head = HEADS[definition.kind]
+    examples = read_train(definition, Path(data_dir))
+    tokenizer = load_tokenizer(model_dir)
+    features = head.encode(tokenizer, examples, definition, hp.max_len)
+    started = time.perf_counter()
+    torch.manual_seed(seed)  # the new head's weights, then dropout
+    model = head.build_model(Path(model_dir), definition).to(device)
+    _fit(model, features, hp, seed, device, tokenizer.pad_token_id, progress)
+    return Finetuned(task, model, tokenizer, hp, device, len(examples), time.perf_counter() - started)
+
+
+def _fit(
+    model: nn.Module,
+    features: list[Feature],
+    hp: FinetuneSpec,
+    seed: int,
+    device: str,
+    pad_id: int,
+    progress: Progress | None,
+) -> None:
+    order = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        features, batch_size=hp.batch_size, shuffle=True, generator=order, collate_fn=partial(collate, pad_id=pad_id)
+    )
+    total = hp.epochs * len(loader)
+    optim = OptimSpec(lr=hp.lr, weight_decay=hp.weight_decay, warmup_fraction=hp.warmup_fraction)
+    optimizer = build_optimizer(optim, model)
+    scheduler = build_scheduler(optim, optimizer, total)
+    model.train()
+    step = 0
+    for _ in range(hp.epochs):
+        for batch in loader:
+            loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if progress is not None:
+                progress(step, total, loss.item())
+
+
+def evaluate(finetuned: Finetuned, task: str, data_dir: Path) -> dict[str, float]:
+    """Score `finetuned` on the evaluation files of `task` in `data_dir`: the task it was trained on, or one
+    scored with that task's model (glue_diagnostic with an MNLI model). Metrics are percentages."""
+    definition = get_task(task)
+    if definition.trained_on != finetuned.task:
+        raise VlkdError(
+            f"task {task} is scored with a model finetuned on {definition.trained_on}, "
+            f"not on {finetuned.task}: train on {definition.trained_on} first"
+        )
+    head, hp = HEADS[definition.kind], finetuned.hp
+    metrics = {}
+    for prefix, examples in read_eval(definition, Path(data_dir)).items():
+        predictions = head.predict(
+            finetuned.model, finetuned.tokenizer, examples, definition, hp.max_len, hp.batch_size, finetuned.device
+        )
+        scores = definition.score(predictions, examples)
+        metrics |= {f"{prefix}_{name}" if prefix else name: value for name, value in scores.items()}
+    return metrics
+
+
+def finetune(
+    model_dir: Path,
+    task: str,
+    data_dir: Path,
+    hp: FinetuneSpec,
+    seed: int,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train on `task` and score on its dev files: `{"metrics": {name: percent}, "examples": training
+    examples, "seconds": training and scoring time}`."""
+    started = time.perf_counter()
+    finetuned = train(model_dir, task, data_dir, hp, seed, device, progress)
+    metrics = evaluate(finetuned, task, data_dir)
+    return {"metrics": metrics, "examples": finetuned.examples, "seconds": time.perf_counter() - started}

@@ -1,0 +1,164 @@
+"""The eval stage's results: every run's numbers, and their mean and spread over seeds.
+
+`results.json` (FORMAT):
+```
+{"format": "vlkd.eval-results/v1",
+ "baseline": "<row>" | null,            # the row the report compares every other row with
+ "models": [{"row", "ref", "lineage": {"teacher", "kd_objectives", "corpus", ...}}],   # report order
+ "tasks": ["sst2", ...],                # the tasks run, in the registry's order
+ "runs": [{"row", "ref", "lineage", "task", "seed", "metrics": {name: percent}, "examples", "seconds"}],
+ "summary": {row: {task: {metric: {"mean", "std", "seeds"}}}},   # std: sample std over seeds, 0 for one seed
+ "retrieval": {teacher label: {"r1", "r5", "r10", "median_rank", "queries"}},
+ "notes": ["..."]}
+```
+`summary` is derived from `runs`; `merge` recomputes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlkd.errors import DataError
+from vlkd.evaluation.tasks import TASKS
+
+FORMAT = "vlkd.eval-results/v1"
+RESULTS_FILE = "results.json"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finetuning run: a model (its report row, artifact ref and lineage) on a task with a seed."""
+
+    row: str
+    ref: str
+    task: str
+    seed: int
+    metrics: dict[str, float]
+    lineage: dict[str, Any] = field(default_factory=dict)
+    examples: int | None = None
+    seconds: float | None = None
+
+
+def build_results(
+    records: Iterable[RunRecord],
+    baseline: str | None = None,
+    retrieval: Mapping[str, Mapping[str, float]] | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The `results.json` document of `records` (see the module docstring), checked for consistency."""
+    records = list(records)
+    models: dict[str, dict[str, Any]] = {}
+    seen: set[tuple[str, str, int]] = set()
+    for record in records:
+        if record.task not in TASKS:
+            raise DataError(f"run of {record.row}: unknown task {record.task!r}; available: {', '.join(TASKS)}")
+        model = models.setdefault(record.row, {"row": record.row, "ref": record.ref, "lineage": record.lineage})
+        if model["ref"] != record.ref:
+            raise DataError(
+                f"row {record.row!r} names two models ({model['ref']}, {record.ref}): give them distinct labels"
+            )
+        key = (record.row, record.task, record.seed)
+        if key in seen:
+            raise DataError(f"row {record.row!r}, task {record.task}, seed {record.seed} appears twice")
+        seen.add(key)
+    if baseline is not None and baseline not in models:
+        raise DataError(f"baseline {baseline!r} is not a row; rows: {', '.join(models) or 'none'}")
+    return {
+        "format": FORMAT,
+        "baseline": baseline,
+        "models": list(models.values()),
+        "tasks": [task for task in TASKS if any(r.task == task for r in records)],
+        "runs": [asdict(record) for record in records],
+        "summary": summarize(records),
+        "retrieval": {label: dict(values) for label, values in (retrieval or {}).items()},
+        "notes": list(notes),
+    }
+
+
+def summarize(records: Sequence[RunRecord]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """row -> task -> metric -> {"mean", "std" (sample, over seeds; 0 for one), "seeds"}."""
+    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for record in records:
+        for metric, value in record.metrics.items():
+            values[(record.row, record.task, metric)].append(float(value))
+    summary: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for (row, task, metric), numbers in values.items():
+        summary.setdefault(row, {}).setdefault(task, {})[metric] = {
+            "mean": math.fsum(numbers) / len(numbers),
+            "std": _sample_std(numbers),
+            "seeds": len(numbers),
+        }
+    return summary
+
+
+def _sample_std(numbers: Sequence[float]) -> float:
+    if len(numbers) < 2:
+        return 0.0
+    mean = math.fsum(numbers) / len(numbers)
+    return math.sqrt(math.fsum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1))
+
+
+def records_of(results: Mapping[str, Any]) -> list[RunRecord]:
+    return [RunRecord(**run) for run in results["runs"]]
+
+
+def merge(results_list: Sequence[Mapping[str, Any]], baseline: str | None = None) -> dict[str, Any]:
+    """One results document from several (`vlkd report compare`): all their runs, retrieval rows and notes.
+
+    A row name used by two inputs for different models is renamed `row (ref)` in each, so both stay; the same
+    model in two inputs stays one row. The baseline is `baseline`, else the first input's.
+    """
+    refs_by_row: dict[str, set[str]] = defaultdict(set)
+    for results in results_list:
+        for model in results["models"]:
+            refs_by_row[model["row"]].add(model["ref"])
+    records, retrieval, notes, unique_runs = [], {}, [], set()
+    for results in results_list:
+        for record in records_of(results):
+            if len(refs_by_row[record.row]) > 1:
+                record = RunRecord(**{**asdict(record), "row": f"{record.row} ({record.ref})"})
+            key = (record.row, record.task, record.seed)
+            if key not in unique_runs:  # the same run in two documents (an artifact compared with itself)
+                unique_runs.add(key)
+                records.append(record)
+        retrieval |= results.get("retrieval", {})
+        notes += [note for note in results.get("notes", []) if note not in notes]
+    if baseline is None:
+        baseline = _renamed_baseline(results_list, refs_by_row)
+    return build_results(records, baseline, retrieval, notes)
+
+
+def _renamed_baseline(results_list: Sequence[Mapping[str, Any]], refs_by_row: Mapping[str, set[str]]) -> str | None:
+    for results in results_list:
+        row = results.get("baseline")
+        if row is not None:
+            ref = next(m["ref"] for m in results["models"] if m["row"] == row)
+            return f"{row} ({ref})" if len(refs_by_row[row]) > 1 else row
+    return None
+
+
+def write_results(results: Mapping[str, Any], path: Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """A `results.json`, checked to be one."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: cannot read eval results ({exc}); expected an eval artifact's {RESULTS_FILE}"
+        ) from None
+    if not isinstance(results, dict) or results.get("format") != FORMAT:
+        found = results.get("format") if isinstance(results, dict) else type(results).__name__
+        raise DataError(f"{path}: format {found!r}, expected {FORMAT!r}: is it an eval artifact's {RESULTS_FILE}?")
+    return results

@@ -1,0 +1,280 @@
+"""The downstream tasks of Sec. 4.1 by name: where their files are, what kind of head they need, their label
+vocabulary and how they are scored.
+
+Every metric is a percentage, as in the paper's tables (a Matthews correlation R3 of 0.53 is 53.0). A task with
+several evaluation files prefixes its metrics with the file's role (MNLI: `matched_accuracy`,
+`mismatched_accuracy`). `main_metric` is the number a report's table shows for the task.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+from vlkd.errors import VlkdError
+from vlkd.evaluation import metrics
+from vlkd.evaluation.readers import (
+    Example,
+    Question,
+    TextPair,
+    read_diagnostic,
+    read_glue_pairs,
+    read_piqa,
+    read_squad,
+    read_swag,
+    read_tracie,
+    task_file,
+)
+
+Kind = Literal["classification", "extractive_qa", "multiple_choice"]
+Reader = Callable[[Path], list[Example]]
+Scorer = Callable[[Sequence[object], Sequence[Example]], dict[str, float]]
+"""(predictions: a label for classification, a choice index, an answer text; the examples) -> metrics."""
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+DIAGNOSTIC_CATEGORIES = ("Lexical Semantics", "Predicate-Argument Structure", "Logic", "Knowledge")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One downstream task. `evals` maps a metric prefix ("" for none) to the reader of an evaluation file;
+    `trained_as` names the task whose finetuned model scores this one (GLUE's diagnostic: MNLI's)."""
+
+    name: str
+    title: str
+    kind: Kind
+    train: Reader | None
+    evals: dict[str, Reader]
+    score: Scorer
+    main_metric: str
+    metric_label: str
+    labels: tuple[str, ...] = ()
+    trained_as: str | None = None
+    unanswerable: bool = False
+    """extractive QA: questions may have no answer in the passage (SQuAD 2.0)"""
+
+    @property
+    def trained_on(self) -> str:
+        """The task whose training set the scoring model was finetuned on."""
+        return self.trained_as or self.name
+
+
+def _percent(value: float) -> float:
+    return 100.0 * value
+
+
+def score_accuracy(predictions: Sequence[object], examples: Sequence[Example]) -> dict[str, float]:
+    return {"accuracy": _percent(metrics.accuracy(predictions, [e.label for e in examples]))}
+
+
+def score_accuracy_f1(predictions: Sequence[object], examples: Sequence[Example], positive: str) -> dict[str, float]:
+    labels = [e.label for e in examples]
+    return {
+        "accuracy": _percent(metrics.accuracy(predictions, labels)),
+        "f1": _percent(metrics.binary_f1(predictions, labels, positive)),
+    }
+
+
+def _squad_means(predictions: Sequence[str], questions: Sequence[Question], prefix: str) -> dict[str, float]:
+    golds = [[text for text, _ in q.answers] for q in questions]
+    pairs = list(zip(predictions, golds, strict=True))
+    return {
+        f"{prefix}exact_match": _percent(sum(metrics.squad_exact_match(p, g) for p, g in pairs) / len(pairs)),
+        f"{prefix}f1": _percent(sum(metrics.squad_f1(p, g) for p, g in pairs) / len(pairs)),
+    }
+
+
+def score_squad(predictions: Sequence[str], questions: Sequence[Question]) -> dict[str, float]:
+    """Exact match and F1 over all questions; with unanswerable questions (v2.0), also over the answerable
+    (`has_answer_`) and unanswerable (`no_answer_`) ones, as evaluate-v2.0.py reports HasAns and NoAns."""
+    scores = _squad_means(predictions, questions, "")
+    if any(not q.answers for q in questions):
+        for prefix, answerable in (("has_answer_", True), ("no_answer_", False)):
+            chosen = [(p, q) for p, q in zip(predictions, questions, strict=True) if bool(q.answers) == answerable]
+            if chosen:
+                scores |= _squad_means(*zip(*chosen, strict=True), prefix)
+    return scores
+
+
+def score_tracie(predictions: Sequence[str], examples: Sequence[TextPair]) -> dict[str, float]:
+    """TRACIE's evaluator: accuracy over all statements, over `starts before|after` ones, over the others
+    (`ends`), and story exact match (the share of stories whose statements are all right)."""
+    right = [p == e.label for p, e in zip(predictions, examples, strict=True)]
+    starts = [("starts before" in e.text_b or "starts after" in e.text_b) for e in examples]
+    stories: dict[str, bool] = defaultdict(lambda: True)
+    for ok, example in zip(right, examples, strict=True):
+        stories[example.text_a] &= ok
+    scores = {"accuracy": _percent(sum(right) / len(right))}
+    for name, wanted in (("start_accuracy", True), ("end_accuracy", False)):
+        chosen = [ok for ok, start in zip(right, starts, strict=True) if start == wanted]
+        if chosen:
+            scores[name] = _percent(sum(chosen) / len(chosen))
+    scores["story_exact_match"] = _percent(sum(stories.values()) / len(stories))
+    return scores
+
+
+def category_key(category: str) -> str:
+    """`Predicate-Argument Structure` -> `r3_predicate_argument_structure`."""
+    return "r3_" + re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_")
+
+
+def score_diagnostic(predictions: Sequence[str], examples: Sequence[TextPair]) -> dict[str, float]:
+    """GLUE's diagnostic: R3 over all examples (`r3`, GLUE's headline number) and per coarse category over the
+    examples tagged with it; `r3_average` is the mean of the categories present (the paper's Table 7 columns)."""
+    labels = [e.label for e in examples]
+    scores = {"r3": _percent(metrics.matthews_corrcoef(predictions, labels))}
+    for category in DIAGNOSTIC_CATEGORIES:
+        chosen = [(p, g) for p, g, e in zip(predictions, labels, examples, strict=True) if e.meta[category].strip()]
+        if chosen:
+            scores[category_key(category)] = _percent(metrics.matthews_corrcoef(*zip(*chosen, strict=True)))
+    present = [scores[category_key(c)] for c in DIAGNOSTIC_CATEGORIES if category_key(c) in scores]
+    scores["r3_average"] = sum(present) / len(present) if present else scores["r3"]
+    return scores
+
+
+def _in(name: str, reader: Callable[..., list[Example]], *args: object) -> Reader:
+    """A reader of the file `name` in the task's folder."""
+    return lambda folder: reader(task_file(folder, name), *args)
+
+
+def _glue(
+    name: str,
+    title: str,
+    texts: tuple[str, ...],
+    label: str,
+    labels: tuple[str, ...],
+    score: Scorer = score_accuracy,
+    evals: dict[str, Reader] | None = None,
+    main_metric: str = "accuracy",
+) -> Task:
+    skip_short = name == "qqp"
+    return Task(
+        name=name,
+        title=title,
+        kind="classification",
+        train=_in("train.tsv", read_glue_pairs, texts, label, skip_short),
+        evals=evals or {"": _in("dev.tsv", read_glue_pairs, texts, label, skip_short)},
+        score=score,
+        main_metric=main_metric,
+        metric_label="Acc",
+        labels=labels,
+    )
+
+
+def _squad(name: str, title: str, suffix: str, unanswerable: bool) -> Task:
+    return Task(
+        name=name,
+        title=title,
+        kind="extractive_qa",
+        train=_in(f"train-{suffix}.json", read_squad),
+        evals={"": _in(f"dev-{suffix}.json", read_squad)},
+        score=score_squad,
+        main_metric="exact_match",
+        metric_label="EM",
+        unanswerable=unanswerable,
+    )
+
+
+def _choice(name: str, title: str, train: Reader, dev: Reader) -> Task:
+    return Task(name, title, "multiple_choice", train, {"": dev}, score_accuracy, "accuracy", "Acc")
+
+
+_MNLI_TEXTS = ("sentence1", "sentence2")
+
+
+def _piqa(split: str) -> Reader:
+    return lambda folder: read_piqa(task_file(folder, f"{split}.jsonl"), task_file(folder, f"{split}-labels.lst"))
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        _glue("sst2", "SST-2", ("sentence",), "label", ("0", "1")),
+        _glue("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment")),
+        _glue(
+            "qqp",
+            "QQP",
+            ("question1", "question2"),
+            "is_duplicate",
+            ("0", "1"),
+            score=partial(score_accuracy_f1, positive="1"),
+        ),
+        _glue(
+            "mnli",
+            "MNLI",
+            _MNLI_TEXTS,
+            "gold_label",
+            NLI_LABELS,
+            main_metric="matched_accuracy",
+            evals={
+                "matched": _in("dev_matched.tsv", read_glue_pairs, _MNLI_TEXTS, "gold_label"),
+                "mismatched": _in("dev_mismatched.tsv", read_glue_pairs, _MNLI_TEXTS, "gold_label"),
+            },
+        ),
+        _squad("squad_v1", "SQuAD v1.1", "v1.1", unanswerable=False),
+        _squad("squad_v2", "SQuAD v2.0", "v2.0", unanswerable=True),
+        _choice("swag", "SWAG", _in("train.csv", read_swag), _in("val.csv", read_swag)),
+        Task(
+            name="glue_diagnostic",
+            title="GLUE diagnostics",
+            kind="classification",
+            train=None,
+            evals={"": _in("diagnostic-full.tsv", read_diagnostic, DIAGNOSTIC_CATEGORIES)},
+            score=score_diagnostic,
+            main_metric="r3_average",
+            metric_label="R3",
+            labels=NLI_LABELS,
+            trained_as="mnli",
+        ),
+        _choice("piqa", "PIQA", _piqa("train"), _piqa("valid")),
+        # TRACIE has no dev split; its test file is the evaluation set (as in the paper's Table 7).
+        Task(
+            name="tracie",
+            title="TRACIE",
+            kind="classification",
+            train=_in("tracie_train.txt", read_tracie),
+            evals={"": _in("tracie_test.txt", read_tracie)},
+            score=score_tracie,
+            main_metric="accuracy",
+            metric_label="Acc",
+            labels=("positive", "negative"),
+        ),
+    )
+}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise VlkdError(f"unknown task {name!r}; available: {', '.join(TASKS)}") from None
+
+
+def read_eval(task: Task, folder: Path) -> dict[str, list[Example]]:
+    """The task's evaluation examples by metric prefix, each label checked against the task's vocabulary."""
+    return {prefix: check_labels(task, reader(folder), folder) for prefix, reader in task.evals.items()}
+
+
+def read_train(task: Task, folder: Path) -> list[Example]:
+    if task.train is None:
+        raise VlkdError(
+            f"task {task.name} has no training set: it is scored with the model finetuned on {task.trained_on}"
+        )
+    return check_labels(task, task.train(folder), folder)
+
+
+def check_labels(task: Task, examples: list[Example], folder: Path) -> list[Example]:
+    if not examples:
+        raise VlkdError(f"task {task.name}: no examples in {folder}; check the files are the official ones")
+    if task.labels:
+        unknown = sorted({e.label for e in examples} - set(task.labels))
+        if unknown:
+            raise VlkdError(
+                f"task {task.name} ({folder}): labels {unknown} are not in its vocabulary {list(task.labels)}"
+            )
+    return examples

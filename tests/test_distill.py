@@ -1,0 +1,191 @@
+"""The distill stage (Sec. 3.3-3.4) on a real local Ray: students under a frozen teacher, and the baseline."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from vlkd.artifacts import collect_files
+from vlkd.data.synth import VIDEOS_DIR
+from vlkd.errors import DataError
+from vlkd.jobs import distill, preprocess, teacher, text
+from vlkd.runtime import JobContext
+from vlkd.specs import parse_spec
+from vlkd.train import Loop
+
+pytestmark = pytest.mark.timeout(600)
+SHORT = {"batch_size": 4, "max_steps": 8, "log_every": 4, "eval_every": 4, "checkpoint_every": 4, "val_size": 8}
+
+
+def distill_spec(**overrides):
+    spec = {
+        "stage": "distill",
+        "name": "s",
+        "teacher": "teacher/t",
+        "corpus": "corpus/synth",
+        "model": "tiny",
+        "kd": {"nst": 1.0, "crd": 1.0},
+        "kd_options": {"crd": {"buffer_size": 64, "num_negatives": 16}},
+        "max_len": 24,
+        "train": SHORT,
+        "resources": {"num_workers": 0},
+    }
+    return parse_spec({**spec, **overrides})
+
+
+@pytest.fixture(scope="module")
+def store(ray_session, make_store, synth_root, tmp_path_factory):
+    """Features, tokenizer, corpus and a (briefly trained) tiny teacher of the synthetic dataset."""
+    folder = tmp_path_factory.mktemp("distill-inputs")
+    store = make_store("file", folder)
+    store.publish("dataset", "videos", collect_files([synth_root / VIDEOS_DIR]))
+    store.publish("dataset", "text", collect_files([synth_root / "text"]))
+    context = JobContext("inputs", store, folder)
+    encoders = {
+        "encoder_2d": {"name": "pixels", "image_size": 32},
+        "encoder_3d": {"name": "pixel-motion", "image_size": 32},
+    }
+    preprocess.run(
+        parse_spec({"stage": "preprocess", "name": "synth", "videos": "dataset/videos", **encoders}), context
+    )
+    tokenizer = {"vocab_size": 300, "min_frequency": 1}
+    text.run(
+        parse_spec(
+            {
+                "stage": "text",
+                "name": "synth",
+                "corpus": "dataset/text",
+                "tokenizer": tokenizer,
+                "max_len": 24,
+                "val_size": 16,
+            }
+        ),
+        context,
+    )
+    spec = {
+        "stage": "teacher",
+        "name": "t",
+        "features": "features/synth",
+        "tokenizer": "tokenizer/synth",
+        "model": "tiny",
+        "max_text_len": 24,
+    }
+    teacher.run(parse_spec({**spec, "train": {**SHORT, "val_size": 4}, "resources": {"num_workers": 0}}), context)
+    return store
+
+
+@pytest.fixture
+def context(store, tmp_path):
+    return JobContext(f"distill-{tmp_path.name}", store, tmp_path)
+
+
+def test_nst_crd_student_has_lineage_to_teacher_corpus_and_tokenizer(context, tmp_path):
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    (manifest,) = distill.run(distill_spec(), context)
+    assert manifest.parents == ["teacher/t:v1", "corpus/synth:v1", "tokenizer/synth:v1"]
+    assert {"val_mlm", "val_nst", "val_crd"} <= manifest.metrics.keys() and manifest.metrics["steps"] == 8
+    out = tmp_path / "student"
+    context.store.fetch(manifest.ref, out)
+    BertForMaskedLM.from_pretrained(out / "language_model", local_files_only=True)
+    AutoTokenizer.from_pretrained(out / "language_model", local_files_only=True)
+    heads = json.loads((out / "kd_heads" / "config.json").read_text())
+    assert heads == {"kd": {"nst": 1.0, "crd": 1.0}, "distill_head": True, "teacher": "teacher/t:v1"}
+    lineage = context.store.lineage(manifest.ref)
+    assert [p.ref for p in lineage.parents[0].parents] == ["features/synth:v1", "tokenizer/synth:v1"]
+
+
+def test_the_text_only_baseline_comes_from_the_same_job(context, tmp_path):
+    (manifest,) = distill.run(distill_spec(name="baseline", kd={}, teacher=None), context)
+    assert manifest.parents == ["corpus/synth:v1", "tokenizer/synth:v1"]
+    assert manifest.attributes["kd"] == "none (text-only baseline)"
+    assert "val_mlm" in manifest.metrics and "val_nst" not in manifest.metrics
+    assert not any(f.path.startswith("kd_heads/") for f in manifest.files)
+
+
+def test_the_teacher_is_frozen_and_never_trained(context):
+    from transformers import BertTokenizerFast
+
+    from vlkd.data.corpus import corpus_datasets
+    from vlkd.train import build_optimizer
+
+    spec = distill_spec()
+    context.store.fetch("tokenizer/synth", context.scratch / "tok")
+    tokenizer = BertTokenizerFast.from_pretrained(context.scratch / "tok", local_files_only=True)
+    datasets, info = corpus_datasets(context.store, spec.corpus)
+    task = distill.plan_task(spec, context.store, tokenizer, info.train_sequences)
+    student = task.build_model()
+    optimizer = build_optimizer(spec.optim, student)
+    batch = task.collate(next(iter(datasets["train"].iter_batches(batch_size=4, batch_format="numpy"))))
+    frozen = task._frozen_teacher(torch.device("cpu"))
+    before = {k: v.clone() for k, v in frozen.language_model.state_dict().items()}
+    for _ in range(2):
+        loss, _ = task.loss(student, batch, torch.Generator().manual_seed(0))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    teacher_params = list(frozen.language_model.parameters())
+    assert not frozen.language_model.training and not any(p.requires_grad or p.grad is not None for p in teacher_params)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained.isdisjoint(id(p) for p in teacher_params)
+    assert all(torch.equal(before[k], v) for k, v in frozen.language_model.state_dict().items())
+    assert student.language_model.bert.embeddings.word_embeddings.weight.grad is None  # zeroed: it was trained
+
+
+@pytest.mark.parametrize("kd", [{"soft_label": 1.0}, {"regression": 1.0}, {"nst_poly": 1.0}, {"voken": 1.0}])
+def test_every_kd_objective_trains_a_student(context, kd):
+    options = {"voken": {"features": "features/synth", "bank_size": 10}} if "voken" in kd else {}
+    (manifest,) = distill.run(distill_spec(name=f"s-{next(iter(kd))}", kd=kd, kd_options=options), context)
+    assert f"val_{next(iter(kd))}" in manifest.metrics
+
+
+def test_a_student_of_another_width_distils_through_its_head(context):
+    (manifest,) = distill.run(distill_spec(name="narrow", model={"preset": "tiny", "hidden_size": 32}), context)
+    assert manifest.metrics["steps"] == 8
+    with pytest.raises(DataError, match="keep distill_head: true"):
+        distill.run(
+            distill_spec(
+                name="x", model={"preset": "tiny", "hidden_size": 32}, kd={"regression": 1.0}, distill_head=False
+            ),
+            context,
+        )
+
+
+def test_a_corpus_with_another_vocabulary_is_refused(context):
+    tokenizer = {"vocab_size": 200, "min_frequency": 1}
+    text.run(
+        parse_spec(
+            {
+                "stage": "text",
+                "name": "other",
+                "corpus": "dataset/text",
+                "tokenizer": tokenizer,
+                "max_len": 24,
+                "val_size": 16,
+            }
+        ),
+        context,
+    )
+    with pytest.raises(
+        DataError, match=re.escape("rerun the text stage with `tokenizer: {artifact: tokenizer/synth:v1}`")
+    ):
+        distill.run(distill_spec(corpus="corpus/other"), context)
+
+
+def test_a_killed_distillation_resumes(context, monkeypatch):
+    original = Loop._micro_step
+
+    def crash(self, batch, window):
+        if self.state.step == 6:
+            raise RuntimeError("preempted")
+        original(self, batch, window)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Loop, "_micro_step", crash)
+        with pytest.raises(RuntimeError, match="preempted"):
+            distill.run(distill_spec(name="resumed"), context)
+    (manifest,) = distill.run(distill_spec(name="resumed"), context)
+    assert manifest.metrics["resumed_from"] == [4] and manifest.metrics["steps"] == 8
