@@ -9,7 +9,7 @@ import click
 import typer
 
 from vlkd import __version__
-from vlkd.cli import artifacts, data, specs, submit
+from vlkd.cli import artifacts, data, jobs, specs
 from vlkd.cli.output import print_error
 from vlkd.errors import SpecError, VlkdError
 
@@ -23,7 +23,12 @@ app = typer.Typer(
 )
 app.command()(specs.validate)
 app.command()(specs.schema)
-app.command()(submit.submit)
+app.command()(jobs.submit)
+app.command()(jobs.render)
+app.command()(jobs.status)
+app.command()(jobs.logs)
+app.command()(jobs.cancel)
+app.command("list")(jobs.list_jobs)
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(data.app, name="data")
 

@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import secrets
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -95,6 +96,8 @@ def job_main(stage: str, run: Callable[[Any, JobContext], list[Manifest]], argv:
     parser.add_argument("--store", default=None, help="artifact store URI (default: the spec's, then $VLKD_STORE)")
     parser.add_argument("--job-id", default=None)
     args = parser.parse_args(argv)
+    # `vlkd cancel` and Kubernetes stop jobs with SIGTERM: exit through Python so cleanup (ray.shutdown) runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         spec = read_spec(args.spec, stage)

@@ -40,9 +40,9 @@ def build_model(model_dir: Path, task: Task) -> nn.Module:
 def window_limits(max_len: int) -> tuple[int, int]:
     """(most question tokens kept, tokens shared by consecutive windows) for `max_len`-token inputs.
 
-    run_qa.py's defaults keep the ratios: a third of the window may be question and consecutive windows share
-    a third (doc_stride 128 of max_seq_length 384); the question cap leaves every window room for more passage
-    than the overlap, which the tokenizer requires.
+    A third each. The overlap keeps the ratio of run_qa.py's defaults (doc_stride 128 of max_seq_length 384);
+    run_squad.py caps questions at 64 of 384 tokens, but at the paper's 128 a sixth would cut real questions, so
+    a third. Either way every window has more passage tokens than the overlap, which the tokenizer requires.
     """
     if max_len < MIN_MAX_LEN:
         raise VlkdError(
@@ -146,12 +146,12 @@ def predict(
     for window, question_index in enumerate(windows["overflow_to_sample_mapping"]):
         by_question[question_index].append(window)
     return [
-        _answer(questions[q], by_question[q], windows, start_logits, end_logits, task.unanswerable)
+        pick_answer(questions[q], by_question[q], windows, start_logits, end_logits, task.unanswerable)
         for q in range(len(questions))
     ]
 
 
-def _answer(
+def pick_answer(
     question: Question,
     window_ids: list[int],
     windows: BatchEncoding,
@@ -159,6 +159,8 @@ def _answer(
     end_logits: list[list[float]],
     unanswerable: bool,
 ) -> str:
+    """The question's answer from its windows' logits: the best span's passage text, or "" when `unanswerable`
+    is allowed and the lowest null score beats it (run_squad.py, null_score_diff_threshold 0)."""
     best_score, text, null_score = -math.inf, "", math.inf
     for w in window_ids:
         null_score = min(null_score, start_logits[w][0] + end_logits[w][0])

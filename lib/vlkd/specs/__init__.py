@@ -4,7 +4,16 @@ Library functions take the narrowest piece they need (`OptimSpec`, `ModelShape`)
 """
 
 from vlkd.refs import ArtifactRef
-from vlkd.specs.base import DataSource, Resources, StageSpec, StorageConfig, StrictModel, quantity_bytes
+from vlkd.specs.base import (
+    DataSource,
+    KubernetesSpec,
+    Resources,
+    StageSpec,
+    StorageConfig,
+    StrictModel,
+    Toleration,
+    quantity_bytes,
+)
 from vlkd.specs.data import Encoder2DSpec, Encoder3DSpec, PreprocessSpec, TextSpec, TokenizerSpec
 from vlkd.specs.distill import CRDOptions, DistillSpec, KDObjective, KDOptions, NSTOptions
 from vlkd.specs.evaluate import EvalModel, EvalSpec, FinetuneSpec, RetrievalSpec, TaskSpec
@@ -38,6 +47,7 @@ __all__ = [
     "FinetuneSpec",
     "KDObjective",
     "KDOptions",
+    "KubernetesSpec",
     "ModelShape",
     "NSTOptions",
     "OptimSpec",
@@ -52,6 +62,7 @@ __all__ = [
     "TeacherSpec",
     "TextSpec",
     "TokenizerSpec",
+    "Toleration",
     "TrainSpec",
     "format_errors",
     "load_spec",

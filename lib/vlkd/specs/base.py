@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
@@ -127,6 +127,29 @@ def _check_quantity(value: str) -> str:
     return value
 
 
+class Toleration(StrictModel):
+    """A Kubernetes toleration (core/v1 Toleration), e.g. for the `nvidia.com/gpu` taint of GPU nodes."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class KubernetesSpec(StrictModel):
+    """How the `k8s` backend runs the job as a KubeRay RayJob (ignored by the other backends)."""
+
+    image: str | None = Field(None, description="container image; default: the CLI's --image")
+    namespace: str | None = Field(None, description="default: the kubeconfig context's namespace")
+    service_account: str = "vlkd-job"
+    s3_secret: str = Field("vlkd-s3", description="Secret holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    ttl_seconds_after_finished: int = Field(3600, ge=0, description="keep the finished RayCluster this long")
+    active_deadline_seconds: int | None = Field(None, gt=0, description="fail the job after this long")
+    backoff_limit: int = Field(0, ge=0, description="resubmissions of a failed job (resume from checkpoints)")
+    head_cpus: float = Field(2, gt=0)
+    head_memory: str = "8Gi"
+
+
 class Resources(StrictModel):
     """What one job asks of the cluster, per worker."""
 
@@ -138,6 +161,9 @@ class Resources(StrictModel):
     memory: Annotated[str, AfterValidator(_check_quantity)] | None = Field(
         None, description="memory per worker as a Kubernetes quantity, e.g. 16Gi"
     )
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes node labels for workers")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Kubernetes taints the workers tolerate")
 
     @property
     def memory_bytes(self) -> int | None:
@@ -190,3 +216,4 @@ class StageSpec(StrictModel):
     seed: int = 0
     resources: Resources = Resources()
     storage: StorageConfig | None = Field(None, description="default: the store of the submitting command")
+    kubernetes: KubernetesSpec = KubernetesSpec()

@@ -1,0 +1,147 @@
+"""`vlkd submit|render|status|logs|cancel|list`: stage jobs on the local, ray and k8s backends."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from vlkd.cli.artifacts import Store
+from vlkd.cli.output import console, err_console
+from vlkd.errors import VlkdError
+from vlkd.specs import STAGES, load_spec
+
+JOB_STAGES = tuple(s for s in STAGES if s != "pipeline")
+
+BackendName = Annotated[str, typer.Option("--backend", "-b", help="local (this machine), ray (--address) or k8s")]
+Address = Annotated[Optional[str], typer.Option(help="ray: the dashboard address, http://HOST:8265")]  # noqa: UP045
+Context = Annotated[Optional[str], typer.Option(help="k8s: kubeconfig context [default: current]")]  # noqa: UP045
+Namespace = Annotated[Optional[str], typer.Option(help="k8s: namespace [default: the context's]")]  # noqa: UP045
+Image = Annotated[Optional[str], typer.Option(help="container image [default: the spec's, else vlkd's]")]  # noqa: UP045
+SpecFile = Annotated[Path, typer.Option("--spec", "-f", help="the stage's spec (YAML)", show_default=False)]
+
+
+def _options(backend: str, address: str | None, context: str | None, namespace: str | None) -> dict[str, Any]:
+    return {"local": {}, "ray": {"address": address}, "k8s": {"context": context, "namespace": namespace}}.get(
+        backend, {}
+    )
+
+
+def _prepare(stage: str, spec_file: Path, store: str | None, backend: str, image: str | None, job_id: str | None):
+    from vlkd.backends.submission import job_store, prepare
+
+    if stage not in JOB_STAGES:
+        raise VlkdError(f"unknown stage {stage!r}; available: {', '.join(JOB_STAGES)}")
+    spec = load_spec(spec_file, stage)  # an invalid spec is never submitted
+    artifacts = job_store(spec, store)
+    return prepare(stage, spec, spec_file, artifacts, backend, image, job_id), artifacts
+
+
+def submit(
+    stage: str = typer.Argument(..., help=f"one of {', '.join(JOB_STAGES)}", show_default=False),
+    spec: SpecFile = ...,
+    backend: BackendName = "local",
+    address: Address = None,
+    context: Context = None,
+    namespace: Namespace = None,
+    image: Image = None,
+    store: Store = None,
+    job_id: str = typer.Option(None, "--job-id", help="resume an interrupted job: give its id again"),
+    wait: bool = typer.Option(False, "--wait", "-w", help="follow the logs and exit with the job's outcome"),
+) -> None:
+    """Validate SPEC and submit the STAGE job; prints its id."""
+    from vlkd.backends import get_backend
+    from vlkd.backends.submission import submit as send
+
+    options = _options(backend, address, context, namespace)
+    runner = get_backend(backend, **options)
+    job, artifacts = _prepare(stage, spec, store, backend, image, job_id)
+    send(runner, options, job, spec.read_text(), artifacts)
+    err_console.print(
+        f"submitted {stage} job {job.job_id} to {backend}; follow it with `vlkd logs -f {job.job_id}`", highlight=False
+    )
+    typer.echo(job.job_id)
+    if wait:
+        raise typer.Exit(_follow(job.job_id))
+
+
+def render(
+    stage: str = typer.Argument(..., help=f"one of {', '.join(JOB_STAGES)}", show_default=False),
+    spec: SpecFile = ...,
+    backend: BackendName = "k8s",
+    address: Address = None,
+    context: Context = None,
+    namespace: Namespace = None,
+    image: Image = None,
+    store: Store = None,
+) -> None:
+    """Print what `submit` would send, without sending it (k8s: a RayJob for `kubectl apply -f -`)."""
+    from vlkd.backends import get_backend
+
+    job, _ = _prepare(stage, spec, store, backend, image, "vlkd-" + stage + "-rendered")
+    typer.echo(get_backend(backend, **_options(backend, address, context, namespace)).render(job), nl=False)
+
+
+def status(job_id: str = typer.Argument(..., help="a job id printed by submit")) -> None:
+    """Where a job stands: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, and why."""
+    from vlkd.backends.submission import find
+
+    runner, record = find(job_id)
+    current = runner.status(job_id, record)
+    console.print(f"{job_id}  {current.state.value}  {current.message}".rstrip(), highlight=False)
+
+
+def logs(
+    job_id: str = typer.Argument(..., help="a job id printed by submit"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends"),
+) -> None:
+    """Print a job's log."""
+    from vlkd.backends.submission import find
+
+    runner, record = find(job_id)
+    for line in runner.logs(job_id, record, follow=follow):
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def cancel(job_id: str = typer.Argument(..., help="a job id printed by submit")) -> None:
+    """Stop a job."""
+    from vlkd.backends.submission import find
+
+    runner, record = find(job_id)
+    runner.cancel(job_id, record)
+    console.print(f"cancelled {job_id}", highlight=False)
+
+
+def list_jobs() -> None:
+    """The jobs submitted from this machine, with their state."""
+    from vlkd.backends.submission import find
+    from vlkd.jobstate import known_jobs
+
+    table = Table("JOB", "STAGE", "BACKEND", "STATE", "SUBMITTED", box=None, highlight=False)
+    for entry in known_jobs():
+        try:
+            runner, record = find(entry["job_id"])
+            state = runner.status(entry["job_id"], record).state.value
+        except VlkdError as exc:
+            state = f"unknown ({exc})"
+        table.add_row(entry["job_id"], entry["stage"], entry["backend"], state, entry["submitted_at"][:19])
+    console.print(table)
+
+
+def _follow(job_id: str) -> int:
+    """Stream the job's log to the end; 0 if it succeeded."""
+    from vlkd.backends.submission import find
+
+    runner, record = find(job_id)
+    for line in runner.logs(job_id, record, follow=True):
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    while not (final := runner.status(job_id, record)).state.finished:
+        time.sleep(0.5)
+    err_console.print(f"job {job_id}: {final.state.value} {final.message}".rstrip(), highlight=False)
+    return 0 if final.state.value == "SUCCEEDED" else 1

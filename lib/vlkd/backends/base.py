@@ -1,0 +1,78 @@
+"""What every backend shares: the job description, job states, and the interface (after TorchX's Scheduler:
+render = dry run, submit sends exactly what render made)."""
+
+from __future__ import annotations
+
+import enum
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from vlkd.runtime import job_module
+from vlkd.specs import StageSpec
+
+
+class JobState(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED)
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    state: JobState
+    message: str = ""
+    stage: str = ""
+    backend: str = ""
+
+
+@dataclass
+class JobDescription:
+    """One stage job, described once whatever runs it."""
+
+    job_id: str
+    stage: str
+    spec: StageSpec
+    spec_uri: str
+    """where the job reads its spec: uploaded to the store for remote backends, so it reads what was validated"""
+    store_uri: str
+    image: str
+    env: dict[str, str] = field(default_factory=dict)
+    """non-secret environment (e.g. AWS_ENDPOINT_URL); credentials travel by the backend's own secret mechanism"""
+
+    @property
+    def entrypoint(self) -> list[str]:
+        return [
+            "python", "-m", job_module(self.stage), "--spec", self.spec_uri, "--store", self.store_uri,
+            "--job-id", self.job_id,
+        ]  # fmt: skip
+
+    @property
+    def entrypoint_line(self) -> str:
+        return shlex.join(self.entrypoint)
+
+
+class Backend(Protocol):
+    name: str
+
+    def render(self, job: JobDescription) -> str:
+        """What `submit` would send, as text (YAML for k8s): the dry run."""
+
+    def submit(self, job: JobDescription) -> dict[str, Any]:
+        """Send the job; return what later commands need to find it again (saved in the local job state)."""
+
+    def status(self, job_id: str, record: dict[str, Any]) -> JobStatus: ...
+
+    def logs(self, job_id: str, record: dict[str, Any], follow: bool = False) -> Iterator[str]: ...
+
+    def cancel(self, job_id: str, record: dict[str, Any]) -> None: ...
+
+    def list(self) -> list[JobStatus]: ...

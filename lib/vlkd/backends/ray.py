@@ -1,0 +1,108 @@
+"""The `ray` backend: a running Ray cluster reached by its dashboard address, through Ray's Job Submission API.
+
+The cluster must run vlkd's image (or have vlkd installed); the job's spec is read from the artifact store, so the
+store must be reachable from the cluster (an s3:// store, or a folder the cluster shares)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from vlkd.backends.base import JobDescription, JobState, JobStatus
+from vlkd.errors import VlkdError
+
+
+def _state(status: Any) -> JobState:
+    """Ray's JobStatus (a str enum) -> ours; the names are the same."""
+    return JobState(getattr(status, "value", status))
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, address: str | None = None) -> None:
+        if not address:
+            raise VlkdError("the ray backend needs the cluster's dashboard address: --address http://HOST:8265")
+        self.address = address
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            try:
+                self._client = JobSubmissionClient(self.address)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise VlkdError(f"cannot reach the Ray cluster at {self.address}: {_first_line(exc)}") from None
+        return self._client
+
+    def request(self, job: JobDescription) -> dict[str, Any]:
+        """The `submit_job` arguments: what render shows and submit sends."""
+        resources = job.spec.resources
+        request: dict[str, Any] = {
+            "entrypoint": job.entrypoint_line,
+            "submission_id": job.job_id,
+            "runtime_env": {"env_vars": dict(job.env)},
+            "metadata": {"vlkd.io/job-id": job.job_id, "vlkd.io/stage": job.stage},
+        }
+        if resources.num_workers == 0:  # the trainer runs in the entrypoint itself (Ray Train local mode)
+            request["entrypoint_num_cpus"] = resources.cpus_per_worker
+            if resources.gpus_per_worker:
+                request["entrypoint_num_gpus"] = resources.gpus_per_worker
+        return request
+
+    def render(self, job: JobDescription) -> str:
+        return f"# POST {self.address}/api/jobs/\n" + json.dumps(self.request(job), indent=2) + "\n"
+
+    def submit(self, job: JobDescription) -> dict[str, Any]:
+        try:
+            self.client.submit_job(**self.request(job))
+        except RuntimeError as exc:
+            raise VlkdError(f"the Ray cluster at {self.address} refused the job: {_first_line(exc)}") from None
+        return {"address": self.address}
+
+    def status(self, job_id: str, record: dict[str, Any]) -> JobStatus:
+        info = self._call(self.client.get_job_info, job_id)
+        return JobStatus(job_id, _state(info.status), info.message or "", backend=self.name)
+
+    def logs(self, job_id: str, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
+        if not follow:
+            yield from self._call(self.client.get_job_logs, job_id).splitlines(keepends=True)
+            return
+        stream = self.client.tail_job_logs(job_id)
+        loop = asyncio.new_event_loop()
+        try:
+            while True:
+                try:
+                    chunk = loop.run_until_complete(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield from chunk.splitlines(keepends=True)
+        finally:
+            loop.close()
+
+    def cancel(self, job_id: str, record: dict[str, Any]) -> None:
+        self._call(self.client.stop_job, job_id)
+
+    def list(self) -> list[JobStatus]:
+        jobs = self._call(self.client.list_jobs)
+        return [
+            JobStatus(
+                j.submission_id, _state(j.status), j.message or "", j.metadata.get("vlkd.io/stage", ""), self.name
+            )
+            for j in jobs
+            if (j.metadata or {}).get("vlkd.io/job-id")
+        ]
+
+    def _call(self, method: Any, *args: Any) -> Any:
+        try:
+            return method(*args)
+        except RuntimeError as exc:
+            raise VlkdError(f"Ray cluster at {self.address}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

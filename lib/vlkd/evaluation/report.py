@@ -1,0 +1,235 @@
+"""The comparison report of an eval run: Markdown (`report.md`) and a plain-text rendering for a terminal.
+
+Tables follow the paper's layouts: "Table 1" holds the seven primary tasks (SST-2, QNLI, QQP, MNLI-m accuracy,
+SQuAD v1.1 / v2.0 exact match, SWAG) and their average; "Table 7" the GLUE diagnostic's R3 per category, PIQA
+and TRACIE. A cell is the mean over seeds, `± std` when there were several; a table holds only the columns that
+were measured, and a row's average only when it has every column. Then: each row's difference from the
+baseline row, every metric per task, each row's artifact ref and lineage, the teacher retrieval table, and
+free-text notes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlkd.errors import DataError
+from vlkd.evaluation.results import RESULTS_FILE, write_results
+from vlkd.evaluation.tasks import DIAGNOSTIC_CATEGORIES, TASKS, category_key
+
+REPORT_FILE = "report.md"
+MISSING = "n/a"
+
+
+@dataclass(frozen=True)
+class Column:
+    task: str
+    metric: str
+    header: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    title: str
+    columns: tuple[Column, ...]
+    average: bool
+
+
+def _main(task: str) -> Column:
+    definition = TASKS[task]
+    return Column(task, definition.main_metric, f"{definition.title} {definition.metric_label}")
+
+
+_SHORT = dict(zip(DIAGNOSTIC_CATEGORIES, ("Lexicon", "Predicate", "Logic", "Knowledge"), strict=True))
+LAYOUTS = (
+    Layout(
+        "Downstream tasks (Table 1)",
+        tuple(_main(t) for t in ("sst2", "qnli", "qqp", "mnli", "squad_v1", "squad_v2", "swag")),
+        average=True,
+    ),
+    Layout(
+        "Knowledge and reasoning (Table 7)",
+        (
+            *(Column("glue_diagnostic", category_key(c), f"Diag. {_SHORT[c]} R3") for c in DIAGNOSTIC_CATEGORIES),
+            _main("piqa"),
+            _main("tracie"),
+        ),
+        average=False,
+    ),
+)
+_UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+RETRIEVAL_COLUMNS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("Median rank", "median_rank"))
+
+
+def _stat(results: Mapping[str, Any], row: str, column: Column) -> dict[str, float] | None:
+    return results["summary"].get(row, {}).get(column.task, {}).get(column.metric)
+
+
+def _cell(stat: Mapping[str, float] | None) -> str:
+    if stat is None:
+        return MISSING
+    return f"{stat['mean']:.1f}" + (f" ± {stat['std']:.1f}" if stat["seeds"] > 1 else "")
+
+
+def _means(results: Mapping[str, Any], row: str, layout: Layout, columns: Sequence[Column]) -> list[float | None]:
+    """The row's mean per column and, for a layout with an average, the mean of those (None if one is missing)."""
+    means = [stat["mean"] if (stat := _stat(results, row, c)) else None for c in columns]
+    if layout.average:
+        means.append(None if None in means else sum(means) / len(means))
+    return means
+
+
+def table_rows(results: Mapping[str, Any], layout: Layout) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """(header, value rows, difference rows) of one layout: only the columns some row has a value for;
+    differences against the baseline row (none without a baseline)."""
+    columns = [c for c in layout.columns if any(_stat(results, m["row"], c) for m in results["models"])]
+    if not columns:
+        return [], [], []
+    header = ["Model", *(c.header for c in columns), *(["Avg."] if layout.average else [])]
+    rows, differences = [], []
+    baseline = results.get("baseline")
+    reference = _means(results, baseline, layout, columns) if baseline else None
+    for model in results["models"]:
+        row = model["row"]
+        cells = [_cell(_stat(results, row, c)) for c in columns]
+        means = _means(results, row, layout, columns)
+        if layout.average:
+            cells.append(MISSING if means[-1] is None else f"{means[-1]:.1f}")
+        rows.append([row, *cells])
+        if reference is not None and row != baseline:
+            differences.append([row, *(_difference(m, r) for m, r in zip(means, reference, strict=True))])
+    return header, rows, differences
+
+
+def _difference(value: float | None, reference: float | None) -> str:
+    if value is None or reference is None:
+        return MISSING
+    return f"{round(value - reference, 1) + 0.0:+.1f}"  # + 0.0: a difference that rounds to zero is +0.0, not -0.0
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [header, ["---", *([":---:"] * (len(header) - 1))], *rows]
+    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
+
+
+def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None = None) -> str:
+    """report.md: the tables, differences, all metrics, lineage, retrieval, notes and (given `charts`, task ->
+    PNG path relative to the report) the charts."""
+    parts = ["# Evaluation report"]
+    baseline = results.get("baseline")
+    for layout in LAYOUTS:
+        header, rows, differences = table_rows(results, layout)
+        if not header:
+            continue
+        parts += [f"## {layout.title}", markdown_table(header, rows)]
+        if differences:
+            parts += [f"Difference from **{baseline}**:", markdown_table(header, differences)]
+    parts += ["## All metrics", *_all_metrics(results)]
+    parts += ["## Models", "\n".join(_lineage_line(model) for model in results["models"])]
+    if results.get("retrieval"):
+        parts += ["## Teacher text-to-video retrieval", markdown_table(*retrieval_rows(results["retrieval"]))]
+    if charts:
+        parts += ["## Charts", "\n".join(f"![{TASKS[t].title}]({path})" for t, path in charts.items())]
+    if results.get("notes"):
+        parts += ["## Notes", "\n".join(f"- {note}" for note in results["notes"])]
+    return "\n\n".join(parts) + "\n"
+
+
+def _all_metrics(results: Mapping[str, Any]) -> list[str]:
+    parts = []
+    for task in results["tasks"]:
+        metrics = sorted({m for row in results["summary"].values() for m in row.get(task, {})})
+        columns = [Column(task, metric, metric) for metric in metrics]
+        rows = [[m["row"], *(_cell(_stat(results, m["row"], c)) for c in columns)] for m in results["models"]]
+        parts += [f"### {TASKS[task].title}", markdown_table(["Model", *metrics], rows)]
+    return parts
+
+
+def _lineage_line(model: Mapping[str, Any]) -> str:
+    details = "; ".join(f"{key.replace('_', ' ')}: {_plain(value)}" for key, value in model["lineage"].items())
+    return f"- **{model['row']}**: `{model['ref']}`" + (f"; {details}" if details else "")
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " + ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def retrieval_rows(retrieval: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the teacher retrieval table: R@1/5/10 in percent and the median rank."""
+    rows = [
+        [label, *(MISSING if key not in values else f"{values[key]:.1f}" for _, key in RETRIEVAL_COLUMNS)]
+        for label, values in retrieval.items()
+    ]
+    return ["Teacher", *(name for name, _ in RETRIEVAL_COLUMNS)], rows
+
+
+def render_table(results: Mapping[str, Any]) -> str:
+    """The report's tables as aligned plain text, for a terminal."""
+    blocks = []
+    for layout in LAYOUTS:
+        header, rows, differences = table_rows(results, layout)
+        if header:
+            blocks.append(f"{layout.title}\n{_aligned(header, rows)}")
+            if differences:
+                blocks.append(f"Difference from {results['baseline']}\n{_aligned(header, differences)}")
+    if results.get("retrieval"):
+        blocks.append("Teacher text-to-video retrieval\n" + _aligned(*retrieval_rows(results["retrieval"])))
+    return "\n\n".join(blocks) if blocks else "no results"
+
+
+def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in [header, *rows]
+    )
+
+
+def parse_tables(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table in `markdown` as [header, *rows] (the separator line dropped), each checked: a
+    separator after the header, and as many cells in every line as in the header."""
+    tables, block = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            tables.append(_parse_table(block))
+            block = []
+    return tables
+
+
+def _parse_table(lines: list[str]) -> list[list[str]]:
+    cells = [_cells(line) for line in lines]
+    if len(cells) < 2 or not all(set(c) <= set(":-") and "-" in c for c in cells[1]):
+        raise DataError(f"Markdown table without a separator line under its header: {lines[0]}")
+    bad = [line for line, row in zip(lines, cells, strict=True) if len(row) != len(cells[0])]
+    if bad:
+        raise DataError(f"Markdown table rows with a cell count other than the header's {len(cells[0])}: {bad}")
+    return [cells[0], *cells[2:]]
+
+
+def _cells(line: str) -> list[str]:
+    inner = line.strip().removeprefix("|").removesuffix("|")
+    return [cell.strip().replace("\\|", "|") for cell in _UNESCAPED_PIPE.split(inner)]
+
+
+def write_report(results: Mapping[str, Any], out_dir: Path, charts: bool = True) -> dict[str, Path]:
+    """Write results.json, report.md and (with `charts`, which needs matplotlib) one PNG bar chart per task
+    under `charts/` into `out_dir`; returns what was written by name."""
+    from vlkd.evaluation.charts import write_charts
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {RESULTS_FILE: write_results(results, out_dir / RESULTS_FILE)}
+    pngs = write_charts(results, out_dir / "charts") if charts else {}
+    relative = {task: path.relative_to(out_dir).as_posix() for task, path in pngs.items()}
+    (out_dir / REPORT_FILE).write_text(render_markdown(results, relative), encoding="utf-8")
+    written[REPORT_FILE] = out_dir / REPORT_FILE
+    return written | {f"charts/{path.name}": path for path in pngs.values()}

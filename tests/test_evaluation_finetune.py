@@ -1,0 +1,197 @@
+"""Finetuning a tiny random BERT on the synthetic tasks: it learns SST-2, every kind of head runs and scores in
+range, MNLI's model scores GLUE's diagnostic, runs are deterministic; QA pre- and post-processing by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlkd.data.synth import SynthConfig, SynthSummary, generate
+from vlkd.data.text import corpus_lines, save_tokenizer, train_tokenizer
+from vlkd.errors import NotFoundError, VlkdError
+from vlkd.evaluation import qa
+from vlkd.evaluation.finetune import evaluate, finetune, load_tokenizer, train
+from vlkd.evaluation.readers import Question
+from vlkd.evaluation.tasks import TASKS, get_task, read_train
+from vlkd.specs.evaluate import FinetuneSpec
+
+SMALL = SynthConfig(num_videos=1, corpus_paragraphs=5, task_train_examples=40, task_dev_examples=20)
+# Smoke runs: one pass. Learning runs: a tiny model needs many more steps at a higher rate than the paper's.
+SMOKE = FinetuneSpec(epochs=1, lr=1e-3, batch_size=8, max_len=64)
+LEARN = FinetuneSpec(epochs=30, lr=2e-3, batch_size=8, max_len=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny matrices: extra threads cost more than they save, and on a busy 2-core machine they stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
+    return generate(tmp_path_factory.mktemp("synth") / "data", SMALL)
+
+
+def _texts(synth: SynthSummary) -> Iterator[str]:
+    yield from corpus_lines((synth.text_dir / "corpus.txt").read_text().splitlines())
+    for name, task in TASKS.items():
+        for example in read_train(task, synth.tasks_dir / name) if task.train else ():
+            for attribute in ("text_a", "text_b", "question", "context"):
+                if getattr(example, attribute, None):
+                    yield getattr(example, attribute)
+            yield from getattr(example, "endings", ())
+
+
+@pytest.fixture(scope="module")
+def model_dir(synth: SynthSummary, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny BertForMaskedLM saved with its tokenizer, as a student artifact holds them."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    tokenizer = train_tokenizer(_texts(synth), vocab_size=1000, min_frequency=1, lowercase=True)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    out = tmp_path_factory.mktemp("student")
+    BertForMaskedLM(config).save_pretrained(out)
+    save_tokenizer(tokenizer, out)
+    return out
+
+
+def _in_range(metrics: dict[str, float], low: float = 0.0) -> bool:
+    return all(low <= value <= 100.0 for value in metrics.values())
+
+
+def test_finetuning_learns_sst2(model_dir: Path, synth: SynthSummary) -> None:
+    result = finetune(model_dir, "sst2", synth.tasks_dir / "sst2", LEARN, seed=0)
+    assert result["examples"] == 40
+    assert result["metrics"]["accuracy"] > 75.0
+    assert result["seconds"] > 0
+
+
+def test_same_seed_same_model(model_dir: Path, synth: SynthSummary) -> None:
+    first, second = (train(model_dir, "sst2", synth.tasks_dir / "sst2", SMOKE, seed=3) for _ in range(2))
+    other = train(model_dir, "sst2", synth.tasks_dir / "sst2", SMOKE, seed=4)
+    weights = [dict(m.model.named_parameters()) for m in (first, second, other)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert not torch.equal(weights[0]["classifier.weight"], weights[2]["classifier.weight"])
+
+
+def test_progress_reports_every_step(model_dir: Path, synth: SynthSummary) -> None:
+    calls = []
+    train(model_dir, "qnli", synth.tasks_dir / "qnli", SMOKE, 0, progress=lambda *args: calls.append(args))
+    assert [(step, total) for step, total, _ in calls] == [(step, 5) for step in range(1, 6)]  # 40 examples / 8
+    assert all(loss > 0 for _, _, loss in calls)
+
+
+@pytest.mark.parametrize(
+    ("task", "keys"),
+    [
+        ("squad_v1", {"exact_match", "f1"}),
+        (
+            "squad_v2",
+            {"exact_match", "f1", "has_answer_exact_match", "has_answer_f1", "no_answer_exact_match", "no_answer_f1"},
+        ),
+        ("swag", {"accuracy"}),
+        ("piqa", {"accuracy"}),
+        ("tracie", {"accuracy", "start_accuracy", "end_accuracy", "story_exact_match"}),
+        ("qqp", {"accuracy", "f1"}),
+    ],
+)
+def test_every_kind_of_task_finetunes_and_scores(model_dir: Path, synth: SynthSummary, task: str, keys: set) -> None:
+    result = finetune(model_dir, task, synth.tasks_dir / task, SMOKE, seed=0)
+    assert set(result["metrics"]) == keys
+    assert _in_range(result["metrics"])
+
+
+def test_mnli_model_scores_both_dev_sets_and_the_diagnostic(model_dir: Path, synth: SynthSummary) -> None:
+    mnli = train(model_dir, "mnli", synth.tasks_dir / "mnli", SMOKE, seed=0)
+    scores = evaluate(mnli, "mnli", synth.tasks_dir / "mnli")
+    assert set(scores) == {"matched_accuracy", "mismatched_accuracy"} and _in_range(scores)
+    diagnostic = evaluate(mnli, "glue_diagnostic", synth.tasks_dir / "glue_diagnostic")
+    assert {"r3", "r3_average"} <= set(diagnostic)
+    assert set(diagnostic) - {"r3", "r3_average"} <= {
+        "r3_lexical_semantics",
+        "r3_predicate_argument_structure",
+        "r3_logic",
+        "r3_knowledge",
+    }
+    assert _in_range(diagnostic, low=-100.0)
+
+
+def test_diagnostic_needs_the_mnli_model(model_dir: Path, synth: SynthSummary) -> None:
+    sst2 = train(model_dir, "sst2", synth.tasks_dir / "sst2", SMOKE, seed=0)
+    with pytest.raises(VlkdError, match="glue_diagnostic is scored with a model finetuned on mnli, not on sst2"):
+        evaluate(sst2, "glue_diagnostic", synth.tasks_dir / "glue_diagnostic")
+    with pytest.raises(VlkdError, match="no training set"):
+        finetune(model_dir, "glue_diagnostic", synth.tasks_dir / "glue_diagnostic", SMOKE, seed=0)
+
+
+def test_a_directory_without_tokenizer_is_refused(tmp_path: Path, synth: SynthSummary) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(NotFoundError, match=r"lacks tokenizer\.json"):
+        finetune(tmp_path, "sst2", synth.tasks_dir / "sst2", SMOKE, seed=0)
+
+
+def test_qa_refuses_a_window_too_short_for_question_and_passage() -> None:
+    with pytest.raises(VlkdError, match="max_len=16 leaves too little room"):
+        qa.window_limits(16)
+
+
+def test_qa_window_labels_point_at_the_answer(model_dir: Path, synth: SynthSummary) -> None:
+    """Short windows split passages; each window that holds the answer labels exactly its tokens, the others
+    label [CLS]."""
+    tokenizer = load_tokenizer(model_dir)
+    questions = read_train(get_task("squad_v2"), synth.tasks_dir / "squad_v2")
+    windows = qa.encode_windows(tokenizer, questions, max_len=32)
+    assert len(windows["input_ids"]) > len(questions)  # some passages need several windows
+    inside = outside = 0
+    for i, index in enumerate(windows["overflow_to_sample_mapping"]):
+        question, offsets = questions[index], windows["offset_mapping"][i]
+        start, end = qa.answer_position(windows.sequence_ids(i), offsets, question)
+        if (start, end) == (0, 0):
+            outside += 1
+            continue
+        inside += 1
+        text, _ = question.answers[0]
+        assert question.context[offsets[start][0] : offsets[end][1]] == text
+    assert inside > 0 and outside > 0
+
+
+def test_best_span_never_ends_before_it_starts_nor_leaves_the_passage() -> None:
+    sequence_ids = [None, 0, None, 1, 1, 1, 1, None]
+    start = [9.0, 9.0, 0.0, 1.0, 0.0, 5.0, 0.0, 9.0]  # [CLS], question and [SEP] logits are never chosen
+    end = [9.0, 9.0, 0.0, 4.0, 3.0, -1.0, -2.0, 9.0]  # the best end (3) comes before the best start (5)
+    assert qa.best_span(start, end, sequence_ids) == (5.0, 3, 3)
+
+
+def test_best_span_is_at_most_max_answer_tokens_long() -> None:
+    sequence_ids = [None, 0, None, *[1] * 40, None]
+    start, end = [0.0] * len(sequence_ids), [0.0] * len(sequence_ids)
+    start[3], end[3 + qa.MAX_ANSWER_TOKENS], end[3 + qa.MAX_ANSWER_TOKENS - 1] = 5.0, 5.0, 1.0
+    assert qa.best_span(start, end, sequence_ids) == (6.0, 3, 2 + qa.MAX_ANSWER_TOKENS)
+
+
+def test_unanswerable_when_the_null_score_beats_the_best_span(model_dir: Path) -> None:
+    tokenizer = load_tokenizer(model_dir)
+    question = Question("q", "what colour ?", "a red circle moves up .", ())
+    windows = qa.encode_windows(tokenizer, [question], max_len=64)
+    passage = [k for k, s in enumerate(windows.sequence_ids(0)) if s == 1]
+    red = next(k for k in passage if question.context[slice(*windows["offset_mapping"][0][k])] == "red")
+    start, end = [0.0] * len(passage) * 3, [0.0] * len(passage) * 3
+    start[red], end[red] = 2.0, 2.0
+    for null, expected_v2 in ((3.0, "red"), (5.0, "")):
+        start[0] = end[0] = null / 2
+        assert qa.pick_answer(question, [0], windows, [start], [end], unanswerable=True) == expected_v2
+        assert qa.pick_answer(question, [0], windows, [start], [end], unanswerable=False) == "red"

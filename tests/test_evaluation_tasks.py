@@ -1,0 +1,294 @@
+"""Task registry and readers: the synthetic task files and small hand-written ones in each official format."""
+
+from __future__ import annotations
+
+import json
+import typing
+from pathlib import Path
+
+import pytest
+
+from vlkd.data.synth import SynthConfig, SynthSummary, generate
+from vlkd.errors import DataError, NotFoundError, VlkdError
+from vlkd.evaluation.readers import MultipleChoice, Question, TextPair
+from vlkd.evaluation.tasks import (
+    TASKS,
+    get_task,
+    read_eval,
+    read_train,
+    score_diagnostic,
+    score_squad,
+    score_tracie,
+)
+from vlkd.specs.evaluate import TaskName
+
+SMALL = SynthConfig(num_videos=1, corpus_paragraphs=5, task_train_examples=40, task_dev_examples=20)
+# The official file each task's examples are read from: train, then the evaluation files by metric prefix.
+FILES = {
+    "sst2": ("train.tsv", {"": "dev.tsv"}),
+    "qnli": ("train.tsv", {"": "dev.tsv"}),
+    "qqp": ("train.tsv", {"": "dev.tsv"}),
+    "mnli": ("train.tsv", {"matched": "dev_matched.tsv", "mismatched": "dev_mismatched.tsv"}),
+    "squad_v1": ("train-v1.1.json", {"": "dev-v1.1.json"}),
+    "squad_v2": ("train-v2.0.json", {"": "dev-v2.0.json"}),
+    "swag": ("train.csv", {"": "val.csv"}),
+    "piqa": ("train.jsonl", {"": "valid.jsonl"}),
+    "tracie": ("tracie_train.txt", {"": "tracie_test.txt"}),
+    "glue_diagnostic": (None, {"": "diagnostic-full.tsv"}),
+}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
+    return generate(tmp_path_factory.mktemp("synth") / "data", SMALL)
+
+
+def test_registry_holds_exactly_the_specs_task_names() -> None:
+    assert set(TASKS) == set(typing.get_args(TaskName))
+
+
+def test_unknown_task_lists_the_available_ones() -> None:
+    with pytest.raises(VlkdError, match="unknown task 'cola'; available: sst2, qnli"):
+        get_task("cola")
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_reads_every_synthetic_file_with_all_its_examples(synth: SynthSummary, name: str) -> None:
+    task, folder = get_task(name), synth.tasks_dir / name
+    train_file, eval_files = FILES[name]
+    counts = synth.task_examples[name]
+    if train_file is None:
+        with pytest.raises(VlkdError, match=r"no training set.*finetuned on mnli"):
+            read_train(task, folder)
+    else:
+        assert len(read_train(task, folder)) == counts[train_file]
+    evaluation = read_eval(task, folder)
+    assert {prefix: len(examples) for prefix, examples in evaluation.items()} == {
+        prefix: counts[file] for prefix, file in eval_files.items()
+    }
+
+
+def test_glue_pairs_keep_their_labels_in_the_vocabulary(synth: SynthSummary) -> None:
+    sst2 = read_train(get_task("sst2"), synth.tasks_dir / "sst2")
+    assert all(isinstance(e, TextPair) and e.text_b is None and e.label in {"0", "1"} for e in sst2)
+    mnli = read_eval(get_task("mnli"), synth.tasks_dir / "mnli")["mismatched"]
+    assert {e.label for e in mnli} == {"entailment", "neutral", "contradiction"}
+    assert all(e.text_b for e in mnli)
+
+
+def test_squad_answers_sit_at_their_offsets(synth: SynthSummary) -> None:
+    for name in ("squad_v1", "squad_v2"):
+        questions = read_train(get_task(name), synth.tasks_dir / name)
+        for q in questions:
+            assert all(q.context[start : start + len(text)] == text for text, start in q.answers)
+    v1 = read_train(get_task("squad_v1"), synth.tasks_dir / "squad_v1")
+    v2 = read_train(get_task("squad_v2"), synth.tasks_dir / "squad_v2")
+    assert all(q.answers for q in v1)
+    assert any(not q.answers for q in v2) and any(q.answers for q in v2)
+
+
+def test_multiple_choice_examples(synth: SynthSummary) -> None:
+    swag = read_eval(get_task("swag"), synth.tasks_dir / "swag")[""]
+    assert all(isinstance(e, MultipleChoice) and len(e.endings) == 4 and 0 <= e.label < 4 for e in swag)
+    piqa = read_train(get_task("piqa"), synth.tasks_dir / "piqa")
+    assert all(len(e.endings) == 2 and e.label in (0, 1) and e.context.startswith("To ") for e in piqa)
+
+
+def test_tracie_pairs_are_story_and_query(synth: SynthSummary) -> None:
+    pairs = read_train(get_task("tracie"), synth.tasks_dir / "tracie")
+    assert all(p.text_b.startswith("event:") and "story:" not in p.text_a for p in pairs)
+    assert {p.label for p in pairs} == {"positive", "negative"}
+
+
+def test_diagnostic_keeps_its_category_tags(synth: SynthSummary) -> None:
+    examples = read_eval(get_task("glue_diagnostic"), synth.tasks_dir / "glue_diagnostic")[""]
+    assert all(
+        set(e.meta) == {"Lexical Semantics", "Predicate-Argument Structure", "Logic", "Knowledge"} for e in examples
+    )
+    assert all(any(tag for tag in e.meta.values()) for e in examples)
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_glue_tsv_has_no_quoting(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "train.tsv", 'sentence\tlabel\nit \'s a "great" film , "really\t1\n')
+    [pair] = read_train(get_task("sst2"), folder)
+    assert pair == TextPair('it \'s a "great" film , "really', None, "1")
+
+
+def test_qqp_skips_the_broken_lines_of_its_official_train_file(tmp_path: Path) -> None:
+    header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+    folder = _write(tmp_path, "train.tsv", header + "0\t1\t2\twhy ?\twhy not ?\t0\n1\t3\t4\tbroken line\n")
+    assert read_train(get_task("qqp"), folder) == [TextPair("why ?", "why not ?", "0")]
+
+
+def test_a_short_glue_row_names_file_and_line(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "dev.tsv", "sentence\tlabel\ngood .\t1\nno label\n")
+    with pytest.raises(DataError, match=r"dev.tsv:3: 1 fields, the header has 2"):
+        read_eval(get_task("sst2"), folder)
+
+
+def test_mnli_dev_reads_the_gold_label_after_five_votes(tmp_path: Path) -> None:
+    columns = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse"]
+    columns += ["sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+    columns += [f"label{i}" for i in range(1, 6)] + ["gold_label"]
+    row = ["0", "1", "1n", "slate", "( a b )", "( c d )", "(ROOT)", "(ROOT)", "a b", "c d"]
+    row += ["neutral", "neutral", "contradiction", "neutral", "entailment", "neutral"]
+    text = "\t".join(columns) + "\n" + "\t".join(row) + "\n"
+    folder = _write(tmp_path, "dev_matched.tsv", text)
+    _write(folder, "dev_mismatched.tsv", text.replace("slate", "letters"))
+    evaluation = read_eval(get_task("mnli"), folder)
+    assert evaluation["matched"] == evaluation["mismatched"] == [TextPair("a b", "c d", "neutral")]
+
+
+def test_a_label_outside_the_vocabulary_is_an_error(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "dev.tsv", "index\tquestion\tsentence\tlabel\n0\tq ?\ts .\tmaybe\n")
+    with pytest.raises(VlkdError, match=r"labels \['maybe'\] are not in its vocabulary"):
+        read_eval(get_task("qnli"), folder)
+
+
+def test_squad_v2_impossible_question_has_no_answers(tmp_path: Path) -> None:
+    squad = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "A red circle moves up.",
+                        "qas": [
+                            {
+                                "question": "What colour?",
+                                "id": "q1",
+                                "is_impossible": False,
+                                "answers": [{"text": "red", "answer_start": 2}],
+                            },
+                            {
+                                "question": "What does the blue one do?",
+                                "id": "q2",
+                                "is_impossible": True,
+                                "answers": [],
+                                "plausible_answers": [{"text": "moves up", "answer_start": 13}],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    folder = _write(tmp_path, "dev-v2.0.json", json.dumps(squad))
+    assert read_eval(get_task("squad_v2"), folder)[""] == [
+        Question("q1", "What colour?", "A red circle moves up.", (("red", 2),)),
+        Question("q2", "What does the blue one do?", "A red circle moves up.", ()),
+    ]
+
+
+def test_a_file_that_is_not_squad_is_named(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "train-v1.1.json", json.dumps({"version": "1.1"}))
+    with pytest.raises(DataError, match=r"train-v1\.1\.json: not a SQuAD file"):
+        read_train(get_task("squad_v1"), folder)
+
+
+def test_swag_csv_with_quoted_fields(tmp_path: Path) -> None:
+    header = ",video-id,fold-ind,startphrase,sent1,sent2,gold-source,ending0,ending1,ending2,ending3,label\n"
+    row = (
+        '7,lsmdc_1,11,"He waves, smiles. She","He waves, smiles.",She,gold,nods.,runs.,"sits, then stands.",sings.,2\n'
+    )
+    folder = _write(tmp_path, "val.csv", header + row)
+    [example] = read_eval(get_task("swag"), folder)[""]
+    assert example == MultipleChoice(
+        "He waves, smiles.", ("She nods.", "She runs.", "She sits, then stands.", "She sings."), 2
+    )
+
+
+def test_piqa_pairs_goals_with_the_labels_file(tmp_path: Path) -> None:
+    goal = {"id": "x", "goal": "To open a jar, you can", "sol1": "twist the lid.", "sol2": "shake it."}
+    folder = _write(tmp_path, "valid.jsonl", json.dumps(goal) + "\n")
+    _write(folder, "valid-labels.lst", "0\n")
+    assert read_eval(get_task("piqa"), folder)[""] == [
+        MultipleChoice("To open a jar, you can", ("twist the lid.", "shake it."), 0)
+    ]
+    _write(folder, "valid-labels.lst", "0\n1\n")
+    with pytest.raises(DataError, match=r"has 1 examples but .*valid-labels\.lst has 2 labels"):
+        read_eval(get_task("piqa"), folder)
+
+
+def test_tracie_line_format(tmp_path: Path) -> None:
+    line = "event: Tom's teeth are crooked ends before he has braces story: Tom needed braces. He got them."
+    line += "\tanswer: negative"
+    folder = _write(tmp_path, "tracie_test.txt", line + "\n\n")
+    assert read_eval(get_task("tracie"), folder)[""] == [
+        TextPair(
+            "Tom needed braces. He got them.", "event: Tom's teeth are crooked ends before he has braces", "negative"
+        )
+    ]
+    _write(folder, "tracie_test.txt", "event: no story here\tanswer: positive\n")
+    with pytest.raises(DataError, match=r"tracie_test.txt:1: expected 'event: ... story: ..."):
+        read_eval(get_task("tracie"), folder)
+
+
+def test_missing_file_names_what_the_folder_holds(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "train.tsv", "sentence\tlabel\n")
+    with pytest.raises(NotFoundError, match=r"dev.tsv not found: .*present: train.tsv"):
+        read_eval(get_task("sst2"), folder)
+
+
+def test_tracie_scores_as_its_official_evaluator() -> None:
+    story_a, story_b = "First, A. Then, B.", "First, C. Then, D."
+    examples = [
+        TextPair(story_a, "event: A starts before B", "positive"),
+        TextPair(story_a, "event: A starts after B", "negative"),
+        TextPair(story_b, "event: C ends before D", "positive"),
+        TextPair(story_b, "event: C ends after D", "negative"),
+    ]
+    scores = score_tracie(["positive", "negative", "positive", "positive"], examples)
+    assert scores == {"accuracy": 75.0, "start_accuracy": 100.0, "end_accuracy": 50.0, "story_exact_match": 50.0}
+
+
+def test_diagnostic_scores_r3_per_category() -> None:
+    def example(label: str, logic: str = "", knowledge: str = "") -> TextPair:
+        tags = {"Lexical Semantics": "", "Predicate-Argument Structure": "", "Logic": logic, "Knowledge": knowledge}
+        return TextPair("p", "h", label, tags)
+
+    examples = [
+        example("entailment", logic="Negation"),
+        example("contradiction", logic="Negation"),
+        example("neutral", knowledge="Common sense"),
+        example("entailment", knowledge="World knowledge"),
+    ]
+    predictions = ["entailment", "contradiction", "entailment", "neutral"]
+    scores = score_diagnostic(predictions, examples)
+    assert scores["r3_logic"] == pytest.approx(100.0)
+    assert scores["r3_knowledge"] == pytest.approx(-100.0)
+    assert "r3_lexical_semantics" not in scores  # no example tagged with it
+    assert scores["r3_average"] == pytest.approx(0.0)
+    # all four: confusion [[1,0,1],[0,1,0],[1,0,0]] (e, c, n): t = (2,1,1), p = (2,1,1), c = 2, s = 4 -> (8-6)/(16-6)
+    assert scores["r3"] == pytest.approx(20.0)
+
+
+def test_squad_v2_scores_answerable_and_unanswerable_questions_apart() -> None:
+    questions = [
+        Question("1", "q", "c", (("red circle", 0),)),
+        Question("2", "q", "c", (("up", 0),)),
+        Question("3", "q", "c", ()),
+        Question("4", "q", "c", ()),
+    ]
+    scores = score_squad(["the red circle", "down", "", "blue"], questions)
+    assert scores == {
+        "exact_match": 50.0,
+        "f1": 50.0,
+        "has_answer_exact_match": 50.0,
+        "has_answer_f1": 50.0,
+        "no_answer_exact_match": 50.0,
+        "no_answer_f1": 50.0,
+    }
+    assert set(score_squad(["red"], questions[:1])) == {"exact_match", "f1"}
+
+
+def test_qqp_reports_accuracy_and_duplicate_f1() -> None:
+    examples = [TextPair("a", "b", label) for label in ("1", "0", "1", "0")]
+    assert get_task("qqp").score(["1", "1", "0", "0"], examples) == {"accuracy": 50.0, "f1": 50.0}
