@@ -127,6 +127,16 @@ def test_retrieval_table() -> None:
     ]
 
 
+def test_a_retrieval_only_report() -> None:
+    results = build_results([], retrieval={"teacher/t:v1": {"r1": 1.0, "r5": 5.0, "r10": 10.0, "median_rank": 50.0}})
+    markdown = render_markdown(results)
+    assert "## All metrics" not in markdown and "## Models" not in markdown
+    assert parse_tables(markdown) == [
+        [["Teacher", "R@1", "R@5", "R@10", "Median rank"], ["teacher/t:v1", "1.0", "5.0", "10.0", "50.0"]]
+    ]
+    assert render_table(results).startswith("Teacher text-to-video retrieval")
+
+
 def test_terminal_table() -> None:
     text = render_table(_results())
     assert "Downstream tasks (Table 1)" in text and "Difference from BERT" in text

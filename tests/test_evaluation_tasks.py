@@ -215,6 +215,9 @@ def test_piqa_pairs_goals_with_the_labels_file(tmp_path: Path) -> None:
     _write(folder, "valid-labels.lst", "0\n1\n")
     with pytest.raises(DataError, match=r"has 1 examples but .*valid-labels\.lst has 2 labels"):
         read_eval(get_task("piqa"), folder)
+    _write(folder, "valid-labels.lst", "2\n")
+    with pytest.raises(VlkdError, match=r"answer indices \[2\] point at no choice"):
+        read_eval(get_task("piqa"), folder)
 
 
 def test_tracie_line_format(tmp_path: Path) -> None:

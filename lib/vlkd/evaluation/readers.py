@@ -83,7 +83,9 @@ def read_tsv_columns(path: Path, columns: tuple[str, ...], skip_short: bool = Fa
         return selected
 
 
-def read_glue_pairs(path: Path, text_columns: tuple[str, ...], label_column: str, skip_short: bool = False):
+def read_glue_pairs(
+    path: Path, text_columns: tuple[str, ...], label_column: str, skip_short: bool = False
+) -> list[TextPair]:
     """GLUE sentence (pair) classification rows: one or two text columns and a label column."""
     rows = read_tsv_columns(path, (*text_columns, label_column), skip_short)
     if len(text_columns) == 1:

@@ -127,8 +127,10 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
         parts += [f"## {layout.title}", markdown_table(header, rows)]
         if differences:
             parts += [f"Difference from **{baseline}**:", markdown_table(header, differences)]
-    parts += ["## All metrics", *_all_metrics(results)]
-    parts += ["## Models", "\n".join(_lineage_line(model) for model in results["models"])]
+    if results["tasks"]:
+        parts += ["## All metrics", *_all_metrics(results)]
+    if results["models"]:
+        parts += ["## Models", "\n".join(_lineage_line(model) for model in results["models"])]
     if results.get("retrieval"):
         parts += ["## Teacher text-to-video retrieval", markdown_table(*retrieval_rows(results["retrieval"]))]
     if charts:

@@ -271,6 +271,10 @@ def read_train(task: Task, folder: Path) -> list[Example]:
 def check_labels(task: Task, examples: list[Example], folder: Path) -> list[Example]:
     if not examples:
         raise VlkdError(f"task {task.name}: no examples in {folder}; check the files are the official ones")
+    if task.kind == "multiple_choice":
+        wrong = [e.label for e in examples if not 0 <= e.label < len(e.endings)]
+        if wrong:
+            raise VlkdError(f"task {task.name} ({folder}): answer indices {wrong[:5]} point at no choice")
     if task.labels:
         unknown = sorted({e.label for e in examples} - set(task.labels))
         if unknown:

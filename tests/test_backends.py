@@ -1,0 +1,188 @@
+"""Submitting, watching and cancelling stage jobs on the `local` backend and on a real Ray head (`ray start`)
+on 127.0.0.1, as a user does it: through the `vlkd` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vlkd.artifacts import ArtifactStore, collect_files
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "tiny"
+pytestmark = pytest.mark.timeout(600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def text_inputs(synth_root, tmp_path) -> dict[str, str]:
+    """A store holding the synthetic corpus, and the environment pointing the CLI at it."""
+    store = ArtifactStore.open((tmp_path / "store").as_uri())
+    store.publish("dataset", "synth-text", collect_files([synth_root / "text"]))
+    return {"VLKD_STORE": store.uri}
+
+
+def long_text_spec(tmp_path: Path) -> Path:
+    """A text job that takes long enough to be cancelled: a vocabulary trained many times over is not possible, so
+    a corpus of many files, each its own Ray task."""
+    spec = tmp_path / "long.yaml"
+    spec.write_text((EXAMPLES / "text.yaml").read_text().replace("dataset/synth-text", "dataset/big-text"))
+    return spec
+
+
+def wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def test_local_submit_wait_status_logs_and_list(vlkd_cli, text_inputs):
+    submitted = vlkd_cli("submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--wait", env=text_inputs)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job_id = submitted.stdout.splitlines()[0]
+    assert job_id.startswith("vlkd-text-") and "published corpus/tiny:v1" in submitted.stdout
+    assert f"job {job_id}: SUCCEEDED" in submitted.stderr
+    assert vlkd_cli("status", job_id).stdout.split()[:2] == [job_id, "SUCCEEDED"]
+    assert "published tokenizer/tiny:v1" in vlkd_cli("logs", job_id).stdout
+    listing = vlkd_cli("list").stdout
+    assert job_id in listing and "SUCCEEDED" in listing
+
+
+def test_local_cancel_stops_a_running_job(vlkd_cli, synth_root, tmp_path):
+    store = ArtifactStore.open((tmp_path / "store").as_uri())
+    big = tmp_path / "big"
+    big.mkdir()
+    corpus = (synth_root / "text" / "corpus.txt").read_text()
+    for i in range(200):
+        (big / f"part-{i:03d}.txt").write_text(corpus)
+    store.publish("dataset", "big-text", collect_files([big]))
+    env = {"VLKD_STORE": store.uri}
+    job_id = vlkd_cli("submit", "text", "--spec", str(long_text_spec(tmp_path)), env=env).stdout.strip()
+    wait_for(lambda: "vlkd: job" in vlkd_cli("logs", job_id).stdout)
+    assert vlkd_cli("cancel", job_id).returncode == 0
+    wait_for(lambda: vlkd_cli("status", job_id).stdout.split()[1] == "STOPPED", timeout=60)
+    assert store.versions("corpus", "tiny") == []
+
+
+def test_a_failed_job_exits_non_zero_with_its_error(vlkd_cli, tmp_path):
+    env = {"VLKD_STORE": (tmp_path / "empty").as_uri()}
+    result = vlkd_cli("submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--wait", env=env)
+    assert result.returncode == 1
+    assert "error: dataset/synth-text has no published version" in result.stdout
+    job_id = result.stdout.splitlines()[0]
+    status = vlkd_cli("status", job_id).stdout
+    assert "FAILED" in status and "exit code 1" in status
+
+
+def test_unknown_job_ids_are_one_line_errors(vlkd_cli):
+    result = vlkd_cli("status", "vlkd-text-nope")
+    assert result.returncode == 1 and result.stderr.strip() == (
+        "error: no job 'vlkd-text-nope' was submitted from this machine; `vlkd list` shows the known jobs"
+    )
+
+
+def test_render_shows_what_would_be_sent_and_sends_nothing(vlkd_cli, text_inputs, tmp_path):
+    result = vlkd_cli(
+        "render",
+        "text",
+        "--spec",
+        str(EXAMPLES / "text.yaml"),
+        "--backend",
+        "ray",
+        "--address",
+        "http://127.0.0.1:1",
+        env=text_inputs,
+    )
+    assert result.returncode == 0, result.stderr
+    request = json.loads(result.stdout.split("\n", 1)[1])
+    assert request["entrypoint"].startswith("python -m vlkd.jobs.text --spec ")
+    assert request["metadata"]["vlkd.io/stage"] == "text"
+    assert vlkd_cli("list").stdout.count("vlkd-text") == 0
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real Ray cluster head on 127.0.0.1 with its dashboard (the Job Submission API), stopped afterwards.
+    Ray's token authentication is off for this private loopback head (clusters that use it pass RAY_AUTH_TOKEN)."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    temp = tmp_path_factory.mktemp("ray-head")
+    port, dashboard = _free_port(), _free_port()
+    command = [
+        ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=8",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+    ]  # fmt: skip
+    subprocess.run(
+        command, check=True, capture_output=True, timeout=180, env={**os.environ, "RAY_AUTH_MODE": "disabled"}
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+                time.sleep(1)
+        yield address
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        os.environ.pop("RAY_AUTH_MODE", None)
+
+
+@pytest.mark.slow
+def test_ray_backend_runs_a_stage_on_a_ray_head(vlkd_cli, ray_head, text_inputs):
+    submitted = vlkd_cli(
+        "submit",
+        "text",
+        "--spec",
+        str(EXAMPLES / "text.yaml"),
+        "--backend",
+        "ray",
+        "--address",
+        ray_head,
+        "--wait",
+        env=text_inputs,
+    )
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job_id = submitted.stdout.splitlines()[0]
+    assert "published corpus/tiny:v1" in submitted.stdout
+    assert vlkd_cli("status", job_id).stdout.split()[:2] == [job_id, "SUCCEEDED"]
+    assert "published tokenizer/tiny:v1" in vlkd_cli("logs", job_id).stdout
+    store = ArtifactStore.open(text_inputs["VLKD_STORE"])
+    assert store.manifest("corpus/tiny").job_id == job_id
+    assert store.storage.exists(f"jobs/{job_id}/spec.yaml")  # the job read the uploaded, validated spec
+
+
+@pytest.mark.slow
+def test_ray_backend_cancel_stops_the_job(vlkd_cli, ray_head, synth_root, tmp_path):
+    store = ArtifactStore.open((tmp_path / "store").as_uri())
+    big = tmp_path / "big"
+    big.mkdir()
+    corpus = (synth_root / "text" / "corpus.txt").read_text()
+    for i in range(200):
+        (big / f"part-{i:03d}.txt").write_text(corpus)
+    store.publish("dataset", "big-text", collect_files([big]))
+    env = {"VLKD_STORE": store.uri}
+    job_id = vlkd_cli(
+        "submit", "text", "--spec", str(long_text_spec(tmp_path)), "--backend", "ray", "--address", ray_head, env=env
+    ).stdout.strip()
+    wait_for(lambda: vlkd_cli("status", job_id).stdout.split()[1] == "RUNNING")
+    assert vlkd_cli("cancel", job_id).returncode == 0
+    wait_for(lambda: vlkd_cli("status", job_id).stdout.split()[1] == "STOPPED", timeout=60)
