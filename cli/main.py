@@ -9,7 +9,7 @@ import click
 import typer
 
 from vlkd import __version__
-from vlkd.cli import artifacts, data, jobs, specs
+from vlkd.cli import artifacts, data, jobs, report, specs
 from vlkd.cli.output import print_error
 from vlkd.errors import SpecError, VlkdError
 
@@ -31,6 +31,7 @@ app.command()(jobs.cancel)
 app.command("list")(jobs.list_jobs)
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(data.app, name="data")
+app.add_typer(report.app, name="report")
 
 
 def _version(value: bool) -> None:
