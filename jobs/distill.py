@@ -236,7 +236,14 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     datasets, info = corpus_datasets(store, spec.corpus)
     task = plan_task(spec, store, tokenizer, info.train_sequences)
     final = fit(
-        task, spec.train, spec.optim, spec.resources, datasets, RunPlace(store.storage, context.job_id), spec.seed
+        task,
+        spec.train,
+        spec.optim,
+        spec.resources,
+        datasets,
+        RunPlace(store.storage, context.job_id),
+        spec.seed,
+        f"student/{spec.name}",
     )
     payload = load_final(final)
     model = task.build_model()

@@ -140,7 +140,7 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
     generate(
         root,
-        SynthConfig(num_videos=6, max_seconds=6.0, corpus_paragraphs=300, task_train_examples=64, task_dev_examples=32),
+        SynthConfig(num_videos=6, max_seconds=6.0, corpus_paragraphs=300, task_train_examples=200, task_dev_examples=50),
     )
     return root
 
@@ -152,3 +152,82 @@ def job_context(store: ArtifactStore, tmp_path: Path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     return JobContext("vlkd-test-job", store, scratch)
+
+
+SHORT_TRAINING = {
+    "batch_size": 4,
+    "max_steps": 8,
+    "log_every": 4,
+    "eval_every": 4,
+    "checkpoint_every": 4,
+    "val_size": 8,
+}
+
+
+@pytest.fixture(scope="session")
+def populate(ray_session, synth_root):
+    """Fill a store with the synthetic dataset and what the stages make of it, up to `upto` (features, text,
+    teacher or students), with the demo pixel encoders and `tiny` models trained for a few steps."""
+    from vlkd.artifacts import collect_files
+    from vlkd.jobs import distill, preprocess, teacher, text
+    from vlkd.runtime import JobContext
+    from vlkd.specs import parse_spec
+
+    order = ("data", "features", "text", "teacher", "students")
+
+    def fill(store: ArtifactStore, folder: Path, upto: str) -> None:
+        steps = order[: order.index(upto) + 1]
+
+        def context(stage: str) -> JobContext:  # a job id per job: an id names one run (and its checkpoints)
+            return JobContext(f"populate-{stage}", store, folder)
+
+        for part, name in (
+            ("videos", "videos"),
+            ("text", "text"),
+            ("tasks/sst2", "sst2"),
+            ("tasks/mnli", "mnli"),
+            ("tasks/glue_diagnostic", "glue_diagnostic"),
+        ):
+            store.publish("dataset", name, collect_files([synth_root / part]), attributes={"synthetic": True})
+        if "features" in steps:
+            encoders = {
+                "encoder_2d": {"name": "pixels", "image_size": 32},
+                "encoder_3d": {"name": "pixel-motion", "image_size": 32},
+            }
+            preprocess.run(
+                parse_spec({"stage": "preprocess", "name": "synth", "videos": "dataset/videos", **encoders}),
+                context("features"),
+            )
+        if "text" in steps:
+            tokenizer = {"vocab_size": 300, "min_frequency": 1}
+            spec = {
+                "stage": "text",
+                "name": "synth",
+                "corpus": "dataset/text",
+                "tokenizer": tokenizer,
+                "max_len": 24,
+                "val_size": 16,
+            }
+            text.run(parse_spec(spec), context("text"))
+        common = {"model": "tiny", "resources": {"num_workers": 0}}
+        if "teacher" in steps:
+            spec = {
+                "stage": "teacher",
+                "name": "t",
+                "features": "features/synth",
+                "tokenizer": "tokenizer/synth",
+                "max_text_len": 24,
+            }
+            teacher.run(parse_spec({**spec, **common, "train": {**SHORT_TRAINING, "val_size": 4}}), context("teacher"))
+        if "students" in steps:
+            base = {"stage": "distill", "corpus": "corpus/synth", "max_len": 24, "train": SHORT_TRAINING, **common}
+            crd = {"crd": {"buffer_size": 64, "num_negatives": 16}}
+            distill.run(
+                parse_spec(
+                    {**base, "name": "s-kd", "teacher": "teacher/t", "kd": {"nst": 1.0, "crd": 1.0}, "kd_options": crd}
+                ),
+                context("s-kd"),
+            )
+            distill.run(parse_spec({**base, "name": "s-base", "kd": {}}), context("s-base"))
+
+    return fill

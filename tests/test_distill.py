@@ -8,16 +8,22 @@ import re
 import pytest
 import torch
 
-from vlkd.artifacts import collect_files
-from vlkd.data.synth import VIDEOS_DIR
 from vlkd.errors import DataError
-from vlkd.jobs import distill, preprocess, teacher, text
+from vlkd.jobs import distill, text
 from vlkd.runtime import JobContext
 from vlkd.specs import parse_spec
 from vlkd.train import Loop
 
+SHORT_TRAINING = {
+    "batch_size": 4,
+    "max_steps": 8,
+    "log_every": 4,
+    "eval_every": 4,
+    "checkpoint_every": 4,
+    "val_size": 8,
+}
+
 pytestmark = pytest.mark.timeout(600)
-SHORT = {"batch_size": 4, "max_steps": 8, "log_every": 4, "eval_every": 4, "checkpoint_every": 4, "val_size": 8}
 
 
 def distill_spec(**overrides):
@@ -30,50 +36,18 @@ def distill_spec(**overrides):
         "kd": {"nst": 1.0, "crd": 1.0},
         "kd_options": {"crd": {"buffer_size": 64, "num_negatives": 16}},
         "max_len": 24,
-        "train": SHORT,
+        "train": SHORT_TRAINING,
         "resources": {"num_workers": 0},
     }
     return parse_spec({**spec, **overrides})
 
 
 @pytest.fixture(scope="module")
-def store(ray_session, make_store, synth_root, tmp_path_factory):
+def store(make_store, populate, tmp_path_factory):
     """Features, tokenizer, corpus and a (briefly trained) tiny teacher of the synthetic dataset."""
     folder = tmp_path_factory.mktemp("distill-inputs")
     store = make_store("file", folder)
-    store.publish("dataset", "videos", collect_files([synth_root / VIDEOS_DIR]))
-    store.publish("dataset", "text", collect_files([synth_root / "text"]))
-    context = JobContext("inputs", store, folder)
-    encoders = {
-        "encoder_2d": {"name": "pixels", "image_size": 32},
-        "encoder_3d": {"name": "pixel-motion", "image_size": 32},
-    }
-    preprocess.run(
-        parse_spec({"stage": "preprocess", "name": "synth", "videos": "dataset/videos", **encoders}), context
-    )
-    tokenizer = {"vocab_size": 300, "min_frequency": 1}
-    text.run(
-        parse_spec(
-            {
-                "stage": "text",
-                "name": "synth",
-                "corpus": "dataset/text",
-                "tokenizer": tokenizer,
-                "max_len": 24,
-                "val_size": 16,
-            }
-        ),
-        context,
-    )
-    spec = {
-        "stage": "teacher",
-        "name": "t",
-        "features": "features/synth",
-        "tokenizer": "tokenizer/synth",
-        "model": "tiny",
-        "max_text_len": 24,
-    }
-    teacher.run(parse_spec({**spec, "train": {**SHORT, "val_size": 4}, "resources": {"num_workers": 0}}), context)
+    populate(store, folder, "teacher")
     return store
 
 

@@ -43,25 +43,11 @@ def teacher_spec(**overrides):
 
 
 @pytest.fixture(scope="module")
-def inputs(ray_session, make_store, synth_root, tmp_path_factory):
+def inputs(make_store, populate, tmp_path_factory):
     """A store with the synthetic dataset's features (demo pixel encoders) and tokenizer."""
     folder = tmp_path_factory.mktemp("teacher-inputs")
     store = make_store("file", folder)
-    store.publish("dataset", "videos", collect_files([synth_root / VIDEOS_DIR]))
-    store.publish("dataset", "text", collect_files([synth_root / "text"]))
-    context = JobContext("inputs", store, folder)
-    encoders = {
-        "encoder_2d": {"name": "pixels", "image_size": 32},
-        "encoder_3d": {"name": "pixel-motion", "image_size": 32},
-    }
-    preprocess.run(
-        parse_spec({"stage": "preprocess", "name": "synth", "videos": "dataset/videos", **encoders}), context
-    )
-    tokenizer = {"vocab_size": 300, "min_frequency": 1}
-    text.run(
-        parse_spec({"stage": "text", "name": "synth", "corpus": "dataset/text", "tokenizer": tokenizer, "val_size": 8}),
-        context,
-    )
+    populate(store, folder, "text")
     return store
 
 
@@ -142,10 +128,10 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(context, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(Loop, "_micro_step", crash_after_step_8)
         with pytest.raises(RuntimeError, match="worker lost"):
-            teacher.run(teacher_spec(), context)
-    assert context.store.versions("teacher", "t") == []
+            teacher.run(teacher_spec(name="killed"), context)
+    assert context.store.versions("teacher", "killed") == []
 
-    (manifest,) = teacher.run(teacher_spec(), context)  # the same job id, submitted again
+    (manifest,) = teacher.run(teacher_spec(name="killed"), context)  # the same job id, submitted again
     assert manifest.metrics["resumed_from"] == [6]
     assert manifest.metrics["steps"] == 12
     out = context.scratch / "resumed"

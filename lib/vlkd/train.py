@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlkd.errors import VlkdError
 from vlkd.specs import OptimSpec, Resources, TrainSpec
 from vlkd.storage import Storage
 
@@ -251,6 +252,7 @@ class Loop:
         self.train: TrainSpec = config["train"]
         self.optim: OptimSpec = config["optim"]
         self.seed: int = config["seed"]
+        self.identity: str = config["identity"]
         self.checkpoints = Checkpoints(config["place"], self.train.keep_checkpoints, config["local_mode"])
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -280,6 +282,11 @@ class Loop:
         if not self.checkpoints.restore(restored):
             return
         saved = torch.load(restored / STATE_FILE, map_location="cpu", weights_only=False)
+        if saved.get("identity") != self.identity:
+            raise VlkdError(
+                f"the checkpoints of job {self.checkpoints.place.job_id} belong to {saved.get('identity')}, not "
+                f"{self.identity}: a job id resumes only its own run; submit with a new job id"
+            )
         _unwrap(self.model).load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -401,6 +408,7 @@ class Loop:
         if self.rank == 0:
             rng = [_rng_state()]
             payload = {
+                "identity": self.identity,
                 "model": _unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -428,8 +436,10 @@ def fit(
     datasets: dict[str, Any],
     place: RunPlace,
     seed: int,
+    identity: str,
 ) -> Path:
-    """Run `task` on Ray Train and return a local directory holding the final checkpoint."""
+    """Run `task` on Ray Train and return a local directory holding the final checkpoint. `identity` names what
+    is trained (e.g. `teacher/NAME`): a job id resumes from its checkpoints only for the same identity."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -445,6 +455,7 @@ def fit(
             "seed": seed,
             "place": place,
             "local_mode": local_mode,
+            "identity": identity,
         },
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,

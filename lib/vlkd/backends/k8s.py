@@ -51,7 +51,7 @@ INSTALL_KUBERAY = (
     "helm install kuberay-operator kuberay/kuberay-operator --namespace kuberay-system --create-namespace"
 )
 _CREDENTIAL_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
-_TIMEOUT = (10, 60)  # seconds to connect, to read; a log stream that follows waits without a read limit
+_TIMEOUT = (10, 60)  # seconds to connect, to read
 
 
 def rayjob_name(job_id: str) -> str:
@@ -222,8 +222,9 @@ class KubernetesBackend:
         body = self._rayjob(job)
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         with self._errors(context, "create", namespace, name):
+            # Strict: a field the CRD does not know is an error, not silently dropped.
             self._custom(context).create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, body, _request_timeout=_TIMEOUT
+                GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict", _request_timeout=_TIMEOUT
             )
         return {"namespace": namespace, "name": name, "context": context}
 
@@ -257,7 +258,7 @@ class KubernetesBackend:
         with self._errors(context, "get", namespace, pod, resource="pods/log"):
             response = self._core(context).read_namespaced_pod_log(
                 pod, namespace, container=container, follow=follow, _preload_content=False,
-                _request_timeout=(_TIMEOUT[0], None) if follow else _TIMEOUT,
+                _request_timeout=None if follow else _TIMEOUT,  # a followed log may stay quiet for hours
             )  # fmt: skip
             try:
                 yield from _lines(response.stream(64 * 1024))
@@ -365,7 +366,7 @@ class KubernetesBackend:
             raise _api_error(exc, verb, resource, namespace, name) from None
         except HTTPError as exc:
             host = self._api_client(context).configuration.host
-            reason = getattr(exc, "reason", None) or exc
+            reason = re.sub(r"^\w+Connection\([^)]*\): ", "", str(getattr(exc, "reason", None) or exc))
             raise VlkdError(
                 f"cannot reach the Kubernetes API server at {host} (context {context!r}): {reason}; "
                 "check that the cluster is up and reachable from here (VPN, kubeconfig server address)"
@@ -387,7 +388,10 @@ def _api_error(exc: Any, verb: str, resource: str, namespace: str, name: str | N
     if exc.status == 404:
         return NotFoundError(f"{target} not found")
     if exc.status == 403:
-        return VlkdError(f"forbidden to {verb} {target} ({said}): ask an admin to bind you to {SUBMITTER_ROLE}")
+        return VlkdError(
+            f"forbidden to {verb} {resource} in namespace {namespace} ({said}): ask an admin to bind you to "
+            f"{SUBMITTER_ROLE}"
+        )
     if exc.status == 401:
         return VlkdError(f"the API server did not accept your credentials ({said}): log in to the cluster again")
     if exc.status == 409 and verb == "create":

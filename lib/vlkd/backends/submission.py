@@ -49,7 +49,9 @@ def prepare(
             raise VlkdError(
                 f"a Kubernetes job cannot read the store {store.uri}: use an s3:// store (--store or VLKD_STORE)"
             )
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    # A Kubernetes job gets its endpoint from the cluster's own config (k8s/: ConfigMap vlkd-store); a laptop's
+    # endpoint (often a port-forward on localhost) would be wrong inside the cluster.
+    env = {} if backend == "k8s" else {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     return JobDescription(
         job_id, stage, spec, spec_uri, store.uri, image or spec.kubernetes.image or DEFAULT_IMAGE, env
     )

@@ -1,0 +1,102 @@
+"""The eval stage on a real local Ray: students finetuned on synthetic tasks, teacher retrieval, the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlkd.evaluation.report import parse_tables
+from vlkd.jobs import evaluate
+from vlkd.runtime import JobContext
+from vlkd.specs import parse_spec
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def eval_spec(**overrides):
+    spec = {
+        "stage": "eval",
+        "name": "report",
+        "models": ["student/s-kd", {"ref": "student/s-base", "label": "baseline"}],
+        "baseline": "baseline",
+        "tasks": [{"name": "sst2", "data": "dataset/sst2"}],
+        "finetune": {"epochs": 3, "batch_size": 16, "max_len": 32, "lr": 1e-3},
+        "seeds": [0, 1],
+        "retrieval": {"teacher": "teacher/t", "num_examples": 3},
+        "resources": {"num_workers": 0},
+    }
+    return parse_spec({**spec, **overrides})
+
+
+@pytest.fixture(scope="module")
+def store(make_store, populate, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval-inputs")
+    store = make_store("file", folder)
+    populate(store, folder, "students")
+    return store
+
+
+@pytest.fixture
+def context(store, tmp_path):
+    return JobContext(f"eval-{tmp_path.name}", store, tmp_path)
+
+
+def test_eval_publishes_a_report_comparing_students_with_the_baseline(context, tmp_path):
+    (manifest,) = evaluate.run(eval_spec(), context)
+    assert manifest.parents == ["student/s-kd:v1", "student/s-base:v1", "teacher/t:v1", "dataset/sst2:v1"]
+    out = tmp_path / "report"
+    context.store.fetch(manifest.ref, out)
+    results = json.loads((out / "results.json").read_text())
+    assert sorted((r["row"], r["seed"]) for r in results["runs"]) == [
+        ("baseline", 0),
+        ("baseline", 1),
+        ("s-kd", 0),
+        ("s-kd", 1),
+    ]
+    accuracy = results["summary"]["baseline"]["sst2"]["accuracy"]
+    assert accuracy["seeds"] == 2 and accuracy["mean"] > 60  # the synthetic SST-2 is learnable from the text
+    table, differences = parse_tables((out / "report.md").read_text())[:2]
+    assert table[0] == ["Model", "SST-2 Acc", "Avg."] and [row[0] for row in table[1:]] == ["s-kd", "baseline"]
+    assert differences[1][0] == "s-kd" and differences[1][1].startswith(("+", "-"))
+    assert (out / "charts" / "sst2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["retrieval"]["teacher/t:v1"]["queries"] >= 2
+    page = (out / "retrieval" / "index.html").read_text()
+    assert page.count("<h3>") == 3 and "thumbs/" in page
+    assert any("synthetic" in note for note in results["notes"]) and any("demo encoders" in n for n in results["notes"])
+    assert results["models"][0]["lineage"] == {
+        "teacher": "teacher/t:v1",
+        "kd": {"nst": 1.0, "crd": 1.0},
+        "corpus": "corpus/synth:v1",
+    }
+
+
+def test_the_diagnostic_set_is_scored_with_the_mnli_model(context, tmp_path):
+    tasks = [{"name": "mnli", "data": "dataset/mnli"}, {"name": "glue_diagnostic", "data": "dataset/glue_diagnostic"}]
+    (manifest,) = evaluate.run(
+        eval_spec(name="diag", models=["student/s-base"], baseline=None, tasks=tasks, seeds=[0], retrieval=None),
+        context,
+    )
+    context.store.fetch(manifest.ref, tmp_path / "r")
+    runs = json.loads((tmp_path / "r" / "results.json").read_text())["runs"]
+    assert sorted(r["task"] for r in runs) == ["glue_diagnostic", "mnli"]
+    diagnostic = next(r for r in runs if r["task"] == "glue_diagnostic")
+    assert -100 <= diagnostic["metrics"]["r3"] <= 100 and "r3_average" in diagnostic["metrics"]
+
+
+def test_runs_go_out_as_ray_tasks(context, tmp_path):
+    spec = eval_spec(name="parallel", seeds=[0], retrieval=None, resources={"num_workers": 2, "cpus_per_worker": 1})
+    (manifest,) = evaluate.run(spec, context)
+    assert manifest.metrics["runs"] == 2
+
+
+def test_report_show_prints_the_table_and_the_notes(context, vlkd_cli):
+    evaluate.run(eval_spec(name="shown", seeds=[0], retrieval=None), context)
+    shown = vlkd_cli("report", "show", "eval/shown", "--store", context.store.uri)
+    assert shown.returncode == 0, shown.stderr
+    assert "SST-2 Acc" in shown.stdout and "Difference from baseline" in shown.stdout
+    assert "Note: The data is synthetic" in shown.stdout
+    compared = vlkd_cli("report", "compare", "eval/shown", "eval/shown", "--store", context.store.uri)
+    assert compared.returncode == 0 and "s-kd" in compared.stdout
+    wrong = vlkd_cli("report", "show", "student/s-kd", "--store", context.store.uri)
+    assert wrong.returncode == 1 and "reads eval artifacts" in wrong.stderr

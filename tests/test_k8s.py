@@ -1,0 +1,796 @@
+"""The k8s backend and the k8s/ tree.
+
+- Rendered RayJobs validate against KubeRay's RayJob CRD as the API server would: the CRD's structural schema, with
+  unknown fields rejected (what `fieldValidation=Strict` does) and its list keys unique.
+- Built-in objects of the kustomize output round-trip through the official client's models. `from_dict` enforces
+  required fields and types; re-serialising must give back the input exactly, so no unknown field is dropped.
+- Committed RayJob templates equal a fresh rendering (golden files).
+- The API requests are checked on the wire: a local HTTP server replays recorded Kubernetes API responses under a
+  kubeconfig written by the test, and records every request.
+- The Dockerfile is linted by parsing it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+from vlkd.backends.base import JobDescription, JobState, JobStatus
+from vlkd.backends.k8s import KubernetesBackend, rayjob_name, rayjob_status, render_rayjob
+from vlkd.errors import VlkdError
+from vlkd.specs import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+CRD = ROOT.parent / "shared" / "crds" / "ray.io_rayjobs.yaml"
+STAGES = ("preprocess", "text", "teacher", "distill", "eval")
+OVERLAYS = ("dev", "gpu")
+BASE = ROOT / "k8s" / "base" / "kustomization.yaml"
+JOB_ID = "vlkd-teacher-20261129-041200-ab12"
+
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not on PATH")
+
+
+def paper_job(stage: str, job_id: str | None = None, env: dict[str, str] | None = None) -> JobDescription:
+    spec = load_spec(ROOT / "examples" / "paper" / f"{stage}.yaml", stage)
+    return JobDescription(
+        job_id or f"vlkd-{stage}-20261129-041200-ab12", stage, spec, f"s3://team-bucket/vlkd/jobs/{stage}/spec.yaml",
+        "s3://team-bucket/vlkd", "ghcr.io/vlkd/vlkd:0.1.0", env or {},
+    )  # fmt: skip
+
+
+def with_resources(job: JobDescription, **resources: Any) -> JobDescription:
+    spec = job.spec.model_copy(update={"resources": job.spec.resources.model_copy(update=resources)})
+    return JobDescription(job.job_id, job.stage, spec, job.spec_uri, job.store_uri, job.image, job.env)
+
+
+# --- The CRD as a JSON Schema --------------------------------------------------------------------------------------
+
+
+def _crd_schema() -> dict[str, Any]:
+    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 25,000 lines
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return _as_api_server(v1["schema"]["openAPIV3Schema"])
+
+
+def _as_api_server(node: Any) -> Any:
+    """The CRD schema with what the API server enforces beyond plain JSON Schema made explicit: unknown fields are
+    errors (strict field validation) unless `x-kubernetes-preserve-unknown-fields`. CEL rules
+    (`x-kubernetes-validations`) cannot be evaluated here, so a field guarded by one must not be rendered at all (it
+    validates against `False`): rendering one means reviewing it by hand and extending this test. Int-or-string
+    fields already carry `anyOf: [integer, string]`; `format` (int32...) and `default` are not checked."""
+    if isinstance(node, list):
+        return [_as_api_server(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "x-kubernetes-validations" in node:
+        return False
+    schema = {k: _as_api_server(v) for k, v in node.items()}
+    strict = "additionalProperties" not in schema and not node.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in schema and strict:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _unique_list_keys(validator: Any, keys: list[str], instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+    """`x-kubernetes-list-type: map`: no two items share their key fields (e.g. two env vars of one name)."""
+    from jsonschema.exceptions import ValidationError
+
+    if validator.is_type(instance, "array"):
+        seen = [tuple(item.get(k) for k in keys) for item in instance if isinstance(item, dict)]
+        if len(seen) != len(set(seen)):
+            yield ValidationError(f"duplicate {keys} in {instance!r}")
+
+
+@pytest.fixture(scope="module")
+def crd_validator() -> Any:
+    if not CRD.exists():
+        pytest.skip(f"the KubeRay RayJob CRD is not at {CRD} (shared/crds/, next to the repository)")
+    from jsonschema import Draft7Validator, validators
+
+    RayJobValidator = validators.extend(Draft7Validator, {"x-kubernetes-list-map-keys": _unique_list_keys})
+    return RayJobValidator(_crd_schema())
+
+
+def crd_errors(validator: Any, rayjob: dict[str, Any]) -> list[str]:
+    problems = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(rayjob)]
+    metadata = rayjob["metadata"]
+    if not re.fullmatch(r"[a-z]([-a-z0-9]{0,45}[a-z0-9])?", metadata["name"]):
+        problems.append(f"metadata.name {metadata['name']!r}: KubeRay needs a DNS-1035 label of at most 47 characters")
+    problems += [f"metadata: {p}" for p in model_problems("V1ObjectMeta", metadata)]
+    for key, value in metadata.get("labels", {}).items():
+        if not re.fullmatch(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", value) or len(value) > 63:
+            problems.append(f"label {key}={value!r} is not a valid label value")
+    return problems
+
+
+# --- Built-in objects against the client's models ------------------------------------------------------------------
+
+
+def model_problems(model: str, obj: dict[str, Any]) -> list[str]:
+    """Why `obj` is not a valid `model` (e.g. "V1Deployment"): a missing required field or a wrong type (from_dict
+    raises), or a field the model does not know (re-serialising drops it, so the round trip differs)."""
+    from kubernetes import client
+    from pydantic import ValidationError
+
+    try:
+        parsed = getattr(client, model).from_dict(obj)
+    except ValidationError as exc:
+        return [str(exc)]
+    again = client.ApiClient().sanitize_for_serialization(parsed)
+    return [] if again == obj else [f"round trip differs: {_first_difference(obj, again)}"]
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f"{path or '.'}: {a!r} became {b!r}"
+
+
+BUILTIN_MODELS = {
+    ("v1", "Namespace"): "V1Namespace",
+    ("v1", "ServiceAccount"): "V1ServiceAccount",
+    ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
+    ("v1", "Secret"): "V1Secret",
+    ("v1", "ConfigMap"): "V1ConfigMap",
+    ("apps/v1", "Deployment"): "V1Deployment",
+    ("v1", "Service"): "V1Service",
+}
+
+
+@functools.cache
+def kustomize(overlay: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "k8s" / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def rayjobs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["labels"]["vlkd.io/stage"]: o for o in objects if o["kind"] == "RayJob"}
+
+
+def worker_pod(rayjob: dict[str, Any]) -> dict[str, Any]:
+    (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    return group["template"]["spec"]
+
+
+def containers(rayjob: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def base_image() -> str:
+    (image,) = yaml.safe_load(BASE.read_text())["images"]
+    return f"{image['newName']}:{image['newTag']}"
+
+
+# --- Rendering -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_renders_a_rayjob_the_crd_accepts(stage, crd_validator):
+    rayjob = render_rayjob(paper_job(stage), "vlkd")
+    assert crd_errors(crd_validator, rayjob) == []
+    assert rayjob["spec"]["entrypoint"] == paper_job(stage).entrypoint_line
+    assert {c["image"] for c in containers(rayjob)} == {"ghcr.io/vlkd/vlkd:0.1.0"}
+
+
+def test_workers_are_sized_from_the_spec_resources(crd_validator):
+    rayjob = render_rayjob(with_resources(paper_job("teacher"), gpus_per_worker=0.5, cpus_per_worker=1.5), "vlkd")
+    (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (4, 4, 4)
+    resources = group["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {
+        "requests": {"cpu": "1500m", "memory": "48Gi"},
+        "limits": {"cpu": "1500m", "memory": "48Gi", "nvidia.com/gpu": 1},  # a fraction of a GPU is a whole one
+    }
+    assert crd_errors(crd_validator, rayjob) == []
+
+
+def test_in_process_training_gets_no_worker_group_and_a_head_with_the_workers_gpus(crd_validator):
+    from vlkd.specs import Toleration
+
+    gpu_taint = Toleration(key="nvidia.com/gpu", effect="NoSchedule")
+    job = with_resources(
+        paper_job("teacher"), num_workers=0, node_selector={"gpu": "a100"}, tolerations=[gpu_taint], memory="4Gi"
+    )
+    rayjob = render_rayjob(job, "vlkd")
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    assert "workerGroupSpecs" not in cluster
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["resources"]["limits"] == {"cpu": "8", "memory": "8Gi", "nvidia.com/gpu": 1}
+    assert head["nodeSelector"] == {"gpu": "a100"}
+    assert head["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert crd_errors(crd_validator, rayjob) == []
+
+
+def test_placement_and_lifetime_come_from_the_spec(crd_validator):
+    job = with_resources(paper_job("distill"), node_selector={"pool": "gpu"})
+    kubernetes = job.spec.kubernetes.model_copy(update={"active_deadline_seconds": 86400, "backoff_limit": 2})
+    job.spec = job.spec.model_copy(update={"kubernetes": kubernetes})
+    spec = render_rayjob(job, "vlkd")["spec"]
+    assert (spec["submissionMode"], spec["shutdownAfterJobFinishes"]) == ("K8sJobMode", True)
+    assert (spec["ttlSecondsAfterFinished"], spec["activeDeadlineSeconds"], spec["backoffLimit"]) == (3600, 86400, 2)
+    assert worker_pod(render_rayjob(job, "vlkd"))["nodeSelector"] == {"pool": "gpu"}
+    assert "activeDeadlineSeconds" not in render_rayjob(paper_job("distill"), "vlkd")["spec"]
+
+
+def test_the_rayjob_is_labelled_and_annotated_with_its_job():
+    rayjob = render_rayjob(paper_job("teacher", JOB_ID), "team-a")
+    metadata = rayjob["metadata"]
+    assert (metadata["name"], metadata["namespace"]) == (JOB_ID, "team-a")
+    labels = {"app.kubernetes.io/managed-by": "vlkd", "vlkd.io/job-id": JOB_ID, "vlkd.io/stage": "teacher"}
+    assert metadata["labels"] == labels
+    assert metadata["annotations"]["vlkd.io/spec-uri"] == "s3://team-bucket/vlkd/jobs/teacher/spec.yaml"
+    assert metadata["annotations"]["vlkd.io/job-id"] == JOB_ID
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert group["template"]["metadata"]["labels"] == labels  # so pods are found by job
+        assert group["template"]["spec"]["serviceAccountName"] == "vlkd-job"
+
+
+def test_s3_credentials_are_referenced_from_the_secret_never_inlined():
+    rayjob = render_rayjob(paper_job("text", env={"AWS_ENDPOINT_URL": "http://minio:9000"}), "vlkd")
+    for container in containers(rayjob):
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "vlkd-s3", "key": key}}}
+        assert container["envFrom"] == [{"configMapRef": {"name": "vlkd-store", "optional": True}}]
+
+
+def test_a_credential_in_the_job_environment_is_refused():
+    with pytest.raises(VlkdError, match=r"AWS_SECRET_ACCESS_KEY: credentials never travel inline.*vlkd-s3"):
+        render_rayjob(paper_job("text", env={"AWS_SECRET_ACCESS_KEY": "x"}), "vlkd")
+
+
+@pytest.mark.parametrize(
+    ("job_id", "pattern"),
+    [
+        (JOB_ID, re.escape(JOB_ID)),  # the ids vlkd makes are kept as they are
+        ("My_Run", r"my-run-[0-9a-f]{8}"),  # changed, so a hash keeps it apart from the id "my-run"
+        ("42", r"vlkd-42-[0-9a-f]{8}"),  # a DNS-1035 label starts with a letter
+        ("vlkd-distill-" + "x" * 40, r"vlkd-distill-x{25}-[0-9a-f]{8}"),  # KubeRay's limit: 47 characters
+    ],
+)
+def test_the_rayjob_name_is_the_job_id_as_a_short_dns_label(job_id, pattern):
+    assert re.fullmatch(pattern, rayjob_name(job_id))
+    assert len(rayjob_name(job_id)) <= 47
+    assert rayjob_name(job_id) != rayjob_name(job_id.lower() + "-")
+
+
+def test_render_is_the_yaml_kubectl_applies():
+    text = KubernetesBackend(namespace="vlkd").render(paper_job("teacher"))
+    assert yaml.safe_load(text) == render_rayjob(paper_job("teacher"), "vlkd")
+    assert "&id" not in text  # no YAML anchors: every container has its own env
+
+
+# --- Status ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "state", "message"),
+    [
+        ({}, JobState.PENDING, "New: waiting for the KubeRay operator"),
+        (
+            {"jobDeploymentStatus": "Initializing", "jobStatus": ""},
+            JobState.PENDING,
+            "Initializing: RayCluster starting",
+        ),
+        ({"jobDeploymentStatus": "Running", "jobStatus": "PENDING"}, JobState.PENDING, "Running: Ray job PENDING"),
+        ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}, JobState.RUNNING, "Running: Ray job RUNNING"),
+        (
+            {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "message": "Job finished successfully."},
+            JobState.SUCCEEDED,
+            "Complete: Ray job SUCCEEDED: Job finished successfully.",
+        ),
+        ({"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}, JobState.STOPPED, "Complete: Ray job STOPPED"),
+        (
+            {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed", "message": "exit 1"},
+            JobState.FAILED,
+            "Failed: Ray job FAILED: AppFailed: exit 1",
+        ),
+        (
+            {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "message": "passed activeDeadlineSeconds"},
+            JobState.FAILED,
+            "Failed: Ray job not submitted: DeadlineExceeded: passed activeDeadlineSeconds",
+        ),
+        (
+            {"jobDeploymentStatus": "Retrying", "jobStatus": "FAILED"},
+            JobState.PENDING,
+            "Retrying: starting a new RayCluster after a failure (backoffLimit)",
+        ),
+        ({"jobDeploymentStatus": "Suspended"}, JobState.STOPPED, "Suspended: the RayCluster is released"),
+    ],
+)
+def test_kuberay_states_map_to_job_states(status, state, message):
+    rayjob = {"metadata": {"name": JOB_ID, "labels": {"vlkd.io/stage": "teacher"}}, "status": status}
+    assert rayjob_status(rayjob) == JobStatus(JOB_ID, state, message, "teacher", "k8s")
+
+
+# --- The kustomize tree ----------------------------------------------------------------------------------------------
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_built_in_objects_are_valid_kubernetes_objects(overlay):
+    objects = kustomize(overlay)
+    builtins = [o for o in objects if o["kind"] != "RayJob"]
+    kinds = {o["kind"] for o in builtins}
+    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap"} <= kinds
+    for obj in builtins:
+        model = BUILTIN_MODELS[(obj["apiVersion"], obj["kind"])]
+        assert model_problems(model, obj) == [], f"{obj['kind']}/{obj['metadata']['name']}"
+        assert obj["kind"] == "Namespace" or obj["metadata"].get("namespace") == "vlkd"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_rayjobs_are_valid_suspended_and_run_the_one_image(overlay, crd_validator):
+    jobs = rayjobs(kustomize(overlay))
+    assert set(jobs) == set(STAGES)
+    for rayjob in jobs.values():
+        assert crd_errors(crd_validator, rayjob) == []
+        assert rayjob["spec"]["suspend"] is True  # applying the tree starts nothing
+        assert {c["image"] for c in containers(rayjob)} == {base_image()}
+
+
+@needs_kubectl
+def test_dev_overlay_is_a_small_cpu_only_cluster_with_minio():
+    objects = kustomize("dev")
+    for rayjob in rayjobs(objects).values():
+        for container in containers(rayjob):
+            assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+        (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        assert group["replicas"] == 1
+        assert group["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    (minio,) = [o for o in objects if o["kind"] == "Deployment"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in minio["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env == {
+        "MINIO_ROOT_USER": {"name": "vlkd-s3", "key": "AWS_ACCESS_KEY_ID"},
+        "MINIO_ROOT_PASSWORD": {"name": "vlkd-s3", "key": "AWS_SECRET_ACCESS_KEY"},
+    }
+    (store,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert store["data"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert any(o["kind"] == "Service" and o["metadata"]["name"] == "minio" for o in objects)
+
+
+@needs_kubectl
+def test_gpu_overlay_puts_every_gpu_worker_on_tainted_gpu_nodes():
+    jobs = rayjobs(kustomize("gpu"))
+    gpu_stages = {s for s, j in jobs.items() if "nvidia.com/gpu" in containers(j)[-1]["resources"]["limits"]}
+    assert gpu_stages == {"preprocess", "teacher", "distill", "eval"}
+    for stage, rayjob in jobs.items():
+        pod = worker_pod(rayjob)
+        if stage in gpu_stages:
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+            assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        else:
+            assert "tolerations" not in pod and "nodeSelector" not in pod
+
+
+def test_the_image_tag_is_set_once_and_is_the_cli_default():
+    from vlkd.backends.submission import DEFAULT_IMAGE
+
+    assert base_image() == DEFAULT_IMAGE
+    tag = base_image().rsplit(":", 1)[1]
+    mentions = [p for p in (ROOT / "k8s").rglob("*.yaml") if re.search(rf"\b{re.escape(tag)}\b", p.read_text())]
+    assert mentions == [BASE]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_only_patch_and_say_their_purpose(overlay):
+    text = (ROOT / "k8s" / "overlays" / overlay / "kustomization.yaml").read_text()
+    assert text.startswith(f"# {overlay}: ")
+    kustomization = yaml.safe_load(text)
+    assert "../../base" in kustomization["resources"]
+    assert set(kustomization) <= {"apiVersion", "kind", "namespace", "resources", "patches"}  # no images, no names
+    assert kustomization.get("namespace", "vlkd") == yaml.safe_load(BASE.read_text())["namespace"]
+
+
+def test_the_job_service_account_has_no_api_rights():
+    (account,) = yaml.safe_load_all((ROOT / "k8s" / "base" / "rbac-job.yaml").read_text())
+    assert account["automountServiceAccountToken"] is False
+    bindings = yaml.safe_load_all((ROOT / "k8s" / "base" / "rbac-submitter.yaml").read_text())
+    assert all(s.get("name") != "vlkd-job" for b in bindings if b["kind"] == "RoleBinding" for s in b["subjects"])
+
+
+def test_the_store_configmap_name_is_the_one_the_backend_reads():
+    from vlkd.backends.k8s import STORE_CONFIGMAP
+
+    configmap = yaml.safe_load((ROOT / "k8s" / "base" / "store-configmap.yaml").read_text())
+    assert configmap["metadata"]["name"] == STORE_CONFIGMAP
+
+
+# --- Golden templates ----------------------------------------------------------------------------------------------
+
+
+def test_committed_templates_equal_a_fresh_rendering():
+    loader = importlib.util.spec_from_file_location("k8s_generate", ROOT / "k8s" / "generate.py")
+    generate = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(generate)
+    templates = generate.render_templates()
+    assert {p.name for p in templates} == {f"{s}.yaml" for s in STAGES}
+    stale = [p.name for p, text in templates.items() if not p.exists() or p.read_text() != text]
+    assert stale == [], f"k8s/base/rayjobs/{stale} differ from the backend's rendering: run `python k8s/generate.py`"
+
+
+# --- The API requests, on the wire -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeApiServer:
+    """A Kubernetes API server on 127.0.0.1 that answers with recorded responses and records every request."""
+
+    url: str = ""
+    replies: dict[tuple[str, str], list[tuple[int, Any]]] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def reply(self, method: str, path: str, status: int, body: Any) -> None:
+        """Answer `method path` (without the query) with `status` and `body` (JSON, or text if a str), in order."""
+        self.replies.setdefault((method, path), []).append((status, body))
+
+    def answer(self, method: str, target: str, body: bytes, headers: Any) -> tuple[int, bytes, str]:
+        url = urlsplit(target)
+        self.requests.append(
+            {
+                "method": method,
+                "path": url.path,
+                "query": {k: v[0] for k, v in parse_qs(url.query).items()},
+                "body": json.loads(body) if body else None,
+                "authorization": headers.get("Authorization"),
+            }
+        )
+        queue = self.replies.get((method, url.path))
+        if not queue:
+            return 404, b"404 page not found\n", "text/plain"  # what the API server says to an unknown path
+        status, reply = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(reply, str):
+            return status, reply.encode(), "text/plain"
+        return status, json.dumps(reply).encode(), "application/json"
+
+
+@pytest.fixture
+def api_server() -> Iterator[FakeApiServer]:
+    fake = FakeApiServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            status, body, content_type = fake.answer(self.command, self.path, self.rfile.read(length), self.headers)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = _serve
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    contexts = [
+        {"name": "test", "context": {"cluster": "test", "user": "tester", "namespace": "vlkd"}},
+        {"name": "staging", "context": {"cluster": "test", "user": "tester"}},
+    ]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": {"server": server}}],
+                "users": [{"name": "tester", "user": {"token": "test-token"}}],
+                "contexts": contexts,
+                "current-context": "test",
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def kubeconfig(api_server, tmp_path, monkeypatch) -> Path:
+    path = write_kubeconfig(tmp_path / "kubeconfig", api_server.url)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
+
+
+RAYJOBS = "/apis/ray.io/v1/namespaces/vlkd/rayjobs"
+RECORD = {"namespace": "vlkd", "name": JOB_ID, "context": "test"}
+
+
+def stored(rayjob: dict[str, Any], **status: Any) -> dict[str, Any]:
+    """A RayJob as the API server returns it: with server-set metadata and, once KubeRay has seen it, a status."""
+    metadata = {
+        **rayjob["metadata"],
+        "uid": "1f0c5b1e-7d43-4e0a-9a57-3b1c2e6f9d10",
+        "resourceVersion": "48213",
+        "generation": 1,
+        "creationTimestamp": "2026-11-29T04:12:01Z",
+    }
+    return {**rayjob, "metadata": metadata, **({"status": status} if status else {})}
+
+
+def status_object(code: int, reason: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+        "reason": reason, "details": details, "code": code,
+    }  # fmt: skip
+
+
+def pod(name: str, created: str, container: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "vlkd", "creationTimestamp": created},
+        "spec": {"containers": [{"name": container, "image": "ghcr.io/vlkd/vlkd:0.1.0"}]},
+        "status": {"phase": "Running"},
+    }
+
+
+def pod_list(*pods: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "48300"}, "items": list(pods)}
+
+
+def test_submit_sends_the_rendering_and_status_reads_it_back(api_server, kubeconfig):
+    job = paper_job("teacher", JOB_ID)
+    rendered = yaml.safe_load(KubernetesBackend().render(job))
+    api_server.reply("POST", RAYJOBS, 201, stored(rendered))
+    api_server.reply("GET", f"{RAYJOBS}/{JOB_ID}", 200, stored(rendered, jobDeploymentStatus="Initializing"))
+    backend = KubernetesBackend()
+
+    record = backend.submit(job)
+    current = backend.status(JOB_ID, record)
+
+    assert record == RECORD
+    post, get = api_server.requests
+    assert (post["method"], post["path"], post["query"]) == ("POST", RAYJOBS, {"fieldValidation": "Strict"})
+    assert post["body"] == rendered  # exactly what render printed
+    assert post["authorization"] == "Bearer test-token"
+    assert (get["method"], get["path"]) == ("GET", f"{RAYJOBS}/{JOB_ID}")
+    assert (current.state, current.message, current.stage) == (
+        JobState.PENDING, "Initializing: RayCluster starting", "teacher"
+    )  # fmt: skip
+
+
+def test_status_of_a_deleted_rayjob_is_stopped(api_server, kubeconfig):
+    details = {"name": JOB_ID, "group": "ray.io", "kind": "rayjobs"}
+    missing = status_object(404, "NotFound", f'rayjobs.ray.io "{JOB_ID}" not found', details)
+    api_server.reply("GET", f"{RAYJOBS}/{JOB_ID}", 404, missing)
+
+    current = KubernetesBackend().status(JOB_ID, RECORD)
+
+    assert current.state == JobState.STOPPED
+    assert current.message == f"RayJob vlkd/{JOB_ID} no longer exists (cancelled or deleted)"
+
+
+def test_cancel_deletes_the_rayjob_in_the_background(api_server, kubeconfig):
+    api_server.reply("DELETE", f"{RAYJOBS}/{JOB_ID}", 200, status_object(200, "", "", {}) | {"status": "Success"})
+
+    KubernetesBackend().cancel(JOB_ID, RECORD)
+
+    (delete,) = api_server.requests
+    assert (delete["method"], delete["path"]) == ("DELETE", f"{RAYJOBS}/{JOB_ID}")
+    assert delete["query"] == {"propagationPolicy": "Background"}
+
+
+def test_list_asks_for_the_vlkd_rayjobs_of_the_namespace(api_server, kubeconfig):
+    teacher = render_rayjob(paper_job("teacher", JOB_ID), "vlkd")
+    text = render_rayjob(paper_job("text", "vlkd-text-20261129-030000-cd34"), "vlkd")
+    items = [
+        stored(teacher, jobDeploymentStatus="Running", jobStatus="RUNNING"),
+        stored(text, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED"),
+    ]
+    api_server.reply("GET", RAYJOBS, 200, {"apiVersion": "ray.io/v1", "kind": "RayJobList", "items": items})
+
+    jobs = KubernetesBackend().list()
+
+    (request,) = api_server.requests
+    assert request["query"] == {"labelSelector": "app.kubernetes.io/managed-by=vlkd"}
+    assert [(j.job_id, j.stage, j.state) for j in jobs] == [
+        (JOB_ID, "teacher", JobState.RUNNING),
+        ("vlkd-text-20261129-030000-cd34", "text", JobState.SUCCEEDED),
+    ]
+
+
+def test_logs_follow_the_newest_submitter_pod(api_server, kubeconfig):
+    pods = pod_list(
+        pod(f"{JOB_ID}-x7k2p", "2026-11-29T04:14:00Z", "ray-job-submitter"),
+        pod(f"{JOB_ID}-b9q4m", "2026-11-29T04:20:00Z", "ray-job-submitter"),  # the retry
+    )
+    api_server.reply("GET", "/api/v1/namespaces/vlkd/pods", 200, pods)
+    log = "job vlkd-teacher: teacher howto100m-12l\nstep 100 loss 3.2\npublished teacher/howto100m-12l:v1\n"
+    api_server.reply("GET", f"/api/v1/namespaces/vlkd/pods/{JOB_ID}-b9q4m/log", 200, log)
+
+    lines = list(KubernetesBackend().logs(JOB_ID, RECORD, follow=True))
+
+    assert "".join(lines) == log
+    assert lines[-1] == "published teacher/howto100m-12l:v1\n"
+    select, read = api_server.requests
+    assert select["query"] == {"labelSelector": f"batch.kubernetes.io/job-name={JOB_ID}"}
+    assert read["query"] == {"container": "ray-job-submitter", "follow": "true"}
+
+
+def test_logs_read_the_head_pod_until_the_submitter_exists(api_server, kubeconfig):
+    head = pod(f"{JOB_ID}-head-4xz8t", "2026-11-29T04:12:30Z", "ray-head")
+    api_server.reply("GET", "/api/v1/namespaces/vlkd/pods", 200, pod_list())
+    api_server.reply("GET", "/api/v1/namespaces/vlkd/pods", 200, pod_list(head))
+    api_server.reply("GET", f"/api/v1/namespaces/vlkd/pods/{JOB_ID}-head-4xz8t/log", 200, "starting ray head\n")
+
+    assert list(KubernetesBackend().logs(JOB_ID, RECORD)) == ["starting ray head\n"]
+
+    _, select_head, read = api_server.requests
+    assert select_head["query"] == {"labelSelector": f"vlkd.io/job-id={JOB_ID},ray.io/node-type=head"}
+    assert read["query"] == {"container": "ray-head", "follow": "false"}
+
+
+def one_line_error(call: Any) -> str:
+    with pytest.raises(VlkdError) as raised:
+        call()
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_missing_crd_says_to_install_kuberay(api_server, kubeconfig):
+    # No route: the API server answers a path of an unknown API group with a plain-text 404.
+    message = one_line_error(lambda: KubernetesBackend().submit(paper_job("teacher", JOB_ID)))
+    assert message.startswith("the RayJob CRD is not installed")
+    assert "helm install kuberay-operator kuberay/kuberay-operator" in message
+
+
+def test_forbidden_names_the_verb_the_resource_and_the_role(api_server, kubeconfig):
+    said = 'rayjobs.ray.io is forbidden: User "alice" cannot create resource "rayjobs" in API group "ray.io"'
+    api_server.reply("POST", RAYJOBS, 403, status_object(403, "Forbidden", said, {"group": "ray.io"}))
+
+    message = one_line_error(lambda: KubernetesBackend().submit(paper_job("teacher", JOB_ID)))
+
+    assert message.startswith("forbidden to create rayjobs in namespace vlkd (")
+    assert message.endswith("bind you to the Role vlkd-submitter (k8s/base/rbac-submitter.yaml)")
+
+
+def test_an_unreachable_api_server_is_named(tmp_path, monkeypatch):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")))
+
+    message = one_line_error(lambda: KubernetesBackend().list())
+
+    assert message.startswith(f"cannot reach the Kubernetes API server at http://127.0.0.1:{port} (context 'test'): ")
+    assert "Connection refused; check that the cluster is up" in message
+
+
+def test_an_unknown_context_lists_the_available_ones(api_server, kubeconfig):
+    message = one_line_error(lambda: KubernetesBackend(context="prod").submit(paper_job("teacher", JOB_ID)))
+    assert message == "unknown kubeconfig context 'prod'; available: test, staging"
+    assert api_server.requests == []
+
+
+def test_the_namespace_is_the_backends_then_the_specs_then_the_contexts(api_server, kubeconfig):
+    job = paper_job("teacher", JOB_ID)
+    assert KubernetesBackend(context="staging")._rayjob(job)["metadata"]["namespace"] == "default"
+    assert KubernetesBackend()._rayjob(job)["metadata"]["namespace"] == "vlkd"
+    job.spec = job.spec.model_copy(update={"kubernetes": job.spec.kubernetes.model_copy(update={"namespace": "ml"})})
+    assert KubernetesBackend()._rayjob(job)["metadata"]["namespace"] == "ml"
+    assert KubernetesBackend(namespace="team-a")._rayjob(job)["metadata"]["namespace"] == "team-a"
+
+
+# --- A real cluster ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_a_tiny_stage_runs_on_a_real_cluster(tmp_path):
+    """Needs VLKD_TEST_KUBECONTEXT (a cluster with KubeRay and k8s/ applied), VLKD_TEST_STORE (an s3:// store the
+    cluster reaches, holding the synthetic dataset) and the image (VLKD_TEST_IMAGE, default: the CLI's)."""
+    context, store_uri = os.environ.get("VLKD_TEST_KUBECONTEXT"), os.environ.get("VLKD_TEST_STORE")
+    if not context or not store_uri:
+        pytest.skip("set VLKD_TEST_KUBECONTEXT and VLKD_TEST_STORE to submit a real RayJob")
+    from vlkd.artifacts import ArtifactStore
+    from vlkd.backends import submission
+
+    spec_path = ROOT / "examples" / "tiny" / "text.yaml"
+    spec = load_spec(spec_path, "text")
+    store = ArtifactStore.open(store_uri)
+    job = submission.prepare("text", spec, spec_path, store, "k8s", os.environ.get("VLKD_TEST_IMAGE"), None)
+    options = {"context": context, "namespace": os.environ.get("VLKD_TEST_NAMESPACE", "vlkd")}
+    backend = KubernetesBackend(**options)
+    submission.submit(backend, options, job, spec_path.read_text(), store)
+    record = submission.find(job.job_id)[1]
+    deadline = time.monotonic() + 1800
+    while not (current := backend.status(job.job_id, record)).state.finished and time.monotonic() < deadline:
+        time.sleep(10)
+    log = "".join(backend.logs(job.job_id, record))
+    backend.cancel(job.job_id, record)
+    assert current.state == JobState.SUCCEEDED, f"{current.message}\n{log[-3000:]}"
+    assert "published tokenizer/tiny" in log
+
+
+# --- The Dockerfile ----------------------------------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of each instruction, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_the_image_is_built_on_the_official_ray_image_of_the_pinned_version():
+    (version,) = re.findall(r'"ray\[[^\]]*\]==([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    (base,) = [args for op, args in dockerfile() if op == "FROM"]
+    assert re.fullmatch(rf"rayproject/ray:{re.escape(version)}-py311-cu\d{{3}}", base), base
+
+
+def test_the_image_runs_as_a_non_root_user():
+    users = [args for op, args in dockerfile() if op == "USER"]
+    assert users and users[-1] not in ("root", "0", "0:0")
+
+
+def test_the_image_bakes_in_no_credentials():
+    secret_name = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
+    for op, args in dockerfile():
+        if op in ("ENV", "ARG"):
+            assert not secret_name.search(args), f"{op} {args}"
+        if op in ("COPY", "ADD"):
+            sources = [a for a in args.split() if not a.startswith("--")][:-1]
+            assert not any(re.search(r"\.aws|\.kube|\.env|credential|secret|\.pem|id_rsa", s) for s in sources)
+
+
+def test_vlkd_is_installed_from_the_source_tree_not_editable():
+    installs = [args for op, args in dockerfile() if op == "RUN" and re.search(r"pip install\b.* \.(\s|&|$)", args)]
+    assert installs and not any(re.search(r"\s(-e|--editable)\b", args) for args in installs)
+    assert not any("[dev]" in args for op, args in dockerfile())
+
+
+def test_dockerignore_sends_only_the_sources():
+    rules = [r.strip() for r in (ROOT / ".dockerignore").read_text().splitlines() if r.strip() and r[0] != "#"]
+
+    def excluded(path: str) -> bool:
+        verdict = False
+        for rule in rules:  # the last matching rule wins, as in Docker
+            negated, pattern = rule.startswith("!"), rule.lstrip("!").rstrip("/")
+            if fnmatch(path, pattern) or fnmatch(path, pattern.removeprefix("**/")) or path.startswith(pattern + "/"):
+                verdict = not negated
+        return verdict
+
+    for path in (".git", ".venv", ".pytest_cache", ".ruff_cache", "build", "dist", "data", "tests", ".env", "s3.env"):
+        assert excluded(path), path
+    for path in ("pyproject.toml", "README.md", "lib/vlkd/storage.py", "cli/main.py", "jobs/teacher.py"):
+        assert not excluded(path), path
+    assert excluded("lib/vlkd/__pycache__")
