@@ -138,10 +138,10 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vlkd.data.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("synth") / "data"
-    generate(
-        root,
-        SynthConfig(num_videos=6, max_seconds=6.0, corpus_paragraphs=300, task_train_examples=200, task_dev_examples=50),
+    config = SynthConfig(
+        num_videos=6, max_seconds=6.0, corpus_paragraphs=300, task_train_examples=200, task_dev_examples=50
     )
+    generate(root, config)
     return root
 
 
