@@ -9,7 +9,7 @@ import click
 import typer
 
 from vlkd import __version__
-from vlkd.cli import artifacts, data, jobs, report, specs
+from vlkd.cli import artifacts, data, jobs, pipeline, quickstart, report, specs
 from vlkd.cli.output import print_error
 from vlkd.errors import SpecError, VlkdError
 
@@ -29,9 +29,11 @@ app.command()(jobs.status)
 app.command()(jobs.logs)
 app.command()(jobs.cancel)
 app.command("list")(jobs.list_jobs)
+app.command()(quickstart.quickstart)
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(data.app, name="data")
 app.add_typer(report.app, name="report")
+app.add_typer(pipeline.app, name="pipeline")
 
 
 def _version(value: bool) -> None:

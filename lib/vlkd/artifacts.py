@@ -287,14 +287,29 @@ class ArtifactStore:
         attributes: Mapping[str, Any] | None = None,
         job_id: str | None = None,
         progress: Progress | None = None,
+        unless_unchanged: bool = False,
     ) -> Manifest:
-        """Publish local files (artifact path -> local path) as the next version of `kind/name`."""
-        parents = list(parents)
-        for parent in parents:  # fail before uploading anything
-            self.resolve(parent)
+        """Publish local files (artifact path -> local path) as the next version of `kind/name`. With
+        `unless_unchanged`, identical files, parents and attributes return the latest version instead (so
+        re-importing the same data does not make every consumer of it look out of date)."""
+        pinned = [str(self.resolve(parent)) for parent in parents]  # fail before uploading anything
+        if unless_unchanged and (same := self._same_as_latest(kind, name, files, pinned, attributes)):
+            return same
         with self.draft(kind, name, job_id) as draft:
             draft.add_files(files, progress)
-            return draft.commit(spec=spec, parents=parents, metrics=metrics, attributes=attributes)
+            return draft.commit(spec=spec, parents=pinned, metrics=metrics, attributes=attributes)
+
+    def _same_as_latest(
+        self, kind: str, name: str, files: Mapping[str, Path], parents: list[str], attributes: Mapping[str, Any] | None
+    ) -> Manifest | None:
+        try:
+            latest = self.manifest(ArtifactRef(kind, name))
+        except NotFoundError:
+            return None
+        local = {path: (p.stat().st_size, sha256_file(p)) for path, p in files.items()}
+        stored = {f.path: (f.size, f.sha256) for f in latest.files}
+        same = local == stored and latest.parents == parents and latest.attributes == dict(attributes or {})
+        return latest if same else None
 
     # -- reading ------------------------------------------------------------------------------------
     def versions(self, kind: str, name: str) -> list[int]:

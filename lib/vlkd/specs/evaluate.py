@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, GetJsonSchemaHandler, model_validator
 
 from vlkd.specs.base import DataSource, FeaturesRef, ModelRef, StageSpec, StrictModel, TeacherRef
 
@@ -38,12 +38,19 @@ class TaskSpec(StrictModel):
 
 
 class EvalModel(StrictModel):
+    """A model to evaluate; a bare ref is short for `{ref: REF}`."""
+
     ref: ModelRef
     label: str | None = Field(None, description="row name in the report; default: the artifact name")
 
     @property
     def row(self) -> str:
         return self.label or self.ref.name
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        model = handler.resolve_ref_schema(handler(schema))
+        return {"anyOf": [model["properties"]["ref"], model]}
 
 
 class RetrievalSpec(StrictModel):

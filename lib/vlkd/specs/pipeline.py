@@ -24,6 +24,7 @@ _WIRED = {
     "TeacherSpec": {"name", "features", "tokenizer"},
     "DistillSpec": {"teacher", "corpus"},
     "EvalSpec": {"name"},
+    "RetrievalSpec": {"teacher"},
 }
 
 
@@ -75,15 +76,12 @@ class PipelineSpec(StrictModel):
             baseline = next(
                 (s.get("name") for s in data["students"] if isinstance(s, dict) and s.get("kd") == {}), None
             )
-            block(
-                "eval",
-                "eval",
-                {
-                    "models": [f"student/{r}" for r in rows],
-                    "baseline": baseline,
-                    "retrieval": {"teacher": f"teacher/{teacher.get('name')}"},
-                },
+            teacher_ref = f"teacher/{teacher.get('name')}"
+            evaluation = block(
+                "eval", "eval", {"models": [f"student/{r}" for r in rows], "baseline": baseline, "retrieval": {}}
             )
+            if evaluation is not None and isinstance(evaluation.get("retrieval"), dict):
+                evaluation["retrieval"] = {"teacher": teacher_ref, **evaluation["retrieval"]}
         return data
 
     @classmethod
