@@ -123,10 +123,17 @@ def show(
     _print_manifest(manifest, sorted(a for a, v in aliases.items() if v == manifest.version))
 
 
+def _cost(cost: dict[str, float]) -> str:
+    if not cost:
+        return "-"
+    return f"{cost['wall_seconds']:g} s wall, {cost['cpu_hours']:.4g} CPU-hours, {cost['gpu_hours']:.4g} GPU-hours held"
+
+
 def _print_manifest(manifest: Manifest, tags: list[str]) -> None:
     facts = {
         "created": f"{human_time(manifest.created_at)} (vlkd {manifest.vlkd_version})",
-        "job": manifest.job_id or "-",
+        "job": f"{manifest.job_id}  (log: vlkd logs {manifest.job_id})" if manifest.log else manifest.job_id or "-",
+        "cost": _cost(manifest.cost),
         "aliases": ", ".join(tags) or "-",
         "size": f"{plural(len(manifest.files), 'file')}, {human_size(manifest.total_size)}",
         "parents": ", ".join(manifest.parents) or "-",

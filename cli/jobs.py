@@ -52,6 +52,9 @@ def submit(
     store: Store = None,
     job_id: str = typer.Option(None, "--job-id", help="resume an interrupted job: give its id again"),
     wait: bool = typer.Option(False, "--wait", "-w", help="follow the logs and exit with the job's outcome"),
+    pending_notice: float = typer.Option(
+        60, "--pending-notice", help="with --wait: seconds a job may stay pending before vlkd says why", min=0
+    ),
 ) -> None:
     """Validate SPEC and submit the STAGE job; prints its id."""
     from vlkd.backends import get_backend
@@ -66,7 +69,7 @@ def submit(
     )
     typer.echo(job.job_id)
     if wait:
-        raise typer.Exit(_follow(job.job_id))
+        raise typer.Exit(_follow(job.job_id, pending_notice))
 
 
 def render(
@@ -86,24 +89,36 @@ def render(
     typer.echo(get_backend(backend, **_options(backend, address, context, namespace)).render(job), nl=False)
 
 
-def status(job_id: str = typer.Argument(..., help="a job id printed by submit")) -> None:
-    """Where a job stands: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, and why."""
-    from vlkd.backends.submission import find
+StoreForJob = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--store", help="the job's store, for a job not submitted from this machine [default: its own]"),
+]
 
-    runner, record = find(job_id)
-    current = runner.status(job_id, record)
+
+def status(job_id: str = typer.Argument(..., help="a job id printed by submit"), store: StoreForJob = None) -> None:
+    """Where a job stands: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, and why; a pending job says what it
+    waits for."""
+    from vlkd.backends.submission import job_status
+
+    current = job_status(job_id, store)
     console.print(f"{job_id}  {current.state.value}  {current.message}".rstrip(), highlight=False)
+    for line in current.why_pending:
+        console.print(f"  {line}", highlight=False)
 
 
 def logs(
     job_id: str = typer.Argument(..., help="a job id printed by submit"),
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends"),
+    worker: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--worker", help="only training worker N's lines (as Ray forwarded them to the driver)", min=0
+    ),
+    store: StoreForJob = None,
 ) -> None:
-    """Print a job's log."""
-    from vlkd.backends.submission import find
+    """Print a job's log: from the cluster while it runs, from the store afterwards (also once the cluster is
+    gone)."""
+    from vlkd.backends.submission import job_logs
 
-    runner, record = find(job_id)
-    for line in runner.logs(job_id, record, follow=follow):
+    for line in job_logs(job_id, follow, worker, store):
         sys.stdout.write(line)
         sys.stdout.flush()
 
@@ -119,29 +134,37 @@ def cancel(job_id: str = typer.Argument(..., help="a job id printed by submit"))
 
 def list_jobs() -> None:
     """The jobs submitted from this machine, with their state."""
-    from vlkd.backends.submission import find
+    from vlkd.backends.submission import job_status
     from vlkd.jobstate import known_jobs
 
     table = Table("JOB", "STAGE", "BACKEND", "STATE", "SUBMITTED", box=None, highlight=False)
     for entry in known_jobs():
         try:
-            runner, record = find(entry["job_id"])
-            state = runner.status(entry["job_id"], record).state.value
+            state = job_status(entry["job_id"]).state.value
         except VlkdError as exc:
             state = f"unknown ({exc})"
         table.add_row(entry["job_id"], entry["stage"], entry["backend"], state, entry["submitted_at"][:19])
     console.print(table)
 
 
-def _follow(job_id: str) -> int:
-    """Stream the job's log to the end; 0 if it succeeded."""
-    from vlkd.backends.submission import find
+def _follow(job_id: str, pending_notice: float) -> int:
+    """Say why the job is pending once it has been for `pending_notice` seconds, stream its log to the end, and
+    return 0 if it succeeded."""
+    from vlkd.backends.base import JobState
+    from vlkd.backends.submission import job_logs, job_status
 
-    runner, record = find(job_id)
-    for line in runner.logs(job_id, record, follow=True):
+    started, told = time.monotonic(), None
+    while (current := job_status(job_id)).state == JobState.PENDING:
+        if time.monotonic() - started >= pending_notice and current.why_pending != told:
+            told = current.why_pending
+            err_console.print(f"job {job_id} is pending: {current.message}", highlight=False)
+            for line in told:
+                err_console.print(f"  {line}", highlight=False)
+        time.sleep(1)
+    for line in job_logs(job_id, follow=True):
         sys.stdout.write(line)
         sys.stdout.flush()
-    while not (final := runner.status(job_id, record)).state.finished:
+    while not (final := job_status(job_id)).state.finished:
         time.sleep(0.5)
     err_console.print(f"job {job_id}: {final.state.value} {final.message}".rstrip(), highlight=False)
-    return 0 if final.state.value == "SUCCEEDED" else 1
+    return 0 if final.state == JobState.SUCCEEDED else 1

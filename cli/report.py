@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.table import Table
 
 from vlkd.cli.artifacts import Store
 from vlkd.cli.output import console
@@ -43,10 +45,48 @@ def _print(results: dict) -> None:
 
 @app.command()
 def show(
-    ref: str = typer.Argument(..., help="an eval artifact, e.g. eval/table1 or eval/table1:v2"), store: Store = None
+    ref: str = typer.Argument(
+        ..., help="an eval artifact (eval/table1[:v2]), or a teacher or student for its training curves"
+    ),
+    plot: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--plot", help="teacher/student: draw the loss and validation curves to this PNG", show_default=False
+    ),
+    store: Store = None,
 ) -> None:
-    """Print an eval artifact's comparison table (the paper's Table 1 layout) and its notes."""
-    _print(_results(store, ref))
+    """Print an eval artifact's comparison table (the paper's Table 1 layout) and its notes, or a training run's
+    validation curve as a table (and, with --plot, its curves as a PNG)."""
+    from vlkd.refs import ArtifactRef
+
+    kind = ArtifactRef.parse(ref if "/" in ref else f"eval/{ref}").kind
+    if kind in ("teacher", "student"):
+        _show_training(store, ref, plot)
+    elif plot is not None:
+        raise typer.BadParameter("eval artifacts carry their charts (charts/*.png): `vlkd artifacts get` them")
+    else:
+        _print(_results(store, ref))
+
+
+def _show_training(store: str | None, ref: str, plot: Path | None) -> None:
+    from vlkd.artifacts import ArtifactStore
+    from vlkd.curves import METRICS_PATH, plot_curves, read_curves
+    from vlkd.errors import VlkdError
+    from vlkd.inputs import open_input
+
+    artifacts = ArtifactStore.open(store)
+    manifest = artifacts.manifest(ref)
+    if not any(f.path == METRICS_PATH for f in manifest.files):
+        raise VlkdError(f"{manifest.ref} holds no {METRICS_PATH}: it was not trained by vlkd")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = open_input(str(manifest.ref), artifacts).fetch(METRICS_PATH, Path(tmp) / "metrics.jsonl")
+        training, validation = read_curves(local)
+    keys = list(dict.fromkeys(k for r in validation for k in r if k.startswith("val_") and k != "val_queries"))
+    table = Table("step", *keys, box=None, highlight=False)
+    for record in validation:
+        table.add_row(str(record["step"]), *(f"{record[k]:.4g}" if k in record else "-" for k in keys))
+    console.print(f"{manifest.ref}: {len(training)} training records, {len(validation)} validations", highlight=False)
+    console.print(table)
+    if plot is not None:
+        console.print(f"wrote {plot_curves(training, validation, str(manifest.ref), plot)}", highlight=False)
 
 
 @app.command()

@@ -25,7 +25,7 @@ from vlkd.data.corpus import corpus_datasets, pad_sequences
 from vlkd.distillation import KD_OBJECTIVES, USES_HEAD, KDBatch, objective_modules, weighted_total
 from vlkd.errors import DataError
 from vlkd.refs import ArtifactRef
-from vlkd.runtime import JobContext, ensure_ray, job_main
+from vlkd.runtime import JobContext, job_main
 from vlkd.specs import DistillSpec
 from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary
 
@@ -232,7 +232,7 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     tokenizer_dir = context.scratch / "tokenizer"
     store.fetch(tokenizer_ref, tokenizer_dir)
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
-    ensure_ray(max(1, spec.resources.num_workers) * spec.resources.cpus_per_worker + 1)
+    context.start_ray(spec.resources, extra_cpus=1)
     datasets, info = corpus_datasets(store, spec.corpus)
     task = plan_task(spec, store, tokenizer, info.train_sequences)
     final = fit(
@@ -266,7 +266,7 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     }
     manifest = store.publish(
         "student", spec.name, collect_files([export]), spec=spec, parents=parents, metrics=metrics,
-        attributes=attributes, job_id=context.job_id,
+        attributes=attributes, job_id=context.job_id, cost=context.cost(),
     )  # fmt: skip
     log.info("%s: best val loss %.4f at step %d", manifest.ref, metrics["best_val_loss"], metrics["best_step"])
     return [manifest]

@@ -20,7 +20,7 @@ from vlkd.errors import VlkdError
 from vlkd.evaluation.results import RunRecord, build_results
 from vlkd.inputs import open_input
 from vlkd.refs import ArtifactRef
-from vlkd.runtime import JobContext, ensure_ray, job_main
+from vlkd.runtime import JobContext, job_main
 from vlkd.specs import EvalSpec, TaskSpec
 
 log = logging.getLogger("vlkd.eval")
@@ -83,16 +83,17 @@ def plan_runs(spec: EvalSpec, store: ArtifactStore) -> list[Run]:
     ]
 
 
-def execute(runs: list[Run], spec: EvalSpec, store: ArtifactStore) -> list[tuple[Run, dict[str, Any]]]:
-    resources = spec.resources
+def execute(runs: list[Run], spec: EvalSpec, context: JobContext) -> list[tuple[Run, dict[str, Any]]]:
+    resources, store = spec.resources, context.store
     threads = int(resources.cpus_per_worker)
     if resources.num_workers == 0:
+        context.hold(resources)
         done = []
         for i, run in enumerate(runs, start=1):
             done += [(run, r) for r in finetune_run(store, run, threads)]
             log.info("finetuning %d/%d done: %s on %s, seed %d", i, len(runs), run.row, run.task.name, run.seed)
         return done
-    ensure_ray(resources.num_workers * resources.cpus_per_worker)
+    context.start_ray(resources)
     import ray
 
     remote = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker)(finetune_run)
@@ -124,6 +125,16 @@ def lineage_of(manifest: Manifest) -> dict[str, Any]:
         }
     attributes = manifest.attributes
     return {"teacher": attributes.get("teacher"), "kd": attributes.get("kd"), "corpus": attributes.get("corpus")}
+
+
+def cost_of(manifest: Manifest, store: ArtifactStore) -> dict[str, float]:
+    """A model's cost as its manifest records it, and for a student its teacher's as well: a distilled student
+    costs its teacher's pretraining too."""
+    cost = dict(manifest.cost)
+    teacher = manifest.attributes.get("teacher") if manifest.kind == "student" else None
+    if teacher:
+        cost.update({f"teacher_{k}": v for k, v in store.manifest(teacher).cost.items() if k.endswith("_hours")})
+    return cost
 
 
 def provenance_notes(store: ArtifactStore, refs: list[str]) -> list[str]:
@@ -181,7 +192,7 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
             r["examples"],
             r["seconds"],
         )
-        for run, r in execute(runs, spec, store)
+        for run, r in execute(runs, spec, context)
     ]
     out = context.scratch / "report"
     retrieval, parents = {}, [ArtifactRef.parse(ref) for ref in dict.fromkeys(run.ref for run in runs)]
@@ -191,7 +202,8 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
         parents.append(teacher)
     parents += [store.resolve(t.data) for t in spec.tasks if t.data and "://" not in t.data]
     notes = provenance_notes(store, [str(p) for p in parents])
-    results = build_results(records, spec.baseline, retrieval, notes)
+    costs = {run.row: cost_of(manifests[run.ref], store) for run in runs}
+    results = build_results(records, spec.baseline, retrieval, notes, costs)
     write_report(results, out)
     metrics = {"runs": len(runs), "seconds": round(time.monotonic() - started, 1)}
     for values in retrieval.values():
@@ -199,7 +211,7 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
     manifest = store.publish(
         "eval", spec.name, collect_files([out]), spec=spec, parents=list(dict.fromkeys(parents)), metrics=metrics,
         attributes={"notes": notes, "baseline": spec.baseline},
-        job_id=context.job_id,
+        job_id=context.job_id, cost=context.cost(),
     )  # fmt: skip
     log.info("%s: %d runs, report.md and results.json published", manifest.ref, len(runs))
     return [manifest]

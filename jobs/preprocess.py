@@ -28,7 +28,7 @@ from vlkd.data.video import SamplingPlan, VideoError, decode_video
 from vlkd.errors import DataError, NotFoundError, VlkdError
 from vlkd.inputs import InputSource, fetch_weights, open_input
 from vlkd.refs import ArtifactRef
-from vlkd.runtime import JobContext, ensure_ray, job_main
+from vlkd.runtime import JobContext, job_main
 from vlkd.specs import Encoder2DSpec, Encoder3DSpec, PreprocessSpec
 
 log = logging.getLogger("vlkd.preprocess")
@@ -145,12 +145,12 @@ class EncodeVideos:
 
 
 def encode_videos(
-    spec: PreprocessSpec, source: InputSource, cache: fmt.PartCache, store: ArtifactStore, todo: list[VideoInput]
+    spec: PreprocessSpec, source: InputSource, cache: fmt.PartCache, context: JobContext, todo: list[VideoInput]
 ) -> list[dict[str, str]]:
     """Decode and encode `todo` on Ray; return the videos that failed, with their reasons."""
     resources = spec.resources
     actors = max(1, resources.num_workers)
-    ensure_ray(actors * resources.cpus_per_worker + spec.decode_cpus)
+    context.start_ray(resources, extra_cpus=spec.decode_cpus)
     import ray
 
     rows = [{"video_id": v.video_id, "path": v.path, "tag": v.tag} for v in todo]
@@ -166,7 +166,7 @@ def encode_videos(
         fn_constructor_kwargs={
             "encoder_2d": spec.encoder_2d,
             "encoder_3d": spec.encoder_3d,
-            "store": store,
+            "store": context.store,
             "cache": cache,
         },
     )
@@ -202,7 +202,7 @@ def run(spec: PreprocessSpec, context: JobContext) -> list[Manifest]:
         len(videos) - len(todo),
         len(todo),
     )
-    failed = encode_videos(pinned, source, cache, store, todo) if todo else []
+    failed = encode_videos(pinned, source, cache, context, todo) if todo else []
     failed_paths = {f["item"] for f in failed}
     usable = [v for v in videos if v.path not in failed_paths]
     parents = [p for p in (source.ref, parent_2d, parent_3d) if p is not None]
@@ -311,7 +311,7 @@ def publish(
             "feature_dim": dim_2d + dim_3d,
             "skipped": skipped[:100],  # all of them are in skipped.jsonl
         }
-        manifest = draft.commit(spec=spec, parents=parents, metrics=metrics, attributes=attributes)
+        manifest = draft.commit(spec=spec, parents=parents, metrics=metrics, attributes=attributes, cost=context.cost())
     log.info("%s: %d clips from %d videos, %d skipped", manifest.ref, clips, len(per_video), len(skipped))
     return manifest
 

@@ -22,7 +22,7 @@ from vlkd import losses
 from vlkd.artifacts import Manifest, collect_files
 from vlkd.data.clips import clip_datasets, middle_frames, pad_features
 from vlkd.metrics import retrieval_metrics
-from vlkd.runtime import JobContext, ensure_ray, job_main
+from vlkd.runtime import JobContext, job_main
 from vlkd.specs import TeacherSpec
 from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary
 
@@ -141,7 +141,7 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
     tokenizer_dir = context.scratch / "tokenizer"
     tokenizer_manifest = store.fetch(spec.tokenizer, tokenizer_dir)
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
-    ensure_ray(max(1, spec.resources.num_workers) * spec.resources.cpus_per_worker + 1)
+    context.start_ray(spec.resources, extra_cpus=1)
     datasets, info = clip_datasets(
         store, spec.features, spec.train.val_size, spec.seed, spec.visual_input == "middle_frame", spec.max_frames
     )
@@ -171,6 +171,7 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
             "checkpoints": f"{store.uri}/{place.prefix}",
         },
         job_id=context.job_id,
+        cost=context.cost(),
     )
     log.info("%s: best val loss %.4f at step %d", manifest.ref, metrics["best_val_loss"], metrics["best_step"])
     return [manifest]

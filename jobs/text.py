@@ -19,7 +19,7 @@ from vlkd.data import text as textdata
 from vlkd.errors import VlkdError
 from vlkd.inputs import InputSource, fetch_weights, open_input
 from vlkd.refs import ArtifactRef
-from vlkd.runtime import JobContext, ensure_ray, job_main
+from vlkd.runtime import JobContext, job_main
 from vlkd.specs import TextSpec, TokenizerSpec
 
 log = logging.getLogger("vlkd.text")
@@ -72,7 +72,6 @@ def _cached_tokenizer(directory: str) -> Any:
 
 
 def tokenized_paragraphs(source: InputSource, files: list[str], tokenizer_dir: Path):
-    ensure_ray(2)
     import ray
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
@@ -103,7 +102,9 @@ def run(spec: TextSpec, context: JobContext) -> list[Manifest]:
         metrics={"vocab_size": len(tokenizer)},
         attributes={"source": source.uri, "trained": tokenizer_parent is None},
         job_id=context.job_id,
+        cost=context.cost(),
     )
+    context.start_ray(extra_cpus=2)  # Ray Data's tokenising tasks and the driver
     paragraphs = tokenized_paragraphs(source, files, tokenizer_dir)
     sequences = textdata.pack_sequences(
         paragraphs, spec.max_len, tokenizer.cls_token_id, tokenizer.sep_token_id, spec.pack
@@ -130,6 +131,7 @@ def run(spec: TextSpec, context: JobContext) -> list[Manifest]:
         metrics=metrics,
         attributes={"source": source.uri, "max_len": spec.max_len, "pack": spec.pack},
         job_id=context.job_id,
+        cost=context.cost(),
     )
     log.info("%s: %d sequences, %d tokens", corpus_manifest.ref, metrics["sequences"], metrics["tokens"])
     return [tokenizer_manifest, corpus_manifest]

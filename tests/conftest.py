@@ -102,14 +102,16 @@ def store(store_uri: str) -> ArtifactStore:
 def vlkd_cli() -> callable:
     """Run the installed `vlkd` command in a subprocess with the test's environment."""
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def run(
+        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "vlkd.cli.main", *args],
             capture_output=True,
             text=True,
             env={**os.environ, **(env or {})},
             cwd=cwd,
-            timeout=120,
+            timeout=timeout,
         )
 
     return run

@@ -3,6 +3,7 @@ on 127.0.0.1, as a user does it: through the `vlkd` command."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,11 +11,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from vlkd.artifacts import ArtifactStore, collect_files
+from vlkd.jobstate import jobs_dir
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "tiny"
 pytestmark = pytest.mark.timeout(600)
@@ -59,6 +62,36 @@ def test_local_submit_wait_status_logs_and_list(vlkd_cli, text_inputs):
     assert "published tokenizer/tiny:v1" in vlkd_cli("logs", job_id).stdout
     listing = vlkd_cli("list").stdout
     assert job_id in listing and "SUCCEEDED" in listing
+
+    # The job kept its log in the store: with this machine's copy gone, `vlkd logs` reads that one.
+    (jobs_dir() / job_id / "log").unlink()
+    assert "published tokenizer/tiny:v1" in vlkd_cli("logs", job_id).stdout
+    # What it cost is in the manifest: the text stage holds 2 CPUs (tokenising tasks, driver), no GPU.
+    manifest = ArtifactStore.open(text_inputs["VLKD_STORE"]).manifest("corpus/tiny")
+    assert manifest.cost["gpu_hours"] == 0 and manifest.cost["wall_seconds"] > 0
+    assert manifest.cost["cpu_hours"] == pytest.approx(2 * manifest.cost["wall_seconds"] / 3600, rel=0.05)
+    assert manifest.log == f"jobs/{job_id}/log/"
+    shown = vlkd_cli("artifacts", "show", "corpus/tiny", env=text_inputs).stdout
+    assert f"  job       {job_id}  (log: vlkd logs {job_id})" in shown and " CPU-hours, 0 GPU-hours held" in shown
+
+
+def gpu_preprocess_spec(tmp_path: Path, synth_root: Path, store: ArtifactStore) -> Path:
+    """The tiny preprocess job, asking for a GPU per encoder actor."""
+    store.publish("dataset", "synth-videos", collect_files([synth_root / "videos"]))
+    spec = tmp_path / "gpu.yaml"
+    text = (EXAMPLES / "preprocess.yaml").read_text()
+    spec.write_text(text.replace("{num_workers: 1, cpus_per_worker: 1}", "{num_workers: 2, gpus_per_worker: 1}"))
+    return spec
+
+
+def test_a_local_job_that_needs_gpus_this_machine_lacks_fails_saying_so(vlkd_cli, synth_root, tmp_path):
+    store = ArtifactStore.open((tmp_path / "store").as_uri())
+    spec = gpu_preprocess_spec(tmp_path, synth_root, store)
+    result = vlkd_cli("submit", "preprocess", "--spec", str(spec), "--wait", env={"VLKD_STORE": store.uri})
+    assert result.returncode == 1
+    assert (
+        "error: this machine cannot run the job: needs 2 GPU, cluster has 0 GPU: no node offers GPUs" in result.stdout
+    )
 
 
 def test_local_cancel_stops_a_running_job(vlkd_cli, synth_root, tmp_path):
@@ -113,13 +146,13 @@ def test_render_shows_what_would_be_sent_and_sends_nothing(vlkd_cli, text_inputs
     assert vlkd_cli("list").stdout.count("vlkd-text") == 0
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """A real Ray cluster head on 127.0.0.1 with its dashboard (the Job Submission API), stopped afterwards.
-    Ray's token authentication is off for this private loopback head (clusters that use it pass RAY_AUTH_TOKEN)."""
+@contextlib.contextmanager
+def running_ray_head(temp: Path) -> Iterator[str]:
+    """A real Ray cluster head on 127.0.0.1 with its dashboard (the Job Submission API), stopped afterwards;
+    yields the dashboard address. Ray's token authentication is off for this private loopback head (clusters that
+    use it pass RAY_AUTH_TOKEN)."""
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    temp = tmp_path_factory.mktemp("ray-head")
     port, dashboard = _free_port(), _free_port()
     command = [
         ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=8",
@@ -144,6 +177,12 @@ def ray_head(tmp_path_factory):
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
         os.environ.pop("RAY_AUTH_MODE", None)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    with running_ray_head(tmp_path_factory.mktemp("ray-head")) as address:
+        yield address
 
 
 @pytest.mark.slow
@@ -186,3 +225,48 @@ def test_ray_backend_cancel_stops_the_job(vlkd_cli, ray_head, synth_root, tmp_pa
     wait_for(lambda: vlkd_cli("status", job_id).stdout.split()[1] == "RUNNING")
     assert vlkd_cli("cancel", job_id).returncode == 0
     wait_for(lambda: vlkd_cli("status", job_id).stdout.split()[1] == "STOPPED", timeout=60)
+
+
+@pytest.mark.slow
+def test_a_job_needing_gpus_on_a_cpu_only_ray_cluster_is_explained_as_pending(vlkd_cli, ray_head, synth_root, tmp_path):
+    store = ArtifactStore.open((tmp_path / "store").as_uri())
+    spec = gpu_preprocess_spec(tmp_path, synth_root, store)
+    command = [sys.executable, "-m", "vlkd.cli.main", "submit", "preprocess", "--spec", str(spec), "--backend", "ray"]
+    waiting = subprocess.Popen(
+        [*command, "--address", ray_head, "--wait", "--pending-notice", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "VLKD_STORE": store.uri},
+    )
+    reason = "needs 2 GPU, cluster has 0 GPU: no node offers GPUs"
+    try:
+        job_id = waiting.stdout.readline().strip()
+        told = [waiting.stderr.readline().strip()]  # "submitted ...", then what --wait says while it waits
+        while told[-1] != reason and len(told) < 10:
+            told.append(waiting.stderr.readline().strip())
+    finally:
+        waiting.kill()
+    assert told[-1] == reason and told[-2].startswith(f"job {job_id} is pending: "), told
+    status = vlkd_cli("status", job_id).stdout.splitlines()
+    assert status[0].split()[:2] == [job_id, "PENDING"] and status[1].strip() == reason
+    assert "waiting for resources: " + reason in vlkd_cli("logs", job_id).stdout
+    assert vlkd_cli("cancel", job_id).returncode == 0
+    wait_for(lambda: vlkd_cli("status", job_id).stdout.split()[1] == "STOPPED", timeout=60)
+
+
+@pytest.mark.slow
+def test_logs_and_status_outlive_the_ray_cluster(vlkd_cli, text_inputs, tmp_path_factory):
+    with running_ray_head(tmp_path_factory.mktemp("ray-gone")) as address:
+        submitted = vlkd_cli(
+            "submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--backend", "ray", "--address", address,
+            "--wait", env=text_inputs,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr[-2000:]
+        job_id = submitted.stdout.splitlines()[0]
+    # The head and its dashboard are gone: the store still has the log and how the job ended.
+    status = vlkd_cli("status", job_id)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.split()[:2] == [job_id, "SUCCEEDED"] and "recorded in the store" in status.stdout
+    log = vlkd_cli("logs", job_id).stdout
+    assert "published tokenizer/tiny:v1" in log and "published corpus/tiny:v1" in log

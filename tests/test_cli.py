@@ -169,3 +169,15 @@ def test_schema_prints_json_schema(vlkd_cli):
     schema = json.loads(result.stdout)
     assert schema["title"] == "DistillSpec" and "kd" in schema["properties"]
     assert_one_line_error(vlkd_cli("schema", "train"), "unknown stage 'train'; available: preprocess", 2)
+
+
+def test_the_readme_cli_reference_is_current():
+    from vlkd.cli.main import app
+    from vlkd.cli.reference import END, START, reference
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert START in readme and END in readme, "the README lost its generated CLI reference"
+    written = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    assert written == reference(app), "the CLI changed: regenerate with `python -m vlkd.cli.reference`"
+    for command in ("vlkd submit STAGE", "vlkd logs JOB_ID", "vlkd artifacts get REF", "vlkd quickstart"):
+        assert f"**`{command}" in written

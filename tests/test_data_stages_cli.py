@@ -20,7 +20,7 @@ def test_synth_then_both_data_stages_publish_described_artifacts(vlkd_cli, tmp_p
     assert "published dataset/synth-videos:v1" in synth.stdout and "published dataset/synth-sst2:v1" in synth.stdout
 
     for stage, outputs in (("preprocess", ["features/tiny:v1"]), ("text", ["tokenizer/tiny:v1", "corpus/tiny:v1"])):
-        result = vlkd_cli("submit", stage, "--spec", str(EXAMPLES / f"{stage}.yaml"), env=env)
+        result = vlkd_cli("submit", stage, "--spec", str(EXAMPLES / f"{stage}.yaml"), "--wait", env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert [line for line in result.stdout.splitlines() if line.startswith("published")] == [
             f"published {o}" for o in outputs
@@ -28,7 +28,10 @@ def test_synth_then_both_data_stages_publish_described_artifacts(vlkd_cli, tmp_p
 
     features = json.loads(vlkd_cli("artifacts", "show", "features/tiny", "--json", env=env).stdout)
     assert features["parents"] == ["dataset/synth-videos:v1"]
-    assert features["metrics"]["videos"] == 4 and features["attributes"]["random_init"] is True
+    assert features["metrics"]["videos"] == 4
+    # the demo encoders have no weights: neither random nor pretrained, and the manifest says which they are
+    assert features["attributes"]["pretrained"] is False and features["attributes"]["random_init"] is False
+    assert features["attributes"]["encoder_2d"]["name"] == "pixels"
     shown = vlkd_cli("artifacts", "show", "corpus/tiny", env=env).stdout
     assert "parents   dataset/synth-text:v1, tokenizer/tiny:v1" in shown
 

@@ -26,7 +26,7 @@ def _runs(row: str, ref: str, lineage: dict, scores: dict[str, list[dict[str, fl
     ]
 
 
-def _results(baseline: str | None = "BERT") -> dict:
+def _results(baseline: str | None = "BERT", costs: dict | None = None) -> dict:
     records = _runs(
         "BERT",
         "student/base:v1",
@@ -48,7 +48,7 @@ def _results(baseline: str | None = "BERT") -> dict:
         },
     )
     retrieval = {"teacher/howto:v2": {"r1": 12.5, "r5": 40.0, "r10": 55.0, "median_rank": 9.0, "queries": 64.0}}
-    return build_results(records, baseline, retrieval, [NOTE])
+    return build_results(records, baseline, retrieval, [NOTE], costs)
 
 
 def test_summary_is_mean_and_sample_std_over_seeds() -> None:
@@ -60,7 +60,7 @@ def test_summary_is_mean_and_sample_std_over_seeds() -> None:
 def test_results_list_models_tasks_and_every_run() -> None:
     results = _results()
     assert [m["row"] for m in results["models"]] == ["BERT", "+ KD-NST"]
-    assert results["models"][1] == {"row": "+ KD-NST", "ref": "student/nst:v3", "lineage": NST}
+    assert results["models"][1] == {"row": "+ KD-NST", "ref": "student/nst:v3", "lineage": NST, "cost": {}}
     assert results["tasks"] == ["sst2", "mnli", "glue_diagnostic"]  # the registry's order
     assert len(results["runs"]) == 18
     assert results["runs"][0] == {
@@ -124,6 +124,34 @@ def test_retrieval_table() -> None:
     assert retrieval == [
         ["Teacher", "R@1", "R@5", "R@10", "Median rank"],
         ["teacher/howto:v2", "12.5", "40.0", "55.0", "9.0"],
+    ]
+
+
+def test_the_cost_of_each_model_is_a_table_and_unrecorded_costs_are_dashes() -> None:
+    cost = {
+        "wall_seconds": 5400.0,
+        "cpu_hours": 12.0,
+        "gpu_hours": 6.0,
+        "teacher_cpu_hours": 40.0,
+        "teacher_gpu_hours": 20,
+    }
+    results = _results(costs={"+ KD-NST": cost})
+    assert results["models"][1]["cost"] == cost
+    markdown = render_markdown(results)
+    assert parse_tables(markdown.split("## Cost", 1)[1])[0] == [
+        ["Model", "Wall s", "CPU-h", "GPU-h", "Teacher CPU-h", "Teacher GPU-h"],
+        ["BERT", "-", "-", "-", "-", "-"],
+        ["+ KD-NST", "5400", "12", "6", "40", "20"],
+    ]
+    assert "## Cost" not in render_markdown(_results())  # nothing recorded, no table
+    assert render_table(results).split("Cost\n", 1)[1].splitlines()[2].split() == [
+        "+",
+        "KD-NST",
+        "5400",
+        "12",
+        "6",
+        "40",
+        "20",
     ]
 
 

@@ -74,7 +74,9 @@ def test_each_encoder_gives_one_float32_feature_of_its_dim_per_input(fixture, re
 
 
 def test_feature_dims_are_those_of_the_paper_encoders():
-    assert ENCODER_DIMS == {"clip-vit-b32": 512, "resnet152": 2048, "resnext3d": 2048}
+    paper = {name: ENCODER_DIMS[name] for name in ("clip-vit-b32", "resnet152", "resnext3d")}
+    assert paper == {"clip-vit-b32": 512, "resnet152": 2048, "resnext3d": 2048}
+    assert ENCODER_DIMS["pixels"] == ENCODER_DIMS["pixel-motion"] == 8 * 8 * 3  # the demo encoders' colour grids
 
 
 @pytest.mark.parametrize("fixture", ENCODERS)

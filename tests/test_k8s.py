@@ -35,6 +35,7 @@ import yaml
 
 from vlkd.backends.base import JobDescription, JobState, JobStatus
 from vlkd.backends.k8s import KubernetesBackend, rayjob_name, rayjob_status, render_rayjob
+from vlkd.backends.k8s_pending import explain_pending
 from vlkd.errors import VlkdError
 from vlkd.specs import load_spec
 
@@ -335,6 +336,236 @@ def test_kuberay_states_map_to_job_states(status, state, message):
     assert rayjob_status(rayjob) == JobStatus(JOB_ID, state, message, "teacher", "k8s")
 
 
+# --- Why a job is pending --------------------------------------------------------------------------------------------
+
+CLUSTER = f"{JOB_ID}-7xk2q"  # KubeRay names the RayCluster after the RayJob, with 5 characters more
+HEAD, WORKER = f"{CLUSTER}-head-4xz8t", f"{CLUSTER}-workers-worker-x7k2p"
+NO_FREE_GPU_SAID = (  # what explain_pending keeps of NO_FREE_GPU
+    "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, "
+    "2 Insufficient nvidia.com/gpu"
+)
+NO_FREE_GPU = (
+    "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, "
+    "2 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, "
+    "2 No preemption victims found for incoming pod."
+)
+GPU_TAINT = (
+    "0/3 nodes are available: 3 node(s) had untolerated taint {nvidia.com/gpu: present}. "
+    "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+)
+QUOTA = (
+    f'Error creating: pods "{JOB_ID}-b9q4m" is forbidden: exceeded quota: compute-quota, requested: requests.cpu=1, '
+    "used: requests.cpu=32, limited: requests.cpu=32"
+)
+PULL_FAILED = (
+    'Failed to pull image "ghcr.io/vlkd/vlkd:typo": rpc error: code = NotFound desc = failed to pull and unpack image '
+    '"ghcr.io/vlkd/vlkd:typo": failed to resolve reference "ghcr.io/vlkd/vlkd:typo": ghcr.io/vlkd/vlkd:typo: not found'
+)
+GPU_HINT = "no node has a free nvidia.com/gpu: add GPU nodes or lower resources.gpus_per_worker"
+TAINT_HINT = "nodes carry a taint the pods do not tolerate: add the toleration in resources.tolerations"
+SELECTOR_HINT = "no node has the labels of resources.node_selector: fix them, or label the nodes"
+QUOTA_HINT = "raise the namespace's ResourceQuota or ask for less"
+IMAGE_HINT = "check the image name (kubernetes.image, else --image) and the registry's pull secret"
+SECRET_HINT = "create the Secret (k8s/base/s3-secret.yaml), or name yours in kubernetes.s3_secret"
+
+
+def unschedulable_pod(name: str, message: str, created: str = "2026-11-29T04:12:05Z") -> dict[str, Any]:
+    """A pod as the API server lists it while the scheduler finds no node for it."""
+    return {
+        "metadata": {
+            "name": name, "namespace": "vlkd", "creationTimestamp": created, "labels": {"vlkd.io/job-id": JOB_ID}
+        },
+        "spec": {"containers": [{"name": "ray-worker", "image": "ghcr.io/vlkd/vlkd:0.1.0"}]},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled", "status": "False", "lastProbeTime": None, "lastTransitionTime": created,
+                    "reason": "Unschedulable", "message": message,
+                }
+            ],
+            "qosClass": "Guaranteed",
+        },
+    }  # fmt: skip
+
+
+def waiting_pod(name: str, reason: str, message: str, created: str = "2026-11-29T04:13:00Z") -> dict[str, Any]:
+    """A scheduled pod whose container waits (on its image, a Secret, or a back-off after crashing)."""
+    condition = {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": created}
+    waiting = {"reason": reason, **({"message": message} if message else {})}
+    container = {
+        "name": "ray-head", "image": "ghcr.io/vlkd/vlkd:typo", "imageID": "", "ready": False, "restartCount": 0,
+        "started": False, "state": {"waiting": waiting}, "lastState": {},
+    }  # fmt: skip
+    return {
+        "metadata": {"name": name, "namespace": "vlkd", "creationTimestamp": created},
+        "spec": {"containers": [{"name": "ray-head", "image": "ghcr.io/vlkd/vlkd:typo"}]},
+        "status": {"phase": "Pending", "conditions": [condition], "containerStatuses": [container]},
+    }
+
+
+def warning(kind: str, name: str, reason: str, message: str, last: str = "2026-11-29T04:14:00Z") -> dict[str, Any]:
+    """A Warning event (core/v1 Event) about the object `kind`/`name`, as `list_namespaced_event` lists it."""
+    api_version = {"Pod": "v1", "Job": "batch/v1", "RayJob": "ray.io/v1", "RayCluster": "ray.io/v1"}[kind]
+    return {
+        "metadata": {
+            "name": f"{name}.187c3a5b2e1f0a9d", "namespace": "vlkd", "resourceVersion": "48290",
+            "creationTimestamp": "2026-11-29T04:12:03Z",
+        },
+        "involvedObject": {
+            "kind": kind, "namespace": "vlkd", "name": name, "uid": "6a1e2b7c-0d4f-4c3b-9e8a-5f2d1c0b9a87",
+            "apiVersion": api_version, "resourceVersion": "48215",
+        },
+        "reason": reason, "message": message, "source": {"component": "default-scheduler"},
+        "firstTimestamp": "2026-11-29T04:12:03Z", "lastTimestamp": last, "count": 7, "type": "Warning",
+        "eventTime": None, "reportingComponent": "default-scheduler", "reportingInstance": "",
+    }  # fmt: skip
+
+
+def initializing(**status: Any) -> dict[str, Any]:
+    return stored(render_rayjob(paper_job("teacher", JOB_ID), "vlkd"), jobDeploymentStatus="Initializing", **status)
+
+
+@pytest.mark.parametrize(
+    ("pods", "events", "expected"),
+    [
+        pytest.param(
+            [unschedulable_pod(WORKER, NO_FREE_GPU)],
+            [],
+            [f"pod {WORKER}: unschedulable: {NO_FREE_GPU_SAID}", GPU_HINT],  # not: tolerate the control plane's taint
+            id="insufficient-gpu",
+        ),
+        pytest.param(
+            [unschedulable_pod(WORKER, GPU_TAINT)],
+            [],
+            [
+                f"pod {WORKER}: unschedulable: 0/3 nodes are available: 3 node(s) had untolerated taint "
+                "{nvidia.com/gpu: present}",
+                TAINT_HINT,
+            ],
+            id="untolerated-taint",
+        ),
+        pytest.param(
+            [
+                unschedulable_pod(
+                    WORKER, "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+                )
+            ],
+            [],
+            [
+                f"pod {WORKER}: unschedulable: 0/3 nodes are available: "
+                "3 node(s) didn't match Pod's node affinity/selector",
+                SELECTOR_HINT,
+            ],
+            id="node-selector",
+        ),
+        pytest.param(
+            [waiting_pod(HEAD, "ImagePullBackOff", 'Back-off pulling image "ghcr.io/vlkd/vlkd:typo"')],
+            [],
+            [f'pod {HEAD}: ImagePullBackOff: Back-off pulling image "ghcr.io/vlkd/vlkd:typo"', IMAGE_HINT],
+            id="image-pull",
+        ),
+        pytest.param(
+            [],
+            [warning("Job", JOB_ID, "FailedCreate", QUOTA)],  # no pod exists to carry a condition
+            [f"job {JOB_ID}: FailedCreate: {QUOTA}", QUOTA_HINT],
+            id="quota",
+        ),
+        pytest.param(
+            [waiting_pod(HEAD, "CreateContainerConfigError", 'secret "vlkd-s3" not found')],
+            [],
+            [f'pod {HEAD}: CreateContainerConfigError: secret "vlkd-s3" not found', SECRET_HINT],
+            id="missing-secret",
+        ),
+        pytest.param(
+            [waiting_pod(HEAD, "CrashLoopBackOff", f"back-off 40s restarting failed container=ray-head pod={HEAD}")],
+            [],
+            [f"pod {HEAD}: CrashLoopBackOff: back-off 40s restarting failed container=ray-head pod={HEAD}"],
+            id="crash-loop-without-a-hint",
+        ),
+    ],
+)
+def test_a_pending_job_names_its_cause_and_what_to_do(pods, events, expected):
+    assert explain_pending(initializing(), pods, events) == expected
+
+
+def test_a_job_whose_pods_are_scheduled_and_starting_explains_nothing():
+    pods = [
+        pod(HEAD, "2026-11-29T04:12:05Z", "ray-head"),
+        pod(WORKER, "2026-11-29T04:12:05Z", "ray-worker"),
+        waiting_pod(f"{JOB_ID}-b9q4m", "ContainerCreating", ""),  # the submitter, on its way
+    ]
+    stale = warning("Pod", WORKER, "FailedScheduling", NO_FREE_GPU)  # from before a GPU node joined
+
+    assert explain_pending(initializing(), pods, [stale]) == []
+
+
+def test_events_about_other_objects_are_ignored():
+    other = "vlkd-text-20261129-030000-cd34"
+    events = [
+        warning("Job", other, "FailedCreate", QUOTA),
+        warning("RayJob", other, "Failed", "the RayCluster failed"),
+        warning("RayCluster", f"{JOB_ID}-2-x7k2q", "FailedToCreateWorkerPod", QUOTA),  # job "...-ab12-2"'s cluster
+        warning("Pod", f"{other}-7xk2q-head-4xz8t", "FailedScheduling", NO_FREE_GPU),
+    ]
+
+    assert explain_pending(initializing(), [], events) == []
+
+
+def test_raycluster_events_are_matched_by_name_until_kuberay_records_it():
+    refused = (
+        f'Failed to create worker Pod vlkd/{WORKER}, pods "{WORKER}" is forbidden: exceeded quota: gpu-quota, '
+        "requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: requests.nvidia.com/gpu=4"
+    )
+    event = warning("RayCluster", CLUSTER, "FailedToCreateWorkerPod", refused)
+
+    assert explain_pending(initializing(), [], [event]) == [
+        f"raycluster {CLUSTER}: FailedToCreateWorkerPod: {refused}",
+        QUOTA_HINT,
+    ]
+    assert explain_pending(initializing(rayClusterName=CLUSTER), [], [event])[0].startswith(f"raycluster {CLUSTER}")
+    assert explain_pending(initializing(rayClusterName=f"{JOB_ID}-b2c3d"), [], [event]) == []  # an earlier cluster
+
+
+def test_one_cause_on_several_pods_is_one_line_naming_the_newest():
+    names = [f"{CLUSTER}-workers-worker-{suffix}" for suffix in ("x7k2p", "b9q4m", "c3d4e", "f5g6h")]
+    pods = [unschedulable_pod(name, NO_FREE_GPU, f"2026-11-29T04:12:0{i}Z") for i, name in enumerate(names)]
+    events = [
+        warning("Pod", n, "FailedScheduling", NO_FREE_GPU, f"2026-11-29T04:12:3{i}Z") for i, n in enumerate(names)
+    ]
+
+    assert explain_pending(initializing(), pods, events) == [
+        f"pod {names[3]} (and 3 more): unschedulable: {NO_FREE_GPU_SAID}",
+        GPU_HINT,
+    ]
+
+
+def test_at_most_two_causes_are_told_newest_first():
+    pods = [
+        unschedulable_pod(WORKER, NO_FREE_GPU, "2026-11-29T04:12:05Z"),
+        waiting_pod(
+            HEAD, "ImagePullBackOff", 'Back-off pulling image "ghcr.io/vlkd/vlkd:typo"', "2026-11-29T04:13:00Z"
+        ),
+    ]
+    events = [warning("Job", JOB_ID, "FailedCreate", QUOTA, "2026-11-29T04:20:00Z")]
+
+    assert explain_pending(initializing(), pods, events) == [
+        f"job {JOB_ID}: FailedCreate: {QUOTA}",
+        f'pod {HEAD}: ImagePullBackOff: Back-off pulling image "ghcr.io/vlkd/vlkd:typo"',
+        f"{QUOTA_HINT}; {IMAGE_HINT}",
+    ]
+
+
+def test_the_kubelets_pull_error_replaces_its_back_off_notice():
+    pods = [waiting_pod(HEAD, "ImagePullBackOff", 'Back-off pulling image "ghcr.io/vlkd/vlkd:typo"')]
+    events = [
+        warning("Pod", HEAD, "Failed", PULL_FAILED, "2026-11-29T04:14:00Z"),
+        warning("Pod", HEAD, "Failed", "Error: ImagePullBackOff", "2026-11-29T04:15:00Z"),  # says only the reason
+    ]
+
+    assert explain_pending(initializing(), pods, events) == [f"pod {HEAD}: Failed: {PULL_FAILED}", IMAGE_HINT]
+
+
 # --- The kustomize tree ----------------------------------------------------------------------------------------------
 
 
@@ -578,7 +809,7 @@ def test_submit_sends_the_rendering_and_status_reads_it_back(api_server, kubecon
     current = backend.status(JOB_ID, record)
 
     assert record == RECORD
-    post, get = api_server.requests
+    post, get = api_server.requests[:2]  # then, as the job is pending, its pods and events
     assert (post["method"], post["path"], post["query"]) == ("POST", RAYJOBS, {"fieldValidation": "Strict"})
     assert post["body"] == rendered  # exactly what render printed
     assert post["authorization"] == "Bearer test-token"
@@ -597,6 +828,63 @@ def test_status_of_a_deleted_rayjob_is_stopped(api_server, kubeconfig):
 
     assert current.state == JobState.STOPPED
     assert current.message == f"RayJob vlkd/{JOB_ID} no longer exists (cancelled or deleted)"
+
+
+PODS, EVENTS = "/api/v1/namespaces/vlkd/pods", "/api/v1/namespaces/vlkd/events"
+
+
+def event_list(*events: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "EventList", "apiVersion": "v1", "metadata": {"resourceVersion": "48300"}, "items": list(events)}
+
+
+def test_status_of_a_pending_job_says_why_from_its_pods_and_events(api_server, kubeconfig):
+    short = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."  # noqa: E501
+    api_server.reply("GET", f"{RAYJOBS}/{JOB_ID}", 200, initializing())
+    api_server.reply(
+        "GET", PODS, 200, pod_list(pod(HEAD, "2026-11-29T04:12:05Z", "ray-head"), unschedulable_pod(WORKER, short))
+    )
+    api_server.reply("GET", PODS, 200, pod_list())  # no submitter pod before the cluster is up
+    others = warning("Job", "vlkd-text-20261129-030000-cd34", "FailedCreate", QUOTA)
+    api_server.reply("GET", EVENTS, 200, event_list(warning("Pod", WORKER, "FailedScheduling", short), others))
+
+    current = KubernetesBackend().status(JOB_ID, RECORD)
+
+    assert (current.state, current.message) == (JobState.PENDING, "Initializing: RayCluster starting")
+    assert current.why_pending == [
+        f"pod {WORKER}: unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu",
+        GPU_HINT,
+    ]
+    _, ray_pods, submitter_pods, events = api_server.requests
+    assert ray_pods["query"] == {"labelSelector": f"vlkd.io/job-id={JOB_ID}"}
+    assert submitter_pods["query"] == {"labelSelector": f"batch.kubernetes.io/job-name={JOB_ID}"}
+    assert (events["path"], events["query"]) == (EVENTS, {"fieldSelector": "type=Warning"})
+
+
+def test_a_forbidden_event_list_leaves_the_status_with_a_one_line_note(api_server, kubeconfig):
+    said = 'events is forbidden: User "alice" cannot list resource "events" in API group "" in the namespace "vlkd"'
+    api_server.reply("GET", f"{RAYJOBS}/{JOB_ID}", 200, initializing())
+    api_server.reply("GET", PODS, 200, pod_list(unschedulable_pod(WORKER, NO_FREE_GPU)))
+    api_server.reply("GET", EVENTS, 403, status_object(403, "Forbidden", said, {"kind": "events"}))
+
+    current = KubernetesBackend().status(JOB_ID, RECORD)
+
+    assert (current.state, current.message) == (JobState.PENDING, "Initializing: RayCluster starting")
+    (note,) = current.why_pending
+    assert note.startswith("why it is pending could not be read: forbidden to list events in namespace vlkd (")
+    assert note.endswith("bind you to the Role vlkd-submitter (k8s/base/rbac-submitter.yaml)")
+    assert "\n" not in note
+
+
+def test_status_of_a_running_job_reads_no_pods_or_events(api_server, kubeconfig):
+    rayjob = stored(
+        render_rayjob(paper_job("teacher", JOB_ID), "vlkd"), jobDeploymentStatus="Running", jobStatus="RUNNING"
+    )
+    api_server.reply("GET", f"{RAYJOBS}/{JOB_ID}", 200, rayjob)
+
+    current = KubernetesBackend().status(JOB_ID, RECORD)
+
+    assert (current.state, current.why_pending) == (JobState.RUNNING, [])
+    assert [r["path"] for r in api_server.requests] == [f"{RAYJOBS}/{JOB_ID}"]
 
 
 def test_cancel_deletes_the_rayjob_in_the_background(api_server, kubeconfig):

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vlkd import __version__
 from vlkd.errors import ChecksumError, KeyExistsError, NotFoundError, RefError, VlkdError
+from vlkd.joblog import log_prefix
 from vlkd.refs import KINDS, LATEST, ArtifactRef, check_alias, check_name
 from vlkd.storage import Progress, Storage, default_store_uri, open_storage
 
@@ -67,9 +68,13 @@ class Manifest(BaseModel):
     created_at: datetime
     vlkd_version: str
     job_id: str | None = None
+    log: str | None = None
+    """where the log of the job that made it is kept in the store (`vlkd logs JOB_ID` reads it)"""
     spec: dict[str, Any] | None = None
     parents: list[str] = []
     metrics: dict[str, Any] = {}
+    cost: dict[str, float] = {}
+    """what making it took: wall_seconds, and the cpu_hours and gpu_hours its job held"""
     attributes: dict[str, Any] = {}
     files: list[FileEntry] = []
 
@@ -189,6 +194,7 @@ class Draft:
         parents: Iterable[ArtifactRef | str] = (),
         metrics: Mapping[str, Any] | None = None,
         attributes: Mapping[str, Any] | None = None,
+        cost: Mapping[str, float] | None = None,
     ) -> Manifest:
         """Write the manifest, which makes the version visible. Parents are pinned to versions here, so
         lineage never moves when an alias does."""
@@ -201,10 +207,12 @@ class Draft:
             created_at=_now(),
             vlkd_version=__version__,
             job_id=self.job_id,
+            log=log_prefix(self.job_id) if self.job_id else None,
             spec=_as_dict(spec),
             parents=[str(self.store.resolve(p)) for p in parents],
             metrics=dict(metrics or {}),
             attributes=dict(attributes or {}),
+            cost=dict(cost or {}),
             files=sorted(self.files.values(), key=lambda f: f.path),
         )
         key = f"{self.store.version_prefix(self.ref)}/{MANIFEST}"
@@ -286,6 +294,7 @@ class ArtifactStore:
         metrics: Mapping[str, Any] | None = None,
         attributes: Mapping[str, Any] | None = None,
         job_id: str | None = None,
+        cost: Mapping[str, float] | None = None,
         progress: Progress | None = None,
         unless_unchanged: bool = False,
     ) -> Manifest:
@@ -297,7 +306,7 @@ class ArtifactStore:
             return same
         with self.draft(kind, name, job_id) as draft:
             draft.add_files(files, progress)
-            return draft.commit(spec=spec, parents=pinned, metrics=metrics, attributes=attributes)
+            return draft.commit(spec=spec, parents=pinned, metrics=metrics, attributes=attributes, cost=cost)
 
     def _same_as_latest(
         self, kind: str, name: str, files: Mapping[str, Path], parents: list[str], attributes: Mapping[str, Any] | None

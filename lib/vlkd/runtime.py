@@ -4,14 +4,16 @@ space and a Ray connection. `python -m vlkd.jobs.<stage> --spec URI` enters thro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from urllib.parse import urlparse
 
 from vlkd.artifacts import ArtifactStore, Manifest
 from vlkd.errors import SpecError, VlkdError
-from vlkd.specs import StageSpec, parse_spec, parse_yaml
+from vlkd.joblog import JobRecorder
+from vlkd.specs import Resources, StageSpec, parse_spec, parse_yaml
 from vlkd.storage import open_storage
 
 log = logging.getLogger("vlkd")
@@ -36,6 +39,44 @@ class JobContext:
     store: ArtifactStore
     scratch: Path
     """local working space, deleted when the job ends"""
+    recorder: JobRecorder | None = None
+    """the job's log and state in the store (set by `job_main`)"""
+    started: float = field(default_factory=time.time)
+    held: dict[str, float] = field(default_factory=dict)
+    """the Ray resources the job asks for (CPU, GPU), which its cost counts as held from start to publish"""
+
+    def hold(self, resources: Resources | None = None, extra_cpus: float = 0) -> dict[str, float]:
+        """Count `resources` (workers, or encoder actors; at least one) plus `extra_cpus` for the driver's own
+        tasks as what this job holds; returns one worker's ask."""
+        workers = max(1, resources.num_workers) if resources else 0
+        per_worker = {"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker} if resources else {}
+        self.held = {name: workers * amount for name, amount in per_worker.items()}
+        self.held["CPU"] = self.held.get("CPU", 0) + extra_cpus
+        return per_worker
+
+    def start_ray(self, resources: Resources | None = None, extra_cpus: float = 0) -> None:
+        """Connect to Ray (see `ensure_ray`) for what `hold` counts, and say what the job will wait for if the
+        cluster cannot give it that."""
+        per_worker = self.hold(resources, extra_cpus)
+        started_here = ensure_ray(self.held["CPU"])
+        why = resource_shortfall(self.held, per_worker)
+        if not why:
+            return
+        if started_here:  # a Ray this job started on this machine never grows: waiting would be forever
+            raise VlkdError(f"this machine cannot run the job: {'; '.join(why)}")
+        log.warning("waiting for resources: %s", "; ".join(why))
+        if self.recorder is not None:
+            self.recorder.waiting(why, recheck=lambda: resource_shortfall(self.held, per_worker))
+
+    def cost(self) -> dict[str, float]:
+        """Wall time and the CPU- and GPU-hours held: what "what did this artifact cost?" is answered with."""
+        seconds = time.time() - self.started
+        hours = seconds / 3600
+        return {
+            "wall_seconds": round(seconds, 1),
+            "cpu_hours": round(self.held.get("CPU", 0) * hours, 6),
+            "gpu_hours": round(self.held.get("GPU", 0) * hours, 6),
+        }
 
 
 # Stages whose job module is not named after the stage.
@@ -74,19 +115,40 @@ def open_job_store(spec: StageSpec, override: str | None) -> ArtifactStore:
     return ArtifactStore.open()
 
 
-def ensure_ray(min_cpus: float = 0) -> None:
+def ensure_ray(min_cpus: float = 0) -> bool:
     """Connect to the cluster the job runs on (`RAY_ADDRESS`, set by `ray job submit` and KubeRay), or start
-    a local Ray with enough logical CPUs for what the job will ask."""
+    a local Ray with enough logical CPUs for what the job will ask. True when it started a local Ray."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        cpus = max(LOCAL_MIN_CPUS, os.cpu_count() or 1, int(min_cpus + 0.999) + 1)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+        return False
+    cpus = max(LOCAL_MIN_CPUS, os.cpu_count() or 1, int(min_cpus + 0.999) + 1)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def resource_shortfall(total_ask: dict[str, float], per_worker: dict[str, float]) -> list[str]:
+    """What the Ray cluster lacks for a job: its whole ask against the cluster's resources, and one worker's ask
+    against the largest node (4 GPUs on four 1-GPU nodes still cannot place a 2-GPU worker)."""
+    import ray
+
+    have = ray.cluster_resources()
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    why = []
+    for name, amount in total_ask.items():
+        if amount > have.get(name, 0) + 1e-9:
+            reason = "no node offers GPUs" if name == "GPU" and not have.get(name) else "not enough in all"
+            why.append(f"needs {amount:g} {name}, cluster has {have.get(name, 0):g} {name}: {reason}")
+        elif per_worker.get(name, 0) > max((n.get(name, 0) for n in nodes), default=0) + 1e-9:
+            largest = max((n.get(name, 0) for n in nodes), default=0)
+            why.append(f"a worker needs {per_worker[name]:g} {name}, the largest node has {largest:g} {name}")
+    if why and os.environ.get("RAY_ADDRESS"):
+        why.append("it runs once nodes that offer them join (an autoscaler adds them if the cluster has one)")
+    return why
 
 
 def job_main(stage: str, run: Callable[[Any, JobContext], list[Manifest]], argv: Sequence[str] | None = None) -> None:
@@ -96,22 +158,30 @@ def job_main(stage: str, run: Callable[[Any, JobContext], list[Manifest]], argv:
     parser.add_argument("--store", default=None, help="artifact store URI (default: the spec's, then $VLKD_STORE)")
     parser.add_argument("--job-id", default=None)
     args = parser.parse_args(argv)
+    # Ray merges alike lines of different workers into one; the stored log keeps each worker's own.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # `vlkd cancel` and Kubernetes stop jobs with SIGTERM: exit through Python so cleanup (ray.shutdown) runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        spec = read_spec(args.spec, stage)
-        job_id = args.job_id or new_job_id(stage)
-        with tempfile.TemporaryDirectory(prefix=f"{job_id}-") as scratch:
-            context = JobContext(job_id, open_job_store(spec, args.store), Path(scratch))
+    job_id = args.job_id or new_job_id(stage)
+    with contextlib.ExitStack() as job:
+        try:
+            spec = read_spec(args.spec, stage)
+            store = open_job_store(spec, args.store)
+            # What is printed from here on is kept in the store, and SystemExit's code recorded as the job's end.
+            recorder = job.enter_context(JobRecorder(store.storage, job_id))
+            scratch = job.enter_context(tempfile.TemporaryDirectory(prefix=f"{job_id}-"))
+            context = JobContext(job_id, store, Path(scratch), recorder)
             log.info("job %s: %s %s -> %s", job_id, stage, spec.name, context.store.uri)
-            manifests = run(spec, context)
-    except SpecError as exc:
-        for problem in exc.problems:
-            print(f"error: {exc.source}: {problem}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except VlkdError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    for manifest in manifests:
-        print(f"published {manifest.ref}", flush=True)
+            for manifest in run(spec, context):
+                print(f"published {manifest.ref}", flush=True)
+        except VlkdError as exc:
+            sys.exit(_print_error(exc))
+
+
+def _print_error(exc: VlkdError) -> int:
+    """One line per problem, for the user (or the job's log) to read; the exit code says which kind."""
+    problems = [f"{exc.source}: {problem}" for problem in exc.problems] if isinstance(exc, SpecError) else [str(exc)]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+    return exc.exit_code

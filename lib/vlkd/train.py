@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlkd.curves import LOGS, METRICS_FILE
 from vlkd.errors import VlkdError
+from vlkd.joblog import WORKER_BANNER
 from vlkd.specs import OptimSpec, Resources, TrainSpec
 from vlkd.storage import Storage
 
 log = logging.getLogger("vlkd.train")
 STATE_FILE = "state.pt"
-LOGS = "logs"
-METRICS_FILE = "metrics.jsonl"
 _COMPLETE = ".complete"
 
 
@@ -425,6 +425,11 @@ class Loop:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    if not config["local_mode"]:  # ties this process's forwarded lines to its rank (`vlkd logs --worker N`)
+        context = ray.train.get_context()
+        print(WORKER_BANNER.format(rank=context.get_world_rank(), world=context.get_world_size()), flush=True)
     Loop(config).run()
 
 

@@ -32,6 +32,9 @@ class JobStatus:
     message: str = ""
     stage: str = ""
     backend: str = ""
+    why_pending: list[str] = field(default_factory=list)
+    """for a PENDING job, one or two lines on what it waits for (resources it asks for that no node offers,
+    unschedulable pods, image pulls), so that a pending job is never silent"""
 
 
 @dataclass

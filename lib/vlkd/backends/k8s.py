@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from vlkd.backends.base import JobDescription, JobState, JobStatus
+from vlkd.backends.k8s_pending import explain_pending
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.specs import quantity_bytes
 
@@ -249,7 +250,38 @@ class KubernetesBackend:
         except NotFoundError:
             message = f"RayJob {namespace}/{name} no longer exists (cancelled or deleted)"
             return JobStatus(job_id, JobState.STOPPED, message, backend=self.name)
-        return rayjob_status(rayjob)
+        current = rayjob_status(rayjob)
+        if current.state == JobState.PENDING:
+            current.why_pending = self._why_pending(context, namespace, rayjob)
+        return current
+
+    def _why_pending(self, context: str, namespace: str, rayjob: dict[str, Any]) -> list[str]:
+        """What the job's pods and the namespace's Warning events say (see `explain_pending`). Reading them is
+        extra to the status, so a refusal (e.g. no right to list events) becomes a line, never an error."""
+        name, core = rayjob["metadata"]["name"], self._core(context)
+        # The RayCluster's pods carry the job's label (render_rayjob); the submitter Job's carry the Job's name.
+        selectors = (f"{JOB_ID_LABEL}={name}", f"batch.kubernetes.io/job-name={name}")
+        pods: list[dict[str, Any]] = []
+        try:
+            for selector in selectors:
+                pods += self._list_json(context, namespace, "pods", core.list_namespaced_pod, label_selector=selector)
+            events = self._list_json(
+                context, namespace, "events", core.list_namespaced_event, field_selector="type=Warning"
+            )
+        except (VlkdError, ValueError) as exc:
+            return [f"why it is pending could not be read: {exc}"]
+        return explain_pending(rayjob, pods, events)
+
+    def _list_json(
+        self, context: str, namespace: str, resource: str, list_call: Any, **selector: str
+    ) -> list[dict[str, Any]]:
+        """The items of a list call as the API server sent them (camelCase JSON), not as the client's models."""
+        with self._errors(context, "list", namespace, resource=resource):
+            response = list_call(namespace, **selector, _preload_content=False, _request_timeout=_TIMEOUT)
+            try:
+                return json.loads(response.data).get("items") or []
+            finally:
+                response.release_conn()
 
     def logs(self, job_id: str, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
         """The submitter pod's log (the driver's output), else the head pod's while the submitter is not up."""

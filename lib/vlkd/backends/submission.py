@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from vlkd import __version__
 from vlkd.artifacts import ArtifactStore
 from vlkd.backends import get_backend
-from vlkd.backends.base import Backend, JobDescription
-from vlkd.errors import VlkdError
+from vlkd.backends.base import Backend, JobDescription, JobState, JobStatus
+from vlkd.errors import NotFoundError, VlkdError
+from vlkd.joblog import ENDED, WAITING, has_log, read_log, read_state, worker_lines
 from vlkd.jobstate import recall, remember
 from vlkd.runtime import new_job_id
 from vlkd.specs import StageSpec
+from vlkd.storage import Storage
 
 # The image a cluster runs when neither the spec nor --image names one (built from this repository's Dockerfile).
 DEFAULT_IMAGE = f"ghcr.io/vlkd/vlkd:{__version__}"
@@ -81,3 +85,71 @@ def find(job_id: str) -> tuple[Backend, dict[str, Any]]:
     """The backend a job was submitted to (with the same address/context) and its record."""
     entry = recall(job_id)
     return get_backend(entry["backend"], **entry["options"]), entry["record"]
+
+
+def _job_storage(entry: dict[str, Any], store_uri: str | None) -> Storage:
+    """The store a job records itself in (`vlkd.joblog`)."""
+    return ArtifactStore.open(store_uri or entry["store"]).storage
+
+
+def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
+    """A job's state: the backend's, completed by what the job recorded in the store: that it waits for
+    resources (and why), or how it ended once the backend has forgotten it (cluster deleted, head gone)."""
+    entry, backend = _entry(job_id, store_uri)
+    recorded = read_state(_job_storage(entry, store_uri), job_id)
+    if backend is None:
+        return _from_record(job_id, recorded, "this machine did not submit it")
+    try:
+        current = backend.status(job_id, entry["record"])
+    except VlkdError as exc:
+        if recorded is None or recorded["state"] != ENDED:
+            raise
+        return _from_record(job_id, recorded, f"{backend.name} backend: {exc}")
+    if recorded and recorded["state"] == WAITING and not current.state.finished:
+        return replace(current, state=JobState.PENDING, why_pending=[*recorded["why_pending"], *current.why_pending])
+    if recorded and recorded["state"] == ENDED and recorded["exit_code"] == 0 and current.state == JobState.STOPPED:
+        # e.g. KubeRay deleted the finished RayJob: the job's own record knows it succeeded
+        return _from_record(job_id, recorded, current.message)
+    return current
+
+
+def _from_record(job_id: str, recorded: dict[str, Any] | None, why_not_live: str) -> JobStatus:
+    if recorded is None or recorded["state"] != ENDED:
+        last = f"; it last recorded itself {recorded['state']} at {recorded['updated_at']}" if recorded else ""
+        raise NotFoundError(f"job {job_id}: {why_not_live}, and it has not recorded an end in the store{last}")
+    code = recorded["exit_code"]
+    state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+    message = f"exit code {code} at {recorded['updated_at']} (recorded in the store; {why_not_live})"
+    return JobStatus(job_id, state, message)
+
+
+def job_logs(
+    job_id: str, follow: bool = False, worker: int | None = None, store_uri: str | None = None
+) -> Iterator[str]:
+    """A job's log: from the backend while the job runs, from the store once it has ended (or when the backend
+    no longer has it); `worker` keeps one training worker's lines."""
+    entry, backend = _entry(job_id, store_uri)
+    storage = _job_storage(entry, store_uri)
+    try:
+        live = backend is not None and not backend.status(job_id, entry["record"]).state.finished
+    except VlkdError:
+        live = False
+    if live or (backend is not None and not has_log(storage, job_id)):
+        lines = backend.logs(job_id, entry["record"], follow=follow)
+    elif has_log(storage, job_id):
+        lines = read_log(storage, job_id)
+    else:
+        raise NotFoundError(f"job {job_id} has no log in {store_uri or entry['store']}")
+    return worker_lines(lines, worker) if worker is not None else lines
+
+
+def _entry(job_id: str, store_uri: str | None) -> tuple[dict[str, Any], Backend | None]:
+    """The local record of a job and its backend; with a store given, a job submitted elsewhere is still found
+    there (its id is in the manifest of what it published)."""
+    try:
+        entry = recall(job_id)
+    except NotFoundError:
+        if store_uri is None:
+            raise
+        return {"job_id": job_id, "store": store_uri}, None
+    return entry, get_backend(entry["backend"], **entry["options"])

@@ -133,6 +133,8 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
         parts += ["## Models", "\n".join(_lineage_line(model) for model in results["models"])]
     if results.get("retrieval"):
         parts += ["## Teacher text-to-video retrieval", markdown_table(*retrieval_rows(results["retrieval"]))]
+    if any(model.get("cost") for model in results["models"]):
+        parts += ["## Cost", COST_NOTE, markdown_table(*cost_rows(results["models"]))]
     if charts:
         parts += ["## Charts", "\n".join(f"![{TASKS[t].title}]({path})" for t, path in charts.items())]
     if results.get("notes"):
@@ -170,6 +172,26 @@ def retrieval_rows(retrieval: Mapping[str, Mapping[str, float]]) -> tuple[list[s
     return ["Teacher", *(name for name, _ in RETRIEVAL_COLUMNS)], rows
 
 
+COST_NOTE = (
+    "What making each model took: the resources its job held over its wall time (and, for students, their teacher's)."
+)
+_COST_COLUMNS = {
+    "wall_seconds": "Wall s",
+    "cpu_hours": "CPU-h",
+    "gpu_hours": "GPU-h",
+    "teacher_cpu_hours": "Teacher CPU-h",
+    "teacher_gpu_hours": "Teacher GPU-h",
+}
+
+
+def cost_rows(models: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the cost table; a cost not recorded (an artifact made before vlkd kept costs) is "-"."""
+    rows = [
+        [m["row"], *(f"{m['cost'][k]:.4g}" if k in m.get("cost", {}) else "-" for k in _COST_COLUMNS)] for m in models
+    ]
+    return ["Model", *_COST_COLUMNS.values()], rows
+
+
 def render_table(results: Mapping[str, Any]) -> str:
     """The report's tables as aligned plain text, for a terminal."""
     blocks = []
@@ -181,6 +203,8 @@ def render_table(results: Mapping[str, Any]) -> str:
                 blocks.append(f"Difference from {results['baseline']}\n{_aligned(header, differences)}")
     if results.get("retrieval"):
         blocks.append("Teacher text-to-video retrieval\n" + _aligned(*retrieval_rows(results["retrieval"])))
+    if any(model.get("cost") for model in results["models"]):
+        blocks.append("Cost\n" + _aligned(*cost_rows(results["models"])))
     return "\n\n".join(blocks) if blocks else "no results"
 
 

@@ -4,7 +4,8 @@
 ```
 {"format": "vlkd.eval-results/v1",
  "baseline": "<row>" | null,            # the row the report compares every other row with
- "models": [{"row", "ref", "lineage": {"teacher", "kd_objectives", "corpus", ...}}],   # report order
+ "models": [{"row", "ref", "lineage": {"teacher", "kd_objectives", "corpus", ...},    # report order
+             "cost": {"wall_seconds", "cpu_hours", "gpu_hours", "teacher_cpu_hours", "teacher_gpu_hours"}}],
  "tasks": ["sst2", ...],                # the tasks run, in the registry's order
  "runs": [{"row", "ref", "lineage", "task", "seed", "metrics": {name: percent}, "examples", "seconds"}],
  "summary": {row: {task: {metric: {"mean", "std", "seeds"}}}},   # std: sample std over seeds, 0 for one seed
@@ -50,15 +51,25 @@ def build_results(
     baseline: str | None = None,
     retrieval: Mapping[str, Mapping[str, float]] | None = None,
     notes: Sequence[str] = (),
+    costs: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """The `results.json` document of `records` (see the module docstring), checked for consistency."""
+    """The `results.json` document of `records` (see the module docstring), checked for consistency. `costs`:
+    what making each row's model took (from its manifest; the teacher's too for students)."""
     records = list(records)
     models: dict[str, dict[str, Any]] = {}
     seen: set[tuple[str, str, int]] = set()
     for record in records:
         if record.task not in TASKS:
             raise DataError(f"run of {record.row}: unknown task {record.task!r}; available: {', '.join(TASKS)}")
-        model = models.setdefault(record.row, {"row": record.row, "ref": record.ref, "lineage": record.lineage})
+        model = models.setdefault(
+            record.row,
+            {
+                "row": record.row,
+                "ref": record.ref,
+                "lineage": record.lineage,
+                "cost": {**(costs or {}).get(record.row, {})},
+            },
+        )
         if model["ref"] != record.ref:
             raise DataError(
                 f"row {record.row!r} names two models ({model['ref']}, {record.ref}): give them distinct labels"

@@ -1,0 +1,178 @@
+"""A job's own record in the artifact store, under `jobs/<job id>/`: its log and its state.
+
+KubeRay deletes a RayJob's cluster when the job ends and a Ray head keeps logs only on its own disk, so a log
+read from the cluster is gone with it. Every job therefore copies its output (the driver's, which carries its Ray
+workers' lines as Ray forwards them) to the store while it runs, in chunks written every few seconds: a crash
+loses at most the last few seconds. The state says whether the job runs, waits for resources (and why), or ended
+(and how): what `vlkd status` and `vlkd logs` fall back on once the cluster is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from vlkd.storage import Storage
+
+JOB_PREFIX = "jobs/{job_id}"
+LOG_PREFIX = JOB_PREFIX + "/log/"
+STATE_KEY = JOB_PREFIX + "/state.json"
+CHUNK_SECONDS = 5.0
+
+RUNNING, WAITING, ENDED = "running", "waiting", "ended"
+
+# Ray prefixes each line it forwards from a worker process with `(ActorName pid=N[, ip=A])`; the train loop prints
+# WORKER_BANNER once per worker, which ties that pid to the worker's rank.
+WORKER_BANNER = "vlkd train worker rank {rank} of {world}"
+_RAY_PREFIX = re.compile(r"^\x1b\[[0-9;]*m|\x1b\[0m")
+_SOURCE = re.compile(r"^\((?P<actor>[\w.]+) pid=(?P<pid>\d+)(?:, ip=[^)]*)?\)\s?")
+_BANNER = re.compile(r"vlkd train worker rank (?P<rank>\d+) of \d+")
+
+
+def log_prefix(job_id: str) -> str:
+    return LOG_PREFIX.format(job_id=job_id)
+
+
+def read_state(storage: Storage, job_id: str) -> dict[str, Any] | None:
+    key = STATE_KEY.format(job_id=job_id)
+    return json.loads(storage.read_bytes(key)) if storage.exists(key) else None
+
+
+def has_log(storage: Storage, job_id: str) -> bool:
+    return any(True for _ in storage.list(log_prefix(job_id)))
+
+
+def read_log(storage: Storage, job_id: str) -> Iterator[str]:
+    """The stored log, line by line, in the order it was written (chunks are numbered)."""
+    keys = sorted(info.key for info in storage.list(log_prefix(job_id)))
+    pending = ""
+    for key in keys:
+        text = pending + storage.read_bytes(key).decode(errors="replace")
+        *lines, pending = text.split("\n")
+        yield from (line + "\n" for line in lines)
+    if pending:
+        yield pending + "\n"
+
+
+def worker_lines(lines: Iterator[str], rank: int) -> Iterator[str]:
+    """The lines of training worker `rank` in a driver log: those Ray forwarded from the pids whose banner named
+    that rank (a replaced worker has a new pid and prints its banner again). The Ray prefix is removed."""
+    pids: set[str] = set()
+    for line in lines:
+        match = _SOURCE.match(_RAY_PREFIX.sub("", line))
+        if not match:
+            continue
+        banner = _BANNER.search(line)
+        if banner and int(banner.group("rank")) == rank:
+            pids.add(match.group("pid"))
+        if match.group("pid") in pids:
+            yield _RAY_PREFIX.sub("", line)[match.end() :]
+
+
+class JobRecorder:
+    """Copies this process's stdout and stderr (file descriptors 1 and 2, so Ray's forwarded worker lines and
+    C-level output are caught too) to the store in numbered chunks, and keeps the job's state there.
+
+    Use as a context manager around the job; `waiting(why)` and `running()` update the state in between."""
+
+    def __init__(self, storage: Storage, job_id: str, interval: float = CHUNK_SECONDS) -> None:
+        self.storage = storage
+        self.job_id = job_id
+        self.interval = interval
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._chunk = self._next_chunk()
+        self._state: dict[str, Any] = {}
+        self._threads: list[threading.Thread] = []
+        self._recheck: Callable[[], list[str]] | None = None
+
+    def _next_chunk(self) -> int:
+        """A resubmitted job id appends to the log its earlier attempts left."""
+        names = [info.key.rsplit("/", 1)[-1] for info in self.storage.list(log_prefix(self.job_id))]
+        return max((int(n.split(".")[0]) for n in names if n.split(".")[0].isdigit()), default=0) + 1
+
+    def __enter__(self) -> JobRecorder:
+        self._set_state(RUNNING)
+        self._saved = {fd: os.dup(fd) for fd in (1, 2)}
+        self._pipes: dict[int, int] = {}  # read end -> the descriptor it stands in for
+        for fd in (1, 2):
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            self._pipes[read_end] = fd
+        self._threads = [
+            threading.Thread(target=self._tee, name="vlkd-log-tee", daemon=True),
+            threading.Thread(target=self._upload_every_interval, name="vlkd-log-upload", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in self._saved.items():
+            os.dup2(saved, fd)  # Ray's own processes may hold the pipe's other end: do not wait for its EOF
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        for descriptor in (*self._saved.values(), *self._pipes):
+            os.close(descriptor)
+        if exc is not None and not isinstance(exc, SystemExit | KeyboardInterrupt):
+            # Python prints the traceback to the console after this; the stored log needs its own copy.
+            self._buffer += "".join(traceback.format_exception(kind, exc, tb)).encode()
+        self._flush()
+        code = 0 if exc is None else (exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1)
+        self._set_state(ENDED, exit_code=code)
+
+    def waiting(self, why: list[str], recheck: Callable[[], list[str]]) -> None:
+        """Record why the job cannot start yet; `recheck` (called every interval) says when it can."""
+        self._recheck = recheck
+        self._set_state(WAITING, why_pending=why)
+
+    def _set_state(self, state: str, **extra: Any) -> None:
+        now = datetime.now(timezone.utc).isoformat()
+        self._state = {"job_id": self.job_id, "state": state, "updated_at": now, **extra}
+        self.storage.write_bytes(STATE_KEY.format(job_id=self.job_id), json.dumps(self._state, indent=2).encode())
+
+    def _tee(self) -> None:
+        """Pass everything on to where the output went before, and keep a copy for the store."""
+        open_ends = set(self._pipes)
+        while open_ends:
+            ready, _, _ = select.select(list(open_ends), [], [], 0.1)
+            if not ready and self._stop.is_set():
+                return  # drained
+            for read_end in ready:
+                data = os.read(read_end, 65536)
+                if not data:
+                    open_ends.discard(read_end)
+                    continue
+                os.write(self._saved[self._pipes[read_end]], data)
+                with self._lock:
+                    self._buffer += data
+
+    def _upload_every_interval(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._flush()
+            if self._recheck is not None:
+                why = self._recheck()
+                if why != self._state.get("why_pending"):
+                    self._set_state(WAITING, why_pending=why) if why else self._set_state(RUNNING)
+                self._recheck = self._recheck if why else None
+
+    def _flush(self) -> None:
+        with self._lock:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            chunk, self._chunk = self._chunk, self._chunk + (1 if data else 0)
+        if data:
+            self.storage.write_bytes(f"{log_prefix(self.job_id)}{chunk:06d}.log", data)
