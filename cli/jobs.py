@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -15,6 +17,7 @@ from vlkd.cli.output import console, err_console
 from vlkd.errors import VlkdError
 from vlkd.specs import STAGES, load_spec
 
+log = logging.getLogger("vlkd.cli")
 JOB_STAGES = tuple(s for s in STAGES if s != "pipeline")
 
 BackendName = Annotated[str, typer.Option("--backend", "-b", help="local (this machine), ray (--address) or k8s")]
@@ -148,23 +151,62 @@ def list_jobs() -> None:
 
 
 def _follow(job_id: str, pending_notice: float) -> int:
-    """Say why the job is pending once it has been for `pending_notice` seconds, stream its log to the end, and
-    return 0 if it succeeded."""
+    """Stream the job's log while watching its state: once it has been pending for `pending_notice` seconds, say
+    why (again whenever the reason changes). Return 0 if it succeeded."""
     from vlkd.backends.base import JobState
-    from vlkd.backends.submission import job_logs, job_status
+    from vlkd.backends.submission import job_status
 
-    started, told = time.monotonic(), None
-    while (current := job_status(job_id)).state == JobState.PENDING:
-        if time.monotonic() - started >= pending_notice and current.why_pending != told:
+    log = _LogStream(job_id)
+    pending_since, told = None, None
+    while not (current := job_status(job_id)).state.finished:
+        if current.state != JobState.PENDING:
+            pending_since = None
+            log.start()  # on Kubernetes there is no log before the job's pods run
+        elif pending_since is None:
+            pending_since = time.monotonic()
+        elif time.monotonic() - pending_since >= pending_notice and current.why_pending != told:
             told = current.why_pending
             err_console.print(f"job {job_id} is pending: {current.message}", highlight=False)
             for line in told:
                 err_console.print(f"  {line}", highlight=False)
         time.sleep(1)
-    for line in job_logs(job_id, follow=True):
-        sys.stdout.write(line)
-        sys.stdout.flush()
-    while not (final := job_status(job_id)).state.finished:
-        time.sleep(0.5)
-    err_console.print(f"job {job_id}: {final.state.value} {final.message}".rstrip(), highlight=False)
-    return 0 if final.state == JobState.SUCCEEDED else 1
+    log.finish()
+    err_console.print(f"job {job_id}: {current.state.value} {current.message}".rstrip(), highlight=False)
+    return 0 if current.state == JobState.SUCCEEDED else 1
+
+
+class _LogStream:
+    """A job's log printed from a background thread as it grows; what it missed (it could not start, or broke
+    off) is printed from the job's final log once the job has ended."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.printed = 0
+        self.complete = False
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._print, args=(True,), daemon=True)
+            self.thread.start()
+
+    def finish(self) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        if not self.complete:
+            self._print(follow=False)
+
+    def _print(self, follow: bool) -> None:
+        from vlkd.backends.submission import job_logs
+
+        try:
+            for i, line in enumerate(job_logs(self.job_id, follow=follow)):
+                if i >= self.printed:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                    self.printed = i + 1
+            self.complete = True
+        except VlkdError as exc:
+            if not follow:
+                raise
+            log.debug("following %s's log broke off (%s); the rest follows when it ends", self.job_id, exc)

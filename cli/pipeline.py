@@ -8,7 +8,7 @@ import typer
 
 from vlkd.cli.artifacts import Store
 from vlkd.cli.jobs import Address, BackendName, Context, Image, Namespace, _options
-from vlkd.cli.output import err_console
+from vlkd.cli.output import console
 
 app = typer.Typer(no_args_is_help=True, help="Pipelines: data -> teacher -> students -> eval in one go.")
 
@@ -58,7 +58,7 @@ def status(name: str = typer.Argument(..., help="the pipeline's name (its spec's
     from vlkd.pipeline import PipelineRun
 
     run = PipelineRun.load(name)
-    err_console.print(
+    console.print(
         f"pipeline {run.name} on {run.backend}, store {run.store}, started {run.started_at[:19]}", highlight=False
     )
-    print_stages(run)
+    print_stages(run, console)

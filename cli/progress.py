@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
@@ -73,10 +74,9 @@ def _bar(stage: Any, backend: Any, record: dict[str, Any]) -> Any:
     return final
 
 
-def print_stages(run: Any) -> None:
+def print_stages(run: Any, to: Console = err_console) -> None:
+    """One line per stage; on stderr beside a run's progress, on stdout where it is the command's answer."""
     for stage in run.stages:
         outputs = ", ".join(stage.outputs)
         detail = f"{outputs}  {stage.message}".strip() if stage.state in ("skipped", "succeeded") else stage.message
-        err_console.print(
-            f"{stage.key:<24} {stage.state:<10} {stage.job_id or '':<36} {detail}".rstrip(), highlight=False
-        )
+        to.print(f"{stage.key:<24} {stage.state:<10} {stage.job_id or '':<36} {detail}".rstrip(), highlight=False)

@@ -26,7 +26,10 @@ def _results(store: str | None, ref: str) -> dict:
 
     parsed = ArtifactRef.parse(ref if "/" in ref else f"eval/{ref}")
     if parsed.kind != "eval":
-        raise VlkdError(f"{ref} is a {parsed.kind} artifact; `vlkd report` reads eval artifacts (eval/NAME)")
+        raise VlkdError(
+            f"{ref} is a {parsed.kind} artifact; `vlkd report` reads eval artifacts (eval/NAME), and teachers and "
+            "students for their training curves"
+        )
     manifest = ArtifactStore.open(store).manifest(parsed)
     if not any(f.path == RESULTS_FILE for f in manifest.files):
         raise VlkdError(f"{manifest.ref} holds no {RESULTS_FILE}")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -233,3 +237,78 @@ def populate(ray_session, synth_root):
             distill.run(parse_spec({**base, "name": "s-base", "kd": {}}), context("s-base"))
 
     return fill
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_ray_head(temp: Path) -> Iterator[str]:
+    """A real Ray cluster head on 127.0.0.1 with its dashboard (the Job Submission API), stopped afterwards;
+    yields the dashboard address. Ray's token authentication is off for this private loopback head (clusters that
+    use it pass RAY_AUTH_TOKEN)."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    port, dashboard = _free_port(), _free_port()
+    command = [
+        ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=8",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+    ]  # fmt: skip
+    subprocess.run(
+        command, check=True, capture_output=True, timeout=180, env={**os.environ, "RAY_AUTH_MODE": "disabled"}
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+                time.sleep(1)
+        yield address
+    finally:
+        _stop_processes_of(temp)
+        os.environ.pop("RAY_AUTH_MODE", None)
+
+
+def _stop_processes_of(temp: Path) -> None:
+    """Stop this head's processes (each names its temp dir on its command line; its workers end with its raylet).
+    Not `ray stop`, which stops every Ray on the machine, the test session's own included."""
+    import signal
+
+    def members() -> list[int]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                if str(temp) in cmdline.read_bytes().decode(errors="replace"):
+                    found.append(int(cmdline.parent.name))
+        return found
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in members():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 15
+        while members() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def start_ray_head() -> Callable[[Path], contextlib.AbstractContextManager[str]]:
+    """`with start_ray_head(temp_dir) as dashboard_address:` a Ray head of the test's own. Start one before the
+    session's own local Ray (`ray_session`) exists: with both on one machine, the head's job agent never
+    registers ("No available agent to submit job")."""
+    return running_ray_head
+
+
+@pytest.fixture(scope="session")
+def stop_ray_head() -> Callable[[Path], None]:
+    """Stop the head started with that temp dir (for a test of what outlives it; stopping twice is harmless)."""
+    return _stop_processes_of

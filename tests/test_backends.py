@@ -3,15 +3,11 @@ on 127.0.0.1, as a user does it: through the `vlkd` command."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +17,6 @@ from vlkd.jobstate import jobs_dir
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "tiny"
 pytestmark = pytest.mark.timeout(600)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -146,42 +136,14 @@ def test_render_shows_what_would_be_sent_and_sends_nothing(vlkd_cli, text_inputs
     assert vlkd_cli("list").stdout.count("vlkd-text") == 0
 
 
-@contextlib.contextmanager
-def running_ray_head(temp: Path) -> Iterator[str]:
-    """A real Ray cluster head on 127.0.0.1 with its dashboard (the Job Submission API), stopped afterwards;
-    yields the dashboard address. Ray's token authentication is off for this private loopback head (clusters that
-    use it pass RAY_AUTH_TOKEN)."""
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    port, dashboard = _free_port(), _free_port()
-    command = [
-        ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=8",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
-    ]  # fmt: skip
-    subprocess.run(
-        command, check=True, capture_output=True, timeout=180, env={**os.environ, "RAY_AUTH_MODE": "disabled"}
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        from ray.job_submission import JobSubmissionClient
-
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                JobSubmissionClient(address).list_jobs()
-                break
-            except Exception:
-                assert time.monotonic() < deadline, "the Ray dashboard did not come up"
-                time.sleep(1)
-        yield address
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
-        os.environ.pop("RAY_AUTH_MODE", None)
+@pytest.fixture(scope="module")
+def ray_head_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ray-head")
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    with running_ray_head(tmp_path_factory.mktemp("ray-head")) as address:
+def ray_head(start_ray_head, ray_head_dir):
+    with start_ray_head(ray_head_dir) as address:
         yield address
 
 
@@ -256,17 +218,19 @@ def test_a_job_needing_gpus_on_a_cpu_only_ray_cluster_is_explained_as_pending(vl
 
 
 @pytest.mark.slow
-def test_logs_and_status_outlive_the_ray_cluster(vlkd_cli, text_inputs, tmp_path_factory):
-    with running_ray_head(tmp_path_factory.mktemp("ray-gone")) as address:
-        submitted = vlkd_cli(
-            "submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--backend", "ray", "--address", address,
-            "--wait", env=text_inputs,
-        )  # fmt: skip
-        assert submitted.returncode == 0, submitted.stderr[-2000:]
-        job_id = submitted.stdout.splitlines()[0]
+def test_logs_and_status_outlive_the_ray_cluster(vlkd_cli, ray_head, ray_head_dir, stop_ray_head, text_inputs):
+    """The module's last test: it shuts the head down."""
+    submitted = vlkd_cli(
+        "submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--backend", "ray", "--address", ray_head, "--wait",
+        env=text_inputs,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job_id = submitted.stdout.splitlines()[0]
+    stop_ray_head(ray_head_dir)
     # The head and its dashboard are gone: the store still has the log and how the job ended.
     status = vlkd_cli("status", job_id)
     assert status.returncode == 0, status.stderr
     assert status.stdout.split()[:2] == [job_id, "SUCCEEDED"] and "recorded in the store" in status.stdout
     log = vlkd_cli("logs", job_id).stdout
     assert "published tokenizer/tiny:v1" in log and "published corpus/tiny:v1" in log
+    assert vlkd_cli("logs", job_id, "--worker", "0").stdout == ""  # the text stage has no training workers

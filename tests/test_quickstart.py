@@ -26,9 +26,9 @@ def test_pinning_names_the_versions_that_exist_now(store):
     folder = Path(__file__).parent
     store.publish("dataset", "d", collect_files([folder / "test_refs.py"]))
     store.publish("dataset", "d", collect_files([folder / "test_specs.py"]))
-    spec = {"videos": "dataset/d", "name": "dataset/d-like-name", "weights": "hf://org/m", "seeds": [1, 2]}
+    spec = {"videos": "dataset/d", "name": "d", "weights": "hf://org/m", "seeds": [1], "tasks": [{"data": "dataset/d"}]}
     pinned = pin_refs(spec, store)
-    assert pinned == {**spec, "videos": "dataset/d:v2"}
+    assert pinned == {**spec, "videos": "dataset/d:v2", "tasks": [{"data": "dataset/d:v2"}]}
     with pytest.raises(NotFoundError, match="features/none-yet"):  # a missing input fails before anything runs
         pin_refs({"features": "features/none-yet"}, store)
 

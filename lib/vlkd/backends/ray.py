@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from vlkd.backends.base import JobDescription, JobState, JobStatus
 from vlkd.errors import VlkdError
+
+AGENT_WAIT_SECONDS = 60
 
 
 def _state(status: Any) -> JobState:
@@ -58,11 +61,16 @@ class RayBackend:
         return f"# POST {self.address}/api/jobs/\n" + json.dumps(self.request(job), indent=2) + "\n"
 
     def submit(self, job: JobDescription) -> dict[str, Any]:
-        try:
-            self.client.submit_job(**self.request(job))
-        except RuntimeError as exc:
-            raise VlkdError(f"the Ray cluster at {self.address} refused the job: {_first_line(exc)}") from None
-        return {"address": self.address}
+        deadline = time.monotonic() + AGENT_WAIT_SECONDS
+        while True:
+            try:
+                self.client.submit_job(**self.request(job))
+                return {"address": self.address}
+            except RuntimeError as exc:
+                # A head that has just started answers before its job agent is up, and says to try again.
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise VlkdError(f"the Ray cluster at {self.address} refused the job: {_first_line(exc)}") from None
+                time.sleep(1)
 
     def status(self, job_id: str, record: dict[str, Any]) -> JobStatus:
         info = self._call(self.client.get_job_info, job_id)
