@@ -10,6 +10,7 @@ loses at most the last few seconds. The state says whether the job runs, waits f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import select
@@ -21,6 +22,8 @@ from typing import Any
 
 from vlkd.storage import Storage
 
+log = logging.getLogger("vlkd.joblog")
+
 JOB_PREFIX = "jobs/{job_id}"
 LOG_PREFIX = JOB_PREFIX + "/log/"
 STATE_KEY = JOB_PREFIX + "/state.json"
@@ -31,7 +34,7 @@ RUNNING, WAITING, ENDED = "running", "waiting", "ended"
 # Ray prefixes each line it forwards from a worker process with `(ActorName pid=N[, ip=A])`; the train loop prints
 # WORKER_BANNER once per worker, which ties that pid to the worker's rank.
 WORKER_BANNER = "vlkd train worker rank {rank} of {world}"
-_RAY_PREFIX = re.compile(r"^\x1b\[[0-9;]*m|\x1b\[0m")
+_ANSI = re.compile(r"^\x1b\[[0-9;]*m|\x1b\[0m")
 _SOURCE = re.compile(r"^\((?P<actor>[\w.]+) pid=(?P<pid>\d+)(?:, ip=[^)]*)?\)\s?")
 _BANNER = re.compile(r"vlkd train worker rank (?P<rank>\d+) of \d+")
 
@@ -66,21 +69,21 @@ def worker_lines(lines: Iterator[str], rank: int) -> Iterator[str]:
     that rank (a replaced worker has a new pid and prints its banner again). The Ray prefix is removed."""
     pids: set[str] = set()
     for line in lines:
-        match = _SOURCE.match(_RAY_PREFIX.sub("", line))
+        match = _SOURCE.match(_ANSI.sub("", line))
         if not match:
             continue
         banner = _BANNER.search(line)
         if banner and int(banner.group("rank")) == rank:
             pids.add(match.group("pid"))
         if match.group("pid") in pids:
-            yield _RAY_PREFIX.sub("", line)[match.end() :]
+            yield _ANSI.sub("", line)[match.end() :]
 
 
 class JobRecorder:
     """Copies this process's stdout and stderr (file descriptors 1 and 2, so Ray's forwarded worker lines and
     C-level output are caught too) to the store in numbered chunks, and keeps the job's state there.
 
-    Use as a context manager around the job; `waiting(why)` and `running()` update the state in between."""
+    Use as a context manager around the job; `waiting(why, recheck)` records what it waits for in between."""
 
     def __init__(self, storage: Storage, job_id: str, interval: float = CHUNK_SECONDS) -> None:
         self.storage = storage
@@ -163,16 +166,26 @@ class JobRecorder:
 
     def _upload_every_interval(self) -> None:
         while not self._stop.wait(self.interval):
-            self._flush()
-            if self._recheck is not None:
-                why = self._recheck()
-                if why != self._state.get("why_pending"):
-                    self._set_state(WAITING, why_pending=why) if why else self._set_state(RUNNING)
-                self._recheck = self._recheck if why else None
+            try:
+                self._flush()
+                if self._recheck is not None:
+                    self._update_wait(self._recheck())
+            except Exception as exc:  # a store that is briefly unreachable must not end the job or its log
+                log.warning("the job's log could not reach the store (%s); retrying", exc)
+
+    def _update_wait(self, why: list[str]) -> None:
+        if not why:
+            self._recheck = None
+            self._set_state(RUNNING)
+        elif why != self._state.get("why_pending"):
+            self._set_state(WAITING, why_pending=why)
 
     def _flush(self) -> None:
+        """Write what arrived since the last chunk as the next chunk; kept for the next try if the write fails."""
         with self._lock:
-            data, self._buffer = bytes(self._buffer), bytearray()
-            chunk, self._chunk = self._chunk, self._chunk + (1 if data else 0)
+            data = bytes(self._buffer)
         if data:
-            self.storage.write_bytes(f"{log_prefix(self.job_id)}{chunk:06d}.log", data)
+            self.storage.write_bytes(f"{log_prefix(self.job_id)}{self._chunk:06d}.log", data)
+            self._chunk += 1
+            with self._lock:
+                del self._buffer[: len(data)]
