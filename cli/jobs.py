@@ -84,12 +84,23 @@ def render(
     namespace: Namespace = None,
     image: Image = None,
     store: Store = None,
+    upload_spec: bool = typer.Option(
+        False, "--upload-spec", help="also put the spec where the rendered job reads it (then kubectl apply)"
+    ),
 ) -> None:
     """Print what `submit` would send, without sending it (k8s: a RayJob for `kubectl apply -f -`)."""
     from vlkd.backends import get_backend
+    from vlkd.backends.submission import upload_spec as upload
 
-    job, _ = _prepare(stage, spec, store, backend, image, "vlkd-" + stage + "-rendered")
+    job, artifacts = _prepare(stage, spec, store, backend, image, "vlkd-" + stage + "-rendered")
     typer.echo(get_backend(backend, **_options(backend, address, context, namespace)).render(job), nl=False)
+    if upload_spec and upload(job, spec.read_text(), artifacts):
+        err_console.print(f"uploaded the spec to {job.spec_uri}", highlight=False)
+    elif backend != "local":
+        err_console.print(
+            f"the job reads its spec from {job.spec_uri}: add --upload-spec (or copy {spec} there) before applying",
+            highlight=False,
+        )
 
 
 StoreForJob = Annotated[

@@ -134,6 +134,14 @@ def test_render_shows_what_would_be_sent_and_sends_nothing(vlkd_cli, text_inputs
     assert request["entrypoint"].startswith("python -m vlkd.jobs.text --spec ")
     assert request["metadata"]["vlkd.io/stage"] == "text"
     assert vlkd_cli("list").stdout.count("vlkd-text") == 0
+    spec_key = "jobs/vlkd-text-rendered/spec.yaml"
+    store = ArtifactStore.open(text_inputs["VLKD_STORE"])
+    assert f"reads its spec from {store.uri}/{spec_key}: add --upload-spec" in result.stderr
+    assert not store.storage.exists(spec_key)
+
+    uploaded = vlkd_cli(*result.args[3:], "--upload-spec", env=text_inputs)  # the same command, spec uploaded
+    assert uploaded.returncode == 0 and uploaded.stdout == result.stdout
+    assert store.storage.read_bytes(spec_key).decode() == (EXAMPLES / "text.yaml").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -61,12 +61,20 @@ def prepare(
     )
 
 
+def upload_spec(job: JobDescription, spec_text: str, store: ArtifactStore) -> bool:
+    """Put the validated spec where a remote job reads it (`jobs/<job id>/spec.yaml` in the store); False for a
+    job that reads its spec file where it is (the local backend)."""
+    if not job.spec_uri.startswith(store.uri + "/"):
+        return False
+    store.storage.write_bytes(job.spec_uri[len(store.uri) + 1 :], spec_text.encode())
+    return True
+
+
 def submit(
     backend: Backend, options: dict[str, Any], job: JobDescription, spec_text: str, store: ArtifactStore
 ) -> None:
     """Upload the spec (remote backends), send the job, and remember where it went."""
-    if job.spec_uri.startswith(store.uri + "/"):
-        store.storage.write_bytes(job.spec_uri[len(store.uri) + 1 :], spec_text.encode())
+    upload_spec(job, spec_text, store)
     record = backend.submit(job)
     remember(
         job.job_id,
