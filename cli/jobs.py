@@ -167,12 +167,12 @@ def _follow(job_id: str, pending_notice: float) -> int:
     from vlkd.backends.base import JobState
     from vlkd.backends.submission import job_status
 
-    log = _LogStream(job_id)
+    stream = _LogStream(job_id)
     pending_since, told = None, None
     while not (current := job_status(job_id)).state.finished:
         if current.state != JobState.PENDING:
             pending_since = None
-            log.start()  # on Kubernetes there is no log before the job's pods run
+            stream.start()  # on Kubernetes there is no log before the job's pods run
         elif pending_since is None:
             pending_since = time.monotonic()
         elif time.monotonic() - pending_since >= pending_notice and current.why_pending != told:
@@ -181,7 +181,7 @@ def _follow(job_id: str, pending_notice: float) -> int:
             for line in told:
                 err_console.print(f"  {line}", highlight=False)
         time.sleep(1)
-    log.finish()
+    stream.finish()
     err_console.print(f"job {job_id}: {current.state.value} {current.message}".rstrip(), highlight=False)
     return 0 if current.state == JobState.SUCCEEDED else 1
 
@@ -205,7 +205,10 @@ class _LogStream:
         if self.thread is not None:
             self.thread.join(timeout=30)
         if not self.complete:
-            self._print(follow=False)
+            try:
+                self._print(follow=False)
+            except VlkdError as exc:  # e.g. a job stopped before it could start has no log: the outcome still counts
+                err_console.print(f"no log for job {self.job_id}: {exc}", highlight=False)
 
     def _print(self, follow: bool) -> None:
         from vlkd.backends.submission import job_logs
