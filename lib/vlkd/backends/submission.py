@@ -104,7 +104,12 @@ def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
     """A job's state: the backend's, completed by what the job recorded in the store: that it waits for
     resources (and why), or how it ended once the backend has forgotten it (cluster deleted, head gone)."""
     entry, backend = _entry(job_id, store_uri)
-    recorded = read_state(_job_storage(entry, store_uri), job_id)
+    try:
+        recorded = read_state(_job_storage(entry, store_uri), job_id)
+    except VlkdError:
+        if backend is None:
+            raise
+        recorded = None  # the store is out of reach from here: the backend's word alone
     if backend is None:
         return _from_record(job_id, recorded, "this machine did not submit it")
     try:
