@@ -11,7 +11,7 @@ import typer
 from vlkd import __version__
 from vlkd.cli import artifacts, data, jobs, pipeline, quickstart, report, specs
 from vlkd.cli.output import print_error
-from vlkd.errors import SpecError, VlkdError
+from vlkd.errors import VlkdError, error_lines
 
 app = typer.Typer(
     name="vlkd",
@@ -59,12 +59,9 @@ def main() -> None:
     except click.exceptions.Abort:
         print_error("aborted")
         sys.exit(130)
-    except SpecError as exc:
-        for problem in exc.problems:
-            print_error(f"{exc.source}: {problem}")
-        sys.exit(exc.exit_code)
     except VlkdError as exc:
-        print_error(str(exc))
+        for line in error_lines(exc):
+            print_error(line)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

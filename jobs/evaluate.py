@@ -202,7 +202,7 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
         parents.append(teacher)
     parents += [store.resolve(t.data) for t in spec.tasks if t.data and "://" not in t.data]
     notes = provenance_notes(store, [str(p) for p in parents])
-    costs = {run.row: cost_of(manifests[run.ref], store) for run in runs}
+    costs = {row: cost_of(manifests[ref], store) for row, ref in {run.row: run.ref for run in runs}.items()}
     results = build_results(records, spec.baseline, retrieval, notes, costs)
     write_report(results, out)
     metrics = {"runs": len(runs), "seconds": round(time.monotonic() - started, 1)}

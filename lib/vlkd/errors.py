@@ -25,6 +25,14 @@ class SpecError(VlkdError):
         super().__init__(f"{source}: {count}: " + "; ".join(problems))
 
 
+def error_lines(exc: VlkdError) -> list[str]:
+    """What to print of a user error: one line per problem of an invalid spec (`source: field.path: message`),
+    else its message; the CLI and the jobs print the same."""
+    if isinstance(exc, SpecError):
+        return [f"{exc.source}: {problem}" for problem in exc.problems]
+    return [str(exc)]
+
+
 class RefError(VlkdError):
     """An artifact ref that does not parse, or names the wrong kind."""
 

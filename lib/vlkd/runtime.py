@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from vlkd.artifacts import ArtifactStore, Manifest
-from vlkd.errors import SpecError, VlkdError
+from vlkd.errors import SpecError, VlkdError, error_lines
 from vlkd.joblog import JobRecorder
 from vlkd.specs import Resources, StageSpec, parse_spec, parse_yaml
 from vlkd.storage import open_storage
@@ -140,11 +140,11 @@ def resource_shortfall(total_ask: dict[str, float], per_worker: dict[str, float]
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
     why = []
     for name, amount in total_ask.items():
+        largest = max((n.get(name, 0) for n in nodes), default=0)
         if amount > have.get(name, 0) + 1e-9:
             reason = "no node offers GPUs" if name == "GPU" and not have.get(name) else "not enough in all"
             why.append(f"needs {amount:g} {name}, cluster has {have.get(name, 0):g} {name}: {reason}")
-        elif per_worker.get(name, 0) > max((n.get(name, 0) for n in nodes), default=0) + 1e-9:
-            largest = max((n.get(name, 0) for n in nodes), default=0)
+        elif per_worker.get(name, 0) > largest + 1e-9:
             why.append(f"a worker needs {per_worker[name]:g} {name}, the largest node has {largest:g} {name}")
     if why and os.environ.get("RAY_ADDRESS"):
         why.append("it runs once nodes that offer them join (an autoscaler adds them if the cluster has one)")
@@ -181,7 +181,6 @@ def job_main(stage: str, run: Callable[[Any, JobContext], list[Manifest]], argv:
 
 def _print_error(exc: VlkdError) -> int:
     """One line per problem, for the user (or the job's log) to read; the exit code says which kind."""
-    problems = [f"{exc.source}: {problem}" for problem in exc.problems] if isinstance(exc, SpecError) else [str(exc)]
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr, flush=True)
+    for line in error_lines(exc):
+        print(f"error: {line}", file=sys.stderr, flush=True)
     return exc.exit_code

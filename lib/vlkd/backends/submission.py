@@ -147,10 +147,10 @@ def job_logs(
         live = backend is not None and not backend.status(job_id, entry["record"]).state.finished
     except VlkdError:
         live = False
-    if live or (backend is not None and not has_log(storage, job_id)):
-        lines = backend.logs(job_id, entry["record"], follow=follow)
-    elif has_log(storage, job_id):
+    if not live and has_log(storage, job_id):
         lines = read_log(storage, job_id)
+    elif backend is not None:
+        lines = backend.logs(job_id, entry["record"], follow=follow)
     else:
         raise NotFoundError(f"job {job_id} has no log in {store_uri or entry['store']}")
     return worker_lines(lines, worker) if worker is not None else lines
