@@ -245,6 +245,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+GCS_PORT_FILE = "vlkd-test-gcs-port"
+
+
 @contextlib.contextmanager
 def running_ray_head(temp: Path) -> Iterator[str]:
     """A real Ray cluster head on 127.0.0.1 with its dashboard (the Job Submission API), stopped afterwards;
@@ -253,6 +256,7 @@ def running_ray_head(temp: Path) -> Iterator[str]:
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port, dashboard = _free_port(), _free_port()
+    (temp / GCS_PORT_FILE).write_text(str(port))  # how its stopper finds the processes that do not name `temp`
     command = [
         ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=8",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
@@ -279,16 +283,27 @@ def running_ray_head(temp: Path) -> Iterator[str]:
 
 
 def _stop_processes_of(temp: Path) -> None:
-    """Stop this head's processes (each names its temp dir on its command line; its workers end with its raylet).
-    Not `ray stop`, which stops every Ray on the machine, the test session's own included."""
+    """Stop this head's processes: those that name its temp dir or its GCS address on their command line, and
+    everything they started (workers and agents rename themselves `ray::...`, so only their parentage says whose
+    they are). Not `ray stop`, which stops every Ray on the machine, the test session's own included."""
     import signal
 
-    def members() -> list[int]:
-        found = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            with contextlib.suppress(OSError):
-                if str(temp) in cmdline.read_bytes().decode(errors="replace"):
-                    found.append(int(cmdline.parent.name))
+    gcs = f":{(temp / GCS_PORT_FILE).read_text()}" if (temp / GCS_PORT_FILE).is_file() else None
+
+    def members() -> set[int]:
+        parents: dict[int, int] = {}
+        found = set()
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                if any(str(temp) in a or (gcs and a.startswith("--address=") and a.endswith(gcs)) for a in args):
+                    found.add(int(proc.name))
+        grew = True
+        while grew:
+            children = {pid for pid, parent in parents.items() if parent in found} - found
+            found |= children
+            grew = bool(children)
         return found
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -296,8 +311,17 @@ def _stop_processes_of(temp: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + 15
-        while members() and time.monotonic() < deadline:
+        while _alive(members()) and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def _alive(pids: set[int]) -> bool:
+    """Whether any of `pids` still runs (a zombie has ended; it only waits for its parent to reap it)."""
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+    return False
 
 
 @pytest.fixture(scope="session")

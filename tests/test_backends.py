@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vlkd.artifacts import ArtifactStore, collect_files
+from vlkd.joblog import read_log, read_state
 from vlkd.jobstate import jobs_dir
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "tiny"
@@ -25,6 +26,16 @@ def text_inputs(synth_root, tmp_path) -> dict[str, str]:
     store = ArtifactStore.open((tmp_path / "store").as_uri())
     store.publish("dataset", "synth-text", collect_files([synth_root / "text"]))
     return {"VLKD_STORE": store.uri}
+
+
+@pytest.fixture
+def s3_text_inputs(synth_root, new_bucket, s3_endpoint) -> dict[str, str]:
+    """The same on an S3 store (the moto server), as every cluster run has it: the laptop's environment names the
+    endpoint, and the cluster has its own credentials (the head was started with them)."""
+    uri = f"s3://{new_bucket()}/vlkd"
+    store = ArtifactStore.open(uri, endpoint_url=s3_endpoint)
+    store.publish("dataset", "synth-text", collect_files([synth_root / "text"]))
+    return {"VLKD_STORE": uri, "AWS_ENDPOINT_URL": s3_endpoint}
 
 
 def long_text_spec(tmp_path: Path) -> Path:
@@ -156,7 +167,7 @@ def ray_head(start_ray_head, ray_head_dir):
 
 
 @pytest.mark.slow
-def test_ray_backend_runs_a_stage_on_a_ray_head(vlkd_cli, ray_head, text_inputs):
+def test_ray_backend_runs_a_stage_on_a_ray_head_with_an_s3_store(vlkd_cli, ray_head, s3_text_inputs):
     submitted = vlkd_cli(
         "submit",
         "text",
@@ -167,16 +178,19 @@ def test_ray_backend_runs_a_stage_on_a_ray_head(vlkd_cli, ray_head, text_inputs)
         "--address",
         ray_head,
         "--wait",
-        env=text_inputs,
+        env=s3_text_inputs,
     )
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job_id = submitted.stdout.splitlines()[0]
     assert "published corpus/tiny:v1" in submitted.stdout
-    assert vlkd_cli("status", job_id).stdout.split()[:2] == [job_id, "SUCCEEDED"]
-    assert "published tokenizer/tiny:v1" in vlkd_cli("logs", job_id).stdout
-    store = ArtifactStore.open(text_inputs["VLKD_STORE"])
+    assert vlkd_cli("status", job_id, env=s3_text_inputs).stdout.split()[:2] == [job_id, "SUCCEEDED"]
+    assert "published tokenizer/tiny:v1" in vlkd_cli("logs", job_id, env=s3_text_inputs).stdout
+    store = ArtifactStore.open(s3_text_inputs["VLKD_STORE"], endpoint_url=s3_text_inputs["AWS_ENDPOINT_URL"])
     assert store.manifest("corpus/tiny").job_id == job_id
     assert store.storage.exists(f"jobs/{job_id}/spec.yaml")  # the job read the uploaded, validated spec
+    # ... and kept its log and its end in that store
+    assert read_state(store.storage, job_id)["exit_code"] == 0
+    assert any("published corpus/tiny:v1" in line for line in read_log(store.storage, job_id))
 
 
 @pytest.mark.slow
@@ -226,19 +240,20 @@ def test_a_job_needing_gpus_on_a_cpu_only_ray_cluster_is_explained_as_pending(vl
 
 
 @pytest.mark.slow
-def test_logs_and_status_outlive_the_ray_cluster(vlkd_cli, ray_head, ray_head_dir, stop_ray_head, text_inputs):
+def test_logs_and_status_outlive_the_ray_cluster(vlkd_cli, ray_head, ray_head_dir, stop_ray_head, s3_text_inputs):
     """The module's last test: it shuts the head down."""
     submitted = vlkd_cli(
         "submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--backend", "ray", "--address", ray_head, "--wait",
-        env=text_inputs,
+        env=s3_text_inputs,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job_id = submitted.stdout.splitlines()[0]
     stop_ray_head(ray_head_dir)
     # The head and its dashboard are gone: the store still has the log and how the job ended.
-    status = vlkd_cli("status", job_id)
+    status = vlkd_cli("status", job_id, env=s3_text_inputs)
     assert status.returncode == 0, status.stderr
     assert status.stdout.split()[:2] == [job_id, "SUCCEEDED"] and "recorded in the store" in status.stdout
-    log = vlkd_cli("logs", job_id).stdout
+    log = vlkd_cli("logs", job_id, env=s3_text_inputs).stdout
     assert "published tokenizer/tiny:v1" in log and "published corpus/tiny:v1" in log
-    assert vlkd_cli("logs", job_id, "--worker", "0").stdout == ""  # the text stage has no training workers
+    no_workers = vlkd_cli("logs", job_id, "--worker", "0", env=s3_text_inputs)
+    assert no_workers.stdout == ""  # the text stage has no training workers

@@ -44,9 +44,9 @@ def distill_spec(**overrides):
 
 @pytest.fixture(scope="module")
 def store(make_store, populate, tmp_path_factory):
-    """Features, tokenizer, corpus and a (briefly trained) tiny teacher of the synthetic dataset."""
+    """An S3 store with features, tokenizer, corpus and a (briefly trained) tiny teacher of the synthetic dataset."""
     folder = tmp_path_factory.mktemp("distill-inputs")
-    store = make_store("file", folder)
+    store = make_store("s3", folder)
     populate(store, folder, "teacher")
     return store
 

@@ -32,7 +32,7 @@ def eval_spec(**overrides):
 @pytest.fixture(scope="module")
 def store(make_store, populate, tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval-inputs")
-    store = make_store("file", folder)
+    store = make_store("s3", folder)
     populate(store, folder, "students")
     return store
 
@@ -95,15 +95,19 @@ def test_runs_go_out_as_ray_tasks(context, tmp_path):
     assert manifest.metrics["runs"] == 2
 
 
-def test_report_show_prints_the_table_and_the_notes(context, vlkd_cli):
+def test_report_show_prints_the_table_and_the_notes(context, vlkd_cli, s3_endpoint):
     evaluate.run(eval_spec(name="shown", seeds=[0], retrieval=None), context)
-    shown = vlkd_cli("report", "show", "eval/shown", "--store", context.store.uri)
+
+    def report(*args):  # as a user reaches the S3 store: its URI, and the endpoint in the environment
+        return vlkd_cli("report", *args, "--store", context.store.uri, env={"AWS_ENDPOINT_URL": s3_endpoint})
+
+    shown = report("show", "eval/shown")
     assert shown.returncode == 0, shown.stderr
     assert "SST-2 Acc" in shown.stdout and "Difference from baseline" in shown.stdout
     assert "Note: The data is synthetic" in shown.stdout
-    compared = vlkd_cli("report", "compare", "eval/shown", "eval/shown", "--store", context.store.uri)
+    compared = report("compare", "eval/shown", "eval/shown")
     assert compared.returncode == 0 and "s-kd" in compared.stdout
-    curves = vlkd_cli("report", "show", "student/s-kd", "--store", context.store.uri)  # a training run: its curves
+    curves = report("show", "student/s-kd")  # a training run: its curves
     assert curves.returncode == 0 and {"step", "val_mlm", "val_loss"} <= set(curves.stdout.splitlines()[1].split())
-    wrong = vlkd_cli("report", "show", "corpus/synth", "--store", context.store.uri)
+    wrong = report("show", "corpus/synth")
     assert wrong.returncode == 1 and "reads eval artifacts" in wrong.stderr

@@ -139,7 +139,7 @@ def test_clip_features_are_the_concatenated_2d_and_3d_features_of_its_seconds(pu
     np.testing.assert_allclose(clip.features[:, :512].astype(np.float32), expected, rtol=1e-2, atol=1e-3)
 
 
-@pytest.mark.parametrize("store_uri", ["file"], indirect=True)  # the run cache goes through Storage, tested on S3 too
+@pytest.mark.parametrize("store_uri", ["s3"], indirect=True)  # the run cache as a cluster keeps it
 def test_an_interrupted_run_resumes_without_encoding_again(
     ray_session, store, job_context, dataset, tmp_path, monkeypatch
 ):

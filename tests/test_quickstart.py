@@ -9,6 +9,7 @@ import pytest
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.errors import NotFoundError
+from vlkd.joblog import read_log, read_state
 from vlkd.pipeline import pin_refs
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -33,28 +34,47 @@ def test_pinning_names_the_versions_that_exist_now(store):
         pin_refs({"features": "features/none-yet"}, store)
 
 
+OUTPUTS = (
+    "features/tiny",
+    "tokenizer/tiny",
+    "corpus/tiny",
+    "teacher/tiny",
+    "student/tiny-nst-crd",
+    "student/tiny-baseline",
+    "eval/tiny",
+)
+
+
+@pytest.fixture(params=["file", "s3"])
+def quickstart_store(request, tmp_path, new_bucket, s3_endpoint) -> tuple[str, dict[str, str]]:
+    """(--store, the environment that reaches it): the embedded default's folder, or a bucket on the moto server
+    as every cluster run has it."""
+    if request.param == "file":
+        return str(tmp_path / "store"), {}
+    return f"s3://{new_bucket()}/quickstart", {"AWS_ENDPOINT_URL": s3_endpoint}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_quickstart_runs_the_whole_method_and_reruns_in_seconds(vlkd_cli, tmp_path):
-    store_dir = tmp_path / "store"
-    first = vlkd_cli("quickstart", "--workdir", str(tmp_path / "work"), "--store", str(store_dir), timeout=1100)
+def test_quickstart_runs_the_whole_method_and_reruns_in_seconds(vlkd_cli, tmp_path, quickstart_store, monkeypatch):
+    store_uri, env = quickstart_store
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    first = vlkd_cli("quickstart", "--workdir", str(tmp_path / "work"), "--store", store_uri, timeout=1100)
     assert first.returncode == 0, first.stderr[-3000:]
     out = first.stdout
     assert "tiny-nst-crd" in out and "tiny-baseline" in out and "Difference from tiny-baseline" in out
     assert "Note: The data is synthetic" in out and "demo encoders" in out
     assert "vlkd report show eval/tiny:v1" in out
 
-    store = ArtifactStore.open(store_dir.as_uri())
-    for ref in (
-        "features/tiny",
-        "tokenizer/tiny",
-        "corpus/tiny",
-        "teacher/tiny",
-        "student/tiny-nst-crd",
-        "student/tiny-baseline",
-        "eval/tiny",
-    ):
+    store = ArtifactStore.open(store_uri)
+    for ref in OUTPUTS:
         assert store.versions(*ref.split("/")) == [1], ref
+        manifest = store.fetch(ref, tmp_path / "fetched" / ref)  # every file checked against its sha256
+        assert manifest.files and manifest.log == f"jobs/{manifest.job_id}/log/"
+        log = "".join(read_log(store.storage, manifest.job_id))  # the job's log, kept in the store
+        assert f"published {manifest.ref}" in log, ref
+        assert read_state(store.storage, manifest.job_id)["exit_code"] == 0
     lineage = store.lineage("student/tiny-nst-crd")
     assert [p.ref for p in lineage.parents] == ["teacher/tiny:v1", "corpus/tiny:v1", "tokenizer/tiny:v1"]
     assert [p.ref for p in lineage.parents[0].parents] == ["features/tiny:v1", "tokenizer/tiny:v1"]
@@ -66,7 +86,7 @@ def test_quickstart_runs_the_whole_method_and_reruns_in_seconds(vlkd_cli, tmp_pa
     retrieval = re.search(r"teacher/tiny:v1\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out)
     assert retrieval and float(retrieval.group(1)) == pytest.approx(teacher["val_r1"], abs=0.1)
 
-    again = vlkd_cli("quickstart", "--workdir", str(tmp_path / "work"), "--store", str(store_dir))
+    again = vlkd_cli("quickstart", "--workdir", str(tmp_path / "work"), "--store", store_uri)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("skipped") == 6
     status = vlkd_cli("pipeline", "status", "tiny")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
 import pytest
 
 from vlkd import storage as storage_module
+from vlkd.artifacts import ArtifactStore, sha256_file
 from vlkd.errors import KeyExistsError, NotFoundError, StorageError
 from vlkd.storage import S3Storage, normalize_store_uri, open_storage
 
@@ -67,6 +69,67 @@ def test_listing_and_children(storage):
     assert [i.key for i in storage.list("x")] == ["x/2/c"]
 
 
+@pytest.mark.parametrize("slash", ["", "/"], ids=["no-slash", "trailing-slash"])
+def test_a_prefix_names_the_same_folder_with_or_without_a_trailing_slash(storage, slash):
+    assert list(storage.list(f"jobs/j/log{slash}")) == []  # a job's first listing, before it wrote anything
+    assert storage.children(f"jobs/j/log{slash}") == []
+    for key in ("jobs/j/log/000001.log", "jobs/j/log/000002.log", "jobs/j/state.json", "jobs/j2/state.json"):
+        storage.write_bytes(key, b"x")
+    assert [i.key for i in storage.list(f"jobs/j/log{slash}")] == ["jobs/j/log/000001.log", "jobs/j/log/000002.log"]
+    assert storage.children(f"jobs/j{slash}") == ["log", "state.json"]
+    assert storage.children(f"jobs{slash}") == ["j", "j2"]
+    assert sorted(i.key for i in storage.list(slash)) == sorted(i.key for i in storage.list(""))
+    assert storage.delete_prefix(f"jobs/j/log{slash}") == 2
+    assert [i.key for i in storage.list("jobs")] == ["jobs/j/state.json", "jobs/j2/state.json"]
+
+
+def test_a_prefix_is_a_folder_never_an_object(storage):
+    storage.write_bytes("a/b", b"1")
+    storage.write_bytes("a/bc/d", b"1")
+    assert list(storage.list("a/b")) == [] and storage.children("a/b") == []  # neither `a/b` itself nor `a/bc/d`
+    assert storage.delete_prefix("a/b") == 0 and storage.exists("a/b")
+    with pytest.raises(ValueError, match="invalid storage key"):
+        list(storage.list("a/../b"))
+
+
+def test_listing_and_deleting_go_past_one_page_of_1000_keys(storage):
+    keys = [f"many/{i:04d}" for i in range(1001)]  # S3 answers ListObjectsV2 and DeleteObjects 1,000 keys at a time
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: storage.write_bytes(key, b"k"), keys))
+    assert [i.key for i in storage.list("many/")] == keys
+    assert storage.children("many") == [k.split("/")[1] for k in keys]
+    assert storage.delete_prefix("many") == 1001
+    assert list(storage.list("many")) == [] and storage.children("") == []
+
+
+def test_an_s3_endpoint_that_ignores_conditional_writes_is_refused_before_anything_is_written(s3_endpoint, new_bucket):
+    """Older S3-compatible servers drop `If-None-Match`; there two publishers would silently share a version. The
+    header is stripped from the requests as such a server would ignore it."""
+    bucket = new_bucket()
+    storage = S3Storage(bucket, "p", endpoint_url=s3_endpoint)
+
+    def ignore_condition(request, **_):
+        del request.headers["If-None-Match"]
+
+    storage.client.meta.events.register("before-sign.s3.PutObject", ignore_condition)
+    with pytest.raises(StorageError, match=r"ignores conditional writes \(If-None-Match\)"):
+        storage.write_bytes("artifacts/weights/w/v1/claim.json", b"{}", exclusive=True)
+    assert list(storage.list("")) == []  # neither the claim nor the probe object is left behind
+    storage.write_bytes("plain", b"ok")  # ordinary writes do not depend on it
+
+
+def test_s3_folder_markers_are_not_files(s3_endpoint, new_bucket):
+    """S3 consoles make a "folder" as a zero-byte object `name/`; a listing of inputs must not see it as a file."""
+    bucket = new_bucket()
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for key in ("p/videos/", "p/videos/a.mp4", "p/videos/sub/"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"mp4")
+    storage = S3Storage(bucket, "p", endpoint_url=s3_endpoint)
+    assert [i.key for i in storage.list("videos")] == ["videos/a.mp4"]
+    assert storage.children("videos") == ["a.mp4", "sub"]
+    assert storage.children("") == ["videos"]
+
+
 def test_upload_and_download_report_progress(storage, tmp_path):
     src = tmp_path / "blob"
     src.write_bytes(b"z" * 3_000_000)
@@ -79,16 +142,22 @@ def test_upload_and_download_report_progress(storage, tmp_path):
     assert dst.read_bytes() == src.read_bytes() and sum(seen) == 3_000_000
 
 
-def test_large_files_go_up_as_multipart_uploads(s3_endpoint, new_bucket, tmp_path, monkeypatch):
+def test_files_above_64_mib_go_up_in_parts_and_come_back_verified(s3_endpoint, new_bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setattr(storage_module, "MULTIPART_THRESHOLD", 5 * 2**20)  # S3's smallest part size
     bucket = new_bucket()
     src = tmp_path / "big"
-    src.write_bytes(bytes(range(256)) * (11 * 2**20 // 256))
-    open_storage(f"s3://{bucket}/p").upload("big", src)
-    head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(Bucket=bucket, Key="p/big")
-    assert head["ETag"].strip('"').endswith("-3")  # an S3 multipart ETag: md5-of-parts, dash, part count
+    with open(src, "wb") as f:  # 65 MiB of varied bytes: a part boundary at 64 MiB that a wrong join would show
+        for i in range(65):
+            f.write(i.to_bytes(1, "big") * 2**20)
+    store = ArtifactStore.open(f"s3://{bucket}/p")
+    manifest = store.publish("weights", "big", {"big.bin": src})
+    key = f"p/{store.version_prefix(manifest.ref)}/files/big.bin"
+    head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(Bucket=bucket, Key=key)
+    assert storage_module.MULTIPART_THRESHOLD == 64 * 2**20
+    assert head["ETag"].strip('"').endswith("-2")  # an S3 multipart ETag: md5-of-parts, dash, part count
     assert head["ContentLength"] == src.stat().st_size
+    store.fetch(manifest.ref, tmp_path / "back")  # ranged GETs above the threshold, then the sha256 check
+    assert sha256_file(tmp_path / "back" / "big.bin") == sha256_file(src)
 
 
 def _free_port() -> int:

@@ -44,9 +44,9 @@ def teacher_spec(**overrides):
 
 @pytest.fixture(scope="module")
 def inputs(make_store, populate, tmp_path_factory):
-    """A store with the synthetic dataset's features (demo pixel encoders) and tokenizer."""
+    """An S3 store (the moto server) with the synthetic dataset's features (demo pixel encoders) and tokenizer."""
     folder = tmp_path_factory.mktemp("teacher-inputs")
-    store = make_store("file", folder)
+    store = make_store("s3", folder)  # checkpoints, local and Ray Train's, go to S3 as on a cluster
     populate(store, folder, "text")
     return store
 

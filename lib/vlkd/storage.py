@@ -27,6 +27,8 @@ DEFAULT_STORE_ENV = "VLKD_STORE"
 _CHUNK = 1 << 20
 # Parts above this size go up as S3 multipart uploads (boto3 then sends parts in parallel).
 MULTIPART_THRESHOLD = 64 << 20
+# Where an S3 store checks, once, that its endpoint honours conditional writes (deleted right after).
+PROBE_PREFIX = ".vlkd/conditional-write-probe"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -54,13 +56,14 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object under `prefix` (recursively)."""
+        """Every object under the folder `prefix` (recursively); `""` is the store's root and a trailing `/` is
+        optional. A prefix names a folder, never an object: the object `a/b` is not under `a/b`."""
 
     def children(self, prefix: str) -> list[str]:
-        """The names directly below `prefix` (the next path segment), objects and 'folders' alike."""
+        """The names directly below the folder `prefix` (the next path segment), objects and 'folders' alike."""
 
     def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under `prefix`; return how many."""
+        """Delete every object under the folder `prefix`; return how many."""
 
     def pyarrow_location(self, prefix: str) -> tuple[str, Any]:
         """(path, pyarrow filesystem or None for local) of `prefix`, for libraries that speak pyarrow."""
@@ -105,6 +108,12 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _folder(prefix: str) -> str:
+    """A listing prefix as a folder key, `""` for the root: `jobs/x/log/` and `jobs/x/log` are the same folder."""
+    prefix = prefix.rstrip("/")
+    return _check_key(prefix) if prefix else ""
+
+
 class FileStorage:
     """A folder on a local or shared filesystem.
 
@@ -123,8 +132,8 @@ class FileStorage:
         return self.root / _check_key(key)
 
     def _dir(self, prefix: str) -> Path:
-        prefix = prefix.rstrip("/")
-        return self._path(prefix) if prefix else self.root
+        folder = _folder(prefix)
+        return self.root / folder if folder else self.root
 
     @contextlib.contextmanager
     def _staged(self, key: str) -> Iterator[tuple[Path, Path]]:
@@ -174,11 +183,8 @@ class FileStorage:
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self._dir(prefix)
-        if base.is_file():
-            yield ObjectInfo(prefix, base.stat().st_size)
-            return
-        for folder, _dirs, files in os.walk(base):
+        for folder, dirs, files in os.walk(self._dir(prefix)):
+            dirs.sort()
             for name in sorted(files):
                 if name.startswith(self._TMP):
                     continue
@@ -196,12 +202,8 @@ class FileStorage:
         return str(self._dir(prefix)), None
 
     def delete_prefix(self, prefix: str) -> int:
-        base = self._dir(prefix)
-        if base.is_file():
-            base.unlink()
-            return 1
         count = sum(1 for _ in self.list(prefix))
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(self._dir(prefix), ignore_errors=True)
         return count
 
 
@@ -231,6 +233,7 @@ class S3Storage:
         self._region = region
         self._client: Any = None
         self._lock = threading.Lock()
+        self._conditional_writes_checked = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray ships storages to its tasks by pickling; boto3 clients and locks do not pickle, and a fresh
@@ -269,6 +272,11 @@ class S3Storage:
         _check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _folder_key(self, prefix: str) -> str:
+        """The S3 prefix that lists the folder `prefix`: ends in `/` unless it is the bucket's root."""
+        full = "/".join(p for p in (self.prefix, _folder(prefix)) if p)
+        return f"{full}/" if full else ""
+
     def _unkey(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
@@ -277,7 +285,8 @@ class S3Storage:
         """Turn botocore's exceptions into vlkd errors that say what to do."""
         from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-        where = f"s3://{self.bucket}/{self._key(key) if key else self.prefix}"
+        # Only for messages: never validated, so naming the place cannot itself fail.
+        where = f"s3://{self.bucket}/{'/'.join(p for p in (self.prefix, key) if p)}"
         try:
             yield
         except ClientError as exc:
@@ -313,9 +322,33 @@ class S3Storage:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
     def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        if exclusive:
+            self._check_conditional_writes()
         extra = {"IfNoneMatch": "*"} if exclusive else {}
         with self._errors(key):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+
+    def _check_conditional_writes(self) -> None:
+        """Refuse to publish on an endpoint that ignores `If-None-Match` (S3 before 2024-08, older MinIO and Ceph
+        RGW): there two publishers would both take a version and one would silently overwrite the other. Checked
+        once per storage with a probe object: a second exclusive create of it must be refused."""
+        if self._conditional_writes_checked:
+            return
+        probe = self._key(f"{PROBE_PREFIX}/{uuid.uuid4().hex}")
+        try:
+            with self._errors(PROBE_PREFIX):
+                for _ in range(2):
+                    self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"", IfNoneMatch="*")
+        except KeyExistsError:
+            self._conditional_writes_checked = True
+            return
+        finally:
+            with contextlib.suppress(StorageError), self._errors(PROBE_PREFIX):
+                self.client.delete_object(Bucket=self.bucket, Key=probe)
+        raise StorageError(
+            f"the S3 endpoint {self.endpoint} ignores conditional writes (If-None-Match), which vlkd needs to "
+            "publish artifacts safely; use a service or release that supports them (AWS S3 has since 2024-08)"
+        )
 
     def _transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig
@@ -343,13 +376,20 @@ class S3Storage:
         return True
 
     def _pages(self, prefix: str, **extra: Any) -> Iterator[dict]:
-        full = self._key(prefix.rstrip("/")) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
+        """ListObjectsV2 pages (1,000 keys each) of the folder `prefix`."""
+        full = self._folder_key(prefix)
         with self._errors(prefix):
             yield from self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, **extra)
 
+    @staticmethod
+    def _objects(page: dict) -> Iterator[dict]:
+        """A page's objects without folder markers: the zero-byte `name/` keys that S3 consoles create for a
+        "folder" are not files (a file store has no such thing)."""
+        return (obj for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
+
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         for page in self._pages(prefix):
-            for obj in page.get("Contents", []):
+            for obj in self._objects(page):
                 yield ObjectInfo(self._unkey(obj["Key"]), obj["Size"])
 
     def children(self, prefix: str) -> list[str]:
@@ -357,7 +397,7 @@ class S3Storage:
         for page in self._pages(prefix, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
                 names.add(common["Prefix"].rstrip("/").rsplit("/", 1)[-1])
-            for obj in page.get("Contents", []):
+            for obj in self._objects(page):
                 names.add(obj["Key"].rsplit("/", 1)[-1])
         return sorted(names)
 
@@ -370,12 +410,18 @@ class S3Storage:
         if self._endpoint_url:
             parsed = urlparse(self._endpoint_url)
             options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
-        return f"{self.bucket}/{self._key(prefix)}", fs.S3FileSystem(**options)
+        return f"{self.bucket}/{self._folder_key(prefix)}".rstrip("/"), fs.S3FileSystem(**options)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [self._key(info.key) for info in self.list(prefix)]
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             with self._errors(prefix):
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if failed := answer.get("Errors"):  # a 200 answer can still refuse some keys (permissions, locks)
+                first = failed[0]
+                raise StorageError(
+                    f"could not delete {len(failed)} objects under s3://{self.bucket}/{self._folder_key(prefix)}, "
+                    f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".strip()
+                )
         return len(keys)
