@@ -1,9 +1,25 @@
-"""Shared by the benchmarks: what machine the numbers came from."""
+"""Shared by the benchmarks: what machine the numbers came from, timing, GPU peaks for MFU, an offline tokenizer."""
 
 from __future__ import annotations
 
 import os
 import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Dense bf16 peak TFLOP/s by device name fragment, for model FLOPs utilisation (MFU).
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "V100": 125.0,
+}
 
 
 def machine() -> str:
@@ -17,3 +33,40 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def peak_tflops() -> float | None:
+    """The GPU's dense bf16 peak, or None without a GPU or for one not in the table."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def timed(step: Callable[[], None], repeats: int, device: Any) -> float:
+    """Seconds per call of `step`, after one warm-up call; waits for the GPU."""
+    import torch
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def bert_tokenizer(vocab_size: int = 30522) -> Any:
+    """A BERT WordPiece tokenizer of `vocab_size` tokens made offline (BERT-base's vocabulary size), for steps
+    that only need its special ids and size."""
+    from vlkd.data.text import SPECIAL_TOKENS, load_vocab_tokenizer
+
+    tokens = [*SPECIAL_TOKENS, *(f"w{i}" for i in range(vocab_size - len(SPECIAL_TOKENS)))]
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / "vocab.txt"
+        vocab.write_text("\n".join(tokens) + "\n")
+        return load_vocab_tokenizer(vocab, lowercase=True)

@@ -70,7 +70,7 @@ def run_vlkd(paths, plan, encoders) -> dict[str, float]:
                 encoders[1].encode(torch.from_numpy(video.clips_3d)),
             ],
             1,
-        )
+        ).cpu()
         timing["encode"] += time.perf_counter() - start
         start = time.perf_counter()
         clip = fmt.Clip(path.stem, 0, 0.0, float(len(features)), "", features.numpy().astype(np.float16))
@@ -88,7 +88,7 @@ def run_naive(paths, plan, encoders) -> dict[str, float]:
         start = time.perf_counter()
         rows_2d = [encoders[0].encode(torch.from_numpy(f[None])) for f in frames_2d]
         rows_3d = [encoders[1].encode(torch.from_numpy(c[None])) for c in clips]
-        features = torch.cat([torch.cat(rows_2d), torch.cat(rows_3d)], 1)
+        features = torch.cat([torch.cat(rows_2d), torch.cat(rows_3d)], 1).cpu()
         timing["encode"] += time.perf_counter() - start
         start = time.perf_counter()
         buffer = io.BytesIO()
@@ -108,7 +108,8 @@ def main() -> None:
 
     spec_2d = Encoder2DSpec(name=args.encoder_2d, init="random", image_size=args.size_2d, batch_size=64)
     spec_3d = Encoder3DSpec(depth=args.depth_3d, init="random", image_size=args.size_3d, batch_size=16)
-    encoders = (build_2d_encoder(spec_2d, None), build_3d_encoder(spec_3d, None))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoders = (build_2d_encoder(spec_2d, None, device), build_3d_encoder(spec_3d, None, device))
     plan = SamplingPlan(size_2d=args.size_2d, size_3d=args.size_3d)
     with tempfile.TemporaryDirectory() as tmp:
         summary = generate(

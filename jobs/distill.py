@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
 from vlkd import losses
 from vlkd.artifacts import ArtifactStore, Manifest, collect_files
 from vlkd.data.corpus import corpus_datasets, pad_sequences
-from vlkd.distillation import KD_OBJECTIVES, USES_HEAD, KDBatch, objective_modules, weighted_total
+from vlkd.data.ingest import configure_ray_data
+from vlkd.distillation import KD_OBJECTIVES, USES_HEAD, USES_LOGITS, KDBatch, objective_modules, weighted_total
 from vlkd.errors import DataError
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
@@ -30,6 +32,7 @@ from vlkd.specs import DistillSpec
 from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary
 
 log = logging.getLogger("vlkd.distill")
+BANK_BATCH = 256
 
 
 @dataclass
@@ -40,14 +43,26 @@ class FrozenTeacher:
     video_bank: torch.Tensor | None = None
 
     @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (last hidden states [B, L, D_t], logits [B, L, V]) in fp32."""
-        out = self.language_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return out.hidden_states[-1].float(), out.logits.float()
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (last hidden states [B, L, D_t], logits [B, L, V] or None) in fp32. The MLM head's vocabulary
+        projection is a fifth of a BERT-base forward: it runs only for the objectives that read logits."""
+        hidden = self.language_model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        scores = self.language_model.cls(hidden).float() if logits else None
+        return hidden.float(), scores
+
+
+@dataclass(frozen=True)
+class VideoBank:
+    """Eq. 9's pre-selected videos: a seeded sample of whole videos of a features artifact."""
+
+    features: str
+    videos: tuple[str, ...]
 
 
 def load_frozen_teacher(
-    store: ArtifactStore, ref: ArtifactRef, device: torch.device, bank: tuple[str, int] | None
+    store: ArtifactStore, ref: ArtifactRef, device: torch.device, bank: VideoBank | None
 ) -> FrozenTeacher:
     from vlkd.models.teacher import Teacher
 
@@ -57,27 +72,60 @@ def load_frozen_teacher(
     teacher.eval().requires_grad_(False).to(device)
     if device.type == "cuda":  # the frozen teacher needs no fp32 master weights
         teacher.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    video_bank = _video_bank(teacher, store, *bank, device) if bank else None
+    video_bank = _shared_video_bank(teacher.video_encoder, store, bank, device) if bank else None
     return FrozenTeacher(teacher.language_model, video_bank)
 
 
+def _shared_video_bank(encoder: nn.Module, store: ArtifactStore, bank: VideoBank, device: torch.device) -> torch.Tensor:
+    """The bank, built once per job: with several training workers rank 0 reads and encodes, the others receive
+    it (every rank asks at its first step, so the broadcast lines up)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return _video_bank(encoder, store, bank, device)
+    if dist.get_rank() == 0:
+        built = _video_bank(encoder, store, bank, device)
+    else:
+        built = torch.empty(len(bank.videos), encoder.shape.hidden_size, device=device)
+    dist.broadcast(built, src=0)
+    return built
+
+
 @torch.no_grad()
-def _video_bank(teacher: Any, store: ArtifactStore, features: str, size: int, device: torch.device) -> torch.Tensor:
-    """The teacher's representations of the first `size` clips of a features artifact (Eq. 9's video bank)."""
+def _video_bank(encoder: nn.Module, store: ArtifactStore, bank: VideoBank, device: torch.device) -> torch.Tensor:
+    """-> [K, H]: each bank video's representation, the mean of V^T's representations of its clips. Only the
+    shards holding those videos are read, one at a time, and clips are encoded `BANK_BATCH` at a time, so memory
+    holds the bank and one shard whatever the size of the features."""
     from vlkd.data import features as fmt
-    from vlkd.data.clips import features_info, pad_features
+    from vlkd.data.clips import features_info, pad_features, shards_holding
     from vlkd.inputs import open_input
 
-    source = open_input(features, store)
+    source = open_input(bank.features, store)
     info = features_info(source)
-    clips = [c.features for path in info.shards for c in fmt.read_clips(source.read_bytes(path), info.feature_dim)]
-    reprs = []
-    dtype = next(teacher.video_encoder.parameters()).dtype
-    for start in range(0, min(size, len(clips)), 256):
-        padded, mask = pad_features([np.asarray(c, np.float32) for c in clips[start : min(size, start + 256)]])
+    row = {video_id: i for i, video_id in enumerate(bank.videos)}
+    sums = torch.zeros(len(row), encoder.shape.hidden_size, device=device)
+    counts = torch.zeros(len(row), device=device)
+    dtype = next(encoder.parameters()).dtype
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def encode() -> None:
+        padded, mask = pad_features([np.asarray(f, np.float32) for _, f in pending])
         frames = torch.from_numpy(padded).to(device, dtype)
-        reprs.append(teacher.video_encoder(frames, torch.from_numpy(mask).to(device))[1].float())
-    return torch.cat(reprs)
+        reprs = encoder(frames, torch.from_numpy(mask).to(device))[1].float()
+        rows = torch.tensor([i for i, _ in pending], device=device)
+        sums.index_add_(0, rows, reprs)
+        counts.index_add_(0, rows, torch.ones(len(rows), device=device))
+        pending.clear()
+
+    for path in shards_holding(source, info, frozenset(row)):
+        for clip in fmt.read_clips(source.read_bytes(path), info.feature_dim):
+            if clip.video_id in row:
+                pending.append((row[clip.video_id], clip.features))
+                if len(pending) == BANK_BATCH:
+                    encode()
+    if pending:
+        encode()
+    return sums / counts.clamp(min=1)[:, None]
 
 
 @dataclass
@@ -90,8 +138,8 @@ class DistillTask:
     teacher: ArtifactRef | None
     teacher_dim: int | None
     num_data: int
-    bank: tuple[str, int] | None = None
-    """(features ref, bank size) for the voken objective"""
+    bank: VideoBank | None = None
+    """the voken objective's video bank"""
     _frozen: FrozenTeacher | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -110,14 +158,14 @@ class DistillTask:
 
         shape = self.spec.model
         kd_dim = self.teacher_dim if self.uses_head else shape.hidden_size
-        bank_size = self.bank[1] if self.bank else 0
+        bank_size = len(self.bank.videos) if self.bank else 0
         modules = objective_modules(
             self.spec.kd, self.spec.kd_options, kd_dim, self.teacher_dim or kd_dim, self.num_data, bank_size
         )
         return Student.build(shape, len(self.tokenizer), self.teacher_dim if self.uses_head else None, modules)
 
-    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        ids, mask = pad_sequences([np.asarray(s) for s in batch["input_ids"]], self.tokenizer.pad_token_id)
+    def collate(self, batch: pa.Table) -> dict[str, Any]:
+        ids, mask = pad_sequences(batch.column("input_ids"), self.tokenizer.pad_token_id)
         special = np.isin(ids, [self.tokenizer.cls_token_id, self.tokenizer.sep_token_id]) | (mask == 0)
         return {
             "input_ids": torch.from_numpy(ids),
@@ -143,7 +191,8 @@ class DistillTask:
         if not self.spec.kd:
             return {"mlm": losses.mlm_loss(model(masked, attention)["logits"], labels)}
         teacher = self._frozen_teacher(ids.device)
-        teacher_hidden, teacher_logits = teacher(masked, attention)  # the same masked input (Sec. 3.4)
+        needs_logits = bool(USES_LOGITS & set(self.spec.kd))
+        teacher_hidden, teacher_logits = teacher(masked, attention, needs_logits)  # the same masked input (Sec. 3.4)
         crd_generator = generator if ids.device.type == "cpu" else None
         student = model(masked, attention, teacher_hidden=teacher_hidden, generator=crd_generator)
         vokens = losses.assign_vokens(teacher_hidden, teacher.video_bank) if teacher.video_bank is not None else None
@@ -217,9 +266,12 @@ def plan_task(spec: DistillSpec, store: ArtifactStore, tokenizer: Any, num_data:
         )
     bank = None
     if "voken" in spec.kd:
-        features = store.resolve(spec.kd_options.voken.features)
-        clips = int(store.manifest(features).metrics["clips"])
-        bank = (str(features), min(spec.kd_options.voken.bank_size, clips))
+        from vlkd.data.clips import sample_videos
+        from vlkd.inputs import open_input
+
+        features = str(store.resolve(spec.kd_options.voken.features))
+        videos = sample_videos(open_input(features, store), spec.kd_options.voken.bank_size, spec.seed)
+        bank = VideoBank(features, tuple(videos))
     return DistillTask(spec, tokenizer, store, teacher, teacher_dim, num_data, bank)
 
 
@@ -233,7 +285,8 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     store.fetch(tokenizer_ref, tokenizer_dir)
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
     context.start_ray(spec.resources, extra_cpus=1)
-    datasets, info = corpus_datasets(store, spec.corpus)
+    configure_ray_data(spec.resources)
+    datasets, info = corpus_datasets(store, spec.corpus, spec.resources)
     task = plan_task(spec, store, tokenizer, info.train_sequences)
     final = fit(
         task,

@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -21,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from vlkd import __version__
-from vlkd.artifacts import ArtifactStore, Draft, Manifest
+from vlkd.artifacts import ArtifactStore, Manifest
 from vlkd.data import features as fmt
 from vlkd.data.captions import Caption, parse_captions
-from vlkd.data.video import SamplingPlan, VideoError, decode_video
+from vlkd.data.ingest import configure_ray_data
+from vlkd.data.video import SamplingPlan, VideoEnd, VideoError, decode_spans
 from vlkd.errors import DataError, NotFoundError, VlkdError
 from vlkd.inputs import InputSource, fetch_weights, open_input
 from vlkd.refs import ArtifactRef
@@ -87,24 +89,48 @@ def fingerprint(spec: PreprocessSpec, source: InputSource) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def decode_row(row: dict[str, Any], source: InputSource, plan: SamplingPlan) -> dict[str, Any]:
-    """Ray Data task: decode one video; a failure becomes a row with `reason` and empty arrays."""
+def decode_video_spans(
+    batch: dict[str, np.ndarray], source: InputSource, plan: SamplingPlan, span: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data task, one video per call: its spans, each yielded as a one-row batch as soon as it is decoded, so
+    neither the task nor a row grows with the video's length; a failure ends the video with a row that has
+    `reason`."""
+    row = {key: str(values[0]) for key, values in batch.items()}
     local = source.local_path(row["path"])
     with tempfile.TemporaryDirectory(prefix="vlkd-decode-") as tmp:
         try:
             local = local or source.fetch(row["path"], Path(tmp) / PurePosixPath(row["path"]).name)
-            video = decode_video(local, plan)
-            return {
-                **row,
-                "reason": "",
-                "duration": video.duration,
-                "frames_2d": video.frames_2d,
-                "clips_3d": video.clips_3d,
-            }
+            for piece in decode_spans(local, plan, span):
+                if isinstance(piece, VideoEnd):
+                    yield _row(row, plan, span=piece.spans, end=piece.duration)
+                else:
+                    yield _row(row, plan, span=piece.index, frames=(piece.frames_2d, piece.clips_3d))
         except (VideoError, VlkdError) as exc:
-            empty_2d = np.zeros((0, plan.size_2d, plan.size_2d, 3), np.uint8)
-            empty_3d = np.zeros((0, plan.window, plan.size_3d, plan.size_3d, 3), np.uint8)
-            return {**row, "reason": str(exc), "duration": 0.0, "frames_2d": empty_2d, "clips_3d": empty_3d}
+            yield _row(row, plan, reason=str(exc))
+
+
+def _row(
+    row: dict[str, str],
+    plan: SamplingPlan,
+    span: int = -1,
+    frames: tuple[np.ndarray, np.ndarray] | None = None,
+    end: float | None = None,
+    reason: str = "",
+) -> dict[str, np.ndarray]:
+    """A one-row batch: a span with its frames, or the video's end (its span count and duration), or a failure."""
+    if frames is None:
+        frames = (
+            np.zeros((0, plan.size_2d, plan.size_2d, 3), np.uint8),
+            np.zeros((0, plan.window, plan.size_3d, plan.size_3d, 3), np.uint8),
+        )
+    return {
+        **{key: np.array([value], dtype=object) for key, value in row.items()},
+        "reason": np.array([reason], dtype=object),
+        "span": np.array([span]),
+        "end": np.array([end if end is not None else np.nan]),
+        "frames_2d": frames[0][None],
+        "clips_3d": frames[1][None],
+    }
 
 
 class EncodeVideos:
@@ -128,11 +154,16 @@ class EncodeVideos:
         self.cache = cache
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Encode each span (a row) and cache its features; a video's end row records how many spans it has."""
         import torch
 
         reasons = list(batch["reason"])
         for i, video_id in enumerate(batch["video_id"]):
             if reasons[i]:
+                continue
+            span, tag = int(batch["span"][i]), batch["tag"][i]
+            if not np.isnan(batch["end"][i]):
+                self.cache.write_end(video_id, tag, span, float(batch["end"][i]))
                 continue
             features_2d = self.encode_2d(torch.from_numpy(np.asarray(batch["frames_2d"][i])))
             features_3d = self.encode_3d(torch.from_numpy(np.asarray(batch["clips_3d"][i])))
@@ -140,7 +171,7 @@ class EncodeVideos:
             if not np.isfinite(features.astype(np.float16)).all():  # stored as float16
                 reasons[i] = f"encoder output does not fit float16 (max |x| = {np.abs(features).max():.3g})"
                 continue
-            self.cache.write(video_id, batch["tag"][i], features, float(batch["duration"][i]))
+            self.cache.write_span(video_id, tag, span, features)
         return {"video_id": batch["video_id"], "path": batch["path"], "reason": np.array(reasons, dtype=object)}
 
 
@@ -151,12 +182,12 @@ def encode_videos(
     resources = spec.resources
     actors = max(1, resources.num_workers)
     context.start_ray(resources, extra_cpus=spec.decode_cpus)
+    configure_ray_data(resources)
     import ray
 
     rows = [{"video_id": v.video_id, "path": v.path, "tag": v.tag} for v in todo]
-    dataset = ray.data.from_items(rows).map(
-        partial(decode_row, source=source, plan=sampling_plan(spec)), num_cpus=spec.decode_cpus
-    )
+    decode = partial(decode_video_spans, source=source, plan=sampling_plan(spec), span=spec.span_features)
+    dataset = ray.data.from_items(rows).map_batches(decode, batch_size=1, num_cpus=spec.decode_cpus)
     dataset = dataset.map_batches(
         EncodeVideos,
         batch_size=1,
@@ -170,7 +201,11 @@ def encode_videos(
             "cache": cache,
         },
     )
-    return [{"item": r["path"], "reason": r["reason"]} for r in dataset.iter_rows() if r["reason"]]
+    failed: dict[str, str] = {}
+    for row in dataset.iter_rows():
+        if row["reason"]:
+            failed.setdefault(row["path"], row["reason"])  # a video whose spans fail is reported once
+    return [{"item": path, "reason": reason} for path, reason in failed.items()]
 
 
 def _pin(source: str | None, store: ArtifactStore) -> tuple[str | None, ArtifactRef | None]:
@@ -195,7 +230,8 @@ def run(spec: PreprocessSpec, context: JobContext) -> list[Manifest]:
         }
     )
     cache = fmt.PartCache(store.storage, f"cache/preprocess/{fingerprint(pinned, source)}")
-    todo = [v for v in videos if not cache.has(v.video_id, v.tag)]
+    done = cache.completed()
+    todo = [v for v in videos if (v.video_id, v.tag) not in done]
     log.info(
         "%d videos with captions, %d already encoded by an earlier run, %d to encode",
         len(videos),
@@ -203,11 +239,11 @@ def run(spec: PreprocessSpec, context: JobContext) -> list[Manifest]:
         len(todo),
     )
     failed = encode_videos(pinned, source, cache, context, todo) if todo else []
-    failed_paths = {f["item"] for f in failed}
-    usable = [v for v in videos if v.path not in failed_paths]
+    done = cache.completed()
+    usable = [v for v in videos if (v.video_id, v.tag) in done]
     parents = [p for p in (source.ref, parent_2d, parent_3d) if p is not None]
     stats = {"reused_videos": len(videos) - len(todo), "seconds": time.monotonic() - started}
-    manifest = publish(pinned, context, usable, skipped + failed, cache, parents, source.uri, stats)
+    manifest = publish(pinned, context, usable, skipped + failed, (cache, done), parents, source.uri, stats)
     cache.clear()
     return [manifest]
 
@@ -232,32 +268,22 @@ def _clips_of(
     return clips
 
 
+Cached = tuple[fmt.PartCache, dict[tuple[str, str], int]]
+"""The run cache and its complete videos: (video id, tag) -> spans."""
+
+
 def _write_shards(
-    draft: Draft, spec: PreprocessSpec, videos: list[VideoInput], cache: fmt.PartCache, skipped: list[dict[str, str]]
-) -> tuple[list[dict], list[dict]]:
-    """Cut each video's features into its caption clips and write them, `shard_size` clips per shard."""
-    shards: list[dict] = []
-    per_video: list[dict] = []
-    pending: list[fmt.Clip] = []
-
-    def flush() -> None:
-        path = f"{fmt.SHARDS}/shard-{len(shards):05d}.parquet"
-        draft.add_bytes(path, fmt.parquet_bytes(fmt.clips_table(pending)))
-        shards.append({"path": path, "clips": len(pending)})
-        pending.clear()
-
+    writer: fmt.FeaturesWriter,
+    spec: PreprocessSpec,
+    videos: list[VideoInput],
+    cached: Cached,
+    skipped: list[dict[str, str]],
+) -> None:
+    """Cut each video's features into its caption clips and write them."""
+    cache, spans = cached
     for video in sorted(videos, key=lambda v: v.video_id):
-        features, duration = cache.read(video.video_id, video.tag)
-        clips = _clips_of(video, features, spec, skipped)
-        per_video.append(
-            {"video_id": video.video_id, "duration": duration, "frames": len(features), "clips": len(clips)}
-        )
-        pending.extend(clips)
-        if len(pending) >= spec.shard_size:
-            flush()
-    if pending:
-        flush()
-    return shards, per_video
+        features, duration = cache.read(video.video_id, video.tag, spans[(video.video_id, video.tag)])
+        writer.add_video(video.video_id, duration, len(features), _clips_of(video, features, spec, skipped))
 
 
 def publish(
@@ -265,42 +291,35 @@ def publish(
     context: JobContext,
     videos: list[VideoInput],
     skipped: list[dict[str, str]],
-    cache: fmt.PartCache,
+    cached: Cached,
     parents: list[ArtifactRef],
     source_uri: str,
     stats: dict[str, float],
 ) -> Manifest:
-    import pyarrow as pa
-
     from vlkd.models.frame_encoders import ENCODER_DIMS
 
     dim_2d, dim_3d = ENCODER_DIMS[spec.encoder_2d.name], ENCODER_DIMS[spec.encoder_3d.name]
     with context.store.draft("features", spec.name, context.job_id) as draft:
-        shards, per_video = _write_shards(draft, spec, videos, cache, skipped)
-        clips = sum(s["clips"] for s in shards)
-        if clips == 0:
+        writer = fmt.FeaturesWriter(
+            lambda path, local: draft.add_file(local, path),
+            context.scratch,
+            spec.shard_size,
+            (dim_2d, dim_3d),
+            spec.fps,
+            spec.max_frames,
+        )
+        _write_shards(writer, spec, videos, cached, skipped)
+        counts = writer.counts
+        if counts["clips"] == 0:
             reasons = sorted({s["reason"] for s in skipped})[:5]
             raise DataError(f"no usable clips in {source_uri}: every input was skipped ({'; '.join(reasons)})")
-        draft.add_bytes(fmt.VIDEOS, fmt.parquet_bytes(pa.Table.from_pylist(per_video)))
-        draft.add_bytes(fmt.SKIPPED, "".join(json.dumps(s) + "\n" for s in skipped).encode())
-        index = {
-            "format": fmt.FORMAT,
-            "feature_dim": dim_2d + dim_3d,
-            "dim_2d": dim_2d,
-            "dim_3d": dim_3d,
-            "fps": spec.fps,
-            "max_frames": spec.max_frames,
-            "shards": shards,
-        }
-        draft.add_bytes(fmt.INDEX, json.dumps(index, indent=2).encode())
+        writer.close(skipped)
         metrics = {
-            "videos": len(per_video),
-            "clips": clips,
-            "frames": sum(v["frames"] for v in per_video),
+            **counts,
             "skipped": len(skipped),
             "reused_videos": stats["reused_videos"],
             "seconds": round(stats["seconds"], 2),
-            "videos_per_second": round(len(per_video) / max(stats["seconds"], 1e-9), 3),
+            "videos_per_second": round(counts["videos"] / max(stats["seconds"], 1e-9), 3),
         }
         attributes = {
             "encoder_2d": spec.encoder_2d.model_dump(mode="json", include={"name", "init", "weights"}),
@@ -312,7 +331,7 @@ def publish(
             "skipped": skipped[:100],  # all of them are in skipped.jsonl
         }
         manifest = draft.commit(spec=spec, parents=parents, metrics=metrics, attributes=attributes, cost=context.cost())
-    log.info("%s: %d clips from %d videos, %d skipped", manifest.ref, clips, len(per_video), len(skipped))
+    log.info("%s: %d clips from %d videos, %d skipped", manifest.ref, counts["clips"], counts["videos"], len(skipped))
     return manifest
 
 

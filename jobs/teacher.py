@@ -1,8 +1,9 @@
 """Stage `teacher`: cross-modal pretraining of LM^T and V^T on a `features` artifact (Sec. 3.2), with Ray Train.
 
-L^T = w_ct L_CT + w_mlm L_MLM (Eq. 3 and BERT's MLM); the contrastive term sees the unmasked text, the MLM term
-the masked one. Validation reports the losses and text-to-video retrieval (R@1/5/10, median rank) on held-out
-videos; training stops early when the validation loss stops improving, and the best weights are published.
+L^T = w_ct L_CT + w_mlm L_MLM (Eq. 3 and BERT's MLM); the contrastive term sees the unmasked text (or, with
+`contrastive_text: masked`, the masked one in the same LM pass, as the authors' code does), the MLM term the masked
+one. Validation reports the losses and text-to-video retrieval (R@1/5/10, median rank) on held-out videos; training
+stops early when the validation loss stops improving, and the best weights are published.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
 from vlkd import losses
 from vlkd.artifacts import Manifest, collect_files
-from vlkd.data.clips import clip_datasets, middle_frames, pad_features
+from vlkd.data.clips import clip_datasets, clip_features
+from vlkd.data.ingest import configure_ray_data
 from vlkd.metrics import retrieval_metrics
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import TeacherSpec
@@ -47,20 +49,17 @@ class TeacherTask:
 
         return Teacher.build(self.spec.model, self.spec.video_model, len(self.tokenizer), self.feature_dim)
 
-    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        texts = [str(t) for t in batch["text"]]
+    def collate(self, batch: pa.Table) -> dict[str, Any]:
         encoded = self.tokenizer(
-            texts,
+            batch.column("text").to_pylist(),
             padding=True,
             truncation=True,
             max_length=self.spec.max_text_len,
             return_special_tokens_mask=True,
             return_tensors="pt",
         )
-        items = [np.asarray(f, np.float32) for f in batch["features"]]
-        if self.spec.visual_input == "middle_frame":
-            items = [middle_frames(f) for f in items]
-        features, frame_mask = pad_features(items)
+        middle_frame = self.spec.visual_input == "middle_frame"
+        features, frame_mask = clip_features(batch, self.spec.max_frames, self.feature_dim, middle_frame)
         return {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
@@ -92,6 +91,7 @@ class TeacherTask:
             masked_input_ids=masked,
             features=batch["features"] if with_video else None,
             frame_mask=batch["frame_mask"] if with_video else None,
+            contrastive_on_masked=self.spec.contrastive_text == "masked",
         )
         terms: dict[str, torch.Tensor] = {}
         if with_video:
@@ -142,9 +142,8 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
     tokenizer_manifest = store.fetch(spec.tokenizer, tokenizer_dir)
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
     context.start_ray(spec.resources, extra_cpus=1)
-    datasets, info = clip_datasets(
-        store, spec.features, spec.train.val_size, spec.seed, spec.visual_input == "middle_frame", spec.max_frames
-    )
+    configure_ray_data(spec.resources)
+    datasets, info = clip_datasets(store, spec.features, spec.train.val_size, spec.seed, spec.resources)
     feature_dim = info.dim_2d if spec.visual_input == "middle_frame" else info.feature_dim
     task = TeacherTask(spec, tokenizer, feature_dim)
     place = RunPlace(store.storage, context.job_id)

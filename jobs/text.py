@@ -7,22 +7,28 @@ workers). Rows come back in corpus order, so packing consecutive sentences stays
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from vlkd.artifacts import ArtifactStore, Manifest, collect_files
 from vlkd.data import text as textdata
+from vlkd.data.ingest import configure_ray_data, shard_dataset
 from vlkd.errors import VlkdError
 from vlkd.inputs import InputSource, fetch_weights, open_input
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
-from vlkd.specs import TextSpec, TokenizerSpec
+from vlkd.specs import Resources, TextSpec, TokenizerSpec
 
 log = logging.getLogger("vlkd.text")
+TOKENIZE_LINES = 4096
 
 
 def corpus_files(source: InputSource) -> list[str]:
@@ -32,8 +38,12 @@ def corpus_files(source: InputSource) -> list[str]:
     return files
 
 
-def _file_lines(source: InputSource, path: str) -> list[str]:
-    return list(textdata.corpus_lines(source.read_bytes(path).decode("utf-8", errors="replace").splitlines()))
+def _file_lines(source: InputSource, path: str) -> Iterator[str]:
+    """The corpus paragraphs of one file, streamed from a local copy: a Wikipedia dump need not fit in memory."""
+    with tempfile.TemporaryDirectory(prefix="vlkd-text-") as tmp:
+        local = source.local_path(path) or source.fetch(path, Path(tmp) / "part")
+        with open(local, encoding="utf-8", errors="replace") as lines:
+            yield from textdata.corpus_lines(lines)
 
 
 def build_tokenizer(
@@ -52,11 +62,12 @@ def build_tokenizer(
     return textdata.train_tokenizer(lines, spec.vocab_size, spec.min_frequency, spec.lowercase), None
 
 
-def tokenize_file(row: dict[str, Any], source: InputSource, tokenizer_dir: str) -> list[dict[str, Any]]:
-    """Ray Data task: one input file -> one row of token ids per paragraph."""
+def tokenize_file(path: str, source: InputSource, tokenizer_dir: str) -> Iterator[pa.Table]:
+    """Ray Data task: one input file -> a row of token ids per paragraph, tokenised `TOKENIZE_LINES` at a time."""
     tokenizer = _cached_tokenizer(tokenizer_dir)
-    lines = _file_lines(source, row["path"])
-    return [{"file": row["index"], "input_ids": ids} for ids in textdata.tokenize_lines(tokenizer, lines)]
+    lines = _file_lines(source, path)
+    while chunk := list(itertools.islice(lines, TOKENIZE_LINES)):
+        yield pa.table({"input_ids": pa.array(textdata.tokenize_lines(tokenizer, chunk), pa.list_(pa.int32()))})
 
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -71,14 +82,10 @@ def _cached_tokenizer(directory: str) -> Any:
     return _TOKENIZERS[directory]
 
 
-def tokenized_paragraphs(source: InputSource, files: list[str], tokenizer_dir: Path):
-    import ray
-
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    rows = [{"index": i, "path": path} for i, path in enumerate(files)]
-    dataset = ray.data.from_items(rows).flat_map(
-        partial(tokenize_file, source=source, tokenizer_dir=str(tokenizer_dir))
-    )
+def tokenized_paragraphs(
+    source: InputSource, files: list[str], tokenizer_dir: Path, resources: Resources
+) -> Iterator[list[int]]:
+    dataset = shard_dataset(files, partial(tokenize_file, source=source, tokenizer_dir=str(tokenizer_dir)), resources)
     for row in dataset.iter_rows():
         yield [int(t) for t in row["input_ids"]]
 
@@ -105,7 +112,8 @@ def run(spec: TextSpec, context: JobContext) -> list[Manifest]:
         cost=context.cost(),
     )
     context.start_ray(extra_cpus=2)  # Ray Data's tokenising tasks and the driver
-    paragraphs = tokenized_paragraphs(source, files, tokenizer_dir)
+    configure_ray_data(spec.resources)
+    paragraphs = tokenized_paragraphs(source, files, tokenizer_dir, spec.resources)
     sequences = textdata.pack_sequences(
         paragraphs, spec.max_len, tokenizer.cls_token_id, tokenizer.sep_token_id, spec.pack
     )

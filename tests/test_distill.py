@@ -89,11 +89,11 @@ def test_the_teacher_is_frozen_and_never_trained(context):
     spec = distill_spec()
     context.store.fetch("tokenizer/synth", context.scratch / "tok")
     tokenizer = BertTokenizerFast.from_pretrained(context.scratch / "tok", local_files_only=True)
-    datasets, info = corpus_datasets(context.store, spec.corpus)
+    datasets, info = corpus_datasets(context.store, spec.corpus, spec.resources)
     task = distill.plan_task(spec, context.store, tokenizer, info.train_sequences)
     student = task.build_model()
     optimizer = build_optimizer(spec.optim, student)
-    batch = task.collate(next(iter(datasets["train"].iter_batches(batch_size=4, batch_format="numpy"))))
+    batch = task.collate(next(iter(datasets["train"].iter_batches(batch_size=4, batch_format="pyarrow"))))
     frozen = task._frozen_teacher(torch.device("cpu"))
     before = {k: v.clone() for k, v in frozen.language_model.state_dict().items()}
     for _ in range(2):
@@ -163,3 +163,55 @@ def test_a_killed_distillation_resumes(context, monkeypatch):
             distill.run(distill_spec(name="resumed"), context)
     (manifest,) = distill.run(distill_spec(name="resumed"), context)
     assert manifest.metrics["resumed_from"] == [4] and manifest.metrics["steps"] == 8
+
+
+def test_a_training_split_smaller_than_a_batch_is_a_clear_error_not_an_endless_loop(context):
+    rows = context.store.manifest("corpus/synth").metrics["train_sequences"]
+    batch = rows + 1  # drop_last leaves no full batch: every epoch would be empty
+    with pytest.raises(DataError, match=rf"the training split has {rows} rows, fewer than train.batch_size {batch}"):
+        distill.run(distill_spec(name="short", train={**SHORT_TRAINING, "batch_size": batch}), context)
+
+
+@pytest.mark.slow
+def test_a_worker_whose_shard_is_smaller_than_a_batch_fails_saying_which(context):
+    rows = context.store.manifest("corpus/synth").metrics["train_sequences"]
+    batch = rows // 2 + 1  # two workers get half the rows each (Ray Train splits equally)
+    train = {**SHORT_TRAINING, "batch_size": batch, "max_failures": 0}  # Ray Train would retry it, failing alike
+    spec = distill_spec(name="short", train=train, resources={"num_workers": 2})
+    with pytest.raises(
+        DataError,
+        match=rf"worker [01]'s shard has {rows // 2} rows, fewer than train.batch_size "
+        rf"{batch}: lower resources.num_workers or train.batch_size",
+    ):
+        distill.run(spec, context)
+
+
+def test_the_voken_bank_holds_one_representation_per_sampled_video(store, tmp_path):
+    """Eq. 9's bank: `bank_size` whole videos drawn with the seed, each the mean of V^T over its clips."""
+    from vlkd.data import features as fmt
+    from vlkd.data.clips import features_info, pad_features, sample_videos
+    from vlkd.inputs import open_input
+    from vlkd.models.teacher import Teacher
+
+    source = open_input("features/synth", store)
+    videos = tuple(sample_videos(source, 4, seed=0))
+    store.fetch("teacher/t", tmp_path / "teacher")
+    encoder = Teacher.load(tmp_path / "teacher").eval().video_encoder
+    bank = distill._video_bank(encoder, store, distill.VideoBank("features/synth", videos), torch.device("cpu"))
+
+    info = features_info(source)
+    clips = [c for path in info.shards for c in fmt.read_clips(source.read_bytes(path), info.feature_dim)]
+    assert len(videos) == 4 and bank.shape == (4, encoder.shape.hidden_size)
+    for row, video_id in enumerate(videos):
+        padded, mask = pad_features([c.features.astype("float32") for c in clips if c.video_id == video_id])
+        with torch.no_grad():
+            reprs = encoder(torch.from_numpy(padded), torch.from_numpy(mask))[1]
+        torch.testing.assert_close(bank[row], reprs.mean(0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_workers_distil_with_one_voken_bank_built_by_rank_0(context):
+    options = {"voken": {"features": "features/synth", "bank_size": 4}}
+    spec = distill_spec(name="voken-ddp", kd={"voken": 1.0}, kd_options=options, resources={"num_workers": 2})
+    (manifest,) = distill.run(spec, context)
+    assert manifest.metrics["steps"] == 8 and "val_voken" in manifest.metrics

@@ -95,6 +95,13 @@ def test_progress_reports_every_step(model_dir: Path, synth: SynthSummary) -> No
     assert all(loss > 0 for _, _, loss in calls)
 
 
+def test_max_steps_stops_training_early_and_the_schedule_ends_there(model_dir: Path, synth: SynthSummary) -> None:
+    calls = []
+    capped = SMOKE.model_copy(update={"epochs": 3, "max_steps": 7})  # 3 epochs of 5 steps, capped at 7
+    train(model_dir, "qnli", synth.tasks_dir / "qnli", capped, 0, progress=lambda *args: calls.append(args))
+    assert [(step, total) for step, total, _ in calls] == [(step, 7) for step in range(1, 8)]
+
+
 @pytest.mark.parametrize(
     ("task", "keys"),
     [

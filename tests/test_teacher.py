@@ -84,6 +84,22 @@ def test_paper_presets_build_and_take_a_step(preset):
     )
 
 
+def test_the_one_pass_teacher_reads_the_masked_text_for_both_terms():
+    shape = ModelShape(preset="tiny")
+    model = Teacher.build(shape, shape, vocab_size=100, feature_dim=8).eval()
+    ids, attention = torch.randint(5, 100, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    masked = ids.clone()
+    masked[:, 2] = 4
+    video = {"features": torch.randn(2, 3, 8), "frame_mask": torch.ones(2, 3, dtype=torch.bool)}
+    with torch.no_grad():
+        one_pass = model(ids, attention, masked_input_ids=masked, contrastive_on_masked=True, **video)
+        two_passes = model(ids, attention, masked_input_ids=masked, **video)
+        torch.testing.assert_close(one_pass["text_states"], model.text_states(masked, attention))
+        torch.testing.assert_close(two_passes["text_states"], model.text_states(ids, attention))
+        torch.testing.assert_close(one_pass["mlm_logits"], model.language_model(masked, attention).logits)
+    assert not torch.allclose(one_pass["text_states"], two_passes["text_states"])
+
+
 def test_teacher_is_published_with_its_parents_and_loads_in_transformers(context, tmp_path):
     from transformers import AutoTokenizer, BertForMaskedLM
 
@@ -106,8 +122,13 @@ def test_teacher_is_published_with_its_parents_and_loads_in_transformers(context
 
 @pytest.mark.parametrize(
     ("overrides", "feature_dim"),
-    [({"objectives": ["ct"]}, 384), ({"objectives": ["mlm"]}, 384), ({"visual_input": "middle_frame"}, 192)],
-    ids=["ct-only", "mlm-only", "image-level"],
+    [
+        ({"objectives": ["ct"]}, 384),
+        ({"objectives": ["mlm"]}, 384),
+        ({"visual_input": "middle_frame"}, 192),
+        ({"contrastive_text": "masked"}, 384),
+    ],
+    ids=["ct-only", "mlm-only", "image-level", "one-lm-pass"],
 )
 def test_ablation_switches_train_and_publish(context, tmp_path, overrides, feature_dim):
     (manifest,) = teacher.run(teacher_spec(**overrides), context)
@@ -211,7 +232,7 @@ def test_a_lost_ray_train_worker_is_replaced_and_resumes(context, tmp_path):
     spec = teacher_spec(resources={"num_workers": 1})
     context.store.fetch(spec.tokenizer, tmp_path / "tok")
     tokenizer = BertTokenizerFast.from_pretrained(tmp_path / "tok", local_files_only=True)
-    datasets, info = clip_datasets(context.store, spec.features, 4, 0, False, 8)
+    datasets, info = clip_datasets(context.store, spec.features, 4, 0, spec.resources)
     task = CrashOnce(spec, tokenizer, info.feature_dim, str(tmp_path / "crashed"))
     final = fit(
         task,

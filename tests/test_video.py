@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vlkd.data.features import clip_frames
-from vlkd.data.video import SamplingPlan, VideoError, decode_video
+from vlkd.data.video import SamplingPlan, VideoError, decode_spans, decode_video
 
 
 def write_counter_video(path: Path, seconds: float, fps: int, width: int = 96, height: int = 64) -> Path:
@@ -76,6 +76,21 @@ def test_frames_are_resized_short_side_then_centre_cropped(tmp_path):
     assert frame.shape == (32, 32, 3)
     bright = frame.mean(axis=(0, 2)) > 8
     assert bright[:15].all() and not bright[17:].any()
+
+
+@pytest.mark.parametrize("fps", [1.0, 2.0], ids=["1fps", "2fps"])  # at 2 fps a 3D window outlasts the next feature
+@pytest.mark.parametrize("span", [1, 2, 3, 7])
+def test_a_video_decoded_in_spans_is_its_whole_decode_cut_in_order(tmp_path, span, fps):
+    """Preprocessing rows carry spans, so a row's memory does not grow with the video; the features must not care."""
+    path = write_counter_video(tmp_path / "v.mp4", 7.3, fps=30)
+    plan = SamplingPlan(fps=fps, size_2d=32, size_3d=16)
+    whole = decode_video(path, plan)
+    *spans, end = decode_spans(path, plan, span)
+    assert [s.index for s in spans] == list(range(-(-whole.num_features // span))) and end.spans == len(spans)
+    assert all(len(s.frames_2d) == len(s.clips_3d) <= span for s in spans)
+    np.testing.assert_array_equal(np.concatenate([s.frames_2d for s in spans]), whole.frames_2d)
+    np.testing.assert_array_equal(np.concatenate([s.clips_3d for s in spans]), whole.clips_3d)
+    assert end.duration == pytest.approx(whole.duration) == pytest.approx(7.3, abs=0.05)
 
 
 def test_a_corrupt_file_is_a_video_error(tmp_path):

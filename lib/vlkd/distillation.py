@@ -25,7 +25,8 @@ class KDBatch:
     """`logits` [B, L, V], `kd` [B, L, D], and module outputs (`crd`, `voken_logits`) from `Student.forward`"""
     teacher_hidden: torch.Tensor
     """[B, L, D_t], the frozen teacher's last hidden states"""
-    teacher_logits: torch.Tensor
+    teacher_logits: torch.Tensor | None
+    """[B, L, V], only for the objectives in `USES_LOGITS`"""
     """[B, L, V]"""
     mask: torch.Tensor
     """[B, L], true at valid tokens"""
@@ -45,6 +46,7 @@ KD_OBJECTIVES: dict[str, Objective] = {
 }
 # Objectives that read the distillation head's output (soft labels reuse the LM head, Sec. 3.4).
 USES_HEAD = frozenset({"regression", "nst", "nst_poly", "crd", "voken"})
+USES_LOGITS = frozenset({"soft_label"})
 
 
 def objective_modules(

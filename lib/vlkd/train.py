@@ -20,18 +20,19 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
 from vlkd.curves import LOGS, METRICS_FILE
-from vlkd.errors import VlkdError
+from vlkd.errors import DataError, VlkdError
 from vlkd.joblog import WORKER_BANNER
 from vlkd.specs import OptimSpec, Resources, TrainSpec
 from vlkd.storage import Storage
@@ -47,8 +48,9 @@ class TrainingTask(Protocol):
 
     def build_model(self) -> nn.Module: ...
 
-    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        """A Ray Data batch (numpy) -> tensors for `loss` (on the CPU; the loop moves them)."""
+    def collate(self, batch: pa.Table) -> dict[str, Any]:
+        """A Ray Data batch (an Arrow table) -> CPU tensors for `loss` (Ray's prefetch threads move them to the
+        device)."""
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
@@ -96,7 +98,9 @@ def build_optimizer(optim: OptimSpec, model: nn.Module) -> torch.optim.Optimizer
         if parameter.requires_grad:
             (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+    params = decay + no_decay
+    fused = bool(params) and all(p.is_cuda for p in params)  # one kernel for all parameters, not a loop over them
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=fused or None)
 
 
 def build_scheduler(
@@ -223,22 +227,46 @@ class Checkpoints:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
+    """The model itself, under `torch.compile`'s and DDP's wrappers."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _batches(shard: Any, task: TrainingTask, batch_size: int, seed: int, shuffle: bool) -> Iterator[dict[str, Any]]:
-    for batch in shard.iter_batches(
+def compile_model(model: nn.Module) -> nn.Module:
+    """`torch.compile` for the training step (`train.compile`): the same forward and backward, fused kernels. The
+    wrapper shares the model's parameters, so optimizer, checkpoints and validation see the model itself."""
+    return torch.compile(model)
+
+
+def _collate_fn(task: TrainingTask) -> Any:
+    """A task's `collate` as Ray Data's collate function: it gets the Arrow batch itself and runs in Ray's prefetch
+    threads, which then pin the tensors and copy them to the device without blocking, so the step never waits."""
+    from ray.data.collate_fn import ArrowBatchCollateFn
+
+    class Collate(ArrowBatchCollateFn):
+        def __call__(self, batch: pa.Table) -> dict[str, Any]:
+            return task.collate(batch)
+
+    return Collate()
+
+
+def train_batches(
+    shard: Any, task: TrainingTask, batch_size: int, device: torch.device, prefetch: int, seed: int | None
+) -> Iterable[dict[str, Any]]:
+    """Collated batches of a Ray Data shard on `device`: shuffled (a local buffer of 4 batches, seeded) with the last
+    incomplete batch dropped for training (`seed` given; a training batch of one has no in-batch negative), in
+    order and whole for validation (`seed` None). `prefetch` batches are made ahead in background threads."""
+    shuffle = seed is not None
+    return shard.iter_torch_batches(
         batch_size=batch_size,
-        batch_format="numpy",
+        collate_fn=_collate_fn(task),
+        device=device,
+        pin_memory=device.type == "cuda",
+        prefetch_batches=prefetch,
         local_shuffle_buffer_size=4 * batch_size if shuffle else None,
-        local_shuffle_seed=seed if shuffle else None,
-        drop_last=shuffle,  # a training batch of one has no in-batch negative
-    ):
-        yield task.collate(batch)
-
-
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        local_shuffle_seed=seed,
+        drop_last=shuffle,
+    )
 
 
 class Loop:
@@ -264,6 +292,8 @@ class Loop:
             self.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp)
         else:
             self.model = model.to(self.device)
+        if self.train.compile:
+            self.model = compile_model(self.model)
         self.optimizer = build_optimizer(self.optim, self.model)
         self.scheduler = build_scheduler(self.optim, self.optimizer, self.train.max_steps)
         self.cast, needs_scaler = autocast(self.train.precision, self.device)
@@ -303,15 +333,29 @@ class Loop:
         started, window = time.monotonic(), {"time": time.monotonic(), "tokens": 0, "samples": 0}
         epoch = 0
         while not self._finished():
-            for batch in _batches(self.train_shard, self.task, self.train.batch_size, self.seed + epoch, shuffle=True):
-                self._micro_step(_to(batch, self.device), window)
+            batches = 0
+            train = self.train
+            epoch_batches = train_batches(
+                self.train_shard, self.task, train.batch_size, self.device, train.prefetch_batches, self.seed + epoch
+            )
+            for batch in epoch_batches:
+                batches += 1
+                self._micro_step(batch, window)
                 if self._finished():
                     break
+            if batches == 0:  # every epoch would be empty: without this the loop spins for ever
+                raise DataError(self._short_shard())
             epoch += 1
         self._checkpoint(final=True)
         self.metrics.close()
         if self.rank == 0:
             log.info("finished at step %d in %.0f s", self.state.step, time.monotonic() - started)
+
+    def _short_shard(self) -> str:
+        rows = sum(len(next(iter(b.values()))) for b in self.train_shard.iter_batches(batch_format="numpy"))
+        whose = f"worker {self.rank}'s shard has" if self.world > 1 else "the training split has"
+        fix = "lower resources.num_workers or train.batch_size" if self.world > 1 else "lower train.batch_size"
+        return f"{whose} {rows} rows, fewer than train.batch_size {self.train.batch_size}: {fix}"
 
     def _finished(self) -> bool:
         return self.state.step >= self.train.max_steps or self.state.stopped_early
@@ -377,9 +421,7 @@ class Loop:
         """Every rank evaluates the whole validation split, so all take the same early-stopping decision."""
         self.model.eval()
         with torch.no_grad(), self.cast:
-            batches = (
-                _to(b, self.device) for b in _batches(self.val_shard, self.task, self.train.batch_size, 0, False)
-            )
+            batches = (b for b in train_batches(self.val_shard, self.task, self.train.batch_size, self.device, 1, None))
             metrics = self.task.evaluate(_unwrap(self.model), batches)
         self.state.last_metrics = metrics
         if metrics["val_loss"] < self.state.best_val:
@@ -445,7 +487,7 @@ def fit(
 ) -> Path:
     """Run `task` on Ray Train and return a local directory holding the final checkpoint. `identity` names what
     is trained (e.g. `teacher/NAME`): a job id resumes from its checkpoints only for the same identity."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     local_mode = resources.num_workers == 0
@@ -477,7 +519,13 @@ def fit(
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker validates on the whole split
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        user_error = _worker_user_error(exc)
+        if user_error is None:
+            raise
+        raise user_error from None  # e.g. a shard too small for a batch: one line for the user, not Ray's report
     final = Path(tempfile.mkdtemp(prefix="vlkd-final-"))
     if local_mode:
         Checkpoints(place, train.keep_checkpoints, True).download_latest(final)
@@ -485,6 +533,16 @@ def fit(
         with result.checkpoint.as_directory() as directory:
             shutil.copytree(directory, final, dirs_exist_ok=True)
     return final
+
+
+def _worker_user_error(failure: Exception) -> VlkdError | None:
+    """The `VlkdError` a training worker raised (what the user must fix), if that is why training failed."""
+    for error in getattr(failure, "worker_failures", {}).values():
+        while error is not None and not isinstance(error, VlkdError):
+            error = getattr(error, "cause", None) or error.__cause__
+        if error is not None:
+            return error
+    return None
 
 
 def load_final(directory: Path) -> dict[str, Any]:

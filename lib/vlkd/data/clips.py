@@ -6,20 +6,30 @@ validation video is seen in training: retrieval on it measures grounding, not me
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import heapq
 import io
+import itertools
 import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.data import features as fmt
+from vlkd.data.ingest import shard_dataset
 from vlkd.errors import DataError
 from vlkd.inputs import InputSource, open_input
 from vlkd.refs import ArtifactRef
+from vlkd.specs import Resources
 
 
 @dataclass(frozen=True)
@@ -28,85 +38,167 @@ class FeaturesInfo:
     feature_dim: int
     dim_2d: int
     shards: tuple[str, ...]
-    videos: tuple[tuple[str, int], ...]
-    """(video id, clips)"""
+    shard_clips: tuple[int, ...]
+    """clips in each shard; shards hold the videos' clips in `videos.parquet` order"""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The validation split: whole videos, and the shards their clips are in (so validation reads only those)."""
+
+    videos: frozenset[str]
+    shards: tuple[str, ...]
 
 
 def features_info(source: InputSource) -> FeaturesInfo:
+    index = json.loads(source.read_bytes(fmt.INDEX))
+    if index.get("format") not in fmt.READABLE_FORMATS:
+        raise DataError(f"{source.uri} is not a features artifact of format {fmt.FORMAT}: rerun preprocess")
+    shards = tuple(s["path"] for s in index["shards"])
+    clips = tuple(s["clips"] for s in index["shards"])
+    return FeaturesInfo(source.ref, index["feature_dim"], index["dim_2d"], shards, clips)
+
+
+@contextmanager
+def video_clip_counts(source: InputSource) -> Iterator[Iterator[tuple[str, int]]]:
+    """(video id, clips) of every video in shard order, streamed from `videos.parquet` (HowTo100M has 1.2M)."""
     import pyarrow.parquet as pq
 
-    index = json.loads(source.read_bytes(fmt.INDEX))
-    if index.get("format") != fmt.FORMAT:
-        raise DataError(f"{source.uri} is not a features artifact of format {fmt.FORMAT}: rerun preprocess")
-    table = pq.read_table(io.BytesIO(source.read_bytes(fmt.VIDEOS)))
-    videos = tuple(zip(table.column("video_id").to_pylist(), table.column("clips").to_pylist(), strict=True))
-    shards = tuple(s["path"] for s in index["shards"])
-    return FeaturesInfo(source.ref, index["feature_dim"], index["dim_2d"], shards, videos)
+    with tempfile.TemporaryDirectory(prefix="vlkd-videos-") as tmp:
+        local = source.fetch(fmt.VIDEOS, Path(tmp) / fmt.VIDEOS)
+        batches = pq.ParquetFile(local).iter_batches(batch_size=65536, columns=["video_id", "clips"])
+        yield (row for b in batches for row in zip(b.column(0).to_pylist(), b.column(1).to_pylist(), strict=True))
 
 
-def validation_videos(videos: tuple[tuple[str, int], ...], val_clips: int, seed: int) -> frozenset[str]:
-    """Whole videos, in seeded-hash order, until they hold at least `val_clips` clips."""
+def _rank(seed: int, video_id: str) -> str:
+    """A video's place in a seeded order: sorting by it draws a uniform random sample without replacement."""
+    return hashlib.sha256(f"{seed}:{video_id}".encode()).hexdigest()
+
+
+def validation_videos(videos: Iterable[tuple[str, int]], val_clips: int, seed: int) -> frozenset[str]:
+    """Whole videos, in seeded-hash order, until they hold at least `val_clips` clips; one pass over `videos`
+    ((id, clips) pairs), holding only the videos chosen so far."""
     if val_clips == 0:
         return frozenset()
-    total = sum(c for _, c in videos)
+    chosen: list[tuple[str, str, int]] = []  # a max-heap on rank (ranks negated by complement)
+    held = total = 0
+    for video_id, clips in videos:
+        total += clips
+        rank = _rank(seed, video_id)
+        if held >= val_clips and rank > _largest(chosen):
+            continue  # comes after the prefix that already holds enough
+        heapq.heappush(chosen, (_complement(rank), video_id, clips))
+        held += clips
+        while held - chosen[0][2] >= val_clips:  # the largest rank is not needed to reach val_clips
+            held -= heapq.heappop(chosen)[2]
     if val_clips >= total:
         raise DataError(f"val_size={val_clips} would hold out all {total} clips: set train.val_size below {total}")
-    order = sorted(videos, key=lambda v: hashlib.sha256(f"{seed}:{v[0]}".encode()).hexdigest())
-    chosen, count = set(), 0
-    for video_id, clips in order:
-        if count >= val_clips:
-            break
-        chosen.add(video_id)
-        count += clips
-    return frozenset(chosen)
+    return frozenset(video_id for _, video_id, _ in chosen)
 
 
-def _shard_rows(
-    row: dict[str, Any],
-    source: InputSource,
-    dim: int,
-    keep: frozenset[str],
-    inside: bool,
-    columns: slice,
-    max_frames: int,
-) -> list[dict[str, Any]]:
-    rows = []
-    for clip in fmt.read_clips(source.read_bytes(row["path"]), dim):
-        if (clip.video_id in keep) == inside:
-            rows.append({"text": clip.text, "features": np.ascontiguousarray(clip.features[:max_frames, columns])})
-    return rows
+def _complement(rank: str) -> str:
+    """A string that sorts in the reverse order of `rank` (hex digests of one length), for a max-heap."""
+    return rank.translate(_REVERSE_HEX)
+
+
+def _largest(chosen: list[tuple[str, str, int]]) -> str:
+    return _complement(chosen[0][0]) if chosen else ""
+
+
+_REVERSE_HEX = str.maketrans("0123456789abcdef", "fedcba9876543210")
+
+
+def sample_videos(source: InputSource, size: int, seed: int) -> list[str]:
+    """A seeded uniform sample of `size` videos that have clips (all of them if fewer), in sample order; one pass
+    over `videos.parquet`, holding `size` ids."""
+    kept: list[tuple[str, str]] = []  # a max-heap on rank: the `size` smallest ranks seen so far
+    with video_clip_counts(source) as videos:
+        for video_id, clips in videos:
+            if clips == 0:
+                continue
+            item = (_complement(_rank(seed, video_id)), video_id)
+            if len(kept) < size:
+                heapq.heappush(kept, item)
+            elif item > kept[0]:
+                heapq.heapreplace(kept, item)
+    return [video_id for _, video_id in sorted(kept, reverse=True)]
+
+
+def shards_holding(source: InputSource, info: FeaturesInfo, videos: frozenset[str]) -> tuple[str, ...]:
+    """The shards that hold clips of `videos`, from each video's clip offset in shard order."""
+    ends = list(itertools.accumulate(info.shard_clips))
+    wanted: set[int] = set()
+    offset = 0
+    with video_clip_counts(source) as counts:
+        for video_id, clips in counts:
+            if video_id in videos and clips:
+                first, last = bisect.bisect_right(ends, offset), bisect.bisect_right(ends, offset + clips - 1)
+                wanted.update(range(first, last + 1))
+            offset += clips
+    return tuple(info.shards[i] for i in sorted(wanted))
+
+
+def held_out(source: InputSource, info: FeaturesInfo, val_clips: int, seed: int) -> HeldOut:
+    """The validation split of a features artifact for a run's `val_size` and seed (the teacher's and the eval
+    stage's retrieval use the same one)."""
+    with video_clip_counts(source) as counts:
+        videos = validation_videos(counts, val_clips, seed)
+    return HeldOut(videos, shards_holding(source, info, videos) if videos else ())
+
+
+CLIP_COLUMNS = ["text", "num_frames", "features"]
+"""What a training row of a features artifact holds: the caption and its clip's frames, flat float16"""
+
+
+def _shard_clips(path: str, source: InputSource, held: frozenset[str], inside: bool) -> Iterator[pa.Table]:
+    """Ray Data task: a shard's clips inside (or outside) the held-out videos, as Arrow tables a row group at a
+    time. The features stay one flat float16 column: no per-clip object is made before `clip_features`."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    held_ids = pa.array(sorted(held), pa.string())
+    shard = pq.ParquetFile(io.BytesIO(source.read_bytes(path)))
+    for batch in shard.iter_batches(batch_size=fmt.READ_ROWS, columns=["video_id", *CLIP_COLUMNS]):
+        member = pc.is_in(batch.column("video_id"), value_set=held_ids)
+        chosen = batch.filter(member if inside else pc.invert(member))
+        if chosen.num_rows:
+            yield pa.Table.from_batches([chosen.select(CLIP_COLUMNS)])
 
 
 def clip_datasets(
-    store: ArtifactStore, ref: ArtifactRef | str, val_size: int, seed: int, middle_frame_only: bool, max_frames: int
+    store: ArtifactStore, ref: ArtifactRef | str, val_size: int, seed: int, resources: Resources
 ) -> tuple[dict[str, Any], FeaturesInfo]:
-    """Ray Data datasets {"train", "validation"} of rows {text, features [T, F] float16}.
-
-    `middle_frame_only` keeps the middle frame's 2D feature (image-level supervision, Table 6)."""
-    import ray
-
-    # Rows in shard order, so a seeded run sees the same batches every time (Ray Data may reorder otherwise).
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    """Ray Data datasets {"train", "validation"} of Arrow rows `CLIP_COLUMNS` (`clip_features` pads them)."""
     source = open_input(str(ref), store)
     info = features_info(source)
-    held_out = validation_videos(info.videos, val_size, seed)
-    columns = slice(0, info.dim_2d) if middle_frame_only else slice(None)
-    shards = [{"path": p} for p in info.shards]
+    validation = held_out(source, info, val_size, seed)
 
-    def split(inside: bool) -> Any:
-        read = partial(
-            _shard_rows,
-            source=source,
-            dim=info.feature_dim,
-            keep=held_out,
-            inside=inside,
-            columns=columns,
-            max_frames=max_frames,
+    def split(shards: tuple[str, ...], inside: bool) -> Any:
+        return shard_dataset(
+            shards, partial(_shard_clips, source=source, held=validation.videos, inside=inside), resources
         )
-        return ray.data.from_items(shards).flat_map(read)
 
-    datasets = {"train": split(False), "validation": split(True)}
+    datasets = {"train": split(info.shards, False), "validation": split(validation.shards, True)}
     return datasets, info
+
+
+def clip_features(batch: pa.Table, max_frames: int, width: int, middle_frame: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `CLIP_COLUMNS` -> padded frame features [B, T, width] float32 and their mask [B, T] bool: each clip's
+    first `max_frames` frames, or only the middle one of those (image-level supervision, Table 6), and the first
+    `width` columns of each frame (the 2D part is first)."""
+    frames = batch.column("num_frames").to_numpy()
+    values = fmt.flat_features(batch.column("features"))
+    dim = len(values) // max(1, int(frames.sum()))
+    starts = np.concatenate([[0], np.cumsum(frames)[:-1]])
+    kept = np.minimum(frames, max_frames)
+    if middle_frame:
+        starts, kept = starts + kept // 2, np.ones_like(kept)
+    padded = np.zeros((len(frames), int(kept.max(initial=1)), width), np.float32)
+    mask = np.zeros(padded.shape[:2], bool)
+    for i, (start, count) in enumerate(zip(starts, kept, strict=True)):
+        padded[i, :count] = values[start * dim : (start + count) * dim].reshape(count, dim)[:, :width]
+        mask[i, :count] = True
+    return padded, mask
 
 
 def middle_frames(features: np.ndarray) -> np.ndarray:

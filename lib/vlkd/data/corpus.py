@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from vlkd.artifacts import ArtifactStore
+from vlkd.data.ingest import shard_dataset
 from vlkd.data.text import FORMAT, INDEX
 from vlkd.errors import DataError
 from vlkd.inputs import InputSource, open_input
 from vlkd.refs import ArtifactRef
+from vlkd.specs import Resources
+
+READ_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -35,33 +41,36 @@ def corpus_info(source: InputSource) -> CorpusInfo:
     return CorpusInfo(source.ref, index["max_len"], splits["train"]["sequences"], shards)
 
 
-def _shard_rows(row: dict[str, Any], source: InputSource) -> list[dict[str, Any]]:
+def _shard_sequences(path: str, source: InputSource) -> Iterator[pa.Table]:
+    """Ray Data task: one shard's sequences as Arrow tables, a row group's batch at a time."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(source.read_bytes(row["path"])), columns=["input_ids"])
-    return [{"input_ids": np.asarray(ids, np.int64)} for ids in table.column("input_ids").to_pylist()]
+    shard = pq.ParquetFile(io.BytesIO(source.read_bytes(path)))
+    for batch in shard.iter_batches(batch_size=READ_ROWS, columns=["input_ids"]):
+        yield pa.Table.from_batches([batch])
 
 
-def corpus_datasets(store: ArtifactStore, ref: ArtifactRef | str) -> tuple[dict[str, Any], CorpusInfo]:
-    """Ray Data datasets {"train", "validation"} of rows {input_ids [L] int64}, in shard order."""
-    import ray
-
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # seeded runs repeat exactly
+def corpus_datasets(
+    store: ArtifactStore, ref: ArtifactRef | str, resources: Resources
+) -> tuple[dict[str, Any], CorpusInfo]:
+    """Ray Data datasets {"train", "validation"} of Arrow rows {input_ids list<int32>}, in shard order."""
     source = open_input(str(ref), store)
     info = corpus_info(source)
-    read = partial(_shard_rows, source=source)
-    datasets = {
-        split: ray.data.from_items([{"path": p} for p in paths]).flat_map(read) for split, paths in info.shards.items()
-    }
+    read = partial(_shard_sequences, source=source)
+    datasets = {split: shard_dataset(paths, read, resources) for split, paths in info.shards.items()}
     return datasets, info
 
 
-def pad_sequences(sequences: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Variable-length token ids -> padded [B, L] int64 and attention mask [B, L] int64."""
-    longest = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), longest), pad_id, np.int64)
-    mask = np.zeros((len(sequences), longest), np.int64)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
+def pad_sequences(column: pa.ChunkedArray | pa.Array, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A list<int> column of token sequences -> padded ids [B, L] int64 and attention mask [B, L] int64, straight
+    from the column's values and offsets."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = column.flatten().to_numpy()
+    offsets = column.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    ids = np.full((len(lengths), int(lengths.max(initial=1))), pad_id, np.int64)
+    mask = np.zeros(ids.shape, np.int64)
+    for i, (start, length) in enumerate(zip(offsets[:-1] - offsets[0], lengths, strict=True)):
+        ids[i, :length] = values[start : start + length]
+        mask[i, :length] = 1
     return ids, mask

@@ -12,7 +12,9 @@ streams, because the 3D stream needs most frames anyway.
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +39,13 @@ class SamplingPlan:
         """Features for a video of `duration` seconds: spans whose centre lies inside it, at most max_frames."""
         return min(self.max_frames, max(0, math.ceil(duration * self.fps - 0.5)))
 
-    def feature_times(self, count: int) -> np.ndarray:
-        return (np.arange(count) + 0.5) / self.fps
+    def feature_times(self, stop: int, start: int = 0) -> np.ndarray:
+        """Centre times of features [start, stop)."""
+        return (np.arange(start, stop) + 0.5) / self.fps
 
-    def window_starts(self, count: int) -> np.ndarray:
-        """Index (on the input_fps grid) of the first frame of the 3D window kept for each feature."""
-        windows = np.floor(self.feature_times(count) * self.input_fps_3d / self.window).astype(np.int64)
+    def window_starts(self, stop: int, start: int = 0) -> np.ndarray:
+        """Index (on the input_fps grid) of the first frame of the 3D window kept for features [start, stop)."""
+        windows = np.floor(self.feature_times(stop, start) * self.input_fps_3d / self.window).astype(np.int64)
         return windows * self.window
 
 
@@ -57,6 +60,28 @@ class DecodedVideo:
     @property
     def num_features(self) -> int:
         return len(self.frames_2d)
+
+
+@dataclass
+class DecodedSpan:
+    """Consecutive features of a video: what one preprocessing row carries, so that a row's memory is bounded by
+    the span's length, not the video's."""
+
+    index: int
+    """the span's place in the video (0, 1, ...); it starts at feature `index * span`"""
+    frames_2d: np.ndarray
+    """uint8 [n, size_2d, size_2d, 3]"""
+    clips_3d: np.ndarray
+    """uint8 [n, window, size_3d, size_3d, 3]"""
+
+
+@dataclass(frozen=True)
+class VideoEnd:
+    """What ends a video's spans: how many there were and the video's duration (an unstated duration is known only
+    once the last frame is decoded)."""
+
+    spans: int
+    duration: float
 
 
 def _resize_crop(frame: av.VideoFrame, size: int) -> np.ndarray:
@@ -75,8 +100,10 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     return None
 
 
-def decode_video(path: str | Path, plan: SamplingPlan) -> DecodedVideo:
-    """Decode the features' frames of one video; raise `VideoError` for files that cannot be used."""
+def decode_spans(path: str | Path, plan: SamplingPlan, span: int) -> Iterator[DecodedSpan | VideoEnd]:
+    """Decode one video's feature frames in spans of `span` features, each yielded as soon as the decoder has
+    passed it (one sequential decode for the whole video), then a `VideoEnd`; raise `VideoError` for a file that
+    cannot be used, possibly after some spans."""
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
@@ -89,39 +116,101 @@ def decode_video(path: str | Path, plan: SamplingPlan) -> DecodedVideo:
         if duration is not None and duration <= 0:
             raise VideoError("zero duration")
         try:
-            return _decode(container, stream, duration, plan)
+            yield from _SpanDecoder(plan, span, duration).run(container, stream)
         except av.error.FFmpegError as exc:
             raise VideoError(f"corrupt video data: {exc}") from None
 
 
-def _decode(container, stream, duration: float | None, plan: SamplingPlan) -> DecodedVideo:
-    count = plan.feature_count(duration) if duration else plan.max_frames
-    starts = plan.window_starts(count)
-    grid = sorted({int(j) for s in starts for j in range(s, s + plan.window)})  # 3D input frames needed
-    # Every target time with where its frame goes: the frame shown at a time is the last one stamped before it.
-    targets = sorted(
-        [(t, 0, i) for i, t in enumerate(plan.feature_times(count))] + [(j / plan.input_fps_3d, 1, j) for j in grid]
+def decode_video(path: str | Path, plan: SamplingPlan) -> DecodedVideo:
+    """The features' frames of one whole video (for readers that want it at once; preprocessing uses spans)."""
+    *spans, end = decode_spans(path, plan, plan.max_frames)
+    return DecodedVideo(
+        duration=end.duration,
+        frames_2d=np.concatenate([s.frames_2d for s in spans]),
+        clips_3d=np.concatenate([s.clips_3d for s in spans]),
     )
-    picked: tuple[dict[int, np.ndarray], dict[int, np.ndarray]] = ({}, {})
-    sizes = (plan.size_2d, plan.size_3d)
-    shown, pos = None, 0
-    for frame in container.decode(stream):
-        if frame.time is None:
-            continue
-        while shown is not None and pos < len(targets) and targets[pos][0] < frame.time:
-            _, stream_index, key = targets[pos]
-            picked[stream_index][key] = _resize_crop(shown, sizes[stream_index])
-            pos += 1
-        shown = frame
-        if pos == len(targets):
-            break
-    if shown is None:
-        raise VideoError("zero duration" if duration is None else "no decodable frames")
-    end = duration or shown.time + 1 / float(stream.average_rate or plan.input_fps_3d)
-    count = min(count, plan.feature_count(end))
-    if count == 0:
-        raise VideoError("zero duration")
-    last = (_resize_crop(shown, plan.size_2d), _resize_crop(shown, plan.size_3d))  # shown until the end
-    frames_2d = np.stack([picked[0].get(i, last[0]) for i in range(count)])
-    clips = np.stack([np.stack([picked[1].get(j, last[1]) for j in range(s, s + plan.window)]) for s in starts[:count]])
-    return DecodedVideo(duration=end, frames_2d=frames_2d, clips_3d=clips)
+
+
+class _SpanDecoder:
+    """Assigns decoded frames to the times the features need (the frame shown at a time is the last one stamped
+    before it) and hands out each span once all of its times are behind the decoder. It knows the times of two
+    spans at a time (a span's last 3D window can reach past the next span's first feature at fps above 1) and holds
+    about two spans' frames, whatever the video's length."""
+
+    def __init__(self, plan: SamplingPlan, span: int, duration: float | None) -> None:
+        self.plan, self.span, self.duration = plan, span, duration
+        self.count = plan.feature_count(duration) if duration else plan.max_frames
+        self.spans = -(-self.count // span)
+        self.picked: tuple[dict[int, np.ndarray], dict[int, np.ndarray]] = ({}, {})
+        self.sizes = (plan.size_2d, plan.size_3d)
+        self.targets: list[tuple[float, int, int, int]] = []  # a heap of (time, kind, key, span)
+        self.waiting: dict[int, int] = {}  # span -> its targets not yet assigned
+        self._last_3d = -1  # the last 3D frame index queued (a window two spans share is queued once)
+
+    def _queue(self, index: int) -> None:
+        """Queue span `index`'s times: (time, 0, feature) for 2D frames, (time, 1, frame index) for 3D ones."""
+        if index >= self.spans:
+            return
+        first, stop = index * self.span, min((index + 1) * self.span, self.count)
+        window = self.plan.window
+        grid = sorted({int(j) for s in self.plan.window_starts(stop, first) for j in range(s, s + window)})
+        items = [(float(t), 0, first + i) for i, t in enumerate(self.plan.feature_times(stop, first))]
+        items += [(j / self.plan.input_fps_3d, 1, j) for j in grid if j > self._last_3d]
+        self._last_3d = max(self._last_3d, grid[-1])
+        for time, kind, key in items:
+            heapq.heappush(self.targets, (time, kind, key, index))
+        self.waiting[index] = len(items)
+
+    def run(
+        self, container: av.container.InputContainer, stream: av.video.stream.VideoStream
+    ) -> Iterator[DecodedSpan | VideoEnd]:
+        shown, done = None, 0
+        self._queue(0)
+        self._queue(1)
+        for frame in container.decode(stream):
+            if frame.time is None:
+                continue
+            while shown is not None and self.targets and self.targets[0][0] < frame.time:
+                _, kind, key, index = heapq.heappop(self.targets)
+                self.picked[kind][key] = _resize_crop(shown, self.sizes[kind])
+                self.waiting[index] -= 1
+                while done < self.spans and self.waiting.get(done) == 0:  # every time of span `done` is behind
+                    yield self._span(done, self.count, None)
+                    del self.waiting[done]
+                    done += 1
+                    self._queue(done + 1)
+            shown = frame
+            if done == self.spans:
+                break
+        if shown is None:
+            raise VideoError("zero duration" if self.duration is None else "no decodable frames")
+        end = self.duration or shown.time + 1 / float(stream.average_rate or self.plan.input_fps_3d)
+        # Spans handed out so far lie inside the video (their times came before a decoded frame); a video shorter
+        # than its stated length, or of unstated length, ends here.
+        count = min(self.count, self.plan.feature_count(end))
+        if count == 0:
+            raise VideoError("zero duration")
+        fill = (_resize_crop(shown, self.plan.size_2d), _resize_crop(shown, self.plan.size_3d))  # shown until the end
+        spans = -(-count // self.span)
+        for index in range(done, spans):
+            yield self._span(index, count, fill)
+        yield VideoEnd(spans, end)
+
+    def _span(self, index: int, count: int, fill: tuple[np.ndarray, np.ndarray] | None) -> DecodedSpan:
+        """Span `index` from the picked frames (`fill` for times past the last frame); frees what no later span
+        needs."""
+        first, stop = index * self.span, min((index + 1) * self.span, count)
+        window = self.plan.window
+        starts = self.plan.window_starts(stop, first)
+
+        def frame(kind: int, key: int) -> np.ndarray:
+            return self.picked[kind][key] if fill is None else self.picked[kind].get(key, fill[kind])
+
+        frames_2d = np.stack([frame(0, i) for i in range(first, stop)])
+        clips = np.stack([np.stack([frame(1, j) for j in range(s, s + window)]) for s in starts])
+        for i in range(first, stop):
+            self.picked[0].pop(i, None)
+        keep_from = self.plan.window_starts(stop + 1, stop)[0] if stop < self.count else np.inf
+        for j in [j for j in self.picked[1] if j < keep_from]:
+            del self.picked[1][j]
+        return DecodedSpan(index, frames_2d, clips)

@@ -16,6 +16,7 @@ and the order of the training examples.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ def _fit(
     loader = DataLoader(
         features, batch_size=hp.batch_size, shuffle=True, generator=order, collate_fn=partial(collate, pad_id=pad_id)
     )
-    total = hp.epochs * len(loader)
+    total = min(hp.epochs * len(loader), hp.max_steps or math.inf)
     optim = OptimSpec(lr=hp.lr, weight_decay=hp.weight_decay, warmup_fraction=hp.warmup_fraction)
     optimizer = build_optimizer(optim, model)
     scheduler = build_scheduler(optim, optimizer, total)
@@ -142,6 +143,8 @@ def _fit(
             step += 1
             if progress is not None:
                 progress(step, total, loss.item())
+            if step == total:
+                return
 
 
 def evaluate(finetuned: Finetuned, task: str, data_dir: Path) -> dict[str, float]:

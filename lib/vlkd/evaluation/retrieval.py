@@ -18,7 +18,7 @@ import torch
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.data import features as fmt
-from vlkd.data.clips import features_info, middle_frames, pad_features, validation_videos
+from vlkd.data.clips import features_info, held_out, middle_frames, pad_features
 from vlkd.errors import DataError, VlkdError
 from vlkd.inputs import open_input
 from vlkd.losses import mean_pool
@@ -40,14 +40,14 @@ class HeldOutClip:
 def held_out_clips(store: ArtifactStore, teacher: TeacherSpec, features: str) -> list[HeldOutClip]:
     source = open_input(features, store)
     info = features_info(source)
-    held_out = validation_videos(info.videos, teacher.train.val_size, teacher.seed)
-    if not held_out:
+    validation = held_out(source, info, teacher.train.val_size, teacher.seed)
+    if not validation.videos:
         raise DataError(f"the teacher held out no clips (train.val_size: 0): nothing to retrieve from {features}")
     columns = slice(0, info.dim_2d) if teacher.visual_input == "middle_frame" else slice(None)
     clips = []
-    for path in info.shards:
+    for path in validation.shards:
         for clip in fmt.read_clips(source.read_bytes(path), info.feature_dim):
-            if clip.video_id in held_out:
+            if clip.video_id in validation.videos:
                 frames = clip.features[: teacher.max_frames, columns].astype(np.float32)
                 frames = middle_frames(frames) if teacher.visual_input == "middle_frame" else frames
                 clips.append(HeldOutClip(clip.video_id, clip.start, clip.end, clip.text, frames))

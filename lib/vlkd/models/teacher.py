@@ -84,16 +84,21 @@ class Teacher(nn.Module):
         masked_input_ids: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
         frame_mask: torch.Tensor | None = None,
+        contrastive_on_masked: bool = False,
     ) -> dict[str, torch.Tensor]:
         """One forward for what the objectives need (DDP sees every trained parameter through it):
-        `text_states` [B, L, H] of the unmasked text and `video_repr` [B, H] when features are given (L_CT),
-        `mlm_logits` [B, L, V] of the masked text when it is given (L_MLM)."""
+        `text_states` [B, L, H] and `video_repr` [B, H] when features are given (L_CT), `mlm_logits` [B, L, V] of
+        the masked text when it is given (L_MLM). The text states are of the unmasked text, or, with
+        `contrastive_on_masked`, of the masked one, so that a single LM pass serves both terms."""
         out: dict[str, torch.Tensor] = {}
-        if features is not None and frame_mask is not None:
-            out["text_states"] = self.text_states(input_ids, attention_mask)
-            out["video_repr"] = self.video_encoder(features, frame_mask)[1]
+        masked_states = None
         if masked_input_ids is not None:
-            out["mlm_logits"] = self.language_model(input_ids=masked_input_ids, attention_mask=attention_mask).logits
+            masked_states = self.text_states(masked_input_ids, attention_mask)
+            out["mlm_logits"] = self.language_model.cls(masked_states)
+        if features is not None and frame_mask is not None:
+            shared = contrastive_on_masked and masked_states is not None
+            out["text_states"] = masked_states if shared else self.text_states(input_ids, attention_mask)
+            out["video_repr"] = self.video_encoder(features, frame_mask)[1]
         return out
 
     def text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -161,6 +161,14 @@ class Resources(StrictModel):
     memory: Annotated[str, AfterValidator(_check_quantity)] | None = Field(
         None, description="memory per worker as a Kubernetes quantity, e.g. 16Gi"
     )
+    read_tasks: int = Field(
+        2, gt=0, description="Ray Data tasks reading input shards at once, per training worker (or per data job)"
+    )
+    data_buffer: Annotated[str, AfterValidator(_check_quantity)] = Field(
+        "256Mi",
+        description="most of Ray's object store the job's Ray Data pipelines fill ahead of their reader (a Kubernetes "
+        "quantity): bounds read-ahead, so memory does not grow with the data",
+    )
 
     node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes node labels for workers")
     tolerations: list[Toleration] = Field(default_factory=list, description="Kubernetes taints the workers tolerate")
@@ -168,6 +176,10 @@ class Resources(StrictModel):
     @property
     def memory_bytes(self) -> int | None:
         return quantity_bytes(self.memory) if self.memory else None
+
+    @property
+    def data_buffer_bytes(self) -> int:
+        return quantity_bytes(self.data_buffer)
 
 
 _CREDENTIAL_WORDS = ("access_key", "secret", "session_token", "password", "credential")

@@ -79,6 +79,12 @@ class PreprocessSpec(StageSpec):
     max_frames: int = Field(512, gt=0, description="per video; Sec. 4.3")
     shard_size: int = Field(256, gt=0, description="clips per Parquet shard")
     decode_cpus: float = Field(1.0, gt=0, description="CPUs per decoding task")
+    span_features: int = Field(
+        32,
+        gt=0,
+        description="a video is decoded and encoded in spans of this many features (seconds at 1 fps), a Ray Data "
+        "row each, so a row's memory is bounded whatever the video's length",
+    )
 
 
 class TokenizerSpec(StrictModel):

@@ -33,7 +33,12 @@ class SoftLabelOptions(StrictModel):
 
 class VokenOptions(StrictModel):
     features: FeaturesRef | None = Field(None, description="features the video bank is built from")
-    bank_size: int = Field(30_000, gt=0, description="pre-selected videos (30K in the paper, Sec. 3.4)")
+    bank_size: int = Field(
+        30_000,
+        gt=0,
+        description="pre-selected videos (30K in the paper, Sec. 3.4): a seeded sample of whole videos, each "
+        "represented by the mean of V^T over its clips",
+    )
 
 
 class KDOptions(StrictModel):

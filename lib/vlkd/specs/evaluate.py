@@ -15,6 +15,9 @@ class FinetuneSpec(StrictModel):
     """Downstream hyperparameters; the paper uses 3 epochs, lr 1e-4, batch 32 for all tasks (Sec. 4.3)."""
 
     epochs: int = Field(3, gt=0)
+    max_steps: int | None = Field(
+        None, gt=0, description="stop after this many optimizer steps (the schedule decays over them); default: none"
+    )
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(32, gt=0)
     max_len: int = Field(128, gt=2)

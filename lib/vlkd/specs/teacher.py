@@ -36,6 +36,11 @@ class TeacherSpec(StageSpec):
     loss_weights: TeacherLossWeights = TeacherLossWeights()
     margin: float = Field(1.0, gt=0, description="hinge margin alpha of Eq. 3 (Sec. 4.3)")
     mlm_probability: float = Field(0.15, gt=0, lt=1)
+    contrastive_text: Literal["unmasked", "masked"] = Field(
+        "unmasked",
+        description="what LM^T reads for L_CT: the unmasked text x, as Sec. 3.2 writes it (two LM passes a step), "
+        "or x^masked, as the authors' released teacher does (one pass shared with MLM)",
+    )
     visual_input: Literal["video", "middle_frame"] = Field(
         "video", description="middle_frame: image-level supervision, the middle frame's 2D feature (Table 6)"
     )

@@ -39,3 +39,7 @@ class TrainSpec(StrictModel):
     )
     val_size: int = Field(10_000, ge=0, description="held-out examples; the paper reserves 10K (Sec. 4.3)")
     max_failures: int = Field(3, ge=0, description="worker failures Ray Train recovers from")
+    compile: bool = Field(False, description="torch.compile the model: faster steps, after a compile at the start")
+    prefetch_batches: int = Field(
+        4, ge=0, description="batches collated and copied to the device ahead of the step, in background threads"
+    )

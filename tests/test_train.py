@@ -1,0 +1,75 @@
+"""The shared training loop's parts on CPU: compiled steps, the GPU paths it takes, its optimizer."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from vlkd.data import text as textdata
+from vlkd.jobs.teacher import TeacherTask
+from vlkd.specs import parse_spec
+from vlkd.train import build_optimizer, compile_model
+
+WORDS = ("a", "red", "circle", "moves", "to", "the", "left", "while", "blue", "square", "stays", "still", "grows")
+
+
+@pytest.fixture(scope="module")
+def teacher_task() -> TeacherTask:
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(WORDS, 8)) for _ in range(200)]
+    tokenizer = textdata.train_tokenizer(lines, 100, 1, True)
+    spec = parse_spec(
+        {"stage": "teacher", "name": "t", "features": "features/f", "tokenizer": "tokenizer/t", "model": "tiny"}
+    )
+    return TeacherTask(spec, tokenizer, feature_dim=16)
+
+
+def a_batch(task: TeacherTask) -> dict:
+    """Four captions and clips of 3, 5, 2 and 4 frames, as the teacher's Ray Data rows hold them (Arrow)."""
+    rng = np.random.default_rng(1)
+    frames = [3, 5, 2, 4]
+    rows = pa.table(
+        {
+            "text": [" ".join(rng.choice(WORDS, 6)) for _ in frames],
+            "num_frames": pa.array(frames, pa.int32()),
+            "features": [rng.normal(size=n * 16).astype(np.float16) for n in frames],
+        }
+    )
+    return task.collate(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_compiled_step_computes_the_eager_loss_and_gradients(teacher_task):
+    eager = teacher_task.build_model().eval()  # no dropout: compiled kernels draw their own random numbers
+    compiled = compile_model(copy.deepcopy(eager))
+    batch = a_batch(teacher_task)
+    results = []
+    for model in (eager, compiled):
+        loss, terms = teacher_task.loss(model, batch, torch.Generator().manual_seed(0))
+        loss.backward()
+        grads = {name: p.grad for name, p in getattr(model, "_orig_mod", model).named_parameters()}
+        results.append((loss.detach(), terms, grads))
+    (eager_loss, eager_terms, eager_grads), (compiled_loss, compiled_terms, compiled_grads) = results
+    assert set(eager_terms) == set(compiled_terms) == {"loss", "ct", "mlm"}
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-4, atol=1e-5)
+    assert eager_grads.keys() == compiled_grads.keys()
+    for name, grad in eager_grads.items():
+        if grad is not None:
+            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_the_language_models_use_pytorch_scaled_dot_product_attention(teacher_task):
+    """SDPA runs flash or memory-efficient attention kernels on GPUs; the eager path would not."""
+    model = teacher_task.build_model()
+    assert model.language_model.config._attn_implementation == "sdpa"
+    assert model.video_encoder.encoder.config._attn_implementation == "sdpa"
+
+
+def test_adamw_is_fused_only_for_parameters_on_a_gpu(teacher_task):
+    """The fused kernel is CUDA's (bench/gpu.sh measures it); on the CPU the optimizer is torch's default one."""
+    assert build_optimizer(teacher_task.spec.optim, teacher_task.build_model()).defaults["fused"] is None
