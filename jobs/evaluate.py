@@ -9,6 +9,8 @@ set is scored with the model each MNLI run finetuned (it has no training data of
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from vlkd.artifacts import ArtifactStore, LineageNode, Manifest, collect_files
-from vlkd.errors import VlkdError
 from vlkd.evaluation.results import RunRecord, build_results
 from vlkd.inputs import open_input
 from vlkd.refs import ArtifactRef
@@ -67,12 +68,13 @@ def finetune_run(store: ArtifactStore, run: Run, threads: int) -> list[dict[str,
         if run.diagnostic is not None:
             diagnostic = fetch_task_data(run.diagnostic.data, store, Path(tmp) / "diagnostic")
             results.append({"task": "glue_diagnostic", "metrics": evaluate(finetuned, "glue_diagnostic", diagnostic)})
-    return [{**r, "examples": finetuned.examples, "seconds": round(finetuned.seconds, 1)} for r in results]
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    return [
+        {**r, "examples": finetuned.examples, "seconds": round(finetuned.seconds, 1), "worker": worker} for r in results
+    ]
 
 
 def plan_runs(spec: EvalSpec, store: ArtifactStore) -> list[Run]:
-    if any(t.hf_dataset for t in spec.tasks):
-        raise VlkdError("hf_dataset tasks need a Hugging Face download; give the task files with `data:` instead")
     diagnostic = next((t for t in spec.tasks if t.name == "glue_diagnostic"), None)
     trained = [t for t in spec.tasks if t.name != "glue_diagnostic"]
     return [
@@ -191,6 +193,7 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
             lineage_of(manifests[run.ref]),
             r["examples"],
             r["seconds"],
+            r["worker"],
         )
         for run, r in execute(runs, spec, context)
     ]
@@ -200,7 +203,7 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
         teacher = store.resolve(spec.retrieval.teacher)
         retrieval[str(teacher)] = teacher_retrieval(store, spec.retrieval, out / "retrieval")
         parents.append(teacher)
-    parents += [store.resolve(t.data) for t in spec.tasks if t.data and "://" not in t.data]
+    parents += [store.resolve(t.data) for t in spec.tasks if "://" not in t.data]
     notes = provenance_notes(store, [str(p) for p in parents])
     costs = {row: cost_of(manifests[ref], store) for row, ref in {run.row: run.ref for run in runs}.items()}
     results = build_results(records, spec.baseline, retrieval, notes, costs)

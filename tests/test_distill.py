@@ -215,3 +215,32 @@ def test_two_workers_distil_with_one_voken_bank_built_by_rank_0(context):
     spec = distill_spec(name="voken-ddp", kd={"voken": 1.0}, kd_options=options, resources={"num_workers": 2})
     (manifest,) = distill.run(spec, context)
     assert manifest.metrics["steps"] == 8 and "val_voken" in manifest.metrics
+
+
+def test_distillation_moves_the_student_towards_the_teacher(context, tmp_path):
+    """NST's distance (Eq. 7) between the student's distillation-head output and the frozen teacher's states, on the
+    held-out text, falls as the student distils: the objective pulls the student towards the teacher."""
+    budget = {**SHORT_TRAINING, "max_steps": 100, "log_every": 25, "eval_every": 25, "checkpoint_every": 100}
+    (student,) = distill.run(distill_spec(name="near", kd={"nst": 1.0}, train=budget), context)
+    context.store.fetch(student.ref, tmp_path / "student")
+    records = [json.loads(line) for line in (tmp_path / "student/logs/metrics.jsonl").read_text().splitlines()]
+    distances = [r["val_nst"] for r in records if "val_nst" in r]
+    assert len(distances) == 4 and distances[-1] < 0.9 * distances[0], distances
+
+
+@pytest.mark.slow
+def test_the_log_of_one_training_worker_is_picked_out_of_a_real_two_worker_job(store, s3_endpoint, vlkd_cli, tmp_path):
+    """`vlkd logs JOB --worker N` on what a real two-worker Ray Train job forwarded to its driver's log."""
+    import yaml
+
+    spec = distill_spec(name="two-workers", resources={"num_workers": 2}, train={**SHORT_TRAINING, "max_failures": 0})
+    path = tmp_path / "distill.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True) | {"stage": "distill"}))
+    env = {"AWS_ENDPOINT_URL": s3_endpoint}
+    submitted = vlkd_cli("submit", "distill", "--spec", str(path), "--store", store.uri, "--wait", env=env, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = submitted.stdout.splitlines()[0]
+    workers = [vlkd_cli("logs", job_id, "--worker", str(rank), env=env).stdout for rank in (0, 1)]
+    assert "vlkd train worker rank 0 of 2" in workers[0] and "rank 1 of 2" not in workers[0]
+    assert "vlkd train worker rank 1 of 2" in workers[1] and "rank 0 of 2" not in workers[1]
+    assert all(not line.startswith("(") for text in workers for line in text.splitlines())  # Ray's prefix removed

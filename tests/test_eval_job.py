@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 import pytest
 
@@ -89,10 +91,23 @@ def test_the_diagnostic_set_is_scored_with_the_mnli_model(context, tmp_path):
     assert -100 <= diagnostic["metrics"]["r3"] <= 100 and "r3_average" in diagnostic["metrics"]
 
 
+def report_runs(context, manifest, tmp_path) -> list[dict]:
+    context.store.fetch(manifest.ref, tmp_path / manifest.name)
+    return json.loads((tmp_path / manifest.name / "results.json").read_text())["runs"]
+
+
 def test_runs_go_out_as_ray_tasks(context, tmp_path):
     spec = eval_spec(name="parallel", seeds=[0], retrieval=None, resources={"num_workers": 2, "cpus_per_worker": 1})
     (manifest,) = evaluate.run(spec, context)
     assert manifest.metrics["runs"] == 2
+    workers = [run["worker"] for run in report_runs(context, manifest, tmp_path)]
+    assert len(workers) == 2 and all(int(w.rsplit(":", 1)[1]) != os.getpid() for w in workers)  # not in this process
+
+
+def test_without_workers_runs_stay_in_the_jobs_process(context, tmp_path):
+    (manifest,) = evaluate.run(eval_spec(name="serial", seeds=[0], retrieval=None), context)
+    workers = {run["worker"] for run in report_runs(context, manifest, tmp_path)}
+    assert workers == {f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def test_report_show_prints_the_table_and_the_notes(context, vlkd_cli, s3_endpoint):

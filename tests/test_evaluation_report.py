@@ -72,6 +72,7 @@ def test_results_list_models_tasks_and_every_run() -> None:
         "lineage": BASE,
         "examples": 40,
         "seconds": 1.5,
+        "worker": None,
     }
 
 

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+from prerequisites import require
 
 from vlkd.backends.base import JobDescription, JobState, JobStatus
 from vlkd.backends.k8s import KubernetesBackend, rayjob_name, rayjob_status, render_rayjob
@@ -46,7 +47,10 @@ OVERLAYS = ("dev", "gpu")
 BASE = ROOT / "k8s" / "base" / "kustomization.yaml"
 JOB_ID = "vlkd-teacher-20261129-041200-ab12"
 
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not on PATH")
+
+@pytest.fixture
+def kubectl() -> None:
+    require(shutil.which("kubectl") is not None, "kubectl (with kustomize) is not on PATH")
 
 
 def paper_job(stage: str, job_id: str | None = None, env: dict[str, str] | None = None) -> JobDescription:
@@ -102,8 +106,7 @@ def _unique_list_keys(validator: Any, keys: list[str], instance: Any, schema: di
 
 @pytest.fixture(scope="module")
 def crd_validator() -> Any:
-    if not CRD.exists():
-        pytest.skip(f"the KubeRay RayJob CRD is not at {CRD} (shared/crds/, next to the repository)")
+    require(CRD.exists(), f"the KubeRay RayJob CRD is not at {CRD} (shared/crds/, next to the repository)")
     from jsonschema import Draft7Validator, validators
 
     RayJobValidator = validators.extend(Draft7Validator, {"x-kubernetes-list-map-keys": _unique_list_keys})
@@ -569,7 +572,7 @@ def test_the_kubelets_pull_error_replaces_its_back_off_notice():
 # --- The kustomize tree ----------------------------------------------------------------------------------------------
 
 
-@needs_kubectl
+@pytest.mark.usefixtures("kubectl")
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_built_in_objects_are_valid_kubernetes_objects(overlay):
     objects = kustomize(overlay)
@@ -582,7 +585,7 @@ def test_overlay_built_in_objects_are_valid_kubernetes_objects(overlay):
         assert obj["kind"] == "Namespace" or obj["metadata"].get("namespace") == "vlkd"
 
 
-@needs_kubectl
+@pytest.mark.usefixtures("kubectl")
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_rayjobs_are_valid_suspended_and_run_the_one_image(overlay, crd_validator):
     jobs = rayjobs(kustomize(overlay))
@@ -593,7 +596,7 @@ def test_overlay_rayjobs_are_valid_suspended_and_run_the_one_image(overlay, crd_
         assert {c["image"] for c in containers(rayjob)} == {base_image()}
 
 
-@needs_kubectl
+@pytest.mark.usefixtures("kubectl")
 def test_dev_overlay_is_a_small_cpu_only_cluster_with_minio():
     objects = kustomize("dev")
     for rayjob in rayjobs(objects).values():
@@ -613,7 +616,7 @@ def test_dev_overlay_is_a_small_cpu_only_cluster_with_minio():
     assert any(o["kind"] == "Service" and o["metadata"]["name"] == "minio" for o in objects)
 
 
-@needs_kubectl
+@pytest.mark.usefixtures("kubectl")
 def test_gpu_overlay_puts_every_gpu_worker_on_tainted_gpu_nodes():
     jobs = rayjobs(kustomize("gpu"))
     gpu_stages = {s for s, j in jobs.items() if "nvidia.com/gpu" in containers(j)[-1]["resources"]["limits"]}

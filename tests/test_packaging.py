@@ -31,3 +31,32 @@ def test_wheel_contains_every_module(tmp_path):
     assert expected - shipped == set()
     entry_points = next(n for n in shipped if n.endswith("entry_points.txt"))
     assert "vlkd = vlkd.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_every_package_the_code_imports_is_declared():
+    """An import that works only because another package happened to pull its distribution in breaks when that
+    package stops depending on it."""
+    import ast
+    import importlib.metadata
+    import re
+
+    import tomllib
+
+    modules = set()
+    for folder in SOURCES:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules.add(node.module.split(".")[0])
+    third_party = modules - set(sys.stdlib_module_names) - {"vlkd", "__future__"}
+    distributions = importlib.metadata.packages_distributions()
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {normal(re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0]) for req in project["dependencies"]}
+    undeclared = {m for m in third_party if not {normal(d) for d in distributions.get(m, [m])} & declared}
+    assert undeclared == set()

@@ -10,7 +10,6 @@ import yaml
 
 from vlkd.errors import SpecError
 from vlkd.specs import (
-    PRESETS,
     STAGES,
     DistillSpec,
     ModelShape,
@@ -83,15 +82,27 @@ def test_missing_required_field():
     ]
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
-def test_presets_fill_every_shape_field(preset):
-    shape = ModelShape(preset=preset)
-    assert {k: getattr(shape, k) for k in PRESETS[preset]} == PRESETS[preset]
+@pytest.mark.parametrize(
+    ("preset", "shape"),
+    [
+        ("bert-6l-512h", (6, 512, 8, 2048)),  # the paper's BERT-6L/512H (footnote 3)
+        ("bert-12l-768h", (12, 768, 12, 3072)),  # BERT-base (Devlin et al.): 12 layers, 768 wide, 12 heads, 3072 FFN
+    ],
+)
+def test_the_paper_presets_are_the_papers_shapes(preset, shape):
+    model = ModelShape(preset=preset)
+    assert (model.num_layers, model.hidden_size, model.num_heads, model.intermediate_size) == shape
+    assert model.max_position_embeddings == 512
 
 
-def test_paper_presets_are_the_papers_shapes():
-    assert (ModelShape(preset="bert-12l-768h").num_layers, ModelShape(preset="bert-12l-768h").hidden_size) == (12, 768)
-    assert (ModelShape(preset="bert-6l-512h").num_layers, ModelShape(preset="bert-6l-512h").hidden_size) == (6, 512)
+def test_the_12l_768h_preset_builds_bert_base_with_about_110m_parameters():
+    from transformers import BertForMaskedLM
+
+    from vlkd.models.bert import bert_config
+
+    model = BertForMaskedLM(bert_config(ModelShape(preset="bert-12l-768h"), vocab_size=30522))
+    parameters = sum(p.numel() for p in model.parameters())
+    assert 105e6 < parameters < 115e6, parameters  # BERT-base: 110M with bert-base-uncased's 30,522 tokens
 
 
 def test_preset_fields_are_overridable_one_by_one():
@@ -161,6 +172,23 @@ def test_pretrained_3d_encoder_needs_weights():
     assert problem.startswith("encoder_3d: weights: required for a pretrained resnext3d")
     ok = parse_spec({**spec, "encoder_3d": {"init": "random"}})
     assert ok.encoder_2d.weights == "hf://openai/clip-vit-base-patch32"  # the 2D default is on the hub
+
+
+def test_3d_weights_from_a_hub_are_refused_at_validation():
+    """No hub hosts the Kinetics 3D-ResNeXt checkpoints: an hf:// id would only fail later, as a missing file."""
+    spec = {"stage": "preprocess", "name": "f", "videos": "s3://bkt/videos"}
+    (problem,) = problems({**spec, "encoder_3d": {"name": "resnext3d", "weights": "hf://someone/resnext-101"}})
+    assert problem.startswith("encoder_3d: resnext3d weights are a 3D-ResNets-PyTorch .pth checkpoint")
+    ok = parse_spec({**spec, "encoder_3d": {"name": "resnext3d", "weights": "weights/resnext3d-101-kinetics"}})
+    assert ok.encoder_3d.depth == 101  # the depth of the public Kinetics checkpoint the README names
+
+
+def test_an_eval_task_reads_its_files_and_nothing_else():
+    """A spec that validates must run: tasks come from their files, never from a hub download."""
+    base = {"stage": "eval", "name": "e", "models": ["student/a"]}
+    found = problems({**base, "tasks": [{"name": "sst2", "hf_dataset": "glue/sst2"}]})
+    assert "tasks[0].hf_dataset: unknown field; valid fields: name, data, finetune" in found
+    assert problems({**base, "tasks": [{"name": "sst2"}]}) == ["tasks[0].data: required field is missing"]
 
 
 def test_data_source_must_be_a_uri_or_a_dataset_ref():

@@ -161,6 +161,38 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(context, monkeypatch):
     assert [r["step"] for r in records if "loss" in r] == [4, 8, 12]  # the log lost nothing before the checkpoint
 
 
+def test_a_resumed_run_logs_the_losses_of_an_uninterrupted_one(context, monkeypatch, tmp_path):
+    """Exact resume: the masks and negatives drawn, the dropout, the batches of the epoch and the logging window all
+    continue from the checkpoint, so every loss logged after it is the uninterrupted run's."""
+    steps = {"max_steps": 12, "log_every": 1, "eval_every": 12, "checkpoint_every": 5}
+
+    def logged(name: str) -> dict[int, dict[str, float]]:
+        train = {**teacher_spec().train.model_dump(), **steps}
+        job = JobContext(f"{context.job_id}-{name}", context.store, tmp_path)  # a job id is one run
+        (manifest,) = teacher.run(teacher_spec(name=name, train=train), job)
+        context.store.fetch(manifest.ref, tmp_path / name)
+        records = [json.loads(line) for line in (tmp_path / name / LOGS / METRICS_FILE).read_text().splitlines()]
+        return {r["step"]: {k: r[k] for k in ("loss", "ct", "mlm")} for r in records if "loss" in r}
+
+    straight = logged("straight")
+    original = Loop._micro_step
+
+    def crash_after_step_8(self, batch, window):
+        if self.state.step == 8:
+            raise RuntimeError("node lost")
+        original(self, batch, window)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Loop, "_micro_step", crash_after_step_8)
+        with pytest.raises(RuntimeError, match="node lost"):
+            logged("resumed")
+    resumed = logged("resumed")  # the same job id: it resumes at step 5
+    assert context.store.manifest("teacher/resumed").metrics["resumed_from"] == [5]
+    assert sorted(resumed) == sorted(straight) == list(range(1, 13))
+    for step in range(6, 13):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), step
+
+
 @pytest.mark.slow
 def test_a_tiny_teacher_learns_text_to_video_grounding(ray_session, make_store, tmp_path):
     """Enough synthetic clips for grounding to be learnable, then retrieval on held-out videos vs chance."""
@@ -198,11 +230,13 @@ def test_a_tiny_teacher_learns_text_to_video_grounding(ray_session, make_store, 
 
 
 class CrashOnce(teacher.TeacherTask):
-    """The teacher's task, but the first time it reaches its 9th training micro-step the worker process dies."""
+    """The teacher's task, but the first time it reaches its 9th training micro-step the worker process dies, once
+    Ray Train has registered the step-6 checkpoint (its controller records it in the run's snapshot file)."""
 
-    def __init__(self, spec, tokenizer, feature_dim, marker: str):
+    def __init__(self, spec, tokenizer, feature_dim, marker: str, place):
         super().__init__(spec, tokenizer, feature_dim)
         self.marker = marker
+        self.place = place
         self.calls = 0
 
     def loss(self, model, batch, generator):
@@ -212,9 +246,16 @@ class CrashOnce(teacher.TeacherTask):
             import os
             import time
 
-            time.sleep(5)  # Ray registers a report by polling the worker: let it see the step-6 checkpoint first
+            snapshot = f"{self.place.prefix}/checkpoint_manager_snapshot.json"
+            deadline = time.monotonic() + 120
+            while not self._registered(snapshot) and time.monotonic() < deadline:
+                time.sleep(0.2)
             os._exit(1)  # the worker is lost, not just an exception
         return super().loss(model, batch, generator)
+
+    def _registered(self, snapshot: str) -> bool:
+        storage = self.place.storage
+        return storage.exists(snapshot) and json.loads(storage.read_bytes(snapshot)).get("latest_checkpoint_result")
 
 
 @pytest.mark.slow
@@ -233,17 +274,9 @@ def test_a_lost_ray_train_worker_is_replaced_and_resumes(context, tmp_path):
     context.store.fetch(spec.tokenizer, tmp_path / "tok")
     tokenizer = BertTokenizerFast.from_pretrained(tmp_path / "tok", local_files_only=True)
     datasets, info = clip_datasets(context.store, spec.features, 4, 0, spec.resources)
-    task = CrashOnce(spec, tokenizer, info.feature_dim, str(tmp_path / "crashed"))
-    final = fit(
-        task,
-        spec.train,
-        spec.optim,
-        Resources(num_workers=1),
-        datasets,
-        RunPlace(context.store.storage, "lost-worker"),
-        0,
-        "teacher/lost-worker",
-    )
+    place = RunPlace(context.store.storage, "lost-worker")
+    task = CrashOnce(spec, tokenizer, info.feature_dim, str(tmp_path / "crashed"), place)
+    final = fit(task, spec.train, spec.optim, Resources(num_workers=1), datasets, place, 0, "teacher/lost-worker")
     state = load_final(final)["state"]
     assert (tmp_path / "crashed").exists()
     assert state["resumed_from"] == [6] and state["step"] == 12

@@ -5,15 +5,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# Cosines closer than this are a tie: a collapsed model's equal vectors give cosines that differ in the last bits.
+TIE = 1e-6
+
 
 def retrieval_metrics(text: torch.Tensor, video: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """Text-to-video retrieval: query i's correct video is video i; videos ranked by cosine similarity.
 
     text [N, D], video [N, D] -> {"r1", "r5", "r10" (percent), "median_rank" (1 = best), "queries"}."""
     similarity = F.normalize(text.float(), dim=-1) @ F.normalize(video.float(), dim=-1).T
+    return ranking_metrics(similarity, ks)
+
+
+def ranking_metrics(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """R@k and the median rank of each row's diagonal entry among the row's scores, similarity [N, N].
+
+    Ties are broken at random, in expectation: a correct video that trails g videos and ties with t (itself
+    included) ranks g + (t + 1) / 2 and is within the top k with probability clip((k - g) / t, 0, 1). So a collapsed
+    model, whose vectors are all alike, scores chance (R@k = k / N, median rank (N + 1) / 2) instead of a perfect
+    score. The median is the usual one: the mean of the two middle ranks for an even number of queries."""
     correct = similarity.diagonal().unsqueeze(1)
-    ranks = (similarity > correct).sum(dim=1) + 1  # ties count in the query's favour
-    metrics = {f"r{k}": 100.0 * (ranks <= k).float().mean().item() for k in ks}
-    metrics["median_rank"] = ranks.float().median().item()
+    ahead = (similarity > correct + TIE).sum(dim=1).double()
+    tied = ((similarity - correct).abs() <= TIE).sum(dim=1).double()
+    ranks = ahead + (tied + 1) / 2
+    metrics = {f"r{k}": 100.0 * ((k - ahead) / tied).clamp(0, 1).mean().item() for k in ks}
+    metrics["median_rank"] = ranks.quantile(0.5).item()
     metrics["queries"] = float(len(ranks))
     return metrics

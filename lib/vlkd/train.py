@@ -89,6 +89,12 @@ class TrainState:
     peak: dict[str, float] = field(default_factory=dict)
     resumed_from: list[int] = field(default_factory=list)
     """the steps this run was resumed at (after a lost worker or a resubmission)"""
+    epoch: int = 0
+    epoch_batches: int = 0
+    """batches of `epoch` already trained on: a resumed run skips them, so it sees the batches it would have"""
+    window_micro: int = 0
+    window_terms: dict[str, float] = field(default_factory=dict)
+    """micro-steps and summed loss terms since the last logged step (what the next log line averages)"""
 
 
 def build_optimizer(optim: OptimSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -301,9 +307,9 @@ class Loop:
         self.state = TrainState()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.work = Path(tempfile.mkdtemp(prefix="vlkd-train-"))
+        self.generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)  # masks and negatives
         self._resume()
         self.metrics = MetricsLog(self.work / LOGS, enabled=self.rank == 0)
-        self.generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard("validation")
 
@@ -324,28 +330,33 @@ class Loop:
         self.state = TrainState(**saved["state"])
         self.state.resumed_from.append(self.state.step)
         self.best_weights = saved["best_weights"]
-        _set_rng_state(saved["rng"][min(self.rank, len(saved["rng"]) - 1)])
+        rng = saved["rng"][min(self.rank, len(saved["rng"]) - 1)]  # each rank its own; a larger group reuses the last
+        _set_rng_state(rng)
+        self.generator.set_state(rng["generator"])
         if (restored / LOGS).is_dir():
             shutil.copytree(restored / LOGS, self.work / LOGS, dirs_exist_ok=True)
         log.info("resumed at step %d from the latest checkpoint", self.state.step)
 
     def run(self) -> None:
         started, window = time.monotonic(), {"time": time.monotonic(), "tokens": 0, "samples": 0}
-        epoch = 0
+        state, train = self.state, self.train
         while not self._finished():
             batches = 0
-            train = self.train
-            epoch_batches = train_batches(
-                self.train_shard, self.task, train.batch_size, self.device, train.prefetch_batches, self.seed + epoch
-            )
-            for batch in epoch_batches:
+            seed = self.seed + state.epoch  # the epoch's shuffle: the same batches in the same order on a rerun
+            for batch in train_batches(
+                self.train_shard, self.task, train.batch_size, self.device, train.prefetch_batches, seed
+            ):
                 batches += 1
+                if batches <= state.epoch_batches:
+                    continue  # trained on before the checkpoint this run resumed from
+                state.epoch_batches = batches
                 self._micro_step(batch, window)
                 if self._finished():
                     break
             if batches == 0:  # every epoch would be empty: without this the loop spins for ever
                 raise DataError(self._short_shard())
-            epoch += 1
+            if not self._finished():
+                state.epoch, state.epoch_batches = state.epoch + 1, 0
         self._checkpoint(final=True)
         self.metrics.close()
         if self.rank == 0:
@@ -361,8 +372,8 @@ class Loop:
         return self.state.step >= self.train.max_steps or self.state.stopped_early
 
     def _micro_step(self, batch: dict[str, Any], window: dict[str, float]) -> None:
-        self._micro = getattr(self, "_micro", 0) + 1
-        sync = self._micro % self.train.grad_accum_steps == 0
+        self.state.window_micro += 1
+        sync = self.state.window_micro % self.train.grad_accum_steps == 0
         no_sync = self.model.no_sync if (self.world > 1 and not sync) else nullcontext
         self.model.train()
         with no_sync(), self.cast:
@@ -370,9 +381,8 @@ class Loop:
         self.scaler.scale(loss / self.train.grad_accum_steps).backward()
         window["tokens"] += self.task.tokens(batch)
         window["samples"] += next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
-        self._terms = (
-            {k: self._terms.get(k, 0.0) + v for k, v in terms.items()} if hasattr(self, "_terms") else dict(terms)
-        )
+        summed = self.state.window_terms
+        self.state.window_terms = {k: summed.get(k, 0.0) + v for k, v in terms.items()}
         if not sync:
             return
         self.scaler.unscale_(self.optimizer)
@@ -391,8 +401,8 @@ class Loop:
 
     def _log(self, window: dict[str, float], grad_norm: float) -> None:
         seconds = max(time.monotonic() - window["time"], 1e-9)
-        count = self._micro
-        terms = {k: v / count for k, v in self._terms.items()}
+        count = self.state.window_micro
+        terms = {k: v / count for k, v in self.state.window_terms.items()}
         throughput = {
             "tokens_per_s": window["tokens"] * self.world / seconds,
             "samples_per_s": window["samples"] * self.world / seconds,
@@ -415,7 +425,7 @@ class Loop:
                 time.strftime("%H:%M:%S", time.gmtime(remaining)),
             )
         window.update(time=time.monotonic(), tokens=0, samples=0)
-        self._terms, self._micro = {}, 0
+        self.state.window_terms, self.state.window_micro = {}, 0
 
     def _validate(self) -> None:
         """Every rank evaluates the whole validation split, so all take the same early-stopping decision."""
@@ -442,13 +452,25 @@ class Loop:
                 "step %d validation: %s%s", self.state.step, shown, " (early stop)" if self.state.stopped_early else ""
             )
 
+    def _every_ranks_rng(self) -> list[dict[str, Any]]:
+        """Each rank's random state (Python, NumPy, torch, CUDA, and the generator of masks and negatives), for rank 0
+        to save: every rank restores its own, so a resumed run draws what the uninterrupted one would have."""
+        mine = {**_rng_state(), "generator": self.generator.get_state()}
+        if self.world == 1:
+            return [mine]
+        import torch.distributed as dist
+
+        every: list[dict[str, Any]] = [{}] * self.world
+        dist.all_gather_object(every, mine)
+        return every
+
     def _checkpoint(self, final: bool) -> None:
         if final and self.state.best_step < 0 and self.val_shard is not None:
             self._validate()  # a run shorter than eval_every still picks its weights on validation data
         directory = self.work / f"checkpoint-{self.state.step}"
         directory.mkdir(parents=True, exist_ok=True)
+        rng = self._every_ranks_rng()
         if self.rank == 0:
-            rng = [_rng_state()]
             payload = {
                 "identity": self.identity,
                 "model": _unwrap(self.model).state_dict(),

@@ -132,7 +132,8 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
     if results["models"]:
         parts += ["## Models", "\n".join(_lineage_line(model) for model in results["models"])]
     if results.get("retrieval"):
-        parts += ["## Teacher text-to-video retrieval", markdown_table(*retrieval_rows(results["retrieval"]))]
+        table = markdown_table(*retrieval_rows(results["retrieval"]))
+        parts += ["## Teacher text-to-video retrieval", RETRIEVAL_NOTE, table]
     if any(model.get("cost") for model in results["models"]):
         parts += ["## Cost", COST_NOTE, markdown_table(*cost_rows(results["models"]))]
     if charts:
@@ -172,6 +173,11 @@ def retrieval_rows(retrieval: Mapping[str, Mapping[str, float]]) -> tuple[list[s
     return ["Teacher", *(name for name, _ in RETRIEVAL_COLUMNS)], rows
 
 
+RETRIEVAL_NOTE = (
+    "Each caption ranks the held-out videos by cosine similarity. A tie counts at its expected place under a random "
+    "order (a collapsed teacher scores chance, not 100%); the median rank of an even count is the mean of the two "
+    "middle ranks."
+)
 COST_NOTE = (
     "What making each model took: the resources its job held over its wall time (and, for students, their teacher's)."
 )

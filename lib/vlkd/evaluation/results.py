@@ -7,7 +7,8 @@
  "models": [{"row", "ref", "lineage": {"teacher", "kd_objectives", "corpus", ...},    # report order
              "cost": {"wall_seconds", "cpu_hours", "gpu_hours", "teacher_cpu_hours", "teacher_gpu_hours"}}],
  "tasks": ["sst2", ...],                # the tasks run, in the registry's order
- "runs": [{"row", "ref", "lineage", "task", "seed", "metrics": {name: percent}, "examples", "seconds"}],
+ "runs": [{"row", "ref", "lineage", "task", "seed", "metrics": {name: percent}, "examples", "seconds",
+           "worker": "host:pid"}],      # the process that finetuned: a Ray task's, or the job's own
  "summary": {row: {task: {metric: {"mean", "std", "seeds"}}}},   # std: sample std over seeds, 0 for one seed
  "retrieval": {teacher label: {"r1", "r5", "r10", "median_rank", "queries"}},
  "notes": ["..."]}
@@ -44,6 +45,8 @@ class RunRecord:
     lineage: dict[str, Any] = field(default_factory=dict)
     examples: int | None = None
     seconds: float | None = None
+    worker: str | None = None
+    """host:pid of the process that ran it (a Ray task's, or the eval job's own)"""
 
 
 def build_results(

@@ -59,10 +59,24 @@ class Encoder3DSpec(_EncoderSpec):
     per second, sub-sampled to the 2D stream's rate (Sec. 4.2)."""
 
     name: Literal["resnext3d", "pixel-motion"] = "resnext3d"
-    depth: Literal[50, 101, 152] = Field(152, description="3D-ResNeXt-152 in the paper (Sec. 4.2)")
+    depth: Literal[50, 101, 152] = Field(
+        101,
+        description="the paper names 3D-ResNeXt-152 (Sec. 4.2); the public Kinetics checkpoint of "
+        "kenshohara/3D-ResNets-PyTorch is ResNeXt-101 (resnext-101-kinetics.pth)",
+    )
     input_fps: float = Field(24.0, gt=0)
     window: int = Field(16, gt=0, description="frames per 3D feature")
     image_size: int = Field(112, gt=0)
+
+    @model_validator(mode="after")
+    def _weights_are_a_checkpoint_file(self) -> Encoder3DSpec:
+        if self.name == "resnext3d" and self.weights is not None and self.weights.startswith("hf://"):
+            raise ValueError(
+                "resnext3d weights are a 3D-ResNets-PyTorch .pth checkpoint, which no hub hosts: import the file "
+                "(`vlkd artifacts push weights/resnext3d-101-kinetics resnext-101-kinetics.pth`) and name that "
+                "ref, or an s3:// or file:// path"
+            )
+        return self
 
 
 class PreprocessSpec(StageSpec):

@@ -29,15 +29,10 @@ class TaskSpec(StrictModel):
     """One downstream task; `finetune` holds only this task's overrides of `EvalSpec.finetune`."""
 
     name: TaskName
-    data: DataSource | None = Field(None, description="the task's files in their official format")
-    hf_dataset: str | None = Field(None, description="a Hugging Face datasets name (needs internet)")
+    data: DataSource = Field(
+        description="the task's files in their official format: a dataset artifact, or an s3:// or file:// folder"
+    )
     finetune: FinetuneSpec = FinetuneSpec()
-
-    @model_validator(mode="after")
-    def _one_source(self) -> TaskSpec:
-        if (self.data is None) == (self.hf_dataset is None):
-            raise ValueError(f"task {self.name}: give exactly one of data or hf_dataset")
-        return self
 
 
 class EvalModel(StrictModel):
