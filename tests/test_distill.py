@@ -217,15 +217,42 @@ def test_two_workers_distil_with_one_voken_bank_built_by_rank_0(context):
     assert manifest.metrics["steps"] == 8 and "val_voken" in manifest.metrics
 
 
-def test_distillation_moves_the_student_towards_the_teacher(context, tmp_path):
-    """NST's distance (Eq. 7) between the student's distillation-head output and the frozen teacher's states, on the
-    held-out text, falls as the student distils: the objective pulls the student towards the teacher."""
-    budget = {**SHORT_TRAINING, "max_steps": 100, "log_every": 25, "eval_every": 25, "checkpoint_every": 100}
-    (student,) = distill.run(distill_spec(name="near", kd={"nst": 1.0}, train=budget), context)
-    context.store.fetch(student.ref, tmp_path / "student")
-    records = [json.loads(line) for line in (tmp_path / "student/logs/metrics.jsonl").read_text().splitlines()]
-    distances = [r["val_nst"] for r in records if "val_nst" in r]
-    assert len(distances) == 4 and distances[-1] < 0.9 * distances[0], distances
+def _nst_distance_to_teacher(context, language_model_dir, tokenizer) -> float:
+    """Eq. 7's distance between a student's last hidden states (no distillation head: the baseline has none) and
+    the teacher's, over the corpus's held-out split, through the distill task's own validation."""
+    from transformers import BertForMaskedLM
+
+    from vlkd.data.corpus import corpus_datasets
+
+    spec = distill_spec(name="probe", kd={"nst": 1.0}, distill_head=False)
+    task = distill.plan_task(spec, context.store, tokenizer, num_data=1)
+    model = task.build_model().eval()
+    model.language_model.load_state_dict(BertForMaskedLM.from_pretrained(language_model_dir).state_dict())
+    datasets, _ = corpus_datasets(context.store, spec.corpus, spec.resources)
+    batches = [task.collate(b) for b in datasets["validation"].iter_batches(batch_size=8, batch_format="pyarrow")]
+    with torch.no_grad():
+        return task.evaluate(model, batches)["val_nst"]
+
+
+def test_a_distilled_student_ends_nearer_the_teacher_than_the_baseline(context, tmp_path):
+    """NST+CRD (with the distillation head, as in Sec. 4.3) against the text-only baseline, same budget and seed,
+    measured on held-out text. The students' seed differs from the teacher's: the tiny teacher barely moved from
+    its initialisation, so a baseline sharing it would start at the teacher. NST's weight is 100 because at this
+    scale Eq. 7 is ~0.007 against MLM's ~7, and at weight 1 its pull on the student stays within noise (measured:
+    0.0070 vs the baseline's 0.0071)."""
+    from transformers import BertTokenizerFast
+
+    budget = {**SHORT_TRAINING, "max_steps": 100, "log_every": 50, "eval_every": 50, "checkpoint_every": 100}
+    (student,) = distill.run(distill_spec(name="near", kd={"nst": 100.0, "crd": 1.0}, train=budget, seed=1), context)
+    baseline_context = JobContext(f"{context.job_id}-baseline", context.store, tmp_path / "baseline-job")
+    (baseline,) = distill.run(distill_spec(name="far", kd={}, teacher=None, train=budget, seed=1), baseline_context)
+    distances = {}
+    for manifest in (student, baseline):
+        folder = tmp_path / manifest.name
+        context.store.fetch(manifest.ref, folder)
+        tokenizer = BertTokenizerFast.from_pretrained(folder / "language_model", local_files_only=True)
+        distances[manifest.name] = _nst_distance_to_teacher(context, folder / "language_model", tokenizer)
+    assert distances["near"] < 0.95 * distances["far"], distances
 
 
 @pytest.mark.slow
