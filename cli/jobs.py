@@ -115,7 +115,7 @@ def status(job_id: str = typer.Argument(..., help="a job id printed by submit"),
     from vlkd.backends.submission import job_status
 
     current = job_status(job_id, store)
-    console.print(f"{job_id}  {current.state.value}  {current.message}".rstrip(), highlight=False)
+    console.print(f"{job_id}  {current.state.value}  {current.message}".rstrip(), highlight=False, soft_wrap=True)
     for line in current.why_pending:
         console.print(f"  {line}", highlight=False)
 

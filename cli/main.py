@@ -11,7 +11,7 @@ import typer
 from vlkd import __version__
 from vlkd.cli import artifacts, data, jobs, pipeline, quickstart, report, specs
 from vlkd.cli.output import print_error
-from vlkd.errors import VlkdError, error_lines
+from vlkd.errors import VlkdError, error_lines, first_line
 
 app = typer.Typer(
     name="vlkd",
@@ -36,6 +36,9 @@ app.add_typer(report.app, name="report")
 app.add_typer(pipeline.app, name="pipeline")
 
 
+_verbose = False
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"vlkd {__version__}")
@@ -45,8 +48,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print the traceback of an unexpected error"),
 ) -> None:
     """VidLanKD as batch jobs on Ray and Kubernetes."""
+    global _verbose
+    _verbose = verbose
 
 
 def main() -> None:
@@ -63,6 +69,11 @@ def main() -> None:
         for line in error_lines(exc):
             print_error(line)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a library's error (a backend's client, a network): one line unless asked for more
+        if _verbose:
+            raise
+        print_error(f"{type(exc).__name__}: {first_line(exc)} (run `vlkd -v ...` for the traceback)")
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -251,35 +251,39 @@ GCS_PORT_FILE = "vlkd-test-gcs-port"
 @contextlib.contextmanager
 def running_ray_head(temp: Path) -> Iterator[str]:
     """A real Ray cluster head on 127.0.0.1 with its dashboard (the Job Submission API), stopped afterwards;
-    yields the dashboard address. Ray's token authentication is off for this private loopback head (clusters that
-    use it pass RAY_AUTH_TOKEN)."""
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    yields the dashboard address. It is a stock head: its home has a token (`ray get-auth-token --generate`), so
+    `ray start --head` turns token authentication on, as on any machine that has run Ray. While it runs, the
+    token's file is RAY_AUTH_TOKEN_PATH in this process's environment, which the CLI's subprocesses inherit."""
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port, dashboard = _free_port(), _free_port()
     (temp / GCS_PORT_FILE).write_text(str(port))  # how its stopper finds the processes that do not name `temp`
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")} | {"HOME": str(temp / "home")}
+    subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60, env=env)
     command = [
         ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=8",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+        f"--dashboard-agent-listen-port={_free_port()}",  # not Ray's fixed default, which another Ray here may hold
     ]  # fmt: skip
-    subprocess.run(
-        command, check=True, capture_output=True, timeout=180, env={**os.environ, "RAY_AUTH_MODE": "disabled"}
-    )
+    subprocess.run(command, check=True, capture_output=True, timeout=180, env=env)
     address = f"http://127.0.0.1:{dashboard}"
+    token = temp / "home" / ".ray" / "auth_token"
     try:
         from ray.job_submission import JobSubmissionClient
 
+        headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
         deadline = time.monotonic() + 120
         while True:
             try:
-                JobSubmissionClient(address).list_jobs()
+                JobSubmissionClient(address, headers=headers).list_jobs()
                 break
             except Exception:
                 assert time.monotonic() < deadline, "the Ray dashboard did not come up"
                 time.sleep(1)
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
         yield address
     finally:
         _stop_processes_of(temp)
-        os.environ.pop("RAY_AUTH_MODE", None)
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 
 
 def _stop_processes_of(temp: Path) -> None:

@@ -194,6 +194,43 @@ def test_ray_backend_runs_a_stage_on_a_ray_head_with_an_s3_store(vlkd_cli, ray_h
 
 
 @pytest.mark.slow
+def test_a_token_authenticated_head_is_reached_with_the_token_from_wherever_ray_keeps_it(
+    vlkd_cli, ray_head, ray_head_dir, s3_text_inputs, monkeypatch
+):
+    """The head is stock (`ray start --head` with a token in its home): vlkd sends the token found in
+    RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token, and without one says how to give it
+    in one line."""
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    token_file = ray_head_dir / "home" / ".ray" / "auth_token"
+    token = token_file.read_text().strip()
+    submit = ["submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--backend", "ray", "--address", ray_head]
+    how = "set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in ~/.ray/auth_token"
+
+    refused = vlkd_cli(*submit, env=s3_text_inputs)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == (
+        f"error: the Ray cluster at {ray_head} requires a token (Ray token authentication): {how} "
+        "(`ray get-auth-token` on the head prints it)"
+    )
+
+    submitted = vlkd_cli(*submit, env={**s3_text_inputs, "RAY_AUTH_TOKEN": token})
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job_id = submitted.stdout.strip()
+    cancel = vlkd_cli("cancel", job_id, env=s3_text_inputs)  # no token: refused before anything is stopped
+    assert cancel.returncode == 1 and cancel.stderr.count("\n") == 1 and "requires a token" in cancel.stderr
+
+    (Path(os.environ["HOME"]) / ".ray").mkdir()
+    (Path(os.environ["HOME"]) / ".ray" / "auth_token").write_text(token + "\n")
+    wait_for(lambda: vlkd_cli("status", job_id, env=s3_text_inputs).stdout.split()[1] == "SUCCEEDED")
+    for source in ({"RAY_AUTH_TOKEN": token}, {"RAY_AUTH_TOKEN_PATH": str(token_file)}):
+        status = vlkd_cli("status", job_id, env={**s3_text_inputs, **source})
+        assert status.stdout.split()[1] == "SUCCEEDED" and "recorded in the store" not in status.stdout, source
+    wrong = vlkd_cli("status", job_id, env={**s3_text_inputs, "RAY_AUTH_TOKEN": "not-the-token"})
+    assert wrong.stdout.split()[1] == "SUCCEEDED"  # from the store, which says why the head did not answer
+    assert f"the Ray cluster at {ray_head} refused the token it was given" in wrong.stdout
+
+
+@pytest.mark.slow
 def test_ray_backend_cancel_stops_the_job(vlkd_cli, ray_head, synth_root, tmp_path):
     store = ArtifactStore.open((tmp_path / "store").as_uri())
     big = tmp_path / "big"

@@ -116,6 +116,27 @@ def test_unreachable_endpoint_is_one_line(vlkd_cli):
     assert_one_line_error(result, "cannot reach the S3 endpoint http://127.0.0.1:9")
 
 
+def test_a_librarys_error_is_one_line_and_its_traceback_is_behind_verbose(monkeypatch, capsys):
+    """What no vlkd code turned into a user error (a client library's exception) still prints one line, and
+    `vlkd -v` shows its traceback."""
+    from vlkd.backends import submission
+    from vlkd.cli.main import main
+
+    def broken(*args, **kwargs):
+        raise ConnectionResetError("the peer reset the connection\nsecond line")
+
+    monkeypatch.setattr(submission, "job_status", broken)
+    monkeypatch.setattr(sys, "argv", ["vlkd", "status", "some-job"])
+    with pytest.raises(SystemExit) as ended:
+        main()
+    err = capsys.readouterr().err
+    assert ended.value.code == 1 and err.count("\n") == 1, err
+    assert "ConnectionResetError: the peer reset the connection (run `vlkd -v ...` for the traceback)" in err
+    monkeypatch.setattr(sys, "argv", ["vlkd", "-v", "status", "some-job"])
+    with pytest.raises(ConnectionResetError):
+        main()
+
+
 def test_gc_lists_and_removes_abandoned_drafts(vlkd_cli, tmp_path):
     store = tmp_path / "s"
     leftover = store / "artifacts" / "dataset" / "a" / "v1" / "files"

@@ -1,7 +1,7 @@
 """Errors meant for users: each says what went wrong, where, and what to do.
 
-The CLI prints a `VlkdError` as one line and exits with its `exit_code`; anything else is a bug and keeps
-its traceback.
+The CLI prints a `VlkdError` as one line and exits with its `exit_code`; anything else (a library's error, or a
+bug) also gets one line, with `vlkd -v` for its traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ class SpecError(VlkdError):
         self.problems = problems
         count = f"{len(problems)} error{'s' if len(problems) != 1 else ''}"
         super().__init__(f"{source}: {count}: " + "; ".join(problems))
+
+
+def first_line(exc: BaseException) -> str:
+    """A library's exception as one line for the user (its first; its type when it has no message)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def error_lines(exc: VlkdError) -> list[str]:

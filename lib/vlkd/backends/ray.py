@@ -1,20 +1,45 @@
 """The `ray` backend: a running Ray cluster reached by its dashboard address, through Ray's Job Submission API.
 
 The cluster must run vlkd's image (or have vlkd installed); the job's spec is read from the artifact store, so the
-store must be reachable from the cluster (an s3:// store, or a folder the cluster shares)."""
+store must be reachable from the cluster (an s3:// store, or a folder the cluster shares).
+
+A head with Ray's token authentication (the default of `ray start --head` once a token exists) needs its token on
+every request; vlkd finds it where Ray's own clients do (`auth_headers`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from vlkd.backends.base import JobDescription, JobState, JobStatus
-from vlkd.errors import VlkdError
+from vlkd.errors import VlkdError, first_line
 
 AGENT_WAIT_SECONDS = 60
+HOW_TO_GIVE_A_TOKEN = (
+    "set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in ~/.ray/auth_token "
+    "(`ray get-auth-token` on the head prints it)"
+)
+
+
+def auth_headers() -> dict[str, str]:
+    """The head's token as an HTTP header, from where Ray documents it: RAY_AUTH_TOKEN, else the file named by
+    RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; none found, no header. Sent whatever this process's RAY_AUTH_MODE
+    says: only the head knows whether it wants a token, and Ray's client sends one only under RAY_AUTH_MODE=token
+    (a head that does not check tokens ignores the header)."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        path = Path(named).expanduser() if named else Path.home() / ".ray" / "auth_token"
+        if path.is_file():
+            token = path.read_text().strip()
+        elif named:
+            raise VlkdError(f"RAY_AUTH_TOKEN_PATH names {path}, which does not exist: {HOW_TO_GIVE_A_TOKEN}")
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _state(status: Any) -> JobState:
@@ -36,11 +61,22 @@ class RayBackend:
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
 
+            headers = auth_headers()
             try:
-                self._client = JobSubmissionClient(self.address)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise VlkdError(f"cannot reach the Ray cluster at {self.address}: {_first_line(exc)}") from None
+                self._client = JobSubmissionClient(self.address, headers=headers)
+            except Exception as exc:
+                raise self._error("cannot reach the Ray cluster at {address}", exc, headers) from None
         return self._client
+
+    def _error(self, what: str, exc: Exception, headers: dict[str, str] | None = None) -> VlkdError:
+        """One line for a failed request: a refused or missing token says how to give one."""
+        from ray.exceptions import AuthenticationError
+
+        if isinstance(exc, AuthenticationError):
+            sent = auth_headers() if headers is None else headers
+            problem = "refused the token it was given" if sent else "requires a token (Ray token authentication)"
+            return VlkdError(f"the Ray cluster at {self.address} {problem}: {HOW_TO_GIVE_A_TOKEN}")
+        return VlkdError(f"{what.format(address=self.address)}: {first_line(exc)}")
 
     def request(self, job: JobDescription) -> dict[str, Any]:
         """The `submit_job` arguments: what render shows and submit sends."""
@@ -62,14 +98,15 @@ class RayBackend:
 
     def submit(self, job: JobDescription) -> dict[str, Any]:
         deadline = time.monotonic() + AGENT_WAIT_SECONDS
+        client = self.client
         while True:
             try:
-                self.client.submit_job(**self.request(job))
+                client.submit_job(**self.request(job))
                 return {"address": self.address}
-            except RuntimeError as exc:
+            except Exception as exc:
                 # A head that has just started answers before its job agent is up, and says to try again.
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                    raise VlkdError(f"the Ray cluster at {self.address} refused the job: {_first_line(exc)}") from None
+                    raise self._error("the Ray cluster at {address} refused the job", exc) from None
                 time.sleep(1)
 
     def status(self, job_id: str, record: dict[str, Any]) -> JobStatus:
@@ -88,6 +125,8 @@ class RayBackend:
                     chunk = loop.run_until_complete(stream.__anext__())
                 except StopAsyncIteration:
                     return
+                except Exception as exc:
+                    raise self._error("Ray cluster at {address}", exc) from None
                 yield from chunk.splitlines(keepends=True)
         finally:
             loop.close()
@@ -108,9 +147,5 @@ class RayBackend:
     def _call(self, method: Any, *args: Any) -> Any:
         try:
             return method(*args)
-        except RuntimeError as exc:
-            raise VlkdError(f"Ray cluster at {self.address}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        except Exception as exc:
+            raise self._error("Ray cluster at {address}", exc) from None
