@@ -110,8 +110,9 @@ StoreForJob = Annotated[
 
 
 def status(job_id: str = typer.Argument(..., help="a job id printed by submit"), store: StoreForJob = None) -> None:
-    """Where a job stands: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, and why; a pending job says what it
-    waits for."""
+    """Where a job stands: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED or LOST (its driver stopped recording a
+    heartbeat), and why; a pending job says what it waits for. Where the backend and the job's own record in the
+    store disagree, it says which said what."""
     from vlkd.backends.submission import job_status
 
     current = job_status(job_id, store)

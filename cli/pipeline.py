@@ -1,4 +1,5 @@
-"""`vlkd pipeline run|status`: the stages of a pipeline spec, each consuming what the previous published."""
+"""`vlkd pipeline run|submit|status`: the stages of a pipeline spec, each consuming what the previous published;
+`run` drives them from this machine, `submit` sends the pipeline to a cluster as one job that drives them there."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 import typer
 
 from vlkd.cli.artifacts import Store
-from vlkd.cli.jobs import Address, BackendName, Context, Image, Namespace, _options
-from vlkd.cli.output import console
+from vlkd.cli.jobs import Address, BackendName, Context, Image, Namespace, _follow, _options
+from vlkd.cli.output import console, err_console
+from vlkd.errors import VlkdError
 
 app = typer.Typer(no_args_is_help=True, help="Pipelines: data -> teacher -> students -> eval in one go.")
 
@@ -52,13 +54,57 @@ def run(
 
 
 @app.command()
-def status(name: str = typer.Argument(..., help="the pipeline's name (its spec's `name:`)")) -> None:
-    """The state of each stage of the last run of a pipeline."""
+def submit(
+    spec: Path = typer.Argument(..., help="a pipeline spec (stage: pipeline)", show_default=False),
+    backend: BackendName = "ray",
+    address: Address = None,
+    context: Context = None,
+    namespace: Namespace = None,
+    image: Image = None,
+    store: Store = None,
+    job_id: str = typer.Option(None, "--job-id", help="resume an interrupted pipeline job: give its id again"),
+    wait: bool = typer.Option(False, "--wait", "-w", help="follow its log and exit with its outcome"),
+) -> None:
+    """Send the whole pipeline to a cluster as one job: its driver runs there and submits each stage to the same
+    Ray cluster, so this machine may disconnect. Prints the pipeline job's id."""
+    from vlkd.backends import get_backend
+    from vlkd.backends.submission import job_store, prepare
+    from vlkd.backends.submission import submit as send
+    from vlkd.specs import load_spec
+
+    if backend == "local":
+        raise VlkdError(
+            "`pipeline submit` sends the pipeline to a cluster (--backend ray or k8s); here, use `vlkd pipeline run`"
+        )
+    pipeline = load_spec(spec, "pipeline")
+    artifacts = job_store(pipeline, store)
+    options = _options(backend, address, context, namespace)
+    job = prepare("pipeline", pipeline, spec, artifacts, backend, image, job_id)
+    send(get_backend(backend, **options), options, job, spec.read_text(), artifacts)
+    err_console.print(
+        f"submitted pipeline {pipeline.name} as job {job.job_id} to {backend}; from any machine: `vlkd pipeline "
+        f"status {pipeline.name} --store {artifacts.uri}`, `vlkd logs {job.job_id} --store {artifacts.uri}`",
+        highlight=False,
+        soft_wrap=True,
+    )
+    typer.echo(job.job_id)
+    if wait:
+        raise typer.Exit(_follow(job.job_id, pending_notice=60))
+
+
+@app.command()
+def status(
+    name: str = typer.Argument(..., help="the pipeline's name (its spec's `name:`)"),
+    store: Store = None,
+) -> None:
+    """The state of each stage of the last run of a pipeline, from its store (the one this machine last ran it
+    in, unless --store names another)."""
     from vlkd.cli.progress import print_stages
     from vlkd.pipeline import PipelineRun
 
-    run = PipelineRun.load(name)
+    run = PipelineRun.load(name, store)
+    job = f" as job {run.job_id}" if run.job_id else ""
     console.print(
-        f"pipeline {run.name} on {run.backend}, store {run.store}, started {run.started_at[:19]}", highlight=False
+        f"pipeline {run.name}{job} on {run.backend}, store {run.store}, started {run.started_at[:19]}", highlight=False
     )
     print_stages(run, console)

@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.curves import plot_curves, read_curves
-from vlkd.joblog import ENDED, WORKER_BANNER, read_log, read_state, worker_lines
+from vlkd.joblog import ENDED, HEARTBEAT_SECONDS, LOST_AFTER, WORKER_BANNER, read_log, read_state, worker_lines
 
 RECORDED_JOB = textwrap.dedent(
     """
@@ -24,7 +25,7 @@ RECORDED_JOB = textwrap.dedent(
     from vlkd.joblog import JobRecorder
 
     store = ArtifactStore.open(sys.argv[1])
-    with JobRecorder(store.storage, "job-1", interval=0.2):
+    with JobRecorder(store.storage, "job-1", interval=0.2, heartbeat=0.4):
         print("from python's stdout", flush=True)
         print("from python's stderr", file=sys.stderr, flush=True)
         os.write(1, b"from the file descriptor itself\\n")
@@ -37,9 +38,11 @@ RECORDED_JOB = textwrap.dedent(
 )
 
 
-def run_recorded_job(tmp_path: Path, ending: str) -> tuple[subprocess.CompletedProcess, ArtifactStore, list[str]]:
+def run_recorded_job(
+    tmp_path: Path, ending: str, while_paused: Callable[[ArtifactStore], None] = lambda store: None
+) -> tuple[subprocess.CompletedProcess, ArtifactStore, list[str]]:
     """Run a recorded job in its own process (it takes over file descriptors 1 and 2) and return what the store
-    held while the job was paused, before it finished."""
+    held while the job was paused, before it finished; `while_paused` looks at the store meanwhile."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     store = ArtifactStore.open((tmp_path / "store").as_uri())
     script = tmp_path / "job.py"
@@ -55,6 +58,7 @@ def run_recorded_job(tmp_path: Path, ending: str) -> tuple[subprocess.CompletedP
         assert time.monotonic() < deadline and job.poll() is None, job.communicate()
         time.sleep(0.1)
     assert read_state(store.storage, "job-1")["state"] == "running"
+    while_paused(store)
     go_on.touch()
     out, err = job.communicate(timeout=60)
     return subprocess.CompletedProcess(job.args, job.returncode, out, err), store, while_running
@@ -83,6 +87,25 @@ def test_the_exit_code_and_a_crash_traceback_are_recorded(tmp_path):
     log = "".join(read_log(store.storage, "job-1"))
     assert "Traceback (most recent call last)" in log and log.rstrip().endswith("RuntimeError: worker lost")
     assert read_state(store.storage, "job-1")["exit_code"] == 1
+
+
+def test_a_running_job_refreshes_its_heartbeat_and_nothing_else(tmp_path):
+    beats = []
+
+    def watch(store: ArtifactStore) -> None:
+        first = read_state(store.storage, "job-1")
+        deadline = time.monotonic() + 30
+        while (later := read_state(store.storage, "job-1"))["updated_at"] == first["updated_at"]:
+            assert time.monotonic() < deadline, "no heartbeat while the job ran"
+            time.sleep(0.05)
+        beats.extend([first, later])
+
+    run_recorded_job(tmp_path, "pass", while_paused=watch)
+
+    first, later = beats
+    assert later["updated_at"] > first["updated_at"]
+    assert later | {"updated_at": None} == first | {"updated_at": None}  # still running, nothing else changed
+    assert LOST_AFTER.total_seconds() >= 10 * HEARTBEAT_SECONDS  # a few missed beats (a store's hiccup) are not lost
 
 
 def test_a_resubmitted_job_appends_to_its_log(tmp_path):

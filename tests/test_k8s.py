@@ -35,8 +35,9 @@ import yaml
 from prerequisites import require
 
 from vlkd.backends.base import JobDescription, JobState, JobStatus
-from vlkd.backends.k8s import KubernetesBackend, rayjob_name, rayjob_status, render_rayjob
+from vlkd.backends.k8s import KubernetesBackend, rayjob_status
 from vlkd.backends.k8s_pending import explain_pending
+from vlkd.backends.k8s_render import rayjob_name, render_rayjob
 from vlkd.errors import VlkdError
 from vlkd.specs import load_spec
 
@@ -69,25 +70,27 @@ def with_resources(job: JobDescription, **resources: Any) -> JobDescription:
 # --- The CRD as a JSON Schema --------------------------------------------------------------------------------------
 
 
-def _crd_schema() -> dict[str, Any]:
-    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 25,000 lines
-    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return _as_api_server(v1["schema"]["openAPIV3Schema"])
+def crd_schema(path: Path, version: str, rendered: bool = True) -> dict[str, Any]:
+    """The JSON Schema of `version` of the CRD at `path`, as the API server applies it (`_as_api_server`)."""
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 25,000 lines
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return _as_api_server(served["schema"]["openAPIV3Schema"], rendered)
 
 
-def _as_api_server(node: Any) -> Any:
+def _as_api_server(node: Any, rendered: bool) -> Any:
     """The CRD schema with what the API server enforces beyond plain JSON Schema made explicit: unknown fields are
     errors (strict field validation) unless `x-kubernetes-preserve-unknown-fields`. CEL rules
-    (`x-kubernetes-validations`) cannot be evaluated here, so a field guarded by one must not be rendered at all (it
-    validates against `False`): rendering one means reviewing it by hand and extending this test. Int-or-string
+    (`x-kubernetes-validations`) cannot be evaluated here. In what vlkd renders, a field guarded by one must not
+    appear at all (it validates against `False`): rendering one means reviewing it by hand and extending this test.
+    In objects a controller wrote (`rendered=False`, e.g. a recorded Workload), the rules are skipped. Int-or-string
     fields already carry `anyOf: [integer, string]`; `format` (int32...) and `default` are not checked."""
     if isinstance(node, list):
-        return [_as_api_server(n) for n in node]
+        return [_as_api_server(n, rendered) for n in node]
     if not isinstance(node, dict):
         return node
-    if "x-kubernetes-validations" in node:
+    if "x-kubernetes-validations" in node and rendered:
         return False
-    schema = {k: _as_api_server(v) for k, v in node.items()}
+    schema = {k: _as_api_server(v, rendered) for k, v in node.items() if k != "x-kubernetes-validations"}
     strict = "additionalProperties" not in schema and not node.get("x-kubernetes-preserve-unknown-fields")
     if "properties" in schema and strict:
         schema["additionalProperties"] = False
@@ -104,13 +107,17 @@ def _unique_list_keys(validator: Any, keys: list[str], instance: Any, schema: di
             yield ValidationError(f"duplicate {keys} in {instance!r}")
 
 
+def schema_validator(schema: dict[str, Any]) -> Any:
+    """A JSON Schema validator that also knows `x-kubernetes-list-map-keys`."""
+    from jsonschema import Draft7Validator, validators
+
+    return validators.extend(Draft7Validator, {"x-kubernetes-list-map-keys": _unique_list_keys})(schema)
+
+
 @pytest.fixture(scope="module")
 def crd_validator() -> Any:
     require(CRD.exists(), f"the KubeRay RayJob CRD is not at {CRD} (shared/crds/, next to the repository)")
-    from jsonschema import Draft7Validator, validators
-
-    RayJobValidator = validators.extend(Draft7Validator, {"x-kubernetes-list-map-keys": _unique_list_keys})
-    return RayJobValidator(_crd_schema())
+    return schema_validator(crd_schema(CRD, "v1"))
 
 
 def crd_errors(validator: Any, rayjob: dict[str, Any]) -> list[str]:
@@ -657,7 +664,7 @@ def test_the_job_service_account_has_no_api_rights():
 
 
 def test_the_store_configmap_name_is_the_one_the_backend_reads():
-    from vlkd.backends.k8s import STORE_CONFIGMAP
+    from vlkd.backends.k8s_render import STORE_CONFIGMAP
 
     configmap = yaml.safe_load((ROOT / "k8s" / "base" / "store-configmap.yaml").read_text())
     assert configmap["metadata"]["name"] == STORE_CONFIGMAP

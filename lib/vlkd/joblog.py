@@ -4,7 +4,9 @@ KubeRay deletes a RayJob's cluster when the job ends and a Ray head keeps logs o
 read from the cluster is gone with it. Every job therefore copies its output (the driver's, which carries its Ray
 workers' lines as Ray forwards them) to the store while it runs, in chunks written every few seconds: a crash
 loses at most the last few seconds. The state says whether the job runs, waits for resources (and why), or ended
-(and how): what `vlkd status` and `vlkd logs` fall back on once the cluster is gone.
+(and how): what `vlkd status` and `vlkd logs` fall back on once the cluster is gone. While the job runs or waits,
+its `updated_at` is refreshed every HEARTBEAT_SECONDS, so a driver that died without recording its end (killed, its
+node lost) shows as one that stopped beating: after LOST_AFTER, `vlkd status` calls it lost.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import os
 import re
 import select
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from vlkd.storage import Storage
@@ -28,6 +31,8 @@ JOB_PREFIX = "jobs/{job_id}"
 LOG_PREFIX = JOB_PREFIX + "/log/"
 STATE_KEY = JOB_PREFIX + "/state.json"
 CHUNK_SECONDS = 5.0
+HEARTBEAT_SECONDS = 30.0
+LOST_AFTER = timedelta(minutes=5)  # ten missed heartbeats: more than a store's hiccup, less than a user's patience
 
 RUNNING, WAITING, ENDED = "running", "waiting", "ended"
 
@@ -81,16 +86,22 @@ def worker_lines(lines: Iterator[str], rank: int) -> Iterator[str]:
 
 class JobRecorder:
     """Copies this process's stdout and stderr (file descriptors 1 and 2, so Ray's forwarded worker lines and
-    C-level output are caught too) to the store in numbered chunks, and keeps the job's state there.
+    C-level output are caught too) to the store in numbered chunks, and keeps the job's state there, rewritten every
+    `heartbeat` seconds while the job lives.
 
     Use as a context manager around the job; `waiting(why, recheck)` records what it waits for in between."""
 
-    def __init__(self, storage: Storage, job_id: str, interval: float = CHUNK_SECONDS) -> None:
+    def __init__(
+        self, storage: Storage, job_id: str, interval: float = CHUNK_SECONDS, heartbeat: float = HEARTBEAT_SECONDS
+    ) -> None:
         self.storage = storage
         self.job_id = job_id
         self.interval = interval
+        self.heartbeat = heartbeat
         self._buffer = bytearray()
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()  # the main thread and the upload thread both write the state
+        self._state_written = 0.0  # time.monotonic() of the last write
         self._stop = threading.Event()
         self._chunk = self._next_chunk()
         self._state: dict[str, Any] = {}
@@ -144,9 +155,15 @@ class JobRecorder:
         self._set_state(WAITING, why_pending=why)
 
     def _set_state(self, state: str, **extra: Any) -> None:
-        now = datetime.now(timezone.utc).isoformat()
-        self._state = {"job_id": self.job_id, "state": state, "updated_at": now, **extra}
-        self.storage.write_bytes(STATE_KEY.format(job_id=self.job_id), json.dumps(self._state, indent=2).encode())
+        with self._state_lock:
+            self._state = {"job_id": self.job_id, "state": state, **extra}
+        self._write_state()
+
+    def _write_state(self) -> None:
+        with self._state_lock:
+            self._state["updated_at"] = datetime.now(timezone.utc).isoformat()
+            self.storage.write_bytes(STATE_KEY.format(job_id=self.job_id), json.dumps(self._state, indent=2).encode())
+            self._state_written = time.monotonic()
 
     def _tee(self) -> None:
         """Pass everything on to where the output went before, and keep a copy for the store."""
@@ -170,6 +187,8 @@ class JobRecorder:
                 self._flush()
                 if self._recheck is not None:
                     self._update_wait(self._recheck())
+                if time.monotonic() - self._state_written >= self.heartbeat:
+                    self._write_state()  # the same state, updated_at refreshed
             except Exception as exc:  # a store that is briefly unreachable must not end the job or its log
                 log.warning("the job's log could not reach the store (%s); retrying", exc)
 

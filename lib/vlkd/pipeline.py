@@ -2,13 +2,19 @@
 
 Before a stage is submitted its input refs are pinned to the versions that exist now (`features/x` ->
 `features/x:v3`), so the lineage records exactly what it consumed; a stage whose output already exists for the
-very same pinned spec is skipped (the skip rule), unless forced. Progress is kept in a small state file, so
-`vlkd pipeline status` can show the DAG while it runs and after.
+very same pinned spec is skipped (the skip rule), unless forced. Progress is kept in the store
+(`pipelines/<name>/run.json`), so `vlkd pipeline status` shows the DAG from any machine while it runs and after.
+
+Run as one cluster job (`vlkd pipeline submit`, `vlkd.jobs.pipeline`), each stage's job id derives from the
+pipeline job's (`<pipeline job id>-<stage>`): a resubmitted or retried pipeline job skips the stages that
+published, follows a stage job that is still running, and resubmits an interrupted one under its own id, which
+resumes it from its checkpoints (training) or its run cache (preprocess).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,24 +51,42 @@ class PipelineRun:
     backend: str
     started_at: str
     stages: list[StageRun]
+    job_id: str | None = None
+    """the pipeline's own job, when it runs as one cluster job"""
 
-    @property
-    def path(self) -> Path:
-        return vlkd_home() / "pipelines" / f"{self.name}.json"
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(self.path)
+    def save(self, store: ArtifactStore) -> None:
+        store.storage.write_bytes(run_key(self.name), json.dumps(asdict(self), indent=2).encode())
+        pointer = _pointer(self.name)  # so that `vlkd pipeline status NAME` on this machine finds the store
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(json.dumps({"store": store.uri}))
 
     @classmethod
-    def load(cls, name: str) -> PipelineRun:
-        path = vlkd_home() / "pipelines" / f"{name}.json"
-        if not path.is_file():
-            raise NotFoundError(f"no run of pipeline {name!r} from this machine; start one with `vlkd pipeline run`")
-        data = json.loads(path.read_text())
+    def load(cls, name: str, store_uri: str | None = None) -> PipelineRun:
+        """The last run of pipeline `name`, from `store_uri`, else from the store this machine last ran it in."""
+        if store_uri is None and _pointer(name).is_file():
+            store_uri = json.loads(_pointer(name).read_text())["store"]
+        store = ArtifactStore.open(store_uri)
+        try:
+            data = json.loads(store.storage.read_bytes(run_key(name)))
+        except NotFoundError:
+            raise NotFoundError(
+                f"no run of pipeline {name!r} in {store.uri}: start one with `vlkd pipeline run` or "
+                "`vlkd pipeline submit`, or name its store with --store"
+            ) from None
         return cls(**{**data, "stages": [StageRun(**s) for s in data["stages"]]})
+
+
+def run_key(name: str) -> str:
+    return f"pipelines/{name}/run.json"
+
+
+def _pointer(name: str) -> Path:
+    return vlkd_home() / "pipelines" / f"{name}.json"
+
+
+def stage_job_id(pipeline_job_id: str, key: str) -> str:
+    """`distill:tiny-baseline` of job `vlkd-pipeline-...` -> `vlkd-pipeline-...-distill-tiny-baseline`."""
+    return f"{pipeline_job_id}-{re.sub(r'[^A-Za-z0-9-]+', '-', key).strip('-')}"
 
 
 def pin_refs(value: Any, store: ArtifactStore) -> Any:
@@ -112,7 +136,9 @@ def run_pipeline(
     reporter: Reporter,
     force: bool = False,
     image: str | None = None,
+    job_id: str | None = None,
 ) -> PipelineRun:
+    """`job_id`: the pipeline's own job, which names its stages' jobs; None for new ids (`vlkd pipeline run`)."""
     stages = pipeline.stages()
     run = PipelineRun(
         pipeline.name,
@@ -120,29 +146,31 @@ def run_pipeline(
         backend.name,
         datetime.now(timezone.utc).isoformat(),
         [StageRun(key, spec.stage) for key, spec in stages],
+        job_id,
     )
-    run.save()
+    run.save(store)
     for (key, spec), record in zip(stages, run.stages, strict=True):
         pinned = parse_spec(pin_refs(spec.model_dump(mode="json"), store), spec.stage, key)
         existing = None if force else outputs_of(pinned, store)
         if existing is not None:
             record.state, record.outputs = "skipped", [str(m.ref) for m in existing]
             record.message = "already published for this spec and these inputs"
-            run.save()
+            run.save(store)
             reporter.done(record)
             continue
-        with tempfile.TemporaryDirectory(prefix="vlkd-pipeline-") as tmp:
-            spec_file = Path(tmp) / f"{key.replace(':', '-')}.yaml"
-            spec_text = yaml.safe_dump(pinned.model_dump(mode="json"), sort_keys=False)
-            spec_file.write_text(spec_text)
-            job = prepare(spec.stage, pinned, spec_file, store, backend.name, image, None)
-            submit(backend, options, job, spec_text, store)
-            record.state, record.job_id = "running", job.job_id
-            run.save()
-            final = reporter.follow(record, backend, _recall(job.job_id))
+        stage_id = stage_job_id(job_id, key) if job_id else None
+        record.state, record.job_id = "running", stage_id
+        if stage_id and _still_running(backend, stage_id):
+            record.message = "followed: its job was still running"
+            run.save(store)
+            final = reporter.follow(record, backend, {})
+        else:
+            record.job_id = _submit_stage(spec.stage, key, pinned, store, backend, options, image, stage_id)
+            run.save(store)
+            final = reporter.follow(record, backend, _recall(record.job_id))
         if final != JobState.SUCCEEDED:
             record.state, record.message = "failed", f"{final.value}: see `vlkd logs {record.job_id}`"
-            run.save()
+            run.save(store)
             reporter.done(record)
             raise VlkdError(
                 f"pipeline {pipeline.name}: stage {key} {final.value.lower()} (job {record.job_id}); "
@@ -150,9 +178,36 @@ def run_pipeline(
             )
         record.state = "succeeded"
         record.outputs = [str(m.ref) for m in outputs_of(pinned, store) or []]
-        run.save()
+        run.save(store)
         reporter.done(record)
     return run
+
+
+def _submit_stage(
+    stage: str,
+    key: str,
+    spec: StageSpec,
+    store: ArtifactStore,
+    backend: Backend,
+    options: dict[str, Any],
+    image: str | None,
+    job_id: str | None,
+) -> str:
+    with tempfile.TemporaryDirectory(prefix="vlkd-pipeline-") as tmp:
+        spec_file = Path(tmp) / f"{key.replace(':', '-')}.yaml"
+        spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+        spec_file.write_text(spec_text)
+        job = prepare(stage, spec, spec_file, store, backend.name, image, job_id)
+        submit(backend, options, job, spec_text, store)
+    return job.job_id
+
+
+def _still_running(backend: Backend, job_id: str) -> bool:
+    """Whether the backend runs this job now (a retried pipeline finds its interrupted stage's job alive)."""
+    try:
+        return not backend.status(job_id, {}).state.finished
+    except VlkdError:
+        return False  # the backend does not know it
 
 
 def _recall(job_id: str) -> dict[str, Any]:

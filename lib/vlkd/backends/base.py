@@ -19,10 +19,13 @@ class JobState(str, enum.Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     STOPPED = "STOPPED"
+    LOST = "LOST"
+    """the backend says it runs, but its driver stopped recording a heartbeat (`vlkd.backends.reconcile`); finished,
+    as nothing that still beats is left to wait for"""
 
     @property
     def finished(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED)
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST)
 
 
 @dataclass
@@ -34,7 +37,8 @@ class JobStatus:
     backend: str = ""
     why_pending: list[str] = field(default_factory=list)
     """for a PENDING job, one or two lines on what it waits for (resources it asks for that no node offers,
-    unschedulable pods, image pulls), so that a pending job is never silent"""
+    unschedulable pods, image pulls, a queue's quota), so that a pending job is never silent; for a job held stopped
+    (deactivated in its queue), how to let it run"""
 
 
 @dataclass

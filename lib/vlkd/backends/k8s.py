@@ -1,18 +1,9 @@
-"""The `k8s` backend: each job is a KubeRay `RayJob` that brings up its own RayCluster, sent with the official
-`kubernetes` client under the user's kubeconfig context.
+"""The `k8s` backend: each job is a KubeRay `RayJob` that brings up its own RayCluster (rendered by
+`vlkd.backends.k8s_render`, whose docstring states the choices), sent with the official `kubernetes` client under the
+user's kubeconfig context.
 
-Rendering choices, stated once:
-- `submissionMode: K8sJobMode` (KubeRay's default): once the cluster is up, KubeRay runs `ray job submit` in a
-  Kubernetes Job named after the RayJob. That pod follows the driver's output, so its log is the job's log, and it
-  outlives the RayCluster (deleted `ttlSecondsAfterFinished` after the end), so logs stay readable.
-- Name: the job id as a DNS-1035 label of at most 47 characters, KubeRay's limit (it appends 6 characters for the
-  RayCluster, whose Services must fit in 63). An id that had to change gets a hash suffix, so two ids never collide.
-- `num_workers: 0`: no worker group (the CRD makes `workerGroupSpecs` optional). The trainer runs in-process in the
-  driver, which runs on the head, so the head gets the worker's GPUs, node selector and tolerations, and the larger
-  of the head's and the worker's CPUs and memory.
-- Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY by reference to the Secret `kubernetes.s3_secret`. The
-  optional ConfigMap `vlkd-store` (k8s/base) carries cluster-wide settings such as AWS_ENDPOINT_URL; `job.env`
-  overrides it.
+- `status` reads the RayJob; while it is pending, what its pods and events say (`k8s_pending`), and for a job queued
+  through Kueue, its Workload (`kueue`).
 - `cancel` deletes the RayJob: KubeRay's finalizer stops the Ray job, garbage collection removes the RayCluster and
   the submitter Job, and the name becomes free, so submitting the same job id again resumes from its checkpoints.
   Suspending (`spec.suspend`) would keep the name taken.
@@ -20,144 +11,40 @@ Rendering choices, stated once:
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import math
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
+from vlkd.backends import kueue
 from vlkd.backends.base import JobDescription, JobState, JobStatus
 from vlkd.backends.k8s_pending import explain_pending
+from vlkd.backends.k8s_render import (
+    GROUP,
+    HEAD_CONTAINER,
+    JOB_ID_ANNOTATION,
+    JOB_ID_LABEL,
+    MANAGED_BY_LABEL,
+    PLURAL,
+    STAGE_LABEL,
+    VERSION,
+    render_rayjob,
+)
 from vlkd.errors import NotFoundError, VlkdError
-from vlkd.specs import quantity_bytes
 
-GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
-MANAGED_BY_LABEL, JOB_ID_LABEL, STAGE_LABEL = "app.kubernetes.io/managed-by", "vlkd.io/job-id", "vlkd.io/stage"
-JOB_ID_ANNOTATION, SPEC_URI_ANNOTATION, STORE_URI_ANNOTATION = "vlkd.io/job-id", "vlkd.io/spec-uri", "vlkd.io/store-uri"
-STORE_CONFIGMAP = "vlkd-store"
-S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-GPU_RESOURCE = "nvidia.com/gpu"
-HEAD_CONTAINER, WORKER_CONTAINER = "ray-head", "ray-worker"
 SUBMITTER_CONTAINER = "ray-job-submitter"  # the container of KubeRay's default submitter pod
-MAX_NAME_LENGTH = 47
 SUBMITTER_ROLE = "the Role vlkd-submitter (k8s/base/rbac-submitter.yaml)"
 INSTALL_KUBERAY = (
     "helm repo add kuberay https://ray-project.github.io/kuberay-helm/ && "
     "helm install kuberay-operator kuberay/kuberay-operator --namespace kuberay-system --create-namespace"
 )
-_CREDENTIAL_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 _TIMEOUT = (10, 60)  # seconds to connect, to read
-
-
-def rayjob_name(job_id: str) -> str:
-    """The RayJob (and label) name of a job: a DNS-1035 label of at most 47 characters."""
-    name = re.sub(r"[^a-z0-9]+", "-", job_id.lower()).strip("-")
-    if not name[:1].isalpha():
-        name = f"vlkd-{name}".rstrip("-")
-    if name == job_id and len(name) <= MAX_NAME_LENGTH:
-        return name
-    digest = hashlib.sha256(job_id.encode()).hexdigest()[:8]
-    return f"{name[: MAX_NAME_LENGTH - 9].rstrip('-')}-{digest}"
-
-
-def render_rayjob(job: JobDescription, namespace: str) -> dict[str, Any]:
-    """The RayJob that runs `job` in `namespace` on a RayCluster of its own, deleted after it finishes."""
-    k8s, resources = job.spec.kubernetes, job.spec.resources
-    name = rayjob_name(job.job_id)
-    labels = {MANAGED_BY_LABEL: "vlkd", JOB_ID_LABEL: name, STAGE_LABEL: job.stage}
-    pods = _PodFactory(labels, k8s.image or job.image, _env(job.env, k8s.s3_secret), k8s.service_account)
-    cluster: dict[str, Any] = {"headGroupSpec": {"template": pods.head(job)}}
-    if resources.num_workers:
-        cluster["workerGroupSpecs"] = [
-            {
-                "groupName": "workers",
-                "replicas": resources.num_workers,
-                "minReplicas": resources.num_workers,
-                "maxReplicas": resources.num_workers,
-                "template": pods.worker(job),
-            }
-        ]
-    spec: dict[str, Any] = {
-        "entrypoint": job.entrypoint_line,
-        "jobId": job.job_id,
-        "submissionMode": "K8sJobMode",
-        "shutdownAfterJobFinishes": True,
-        "ttlSecondsAfterFinished": k8s.ttl_seconds_after_finished,
-        "backoffLimit": k8s.backoff_limit,
-    }
-    if k8s.active_deadline_seconds:
-        spec["activeDeadlineSeconds"] = k8s.active_deadline_seconds
-    spec["rayClusterSpec"] = cluster
-    annotations = {
-        JOB_ID_ANNOTATION: job.job_id,
-        SPEC_URI_ANNOTATION: job.spec_uri,
-        STORE_URI_ANNOTATION: job.store_uri,
-    }
-    metadata = {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations}
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RayJob", "metadata": metadata, "spec": spec}
-
-
-def _env(env: dict[str, str], secret: str) -> list[dict[str, Any]]:
-    leaked = [key for key in env if _CREDENTIAL_NAME.search(key)]
-    if leaked:
-        raise VlkdError(
-            f"job environment {', '.join(leaked)}: credentials never travel inline; the k8s backend reads "
-            f"{' and '.join(S3_CREDENTIAL_KEYS)} from the Secret {secret!r} (kubernetes.s3_secret)"
-        )
-    plain = [{"name": key, "value": value} for key, value in env.items()]
-    return plain + [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}} for key in S3_CREDENTIAL_KEYS
-    ]
-
-
-def _cpu(cpus: float) -> str:
-    return str(int(cpus)) if cpus == int(cpus) else f"{round(cpus * 1000)}m"
-
-
-class _PodFactory:
-    """Head and worker pod templates that share labels, image, environment and service account."""
-
-    def __init__(self, labels: dict[str, str], image: str, env: list[dict[str, Any]], service_account: str) -> None:
-        self.labels, self.image, self.env, self.service_account = labels, image, env, service_account
-
-    def head(self, job: JobDescription) -> dict[str, Any]:
-        k8s, resources = job.spec.kubernetes, job.spec.resources
-        if resources.num_workers:
-            return self._template(HEAD_CONTAINER, k8s.head_cpus, k8s.head_memory, 0)
-        memory = k8s.head_memory
-        if resources.memory and quantity_bytes(resources.memory) > quantity_bytes(memory):
-            memory = resources.memory
-        cpus = max(k8s.head_cpus, resources.cpus_per_worker)
-        return self._template(HEAD_CONTAINER, cpus, memory, resources.gpus_per_worker, resources)
-
-    def worker(self, job: JobDescription) -> dict[str, Any]:
-        r = job.spec.resources
-        return self._template(WORKER_CONTAINER, r.cpus_per_worker, r.memory, r.gpus_per_worker, r)
-
-    def _template(self, name: str, cpus: float, memory: str | None, gpus: float, placement: Any = None) -> dict:
-        amounts: dict[str, Any] = {"cpu": _cpu(cpus)}
-        if memory:
-            amounts["memory"] = memory
-        limits = {**amounts, GPU_RESOURCE: math.ceil(gpus)} if gpus > 0 else dict(amounts)
-        container = {
-            "name": name,
-            "image": self.image,
-            "env": copy.deepcopy(self.env),  # one copy per container: no YAML anchors in what we render
-            "envFrom": [{"configMapRef": {"name": STORE_CONFIGMAP, "optional": True}}],
-            "resources": {"requests": amounts, "limits": limits},
-        }
-        spec: dict[str, Any] = {"serviceAccountName": self.service_account, "containers": [container]}
-        if placement is not None and placement.node_selector:
-            spec["nodeSelector"] = dict(placement.node_selector)
-        if placement is not None and placement.tolerations:
-            spec["tolerations"] = [t.model_dump(exclude_none=True) for t in placement.tolerations]
-        return {"metadata": {"labels": dict(self.labels)}, "spec": spec}
 
 
 # What KubeRay's deployment states mean to a user while the Ray job itself has no say.
@@ -174,23 +61,28 @@ _DEPLOYMENT_DETAILS = {
 
 def rayjob_status(rayjob: dict[str, Any]) -> JobStatus:
     """A RayJob's `status.jobDeploymentStatus` (KubeRay's lifecycle) and `status.jobStatus` (the Ray job's own),
-    read as one job state with a message such as "Initializing: RayCluster starting"."""
+    read as one job state with a message such as "Initializing: RayCluster starting". A queued RayJob that Kueue
+    holds suspended is pending, not stopped."""
     metadata, status = rayjob.get("metadata") or {}, rayjob.get("status") or {}
     deployment = status.get("jobDeploymentStatus") or "New"
     ray_state = status.get("jobStatus") or ""
+    queue, detail = kueue.queue_name(rayjob), None
     if metadata.get("deletionTimestamp"):
         state, deployment = JobState.STOPPED, "Deleting"
     elif deployment == "Complete":
         state = {"SUCCEEDED": JobState.SUCCEEDED, "STOPPED": JobState.STOPPED}.get(ray_state, JobState.FAILED)
     elif deployment == "Failed":
         state = JobState.FAILED
+    elif deployment in ("New", "Suspending", "Suspended") and queue:
+        state, detail = JobState.PENDING, f"waiting for Kueue (LocalQueue {queue})"
     elif deployment in ("Suspending", "Suspended"):
         state = JobState.STOPPED
     elif deployment == "Running" and ray_state not in ("", "PENDING"):
         state = JobState.RUNNING  # a finished Ray job stays Running until KubeRay has seen its submitter end
     else:
         state = JobState.PENDING
-    detail = _DEPLOYMENT_DETAILS.get(deployment) or (f"Ray job {ray_state}" if ray_state else "Ray job not submitted")
+    if detail is None:
+        detail = _DEPLOYMENT_DETAILS.get(deployment, f"Ray job {ray_state}" if ray_state else "Ray job not submitted")
     parts = [deployment, detail, status.get("reason"), status.get("message")]
     annotations, labels = metadata.get("annotations") or {}, metadata.get("labels") or {}
     return JobStatus(
@@ -251,9 +143,56 @@ class KubernetesBackend:
             message = f"RayJob {namespace}/{name} no longer exists (cancelled or deleted)"
             return JobStatus(job_id, JobState.STOPPED, message, backend=self.name)
         current = rayjob_status(rayjob)
-        if current.state == JobState.PENDING:
-            current.why_pending = self._why_pending(context, namespace, rayjob)
+        if kueue.is_queued(rayjob) and not current.state.finished:
+            current = self._queue_status(context, namespace, rayjob, current)
+        if current.state == JobState.PENDING and not (rayjob.get("spec") or {}).get("suspend"):
+            pods_say = self._why_pending(context, namespace, rayjob)  # a suspended job has no pods to ask
+            current = replace(current, why_pending=[*current.why_pending, *pods_say])
         return current
+
+    def _queue_status(self, context: str, namespace: str, rayjob: dict[str, Any], current: JobStatus) -> JobStatus:
+        """The status refined by the job's Kueue Workload (`kueue.queue_status`). Reading it is extra to the
+        status, so a refusal becomes a line, never an error."""
+        try:
+            workload, cluster_queue = self._workload(context, namespace, rayjob)
+        except VlkdError as exc:
+            return replace(current, why_pending=[f"its Kueue Workload could not be read: {exc}"])
+        return kueue.queue_status(current, rayjob, workload, cluster_queue)
+
+    def _workload(self, context: str, namespace: str, rayjob: dict[str, Any]) -> tuple[dict | None, str | None]:
+        """The job's newest Workload, found by the label Kueue gives it, in the first version Kueue serves; and the
+        ClusterQueue behind the job's LocalQueue while no ClusterQueue has admitted it."""
+        selector = f"{kueue.JOB_UID_LABEL}={rayjob['metadata'].get('uid', '')}"
+        for version in kueue.VERSIONS:
+            try:
+                with self._errors(context, "list", namespace, resource="workloads"):
+                    found = self._custom(context).list_namespaced_custom_object(
+                        kueue.GROUP, version, namespace, "workloads", label_selector=selector, _request_timeout=_TIMEOUT
+                    )
+            except NotFoundError:  # this version is not served
+                continue
+            items = found.get("items") or []
+            workload = max(items, key=lambda w: w["metadata"].get("creationTimestamp", "")) if items else None
+            queue = kueue.queue_name(rayjob) or ((workload or {}).get("spec") or {}).get("queueName")
+            cluster_queue = kueue.cluster_queue_of(workload) if workload else None
+            if cluster_queue is None and queue:
+                cluster_queue = self._cluster_queue(context, namespace, version, queue)
+            return workload, cluster_queue
+        raise VlkdError(
+            f"Kueue is not installed (no workloads.{kueue.GROUP}), so nothing will start a queued job: install Kueue, "
+            "or cancel and submit without kubernetes.queue"
+        )
+
+    def _cluster_queue(self, context: str, namespace: str, version: str, queue: str) -> str | None:
+        """The ClusterQueue a LocalQueue points to; None if it cannot be read (the Workload then says why)."""
+        try:
+            with self._errors(context, "get", namespace, queue, resource="localqueues"):
+                local = self._custom(context).get_namespaced_custom_object(
+                    kueue.GROUP, version, namespace, "localqueues", queue, _request_timeout=_TIMEOUT
+                )
+        except VlkdError:
+            return None
+        return (local.get("spec") or {}).get("clusterQueue")
 
     def _why_pending(self, context: str, namespace: str, rayjob: dict[str, Any]) -> list[str]:
         """What the job's pods and the namespace's Warning events say (see `explain_pending`). Reading them is

@@ -103,14 +103,14 @@ def _pod_findings(pod: dict[str, Any]) -> list[_Finding]:
     status, subject = pod.get("status") or {}, f"pod {_name(pod)}"
     created = (pod.get("metadata") or {}).get("creationTimestamp") or ""
     found = [
-        _Finding(c.get("lastTransitionTime") or created, subject, "unschedulable", _short(c.get("message") or ""))
+        _Finding(c.get("lastTransitionTime") or created, subject, "unschedulable", one_line(c.get("message") or ""))
         for c in status.get("conditions") or []
         if c.get("type") == "PodScheduled" and c.get("status") == "False"
     ]
     for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK_REASONS:
-            found.append(_Finding(created, subject, waiting["reason"], _short(waiting.get("message") or "")))
+            found.append(_Finding(created, subject, waiting["reason"], one_line(waiting.get("message") or "")))
     return found
 
 
@@ -131,7 +131,7 @@ def _about_job(event: dict[str, Any], rayjob: dict[str, Any], pending_pods: set[
 
 def _event_finding(event: dict[str, Any]) -> _Finding | None:
     """An event as a finding; None for the kubelet's bare "Error: ImagePullBackOff", which the pod already says."""
-    message, reason = _short(event.get("message") or ""), event.get("reason") or "Warning"
+    message, reason = one_line(event.get("message") or ""), event.get("reason") or "Warning"
     if re.fullmatch(r"Error: \w+", message):
         return None
     involved = event.get("involvedObject") or {}
@@ -144,7 +144,7 @@ def _name(obj: dict[str, Any]) -> str:
     return (obj.get("metadata") or {}).get("name", "")
 
 
-def _short(message: str) -> str:
+def one_line(message: str) -> str:
     """One line: the scheduler's preemption postscript dropped (it repeats the node count), whitespace collapsed."""
     message = " ".join(message.split(" preemption: ")[0].split()).rstrip(".")
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."

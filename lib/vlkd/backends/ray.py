@@ -20,6 +20,7 @@ from vlkd.backends.base import JobDescription, JobState, JobStatus
 from vlkd.errors import VlkdError, first_line
 
 AGENT_WAIT_SECONDS = 60
+JOB_ID_KEY, STAGE_KEY = "vlkd.io/job-id", "vlkd.io/stage"
 HOW_TO_GIVE_A_TOKEN = (
     "set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in ~/.ray/auth_token "
     "(`ray get-auth-token` on the head prints it)"
@@ -85,7 +86,7 @@ class RayBackend:
             "entrypoint": job.entrypoint_line,
             "submission_id": job.job_id,
             "runtime_env": {"env_vars": dict(job.env)},
-            "metadata": {"vlkd.io/job-id": job.job_id, "vlkd.io/stage": job.stage},
+            "metadata": {JOB_ID_KEY: job.job_id, STAGE_KEY: job.stage},
         }
         if resources.num_workers == 0:  # the trainer runs in the entrypoint itself (Ray Train local mode)
             request["entrypoint_num_cpus"] = resources.cpus_per_worker
@@ -99,25 +100,53 @@ class RayBackend:
     def submit(self, job: JobDescription) -> dict[str, Any]:
         deadline = time.monotonic() + AGENT_WAIT_SECONDS
         client = self.client
+        request = {**self.request(job), "submission_id": self._submission_id(job.job_id)}
         while True:
             try:
-                client.submit_job(**self.request(job))
-                return {"address": self.address}
+                client.submit_job(**request)
+                return {"address": self.address, "submission_id": request["submission_id"]}
             except Exception as exc:
                 # A head that has just started answers before its job agent is up, and says to try again.
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:
                     raise self._error("the Ray cluster at {address} refused the job", exc) from None
                 time.sleep(1)
 
+    def _submission_id(self, job_id: str) -> str:
+        """Ray's id for this submission of `job_id`. Ray keeps a finished job's submission id taken, while vlkd
+        resumes an interrupted job by submitting its job id again (its checkpoints and run cache are keyed by it):
+        a resubmission goes out as `<job id>-retry<N>`, carrying the job id in its metadata."""
+        earlier = self._submissions_of(job_id)
+        running = [j for j in earlier if not _state(j.status).finished]
+        if running:
+            raise VlkdError(
+                f"job {job_id} is already {_state(running[0].status).value} on the Ray cluster at {self.address} "
+                f"(submission {running[0].submission_id}): wait for it, or `vlkd cancel {job_id}` first"
+            )
+        return f"{job_id}-retry{len(earlier)}" if earlier else job_id
+
+    def _submissions_of(self, job_id: str) -> list[Any]:
+        """Ray's submissions of a vlkd job, oldest first."""
+        jobs = [j for j in self._call(self.client.list_jobs) if (j.metadata or {}).get(JOB_ID_KEY) == job_id]
+        return sorted(jobs, key=lambda j: j.start_time or 0)
+
+    def _submission(self, job_id: str, record: dict[str, Any]) -> str:
+        """The Ray submission of a job: the one its record names, else its latest (a job followed from another
+        process, such as a retried pipeline's driver, has no record)."""
+        if "submission_id" in record:
+            return record["submission_id"]
+        latest = self._submissions_of(job_id)
+        return latest[-1].submission_id if latest else job_id
+
     def status(self, job_id: str, record: dict[str, Any]) -> JobStatus:
-        info = self._call(self.client.get_job_info, job_id)
+        info = self._call(self.client.get_job_info, self._submission(job_id, record))
         return JobStatus(job_id, _state(info.status), info.message or "", backend=self.name)
 
     def logs(self, job_id: str, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
+        submission = self._submission(job_id, record)
         if not follow:
-            yield from self._call(self.client.get_job_logs, job_id).splitlines(keepends=True)
+            yield from self._call(self.client.get_job_logs, submission).splitlines(keepends=True)
             return
-        stream = self.client.tail_job_logs(job_id)
+        stream = self.client.tail_job_logs(submission)
         loop = asyncio.new_event_loop()
         try:
             while True:
@@ -132,16 +161,17 @@ class RayBackend:
             loop.close()
 
     def cancel(self, job_id: str, record: dict[str, Any]) -> None:
-        self._call(self.client.stop_job, job_id)
+        self._call(self.client.stop_job, self._submission(job_id, record))
 
     def list(self) -> list[JobStatus]:
-        jobs = self._call(self.client.list_jobs)
+        """vlkd's jobs on the cluster, each by its latest submission."""
+        latest: dict[str, Any] = {}
+        for j in sorted(self._call(self.client.list_jobs), key=lambda j: j.start_time or 0):
+            if (j.metadata or {}).get(JOB_ID_KEY):
+                latest[j.metadata[JOB_ID_KEY]] = j
         return [
-            JobStatus(
-                j.submission_id, _state(j.status), j.message or "", j.metadata.get("vlkd.io/stage", ""), self.name
-            )
-            for j in jobs
-            if (j.metadata or {}).get("vlkd.io/job-id")
+            JobStatus(job_id, _state(j.status), j.message or "", j.metadata.get(STAGE_KEY, ""), self.name)
+            for job_id, j in latest.items()
         ]
 
     def _call(self, method: Any, *args: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,9 @@ from vlkd import __version__
 from vlkd.artifacts import ArtifactStore
 from vlkd.backends import get_backend
 from vlkd.backends.base import Backend, JobDescription, JobState, JobStatus
+from vlkd.backends.reconcile import of_this_attempt, reconcile
 from vlkd.errors import NotFoundError, VlkdError
-from vlkd.joblog import ENDED, WAITING, has_log, read_log, read_state, worker_lines
+from vlkd.joblog import ENDED, has_log, read_log, read_state, worker_lines
 from vlkd.jobstate import recall, remember
 from vlkd.runtime import new_job_id
 from vlkd.specs import StageSpec
@@ -101,8 +102,9 @@ def _job_storage(entry: dict[str, Any], store_uri: str | None) -> Storage:
 
 
 def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
-    """A job's state: the backend's, completed by what the job recorded in the store: that it waits for
-    resources (and why), or how it ended once the backend has forgotten it (cluster deleted, head gone)."""
+    """A job's state: the backend's, reconciled with what the job recorded in the store (`reconcile`): that it
+    waits for resources (and why), how it ended (also once the backend has forgotten it: cluster deleted, head gone),
+    or that its driver stopped beating while the backend still says it runs."""
     entry, backend = _entry(job_id, store_uri)
     try:
         recorded = read_state(_job_storage(entry, store_uri), job_id)
@@ -110,6 +112,8 @@ def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
         if backend is None:
             raise
         recorded = None  # the store is out of reach from here: the backend's word alone
+    if recorded is not None and not of_this_attempt(recorded, entry.get("submitted_at")):
+        recorded = None  # an earlier attempt's (the job id was submitted again)
     if backend is None:
         return _from_record(job_id, recorded, "this machine did not submit it")
     try:
@@ -118,12 +122,7 @@ def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
         if recorded is None or recorded["state"] != ENDED:
             raise
         return _from_record(job_id, recorded, f"{backend.name} backend: {exc}")
-    if recorded and recorded["state"] == WAITING and not current.state.finished:
-        return replace(current, state=JobState.PENDING, why_pending=[*recorded["why_pending"], *current.why_pending])
-    if recorded and recorded["state"] == ENDED and recorded["exit_code"] == 0 and current.state == JobState.STOPPED:
-        # e.g. KubeRay deleted the finished RayJob: the job's own record knows it succeeded
-        return _from_record(job_id, recorded, current.message)
-    return current
+    return reconcile(current, recorded, datetime.now().astimezone())
 
 
 def _from_record(job_id: str, recorded: dict[str, Any] | None, why_not_live: str) -> JobStatus:

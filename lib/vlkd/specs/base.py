@@ -136,6 +136,22 @@ class Toleration(StrictModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
 
+# A Kubernetes object name (a DNS-1123 subdomain); how long it may be depends on where it goes.
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def _object_name(kind: str, max_length: int) -> Any:
+    def check(value: str) -> str:
+        if len(value) > max_length or not _OBJECT_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a {kind} name: lower-case letters, digits, '-' and '.', starting and ending with a "
+                f"letter or digit, at most {max_length} characters"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
 class KubernetesSpec(StrictModel):
     """How the `k8s` backend runs the job as a KubeRay RayJob (ignored by the other backends)."""
 
@@ -148,6 +164,15 @@ class KubernetesSpec(StrictModel):
     backoff_limit: int = Field(0, ge=0, description="resubmissions of a failed job (resume from checkpoints)")
     head_cpus: float = Field(2, gt=0)
     head_memory: str = "8Gi"
+    # 63: the queue's name travels as the label kueue.x-k8s.io/queue-name; a PriorityClass name is a DNS subdomain.
+    queue: Annotated[str, _object_name("LocalQueue", 63)] | None = Field(
+        None,
+        description="Kueue LocalQueue of the namespace to submit through: the RayJob is created suspended and starts "
+        "when Kueue admits it",
+    )
+    priority_class: Annotated[str, _object_name("PriorityClass", 253)] | None = Field(
+        None, description="PriorityClass of the job's pods; Kueue also orders and preempts queued jobs by it"
+    )
 
 
 class Resources(StrictModel):

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vlkd.specs.base import ArtifactName, StorageConfig, StrictModel
+from vlkd.specs.base import ArtifactName, KubernetesSpec, Resources, StorageConfig, StrictModel
 from vlkd.specs.data import PreprocessSpec, TextSpec
 from vlkd.specs.distill import DistillSpec
 from vlkd.specs.evaluate import EvalSpec
@@ -38,6 +38,14 @@ class PipelineSpec(StrictModel):
     teacher: TeacherSpec
     students: list[DistillSpec] = Field(min_length=1, description="e.g. NST+CRD and the text-only baseline")
     eval: EvalSpec | None = None
+    resources: Resources = Field(
+        default_factory=lambda: Resources(num_workers=0, cpus_per_worker=0.25),
+        description="the pipeline job's driver (`vlkd pipeline submit`), which submits the stages and waits: each "
+        "stage asks for its own resources",
+    )
+    kubernetes: KubernetesSpec = Field(
+        default_factory=KubernetesSpec, description="the pipeline job's RayJob (`vlkd pipeline submit --backend k8s`)"
+    )
 
     @model_validator(mode="before")
     @classmethod
