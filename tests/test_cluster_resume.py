@@ -25,16 +25,22 @@ def ray_head(start_ray_head, tmp_path_factory):
         yield address
 
 
-@pytest.fixture(scope="module")
-def datasets(synth_root, s3_endpoint, tmp_path_factory) -> dict[str, str]:
-    """An S3 store holding the synthetic datasets under the tiny examples' names; the environment that reaches it."""
+def _s3_store(endpoint: str, root: Path, datasets: dict[str, str]) -> dict[str, str]:
+    """A new S3 store holding `datasets` (name: folder under `root`); the environment that reaches it."""
     from conftest import _make_bucket
 
-    uri = f"s3://{_make_bucket(s3_endpoint)}/vlkd"
-    store = ArtifactStore.open(uri, endpoint_url=s3_endpoint)
-    for part, name in (("videos", "synth-videos"), ("text", "synth-text"), ("tasks/sst2", "synth-sst2")):
-        store.publish("dataset", name, collect_files([synth_root / part]))
-    return {"VLKD_STORE": uri, "AWS_ENDPOINT_URL": s3_endpoint}
+    uri = f"s3://{_make_bucket(endpoint)}/vlkd"
+    store = ArtifactStore.open(uri, endpoint_url=endpoint)
+    for name, part in datasets.items():
+        store.publish("dataset", name, collect_files([root / part]))
+    return {"VLKD_STORE": uri, "AWS_ENDPOINT_URL": endpoint}
+
+
+@pytest.fixture(scope="module")
+def datasets(synth_root, s3_endpoint) -> dict[str, str]:
+    """The synthetic datasets under the tiny examples' names, on S3."""
+    names = {"synth-videos": "videos", "synth-text": "text", "synth-sst2": "tasks/sst2", "synth-qnli": "tasks/qnli"}
+    return _s3_store(s3_endpoint, synth_root, names)
 
 
 def _store(env: dict[str, str]) -> ArtifactStore:
@@ -113,3 +119,87 @@ def test_a_killed_teacher_job_resubmitted_with_its_id_resumes_from_its_latest_ch
     assert metrics["steps"] == 60 and metrics["resumed_from"] == [latest], (metrics, latest)
     assert 0 <= killed_at - latest <= train["checkpoint_every"], (killed_at, latest)
     assert store.manifest("teacher/tiny").job_id == job_id
+
+
+@pytest.fixture
+def many_videos(s3_endpoint, tmp_path) -> dict[str, str]:
+    """Forty short synthetic videos, enough that a preprocess job can be stopped halfway, in a store of their own."""
+    from vlkd.data.synth import SynthConfig, generate
+
+    generate(tmp_path / "data", SynthConfig(num_videos=40, max_seconds=6.0, corpus_paragraphs=10))
+    return _s3_store(s3_endpoint, tmp_path / "data", {"many-videos": "videos"})
+
+
+def test_a_killed_preprocess_job_resubmitted_takes_its_finished_videos_from_the_run_cache(
+    vlkd_cli, ray_head, many_videos, tmp_path
+):
+    store = _store(many_videos)
+    spec = _spec(tmp_path, "preprocess", name="many", videos="dataset/many-videos")
+    job_id = _submit(vlkd_cli, ray_head, many_videos, "preprocess", spec).stdout.strip()
+
+    def finished_videos() -> int:
+        ends = [i.key for i in store.storage.list("cache/preprocess") if ".end-" in i.key]
+        return len({key.rsplit("/", 1)[1].split(".")[0] for key in ends})
+
+    _wait_for(lambda: finished_videos() >= 1, poll=0.1)
+    _kill_driver("vlkd.jobs.preprocess", job_id)
+    done_before = finished_videos()
+    assert done_before < 40, "the job finished before it could be killed"
+    _wait_for(lambda: _state(vlkd_cli, many_videos, job_id) == "FAILED", timeout=60, poll=1)
+
+    again = _submit(vlkd_cli, ray_head, many_videos, "preprocess", spec, "--job-id", job_id, "--wait")
+    assert again.returncode == 0, again.stderr[-2000:]
+    metrics = store.manifest("features/many").metrics
+    assert metrics["reused_videos"] >= done_before > 0, (metrics, done_before)
+    assert metrics["videos"] + metrics["skipped"] == 40, metrics
+
+
+def _small_pipeline(tmp_path: Path) -> Path:
+    """The tiny pipeline, named `cluster`, with a few steps per stage and one eval task and seed."""
+    spec = yaml.safe_load((EXAMPLES / "pipeline.yaml").read_text())
+    short = {"log_every": 5, "eval_every": 10, "checkpoint_every": 10, "val_size": 4}
+    spec["name"] = "cluster"
+    spec["teacher"]["train"] = {**short, "batch_size": 2, "max_steps": 60}
+    for student in spec["students"]:
+        student["train"] = {**short, "batch_size": 4, "max_steps": 10}
+    spec["eval"] |= {"tasks": spec["eval"]["tasks"][:1], "seeds": [0]}
+    spec["eval"]["finetune"]["epochs"] = 1
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_pipeline_submitted_as_one_cluster_job_outlives_its_driver_and_resumes(
+    vlkd_cli, ray_head, datasets, tmp_path
+):
+    """`vlkd pipeline submit` returns at once (the laptop may go); the pipeline's driver runs on the head. Killed
+    while the teacher trains, the pipeline job resubmitted with its id skips what published, follows the teacher's
+    job (which its driver's death did not stop), and runs the rest; any machine reads its progress from the store."""
+    store = _store(datasets)
+    spec = _small_pipeline(tmp_path)
+    submit = ["pipeline", "submit", str(spec), "--backend", "ray", "--address", ray_head]
+    job_id = vlkd_cli(*submit, env=datasets).stdout.strip()
+    teacher_job = f"{job_id}-teacher"
+    _wait_for(lambda: store.storage.children(f"checkpoints/{teacher_job}"), timeout=400)
+    _kill_driver("vlkd.jobs.pipeline", job_id)
+    _wait_for(lambda: _state(vlkd_cli, datasets, job_id) == "FAILED", timeout=60, poll=1)
+
+    again = vlkd_cli(*submit, "--job-id", job_id, "--wait", env=datasets, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    teacher = store.manifest("teacher/cluster")
+    assert teacher.job_id == teacher_job and teacher.metrics["steps"] == 60 and teacher.metrics["resumed_from"] == []
+
+    elsewhere = {**datasets, "HOME": str(tmp_path / "another-machine")}  # knows nothing of these jobs but the store
+    status = vlkd_cli("pipeline", "status", "cluster", "--store", datasets["VLKD_STORE"], env=elsewhere)
+    assert status.returncode == 0, status.stderr
+    lines = {line.split()[0]: line.split()[1:3] for line in status.stdout.splitlines()[1:]}
+    assert lines["preprocess"][0] == lines["text"][0] == "skipped", status.stdout  # published before the kill
+    assert lines["teacher"] == ["succeeded", teacher_job], status.stdout
+    assert all(lines[key][0] == "succeeded" for key in ("distill:tiny-nst-crd", "distill:tiny-baseline", "eval"))
+    log = vlkd_cli("logs", job_id, "--store", datasets["VLKD_STORE"], env=elsewhere).stdout
+    assert f"stage teacher: job {teacher_job} running" in log and "stage eval: succeeded eval/cluster:v1" in log
+
+    rerun = vlkd_cli(*submit, "--wait", env=datasets, timeout=300)  # a new pipeline job: everything is published
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    status = vlkd_cli("pipeline", "status", "cluster", env=datasets).stdout
+    assert status.count("skipped") == 6, status

@@ -1,0 +1,27 @@
+# The two commands of the README: `make quickstart` sets up and runs the whole method on this machine, `make test`
+# sets up and runs the checks CI runs (.ci/run calls it). Both create .venv, or reuse it while pyproject.toml is
+# unchanged, and install torch before the project so that pip never picks a torch for it.
+PYTHON ?= python3
+VENV ?= .venv
+# torch 2.13.0 from PyPI: the CUDA build on a Linux machine with an NVIDIA GPU, a CPU build where the machine's pip
+# configuration provides one (this repository's CI machine). For the smaller CPU-only build from PyTorch's own
+# index on any machine: make TORCH_INDEX=https://download.pytorch.org/whl/cpu ...
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test setup
+quickstart: setup
+	$(BIN)/vlkd quickstart
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
