@@ -93,6 +93,36 @@ def submit(
 
 
 @app.command()
+def render(
+    spec: Path = typer.Argument(..., help="a pipeline spec (stage: pipeline)", show_default=False),
+    backend: BackendName = "k8s",
+    address: Address = None,
+    context: Context = None,
+    namespace: Namespace = None,
+    image: Image = None,
+    store: Store = None,
+) -> None:
+    """Print what `pipeline submit` would send, without sending it (k8s: the RayJob with a worker group per shape
+    of worker the stages need)."""
+    from vlkd.backends import get_backend
+
+    job, _ = _pipeline_job(spec, store, backend, image, "vlkd-pipeline-rendered")
+    typer.echo(get_backend(backend, **_options(backend, address, context, namespace)).render(job), nl=False)
+
+
+def _pipeline_job(spec_file: Path, store: str | None, backend: str, image: str | None, job_id: str | None):
+    """The pipeline job's description (validated spec, its store) and the store."""
+    from vlkd.backends.submission import job_store, prepare
+    from vlkd.specs import load_spec
+
+    if backend == "local":
+        raise VlkdError("a pipeline job runs on a cluster (--backend ray or k8s): here, `vlkd pipeline run`")
+    pipeline = load_spec(spec_file, "pipeline")
+    artifacts = job_store(pipeline, store)
+    return prepare("pipeline", pipeline, spec_file, artifacts, backend, image, job_id), artifacts
+
+
+@app.command()
 def status(
     name: str = typer.Argument(..., help="the pipeline's name (its spec's `name:`)"),
     store: Store = None,

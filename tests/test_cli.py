@@ -44,7 +44,8 @@ def test_help_imports_no_heavy_library():
         "sys.argv = ['vlkd', '--help']\n"
         "from vlkd.cli.main import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = ('torch', 'ray', 'transformers', 'boto3', 'botocore', 'kubernetes', 'av')\n"
+        "heavy = ('torch', 'ray', 'transformers', 'boto3', 'botocore', 'kubernetes', 'av', 'numpy', 'pyarrow',"
+        " 'sklearn', 'scipy', 'matplotlib')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

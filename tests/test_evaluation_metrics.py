@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import warnings
 
 import pytest
 
@@ -67,6 +70,30 @@ def test_matthews_does_not_depend_on_class_names() -> None:
 )
 def test_matthews_extremes_and_degenerate_cases(predictions: list, labels: list, expected: float) -> None:
     assert matthews_corrcoef(predictions, labels) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("predictions", "labels"),
+    [(["a", "a"], ["a", "a"]), (["a", "a", "a"], ["a", "b", "c"]), (["b", "b"], ["a", "b"])],
+)
+def test_matthews_of_one_predicted_class_is_zero_without_warnings(predictions: list, labels: list) -> None:
+    """A collapsed finetune that predicts one class is scored without warnings spilling into the job log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert matthews_corrcoef(predictions, labels) == 0.0
+
+
+def test_f1_when_the_positive_class_never_occurs_is_zero_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert binary_f1(["0", "0"], ["0", "0"], positive="1") == 0.0
+
+
+def test_the_task_registry_loads_without_sklearn() -> None:
+    """`vlkd report` reads the registry without scoring anything: sklearn's second of import is paid only to score."""
+    probe = "import sys, vlkd.evaluation.tasks; print('sklearn' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(

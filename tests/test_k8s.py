@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -65,6 +66,15 @@ def paper_job(stage: str, job_id: str | None = None, env: dict[str, str] | None 
 def with_resources(job: JobDescription, **resources: Any) -> JobDescription:
     spec = job.spec.model_copy(update={"resources": job.spec.resources.model_copy(update=resources)})
     return JobDescription(job.job_id, job.stage, spec, job.spec_uri, job.store_uri, job.image, job.env)
+
+
+@functools.cache
+def generate_module() -> Any:
+    """k8s/generate.py, which renders the templates and the test goldens."""
+    loader = importlib.util.spec_from_file_location("k8s_generate", ROOT / "k8s" / "generate.py")
+    generate = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(generate)
+    return generate
 
 
 # --- The CRD as a JSON Schema --------------------------------------------------------------------------------------
@@ -216,6 +226,7 @@ def test_each_stage_renders_a_rayjob_the_crd_accepts(stage, crd_validator):
 def test_workers_are_sized_from_the_spec_resources(crd_validator):
     rayjob = render_rayjob(with_resources(paper_job("teacher"), gpus_per_worker=0.5, cpus_per_worker=1.5), "vlkd")
     (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["groupName"] == "gpu1-cpu1500m"  # named after the shape of its pods
     assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (4, 4, 4)
     resources = group["template"]["spec"]["containers"][0]["resources"]
     assert resources == {
@@ -251,6 +262,36 @@ def test_placement_and_lifetime_come_from_the_spec(crd_validator):
     assert (spec["ttlSecondsAfterFinished"], spec["activeDeadlineSeconds"], spec["backoffLimit"]) == (3600, 86400, 2)
     assert worker_pod(render_rayjob(job, "vlkd"))["nodeSelector"] == {"pool": "gpu"}
     assert "activeDeadlineSeconds" not in render_rayjob(paper_job("distill"), "vlkd")["spec"]
+
+
+def with_backoff_limit(job: JobDescription, backoff_limit: int) -> JobDescription:
+    kubernetes = job.spec.kubernetes.model_copy(update={"backoff_limit": backoff_limit})
+    return JobDescription(
+        job.job_id, job.stage, job.spec.model_copy(update={"kubernetes": kubernetes}), job.spec_uri, job.store_uri,
+        job.image, job.env,
+    )  # fmt: skip
+
+
+def stage_and_pipeline_jobs() -> list[JobDescription]:
+    tiny = yaml.safe_load((ROOT / "examples" / "tiny" / "pipeline.yaml").read_text())
+    return [paper_job("teacher", JOB_ID), generate_module().pipeline_job(tiny)]
+
+
+@pytest.mark.parametrize("job", stage_and_pipeline_jobs(), ids=["stage", "pipeline"])
+def test_a_retry_reruns_the_same_job_id_so_it_resumes(job):
+    """KubeRay retries a failed RayJob (`backoffLimit`) on a new RayCluster from the same spec: whatever an attempt
+    needs to resume must be in the spec, and nothing in it may tie it to one attempt."""
+    rayjob = render_rayjob(with_backoff_limit(job, 2), "vlkd")
+    spec = rayjob["spec"]
+
+    assert spec["backoffLimit"] == 2
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[argv.index("--job-id") + 1] == job.job_id  # checkpoints and run caches are keyed by it
+    assert argv[argv.index("--spec") + 1] == job.spec_uri
+    # Ray's submission id: taken only on the attempt's own cluster, and each attempt gets a new one.
+    assert spec["jobId"] == job.job_id
+    assert "clusterSelector" not in spec  # a cluster of its own, which KubeRay replaces and names per attempt
+    assert render_rayjob(with_backoff_limit(job, 2), "vlkd") == rayjob  # nothing drawn at render time
 
 
 def test_the_rayjob_is_labelled_and_annotated_with_its_job():
@@ -674,10 +715,7 @@ def test_the_store_configmap_name_is_the_one_the_backend_reads():
 
 
 def test_committed_templates_equal_a_fresh_rendering():
-    loader = importlib.util.spec_from_file_location("k8s_generate", ROOT / "k8s" / "generate.py")
-    generate = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(generate)
-    templates = generate.render_templates()
+    templates = generate_module().render_templates()
     assert {p.name for p in templates} == {f"{s}.yaml" for s in STAGES}
     stale = [p.name for p, text in templates.items() if not p.exists() or p.read_text() != text]
     assert stale == [], f"k8s/base/rayjobs/{stale} differ from the backend's rendering: run `python k8s/generate.py`"

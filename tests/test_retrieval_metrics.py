@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlkd.metrics import ranking_metrics, retrieval_metrics
+from vlkd.retrieval_metrics import ranking_metrics, retrieval_metrics
 
 
 def test_a_known_similarity_matrix_gives_its_hand_computed_scores():

@@ -160,10 +160,23 @@ def test_storage_root_must_be_s3_or_file():
 def test_memory_is_a_kubernetes_quantity():
     assert Resources(memory="16Gi").memory_bytes == 16 * 2**30
     assert Resources(memory="500M").memory_bytes == 500 * 10**6
-    (problem,) = problems({**TEACHER, "resources": {"memory": "16 GB"}})
-    assert problem.startswith("resources.memory: Value error, invalid memory quantity") or problem.startswith(
-        "resources.memory: invalid memory quantity"
-    )
+    assert Resources(memory="1.5Gi").memory_bytes == 3 * 2**29
+    assert Resources(memory="1e3").memory_bytes == 1000
+
+
+def test_a_fraction_of_a_byte_rounds_up_as_kubernetes_rounds_it():
+    assert Resources(memory="1500m").memory_bytes == 2
+
+
+@pytest.mark.parametrize("quantity", ["16 GB", "16GB", "16 Gi", "1_000Mi", "NaN", "-1Gi", ""])
+def test_a_quantity_kubernetes_would_refuse_is_an_error_at_its_field(quantity):
+    (problem,) = problems({**TEACHER, "resources": {"memory": quantity}})
+    assert problem.startswith(f"resources.memory: invalid memory quantity {quantity!r}")
+
+
+def test_head_memory_is_checked_at_validation_not_at_render():
+    (problem,) = problems({**TEACHER, "kubernetes": {"head_memory": "8 GB"}})
+    assert problem.startswith("kubernetes.head_memory: invalid memory quantity")
 
 
 def test_pretrained_3d_encoder_needs_weights():

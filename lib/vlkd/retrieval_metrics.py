@@ -1,4 +1,4 @@
-"""Evaluation measures shared by the stages (teacher validation, the eval stage)."""
+"""Text-to-video retrieval measures (R@k, median rank), shared by the teacher's validation and the eval stage."""
 
 from __future__ import annotations
 

@@ -23,6 +23,11 @@ GROUP = "kueue.x-k8s.io"
 VERSIONS = ("v1beta2", "v1beta1")  # v1beta2 is Kueue's storage version; v1beta1 (deprecated) for an older Kueue
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # Kueue labels a Workload with its job's uid; its name carries a hash
+# A Workload held at most 8 pod sets until 2026 (kubernetes-sigs/kueue#11388 raised it to 10, #12819 to 18), and a
+# RayJob in K8sJobMode takes two for its head and its submitter. Kueue's webhook counts only the head, so it accepts
+# 7 worker groups, then the API server refuses their Workload of 9 pod sets and the job waits forever: vlkd keeps to
+# what every Kueue it reads (v1beta1 and v1beta2) admits.
+MAX_WORKER_GROUPS = 6
 
 # One clause of the scheduler's "couldn't assign flavors to pod set ...: ..." per resource and flavor. Kueue 0.14
 # split "request > maximum capacity (A > B)" into what the earlier pod sets and this one ask for.

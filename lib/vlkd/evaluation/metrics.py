@@ -1,4 +1,9 @@
-"""The downstream tasks' measures, as their official evaluators compute them (numpy only, no sklearn).
+"""The downstream tasks' measures, as their official evaluators compute them.
+
+Accuracy, F1 and Matthews correlation are scikit-learn's, the functions Hugging Face's GLUE metric calls; sklearn is
+imported inside them because it takes about a second to load and `vlkd report` imports this module (through the
+task registry) without scoring anything. SQuAD's exact match and F1 are its official script's, written out here:
+Hugging Face `evaluate` would download the metric's code from the Hub at run time, which fails on an offline cluster.
 
 Every function returns a fraction (accuracy in [0, 1], Matthews correlation in [-1, 1]); the task registry
 turns them into the percentages the paper's tables show.
@@ -11,47 +16,37 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
-import numpy as np
-
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
 
 
 def accuracy(predictions: Sequence[object], labels: Sequence[object]) -> float:
     """Fraction of predictions equal to their label."""
+    from sklearn.metrics import accuracy_score
+
     _same_length(predictions, labels)
-    return sum(p == g for p, g in zip(predictions, labels, strict=True)) / len(labels)
+    return float(accuracy_score(labels, predictions))
 
 
 def binary_f1(predictions: Sequence[object], labels: Sequence[object], positive: object) -> float:
     """F1 of the `positive` class (QQP's F1: positive = duplicate); 0 when there is no true positive."""
+    from sklearn.metrics import f1_score
+
     _same_length(predictions, labels)
-    true_positive = sum(p == positive and g == positive for p, g in zip(predictions, labels, strict=True))
-    predicted = sum(p == positive for p in predictions)
-    actual = sum(g == positive for g in labels)
-    if true_positive == 0:
-        return 0.0
-    precision, recall = true_positive / predicted, true_positive / actual
-    return 2 * precision * recall / (precision + recall)
+    return float(f1_score(labels, predictions, pos_label=positive, average="binary", zero_division=0.0))
 
 
 def matthews_corrcoef(predictions: Sequence[object], labels: Sequence[object]) -> float:
     """Matthews correlation, for any number of classes: Gorodkin's R_K, which GLUE's diagnostic reports as R3.
 
-    With C the confusion matrix, t the true counts per class, p the predicted counts, c the correct ones and s
-    the total: (c*s - t.p) / sqrt((s^2 - p.p) (s^2 - t.t)); for two classes this is the usual MCC. When every
-    prediction or every label is one class the denominator is 0 and the correlation is 0, as sklearn defines it.
-    """
+    When every prediction or every label is one class the correlation is undefined and counts as 0, as sklearn
+    defines it; one class everywhere is answered here, before sklearn's confusion matrix warns about it."""
+    from sklearn.metrics import matthews_corrcoef as sklearn_matthews
+
     _same_length(predictions, labels)
-    classes = {value: index for index, value in enumerate(sorted(set(labels) | set(predictions), key=str))}
-    confusion = np.zeros((len(classes), len(classes)), dtype=np.float64)
-    for p, g in zip(predictions, labels, strict=True):
-        confusion[classes[g], classes[p]] += 1
-    true_counts, predicted_counts = confusion.sum(axis=1), confusion.sum(axis=0)
-    correct, total = np.trace(confusion), confusion.sum()
-    covariance = correct * total - true_counts @ predicted_counts
-    denominator = np.sqrt((total**2 - predicted_counts @ predicted_counts) * (total**2 - true_counts @ true_counts))
-    return 0.0 if denominator == 0 else float(covariance / denominator)
+    if len(set(labels) | set(predictions)) == 1:
+        return 0.0
+    return float(sklearn_matthews(labels, predictions))
 
 
 def normalize_answer(text: str) -> str:

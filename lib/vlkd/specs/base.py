@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -109,17 +110,22 @@ WeightsSource = Annotated[
     Field(description="s3://..., file:///..., hf://ORG/NAME (a hub id) or a weights artifact ref"),
 ]
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
-_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
-_UNITS.update({"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50})
-
 
 def quantity_bytes(quantity: str) -> int:
-    """Bytes in a Kubernetes memory quantity such as `16Gi` or `500M`."""
-    match = _QUANTITY.match(quantity)
-    if match is None:
+    """Bytes in a Kubernetes memory quantity such as `16Gi` or `500M`, rounded up to a whole byte as Kubernetes
+    rounds a memory request."""
+    # Imported here: the Kubernetes client takes about 0.3 s to load, which `vlkd --help` must not pay.
+    from kubernetes.utils import parse_quantity
+
+    try:
+        value = parse_quantity(quantity)
+    except ValueError:
+        value = None
+    # parse_quantity reads the number with Python's Decimal, which also takes NaN, negatives, spaces and `_`: the API
+    # server does not, and would refuse the RayJob only at submission.
+    if value is None or not value.is_finite() or value < 0 or any(c.isspace() or c == "_" for c in quantity):
         raise ValueError(f"invalid memory quantity {quantity!r}: use a Kubernetes quantity such as 16Gi or 512Mi")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    return math.ceil(value)
 
 
 def _check_quantity(value: str) -> str:
@@ -163,7 +169,7 @@ class KubernetesSpec(StrictModel):
     active_deadline_seconds: int | None = Field(None, gt=0, description="fail the job after this long")
     backoff_limit: int = Field(0, ge=0, description="resubmissions of a failed job (resume from checkpoints)")
     head_cpus: float = Field(2, gt=0)
-    head_memory: str = "8Gi"
+    head_memory: Annotated[str, AfterValidator(_check_quantity)] = "8Gi"
     # 63: the queue's name travels as the label kueue.x-k8s.io/queue-name; a PriorityClass name is a DNS subdomain.
     queue: Annotated[str, _object_name("LocalQueue", 63)] | None = Field(
         None,
@@ -251,6 +257,8 @@ class StageSpec(StrictModel):
     name: ArtifactName
     description: str = ""
     seed: int = 0
-    resources: Resources = Resources()
+    # Factories, not instances: an instance default is validated when the class is made, and its memory quantities
+    # would load the Kubernetes client on every `vlkd --help`.
+    resources: Resources = Field(default_factory=Resources)
     storage: StorageConfig | None = Field(None, description="default: the store of the submitting command")
-    kubernetes: KubernetesSpec = KubernetesSpec()
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
