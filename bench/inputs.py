@@ -103,7 +103,7 @@ class Inputs:
         (teacher / "teacher.json").write_text(json.dumps({"feature_dim": sum(DIMS)}))
         self.store.publish("teacher", "scale", collect_files([teacher]), parents=[TOKENIZER])
         student = self._folder("student")
-        Student.build(shape, vocab, None, {}).save(student, tokenizer, {})
+        Student.build(shape, vocab, None).save(student, tokenizer)
         self.store.publish("student", "scale", collect_files([student]), parents=[TOKENIZER])
 
     def video(self, name: str, seconds: int) -> None:

@@ -1,8 +1,9 @@
-"""Following a stage job from the CLI: one line per stage with a progress bar and ETA, or the full log."""
+"""Following a stage job from the CLI: one line per stage with a progress bar and ETA, or the full log. A bar shows
+the progress the job records in its state in the store (`vlkd.joblog`: done, total, unit, rate, ETA), which every
+backend's jobs keep there."""
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from typing import Any
@@ -10,18 +11,19 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
-    TaskProgressColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from vlkd.cli.output import err_console
+from vlkd.errors import VlkdError
 
-# Lines the jobs log that say how far they are: training steps, finetuning runs.
-_PROGRESS = re.compile(r"(?:step (\d+)/(\d+) \(|finetuning (\d+)/(\d+) done)")
+POLL_SECONDS = 1.0
+_UNKNOWN = "-:--:--"
 
 
 class StageReporter:
@@ -51,27 +53,70 @@ class StageReporter:
 
 
 def _bar(stage: Any, backend: Any, record: dict[str, Any]) -> Any:
-    from vlkd.pipeline import wait_until_finished
-
+    """A bar for a stage's job until it ends, polling its state in the store (none where the store is out of
+    reach from here: a spinner then)."""
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description:<24}"),
         BarColumn(),
-        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[unit]}"),
         TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        TextColumn("eta {task.fields[eta]}"),
     )
-    with Progress(*columns, console=err_console) as progress:
-        task = progress.add_task(stage.key, total=None)
-        for line in backend.logs(stage.job_id, record, follow=True):
-            match = _PROGRESS.search(line)
-            if match:
-                done, total = (int(g) for g in (match.group(1, 2) if match.group(1) else match.group(3, 4)))
-                progress.update(task, completed=done, total=total)
-        final = wait_until_finished(backend, stage.job_id, record)
-        progress.update(task, description=f"{stage.key} {final.value.lower()}", completed=1, total=1)
-    return final
+    storage = _job_storage(stage.job_id)
+    with Progress(*columns, console=err_console) as bars:
+        task = bars.add_task(stage.key, total=None, unit="", eta=_UNKNOWN)
+        while not (status := backend.status(stage.job_id, record)).state.finished:
+            show_progress(bars, task, _recorded_progress(storage, stage.job_id))
+            time.sleep(POLL_SECONDS)
+        show_progress(bars, task, _recorded_progress(storage, stage.job_id))
+        if bars.tasks[0].total is None:  # the job never said how far it was: a full bar for an ended job
+            bars.update(task, completed=1, total=1)
+        bars.update(task, description=f"{stage.key} {status.state.value.lower()}")
+    return status.state
+
+
+def show_progress(bars: Progress, task: TaskID, progress: dict[str, Any] | None) -> None:
+    """Put a job's recorded progress (`vlkd.joblog.read_progress`) on its bar."""
+    if progress is None:
+        return
+    eta = progress.get("eta_seconds")
+    bars.update(
+        task,
+        completed=progress["done"],
+        total=progress["total"],
+        unit=f"{progress['unit']}s",
+        eta=_UNKNOWN if eta is None else _clock(eta),
+    )
+
+
+def _clock(seconds: float) -> str:
+    minutes, second = divmod(round(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}"
+
+
+def _job_storage(job_id: str) -> Any:
+    """The store the job records itself in, as its submission was remembered here; None if unknown."""
+    from vlkd.artifacts import ArtifactStore
+    from vlkd.jobstate import recall
+
+    try:
+        return ArtifactStore.open(recall(job_id)["store"]).storage
+    except VlkdError:
+        return None
+
+
+def _recorded_progress(storage: Any, job_id: str) -> dict[str, Any] | None:
+    from vlkd.joblog import read_progress
+
+    if storage is None:
+        return None
+    try:
+        return read_progress(storage, job_id)
+    except VlkdError:
+        return None  # the store is briefly out of reach: the bar stays as it was
 
 
 def print_stages(run: Any, to: Console = err_console) -> None:

@@ -24,12 +24,12 @@ from vlkd import losses
 from vlkd.artifacts import ArtifactStore, Manifest, collect_files
 from vlkd.data.corpus import corpus_datasets, pad_sequences
 from vlkd.data.ingest import configure_ray_data
-from vlkd.distillation import KD_OBJECTIVES, USES_HEAD, USES_LOGITS, KDBatch, objective_modules, weighted_total
+from vlkd.distillation import USES_HEAD, USES_LOGITS, Distillation, Widths, weighted_total
 from vlkd.errors import DataError
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import DistillSpec
-from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary
+from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary, validation_losses
 
 log = logging.getLogger("vlkd.distill")
 BANK_BATCH = 256
@@ -153,16 +153,11 @@ class DistillTask:
     def ddp_find_unused(self) -> bool:
         return False
 
-    def build_model(self) -> nn.Module:
-        from vlkd.models.student import Student
-
-        shape = self.spec.model
-        kd_dim = self.teacher_dim if self.uses_head else shape.hidden_size
-        bank_size = len(self.bank.videos) if self.bank else 0
-        modules = objective_modules(
-            self.spec.kd, self.spec.kd_options, kd_dim, self.teacher_dim or kd_dim, self.num_data, bank_size
-        )
-        return Student.build(shape, len(self.tokenizer), self.teacher_dim if self.uses_head else None, modules)
+    def build_model(self) -> Distillation:
+        spec = self.spec
+        kd_dim = self.teacher_dim if self.uses_head else spec.model.hidden_size
+        widths = Widths(kd_dim, self.teacher_dim or kd_dim, self.num_data, len(self.bank.videos) if self.bank else 0)
+        return Distillation.build(spec.model, len(self.tokenizer), spec.kd, spec.kd_options, widths, self.uses_head)
 
     def collate(self, batch: pa.Table) -> dict[str, Any]:
         ids, mask = pad_sequences(batch.column("input_ids"), self.tokenizer.pad_token_id)
@@ -189,17 +184,13 @@ class DistillTask:
         )  # fmt: skip
         masked, labels = masked.to(ids.device), labels.to(ids.device)
         if not self.spec.kd:
-            return {"mlm": losses.mlm_loss(model(masked, attention)["logits"], labels)}
+            return model(masked, attention, labels)
         teacher = self._frozen_teacher(ids.device)
         needs_logits = bool(USES_LOGITS & set(self.spec.kd))
         teacher_hidden, teacher_logits = teacher(masked, attention, needs_logits)  # the same masked input (Sec. 3.4)
-        crd_generator = generator if ids.device.type == "cpu" else None
-        student = model(masked, attention, teacher_hidden=teacher_hidden, generator=crd_generator)
         vokens = losses.assign_vokens(teacher_hidden, teacher.video_bank) if teacher.video_bank is not None else None
-        kd_batch = KDBatch(student, teacher_hidden, teacher_logits, attention.bool(), vokens)
-        terms = {"mlm": losses.mlm_loss(student["logits"], labels)}
-        terms.update({name: KD_OBJECTIVES[name](kd_batch, self.spec.kd_options) for name in self.spec.kd})
-        return terms
+        crd_generator = generator if ids.device.type == "cpu" else None
+        return model(masked, attention, labels, teacher_hidden, teacher_logits, vokens, crd_generator)
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
@@ -209,15 +200,8 @@ class DistillTask:
         return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(0)  # the same masking at every evaluation
-        sums: dict[str, float] = {}
-        count = 0
-        for batch in batches:
-            _, terms = self.loss(model, batch, generator)
-            sums = {k: sums.get(k, 0.0) + v for k, v in terms.items()}
-            count += 1
-        metrics = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
-        metrics["val_loss"] = metrics.pop("val_loss", float("inf"))
+        """Validation losses and the MLM perplexity."""
+        metrics = validation_losses(self, model, batches)
         metrics["val_perplexity"] = float(np.exp(min(metrics.get("val_mlm", float("inf")), 50.0)))
         return metrics
 
@@ -248,7 +232,7 @@ def _teacher_width(store: ArtifactStore, teacher: ArtifactRef) -> int:
     import json
 
     from vlkd.inputs import open_input
-    from vlkd.models.teacher import LANGUAGE_MODEL
+    from vlkd.models.bert import LANGUAGE_MODEL
 
     return json.loads(open_input(str(teacher), store).read_bytes(f"{LANGUAGE_MODEL}/config.json"))["hidden_size"]
 

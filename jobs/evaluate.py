@@ -20,12 +20,13 @@ from typing import Any
 from vlkd.artifacts import ArtifactStore, LineageNode, Manifest, collect_files
 from vlkd.evaluation.results import RunRecord, build_results
 from vlkd.inputs import open_input
+from vlkd.joblog import report_progress
+from vlkd.models.bert import LANGUAGE_MODEL
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import EvalSpec, TaskSpec
 
 log = logging.getLogger("vlkd.eval")
-LANGUAGE_MODEL = "language_model"  # where student and teacher artifacts keep their save_pretrained LM
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,19 @@ def plan_runs(spec: EvalSpec, store: ArtifactStore) -> list[Run]:
 def execute(runs: list[Run], spec: EvalSpec, context: JobContext) -> list[tuple[Run, dict[str, Any]]]:
     resources, store = spec.resources, context.store
     threads = int(resources.cpus_per_worker)
+    started = time.monotonic()
+    report_progress(0, len(runs), "run")
+
+    def finished(run: Run, count: int) -> None:
+        log.info("finetuning %d/%d done: %s on %s, seed %d", count, len(runs), run.row, run.task.name, run.seed)
+        report_progress(count, len(runs), "run", count / (time.monotonic() - started))
+
     if resources.num_workers == 0:
         context.hold(resources)
         done = []
         for i, run in enumerate(runs, start=1):
             done += [(run, r) for r in finetune_run(store, run, threads)]
-            log.info("finetuning %d/%d done: %s on %s, seed %d", i, len(runs), run.row, run.task.name, run.seed)
+            finished(run, i)
         return done
     context.start_ray(resources)
     import ray
@@ -107,14 +115,7 @@ def execute(runs: list[Run], spec: EvalSpec, context: JobContext) -> list[tuple[
         ready, _ = ray.wait(list(pending), num_returns=1)
         run = pending.pop(ready[0])
         done += [(run, r) for r in ray.get(ready[0])]
-        log.info(
-            "finetuning %d/%d done: %s on %s, seed %d",
-            len(runs) - len(queue) - len(pending),
-            len(runs),
-            run.row,
-            run.task.name,
-            run.seed,
-        )
+        finished(run, len(runs) - len(queue) - len(pending))
     return done
 
 

@@ -23,13 +23,12 @@ from vlkd import losses
 from vlkd.artifacts import Manifest, collect_files
 from vlkd.data.clips import clip_datasets, clip_features
 from vlkd.data.ingest import configure_ray_data
-from vlkd.metrics import retrieval_metrics
+from vlkd.evaluation.retrieval import Retrieval
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import TeacherSpec
-from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary
+from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary, validation_losses
 
 log = logging.getLogger("vlkd.teacher")
-MAX_VAL_QUERIES = 10_000
 
 
 @dataclass
@@ -113,24 +112,10 @@ class TeacherTask:
         return total, {"loss": float(total.detach()), **{name: float(value.detach()) for name, value in terms.items()}}
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-        """Validation losses (fixed masking and negatives, so evaluations compare) and retrieval."""
-        generator = torch.Generator().manual_seed(0)
-        sums: dict[str, float] = {}
-        count = 0
-        texts, videos = [], []
-        for batch in batches:
-            if len(batch["input_ids"]) > 1:  # a negative needs another example
-                _, terms = self.loss(model, batch, generator)
-                sums = {k: sums.get(k, 0.0) + v for k, v in terms.items()}
-                count += 1
-            states = model.text_states(batch["input_ids"], batch["attention_mask"])
-            texts.append(losses.mean_pool(states, batch["attention_mask"].bool()).float().cpu())
-            videos.append(model.video_encoder(batch["features"], batch["frame_mask"])[1].float().cpu())
-        metrics = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
-        metrics["val_loss"] = metrics.pop("val_loss", float("inf"))
-        text, video = torch.cat(texts)[:MAX_VAL_QUERIES], torch.cat(videos)[:MAX_VAL_QUERIES]
-        metrics.update({f"val_{k}": v for k, v in retrieval_metrics(text, video).items()})
-        return metrics
+        """Validation losses and text-to-video retrieval, the eval stage's measure (`vlkd.evaluation.retrieval`)."""
+        retrieval = Retrieval(model)
+        metrics = validation_losses(self, model, batches, each=retrieval.add)
+        return metrics | {f"val_{k}": v for k, v in retrieval.metrics().items()}
 
 
 def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:

@@ -84,7 +84,7 @@ def test_the_teacher_is_frozen_and_never_trained(context):
     from transformers import BertTokenizerFast
 
     from vlkd.data.corpus import corpus_datasets
-    from vlkd.train import build_optimizer
+    from vlkd.optim import build_optimizer
 
     spec = distill_spec()
     context.store.fetch("tokenizer/synth", context.scratch / "tok")
@@ -106,7 +106,7 @@ def test_the_teacher_is_frozen_and_never_trained(context):
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trained.isdisjoint(id(p) for p in teacher_params)
     assert all(torch.equal(before[k], v) for k, v in frozen.language_model.state_dict().items())
-    assert student.language_model.bert.embeddings.word_embeddings.weight.grad is None  # zeroed: it was trained
+    assert student.student.language_model.bert.embeddings.word_embeddings.weight.grad is None  # zeroed: trained
 
 
 @pytest.mark.parametrize("kd", [{"soft_label": 1.0}, {"regression": 1.0}, {"nst_poly": 1.0}, {"voken": 1.0}])
@@ -227,7 +227,7 @@ def _nst_distance_to_teacher(context, language_model_dir, tokenizer) -> float:
     spec = distill_spec(name="probe", kd={"nst": 1.0}, distill_head=False)
     task = distill.plan_task(spec, context.store, tokenizer, num_data=1)
     model = task.build_model().eval()
-    model.language_model.load_state_dict(BertForMaskedLM.from_pretrained(language_model_dir).state_dict())
+    model.student.language_model.load_state_dict(BertForMaskedLM.from_pretrained(language_model_dir).state_dict())
     datasets, _ = corpus_datasets(context.store, spec.corpus, spec.resources)
     batches = [task.collate(b) for b in datasets["validation"].iter_batches(batch_size=8, batch_format="pyarrow")]
     with torch.no_grad():
@@ -271,3 +271,32 @@ def test_the_log_of_one_training_worker_is_picked_out_of_a_real_two_worker_job(s
     assert "vlkd train worker rank 0 of 2" in workers[0] and "rank 1 of 2" not in workers[0]
     assert "vlkd train worker rank 1 of 2" in workers[1] and "rank 0 of 2" not in workers[1]
     assert all(not line.startswith("(") for text in workers for line in text.splitlines())  # Ray's prefix removed
+
+
+@pytest.mark.slow
+def test_a_training_job_records_its_progress_in_the_store_step_by_step_to_the_last(
+    store, s3_endpoint, vlkd_cli, tmp_path
+):
+    """What progress bars read: the steps a Ray Train worker reports reach the job's state, as structured data."""
+    import yaml
+
+    from vlkd.joblog import PROGRESS_EVENT, read_log, read_progress
+
+    train = {**SHORT_TRAINING, "max_failures": 0}
+    spec = distill_spec(name="progress", kd={}, teacher=None, resources={"num_workers": 1}, train=train)
+    path = tmp_path / "distill.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True) | {"stage": "distill"}))
+    env = {"AWS_ENDPOINT_URL": s3_endpoint}
+    submitted = vlkd_cli("submit", "distill", "--spec", str(path), "--store", store.uri, "--wait", env=env, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = submitted.stdout.splitlines()[0]
+    events = [
+        json.loads(line.split(PROGRESS_EVENT, 1)[1])
+        for line in read_log(store.storage, job_id)
+        if PROGRESS_EVENT in line
+    ]
+    done = [e["done"] for e in events]  # at the start, at each logged step, at the end (Ray may repeat a line)
+    assert done == sorted(done) and set(done) == {0, 4, 8}
+    assert all(e["total"] == 8 and e["unit"] == "step" for e in events)
+    assert all(e["rate"] is None if e["done"] == 0 else e["rate"] > 0 for e in events)  # unknown before a step
+    assert read_progress(store.storage, job_id) == {**events[-1], "eta_seconds": 0.0}

@@ -1,5 +1,6 @@
-"""A job's record in the store (`vlkd.joblog`): its output copied there in chunks while it runs, its state, one
-worker's lines picked out of the driver's log; and the training curves a run keeps and `vlkd report` draws."""
+"""A job's record in the store (`vlkd.joblog`): its output copied there in chunks while it runs, its state and
+progress, one worker's lines picked out of the driver's log; and the training curves a run keeps and `vlkd report`
+draws."""
 
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ import pytest
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.curves import plot_curves, read_curves
-from vlkd.joblog import ENDED, HEARTBEAT_SECONDS, LOST_AFTER, WORKER_BANNER, read_log, read_state, worker_lines
+from vlkd.joblog import (
+    ENDED,
+    HEARTBEAT_SECONDS,
+    LOST_AFTER,
+    WORKER_BANNER,
+    read_log,
+    read_progress,
+    read_state,
+    worker_lines,
+)
 
 RECORDED_JOB = textwrap.dedent(
     """
@@ -29,6 +39,7 @@ RECORDED_JOB = textwrap.dedent(
         print("from python's stdout", flush=True)
         print("from python's stderr", file=sys.stderr, flush=True)
         os.write(1, b"from the file descriptor itself\\n")
+        {before_pause}
         go_on = Path(sys.argv[2])
         while not go_on.exists():  # the test reads the store while the job still runs
             time.sleep(0.05)
@@ -39,14 +50,17 @@ RECORDED_JOB = textwrap.dedent(
 
 
 def run_recorded_job(
-    tmp_path: Path, ending: str, while_paused: Callable[[ArtifactStore], None] = lambda store: None
+    tmp_path: Path,
+    ending: str,
+    while_paused: Callable[[ArtifactStore], None] = lambda store: None,
+    before_pause: str = "pass",
 ) -> tuple[subprocess.CompletedProcess, ArtifactStore, list[str]]:
     """Run a recorded job in its own process (it takes over file descriptors 1 and 2) and return what the store
     held while the job was paused, before it finished; `while_paused` looks at the store meanwhile."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     store = ArtifactStore.open((tmp_path / "store").as_uri())
     script = tmp_path / "job.py"
-    script.write_text(RECORDED_JOB.format(ending=ending))
+    script.write_text(RECORDED_JOB.format(ending=ending, before_pause=before_pause))
     go_on = tmp_path / "go-on"
     go_on.unlink(missing_ok=True)
     before = len(list(read_log(store.storage, "job-1")))  # what earlier attempts left
@@ -106,6 +120,37 @@ def test_a_running_job_refreshes_its_heartbeat_and_nothing_else(tmp_path):
     assert later["updated_at"] > first["updated_at"]
     assert later | {"updated_at": None} == first | {"updated_at": None}  # still running, nothing else changed
     assert LOST_AFTER.total_seconds() >= 10 * HEARTBEAT_SECONDS  # a few missed beats (a store's hiccup) are not lost
+
+
+def test_progress_events_in_the_output_are_the_states_progress_while_the_job_runs_and_after(tmp_path):
+    """Reported in the job's own process or forwarded by Ray from a worker (its prefix in colour), even when the
+    line arrives in pieces; a line that only mentions the marker is no event. The ended state keeps the last."""
+    forwarded = [
+        'os.write(1, b\'\\x1b[36m(RayTrainWorker pid=7)\\x1b[0m vlkd-progress {"done": 4, "tot\')',
+        "time.sleep(0.3)",
+        'os.write(1, b\'al": 8, "unit": "step", "rate": 2.0}\\n\')',
+        "print('a line about vlkd-progress {not json}', flush=True)",
+    ]
+    while_running = []
+
+    def progress_while_running(store: ArtifactStore) -> None:
+        deadline = time.monotonic() + 30
+        while read_progress(store.storage, "job-1") is None:
+            assert time.monotonic() < deadline, "no progress in the state while the job ran"
+            time.sleep(0.05)
+        while_running.append(read_progress(store.storage, "job-1"))
+
+    finished, store, _ = run_recorded_job(
+        tmp_path,
+        "from vlkd.joblog import report_progress; report_progress(8, 8, 'step', 2.5)",
+        while_paused=progress_while_running,
+        before_pause="; ".join(forwarded),
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert while_running == [{"done": 4, "total": 8, "unit": "step", "rate": 2.0, "eta_seconds": 2.0}]
+    state = read_state(store.storage, "job-1")
+    assert state["state"] == ENDED
+    assert state["progress"] == {"done": 8, "total": 8, "unit": "step", "rate": 2.5, "eta_seconds": 0.0}
 
 
 def test_a_resubmitted_job_appends_to_its_log(tmp_path):

@@ -120,6 +120,21 @@ def test_teacher_is_published_with_its_parents_and_loads_in_transformers(context
     assert any(p.name.startswith("events.out.tfevents") for p in (out / LOGS).iterdir())
 
 
+@pytest.mark.parametrize("visual_input", ["video", "middle_frame"])
+def test_the_eval_stage_recomputes_the_retrieval_the_teacher_validated_with(context, tmp_path, visual_input):
+    """One measure on one held-out split: the eval stage's retrieval of the published weights is the validation
+    retrieval their manifest records."""
+    from vlkd.evaluation.retrieval import teacher_retrieval
+    from vlkd.specs import RetrievalSpec
+
+    (manifest,) = teacher.run(teacher_spec(name=f"recomputed-{visual_input}", visual_input=visual_input), context)
+    recomputed = teacher_retrieval(context.store, RetrievalSpec(teacher=str(manifest.ref)), tmp_path / "page")
+    validated = {k.removeprefix("val_"): v for k, v in manifest.metrics.items() if k.startswith("val_")}
+    assert recomputed["queries"] >= 4  # train.val_size
+    for name in ("queries", "r1", "r5", "r10", "median_rank"):
+        assert recomputed[name] == pytest.approx(validated[name], abs=1e-3), name
+
+
 @pytest.mark.parametrize(
     ("overrides", "feature_dim"),
     [

@@ -1,4 +1,4 @@
-"""The shared training loop's parts on CPU: compiled steps, the GPU paths it takes, its optimizer."""
+"""The shared training loop's parts on CPU: compiled steps, the GPU paths it takes, its optimizer and schedule."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 
 from vlkd.data import text as textdata
 from vlkd.jobs.teacher import TeacherTask
-from vlkd.specs import parse_spec
-from vlkd.train import build_optimizer, compile_model
+from vlkd.optim import build_optimizer, build_scheduler
+from vlkd.specs import OptimSpec, parse_spec
+from vlkd.train import compile_model
 
 WORDS = ("a", "red", "circle", "moves", "to", "the", "left", "while", "blue", "square", "stays", "still", "grows")
 
@@ -73,3 +74,25 @@ def test_the_language_models_use_pytorch_scaled_dot_product_attention(teacher_ta
 def test_adamw_is_fused_only_for_parameters_on_a_gpu(teacher_task):
     """The fused kernel is CUDA's (bench/gpu.sh measures it); on the CPU the optimizer is torch's default one."""
     assert build_optimizer(teacher_task.spec.optim, teacher_task.build_model()).defaults["fused"] is None
+
+
+def learning_rates(optim: OptimSpec, max_steps: int) -> list[float]:
+    """The rate of each of `max_steps` steps, as a fraction of the peak."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optim, optimizer, max_steps)
+    rates = []
+    for _ in range(max_steps):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_the_rate_warms_up_from_zero_then_decays_linearly_to_zero():
+    """Hugging Face's (BERT's) schedule: warm-up over int(0.2 * 10) = 2 steps, then decay to 0 at step 10."""
+    rates = learning_rates(OptimSpec(warmup_fraction=0.2), 10)
+    assert rates == pytest.approx([0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+
+
+def test_a_constant_schedule_keeps_the_peak_rate_after_its_warm_up():
+    assert learning_rates(OptimSpec(warmup_fraction=0.5, schedule="constant"), 4) == pytest.approx([0, 0.5, 1, 1])

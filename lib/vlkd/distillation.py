@@ -1,20 +1,30 @@
-"""The KD objectives of Sec. 3.4 wired to the student and the frozen teacher, registered by name.
+"""The KD objectives of Sec. 3.4, registered by name, and the student as distillation trains it.
 
 L^S = L_MLM + sum_k w_k L_k over the objectives the spec lists (Eq. 4 for `{nst: 1, crd: 1}`). Every objective
 compares the student's KD output (the distillation head's, or its last hidden states without a head) or its
-logits with the teacher's, over all valid positions of the same masked input.
+logits with the teacher's, over all valid positions of the same masked input. Each is defined once, in
+`KD_OBJECTIVES`: its loss (from `vlkd.losses`), what it reads, and the trainable module it brings, if any.
+
+Saved layout, beside the student's: `kd_heads/` keeps the distillation head and the objectives' modules with their
+config, for continuing or inspecting a distillation.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from vlkd import losses
+from vlkd.models.student import Student
 from vlkd.specs import KDOptions
+from vlkd.specs.shapes import ModelShape
+
+KD_HEADS = "kd_heads"
 
 
 @dataclass
@@ -22,46 +32,139 @@ class KDBatch:
     """What the objectives read for one batch."""
 
     student: dict[str, torch.Tensor]
-    """`logits` [B, L, V], `kd` [B, L, D], and module outputs (`crd`, `voken_logits`) from `Student.forward`"""
+    """`logits` [B, L, V] and `kd` [B, L, D] from `Student.forward`"""
     teacher_hidden: torch.Tensor
     """[B, L, D_t], the frozen teacher's last hidden states"""
     teacher_logits: torch.Tensor | None
     """[B, L, V], only for the objectives in `USES_LOGITS`"""
-    """[B, L, V]"""
     mask: torch.Tensor
     """[B, L], true at valid tokens"""
     vokens: torch.Tensor | None = None
     """[B, L] voken labels (Eq. 9), when the voken objective is on"""
+    generator: torch.Generator | None = None
+    """CRD's draws of negatives, on the batch's device"""
 
 
-Objective = Callable[[KDBatch, KDOptions], torch.Tensor]
+@dataclass(frozen=True)
+class Widths:
+    """What the objectives' modules are sized by."""
 
-KD_OBJECTIVES: dict[str, Objective] = {
-    "soft_label": lambda b, o: losses.soft_label_loss(b.student["logits"], b.teacher_logits, b.mask, o.soft_label.tau),
-    "regression": lambda b, o: losses.regression_loss(b.student["kd"], b.teacher_hidden, b.mask),
-    "nst": lambda b, o: losses.nst_loss(b.student["kd"], b.teacher_hidden, b.mask, o.nst.sigma, o.nst.normalize),
-    "nst_poly": lambda b, o: losses.nst_poly_loss(b.student["kd"], b.teacher_hidden, b.mask),
-    "crd": lambda b, o: b.student["crd"],  # computed in the student's forward: its projections are trained
-    "voken": lambda b, o: losses.voken_loss(b.student["voken_logits"], b.vokens, b.mask),
+    kd: int
+    """the student's KD output"""
+    teacher: int
+    """the teacher's hidden states"""
+    num_data: int
+    """training sequences (M of Eq. 8)"""
+    bank_size: int
+    """videos in the voken bank (Eq. 9)"""
+
+
+@dataclass(frozen=True)
+class KDObjective:
+    """One objective of Sec. 3.4."""
+
+    loss: Callable[[KDBatch, KDOptions, nn.Module | None], torch.Tensor]
+    """(batch, options, the objective's module or None) -> scalar"""
+    reads_head: bool = True
+    """compares the distillation head's output; soft labels reuse the LM head instead (Sec. 3.4)"""
+    reads_logits: bool = False
+    """compares the teacher's MLM logits"""
+    module: Callable[[KDOptions, Widths], nn.Module] | None = None
+    """the trainable module the objective brings, trained with the student"""
+
+
+def _crd_memory(options: KDOptions, widths: Widths) -> nn.Module:
+    """CRD's f1, f2 and memory of teacher embeddings (Eq. 8)."""
+    crd = options.crd
+    return losses.CRDLoss(
+        widths.kd, widths.teacher, crd.dim, crd.temperature, crd.buffer_size, crd.num_negatives, widths.num_data
+    )
+
+
+def _crd(batch: KDBatch, options: KDOptions, module: nn.Module | None) -> torch.Tensor:
+    """Eq. 8 on the sentences' mean KD outputs and the teacher's mean hidden states."""
+    student, teacher = (losses.mean_pool(h, batch.mask) for h in (batch.student["kd"], batch.teacher_hidden))
+    return module(student, teacher, batch.generator)
+
+
+KD_OBJECTIVES: dict[str, KDObjective] = {
+    "soft_label": KDObjective(
+        lambda b, o, _: losses.soft_label_loss(b.student["logits"], b.teacher_logits, b.mask, o.soft_label.tau),
+        reads_head=False,
+        reads_logits=True,
+    ),
+    "regression": KDObjective(lambda b, o, _: losses.regression_loss(b.student["kd"], b.teacher_hidden, b.mask)),
+    "nst": KDObjective(
+        lambda b, o, _: losses.nst_loss(b.student["kd"], b.teacher_hidden, b.mask, o.nst.sigma, o.nst.normalize)
+    ),
+    "nst_poly": KDObjective(lambda b, o, _: losses.nst_poly_loss(b.student["kd"], b.teacher_hidden, b.mask)),
+    "crd": KDObjective(_crd, module=_crd_memory),
+    "voken": KDObjective(
+        lambda b, o, classifier: losses.voken_loss(classifier(b.student["kd"]), b.vokens, b.mask),
+        module=lambda o, widths: nn.Linear(widths.kd, widths.bank_size),
+    ),
 }
-# Objectives that read the distillation head's output (soft labels reuse the LM head, Sec. 3.4).
-USES_HEAD = frozenset({"regression", "nst", "nst_poly", "crd", "voken"})
-USES_LOGITS = frozenset({"soft_label"})
+USES_HEAD = frozenset(name for name, objective in KD_OBJECTIVES.items() if objective.reads_head)
+USES_LOGITS = frozenset(name for name, objective in KD_OBJECTIVES.items() if objective.reads_logits)
 
 
-def objective_modules(
-    kd: dict[str, float], options: KDOptions, kd_dim: int, teacher_dim: int, num_data: int, bank_size: int
-) -> dict[str, nn.Module]:
-    """The trainable modules some objectives bring: CRD's f1/f2 and memory, the voken classifier."""
-    modules: dict[str, nn.Module] = {}
-    if "crd" in kd:
-        crd = options.crd
-        modules["crd"] = losses.CRDLoss(
-            kd_dim, teacher_dim, crd.dim, crd.temperature, crd.buffer_size, crd.num_negatives, num_data
-        )
-    if "voken" in kd:
-        modules["voken"] = nn.Linear(kd_dim, bank_size)
-    return modules
+class Distillation(nn.Module):
+    """M^S with the modules its objectives train (CRD's projections and memory, the voken classifier): the one
+    module the training loop trains, and data parallelism wraps. Its forward runs the student and computes every
+    loss term, so DDP sees each trained parameter used inside the forward it wraps."""
+
+    def __init__(self, student: Student, kd: dict[str, float], options: KDOptions, modules: dict[str, nn.Module]):
+        super().__init__()
+        self.student = student
+        self.objectives = nn.ModuleDict(modules)
+        self.kd = dict(kd)
+        self.options = options
+
+    @classmethod
+    def build(
+        cls, shape: ModelShape, vocab_size: int, kd: dict[str, float], options: KDOptions, widths: Widths, head: bool
+    ) -> Distillation:
+        """A new student (with a distillation head to `widths.kd` when `head`) and its objectives' modules."""
+        objectives = {name: KD_OBJECTIVES[name] for name in KD_OBJECTIVES if name in kd}
+        modules = {name: o.module(options, widths) for name, o in objectives.items() if o.module is not None}
+        return cls(Student.build(shape, vocab_size, widths.kd if head else None), kd, options, modules)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_hidden: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+        vokens: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The loss terms of a masked batch: `mlm` (`labels` [B, L]) and, given the teacher's states of the same
+        input [B, L, D_t] (and its logits, and vokens, for the objectives that read them), each KD objective's."""
+        student = self.student(input_ids, attention_mask)
+        terms = {"mlm": losses.mlm_loss(student["logits"], labels)}
+        if teacher_hidden is None:
+            return terms
+        batch = KDBatch(student, teacher_hidden, teacher_logits, attention_mask.bool(), vokens, generator)
+        modules = dict(self.objectives.items())
+        for name in self.kd:
+            terms[name] = KD_OBJECTIVES[name].loss(batch, self.options, modules.get(name))
+        return terms
+
+    def save(self, directory: Path, tokenizer_dir: Path, description: dict) -> None:
+        """The student's LM (`Student.save`), and in `kd_heads/` what else distillation trained, with `description`."""
+        from safetensors.torch import save_file
+
+        self.student.save(directory, tokenizer_dir)
+        extra = {
+            name.removeprefix("student."): value.contiguous()
+            for name, value in self.state_dict().items()
+            if not name.startswith("student.language_model.")
+        }
+        if extra:
+            (directory / KD_HEADS).mkdir(parents=True, exist_ok=True)
+            save_file(extra, directory / KD_HEADS / "model.safetensors")
+            (directory / KD_HEADS / "config.json").write_text(json.dumps(description, indent=2))
 
 
 def weighted_total(mlm: torch.Tensor, terms: dict[str, torch.Tensor], kd: dict[str, float]) -> torch.Tensor:

@@ -7,6 +7,13 @@ loses at most the last few seconds. The state says whether the job runs, waits f
 (and how): what `vlkd status` and `vlkd logs` fall back on once the cluster is gone. While the job runs or waits,
 its `updated_at` is refreshed every HEARTBEAT_SECONDS, so a driver that died without recording its end (killed, its
 node lost) shows as one that stopped beating: after LOST_AFTER, `vlkd status` calls it lost.
+
+The state also says how far the job is (`progress`: done, total, unit, rate, ETA), what progress bars read. A job
+reports it with `report_progress`, which prints one event line (PROGRESS_EVENT and a JSON object); the recorder
+picks the events out of the output it copies. A line is the one channel that reaches the driver, where the recorder
+lives, from wherever the work runs, on every backend: the job's own process, and Ray Train workers and Ray tasks,
+whose output Ray forwards to the driver (as it does the worker banner). Reporting through Ray Train's own metrics
+would reach the driver only with a checkpoint, and a worker writing the state itself would race the recorder.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ WORKER_BANNER = "vlkd train worker rank {rank} of {world}"
 _ANSI = re.compile(r"^\x1b\[[0-9;]*m|\x1b\[0m")
 _SOURCE = re.compile(r"^\((?P<actor>[\w.]+) pid=(?P<pid>\d+)(?:, ip=[^)]*)?\)\s?")
 _BANNER = re.compile(r"vlkd train worker rank (?P<rank>\d+) of \d+")
+PROGRESS_EVENT = "vlkd-progress "
+_EVENT = PROGRESS_EVENT.encode()
+_LONGEST_PARTIAL = 4096  # bytes of an unfinished line kept to find an event in; event lines are far shorter
 
 
 def log_prefix(job_id: str) -> str:
@@ -51,6 +61,20 @@ def log_prefix(job_id: str) -> str:
 def read_state(storage: Storage, job_id: str) -> dict[str, Any] | None:
     key = STATE_KEY.format(job_id=job_id)
     return json.loads(storage.read_bytes(key)) if storage.exists(key) else None
+
+
+def read_progress(storage: Storage, job_id: str) -> dict[str, Any] | None:
+    """How far the job is, as it last recorded: `done` of `total` `unit`s, `rate` per second and `eta_seconds`
+    (None while unknown); None before its first report."""
+    state = read_state(storage, job_id)
+    return state.get("progress") if state else None
+
+
+def report_progress(done: int, total: int, unit: str, rate: float | None = None) -> None:
+    """Say that `done` of `total` `unit`s (training steps, finetuning runs) are done, at `rate` units per second;
+    the job's recorder keeps it in the job's state. Call it from any process of the job (see the module's doc)."""
+    event = {"done": done, "total": total, "unit": unit, "rate": rate}
+    print(PROGRESS_EVENT + json.dumps(event), flush=True)
 
 
 def has_log(storage: Storage, job_id: str) -> bool:
@@ -89,7 +113,9 @@ class JobRecorder:
     C-level output are caught too) to the store in numbered chunks, and keeps the job's state there, rewritten every
     `heartbeat` seconds while the job lives.
 
-    Use as a context manager around the job; `waiting(why, recheck)` records what it waits for in between."""
+    Use as a context manager around the job; `waiting(why, recheck)` records what it waits for in between, and the
+    progress events in the output (`report_progress`) are kept as the state's `progress`, written with the next
+    chunk: at most every `interval` seconds however often they come."""
 
     def __init__(
         self, storage: Storage, job_id: str, interval: float = CHUNK_SECONDS, heartbeat: float = HEARTBEAT_SECONDS
@@ -102,6 +128,9 @@ class JobRecorder:
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()  # the main thread and the upload thread both write the state
         self._state_written = 0.0  # time.monotonic() of the last write
+        self._progress: dict[str, Any] | None = None  # replaced whole, never changed: the tee waits on no lock
+        self._progress_written: dict[str, Any] | None = None
+        self._unfinished_lines: dict[int, bytes] = {}  # per pipe: the end of the output after its last newline
         self._stop = threading.Event()
         self._chunk = self._next_chunk()
         self._state: dict[str, Any] = {}
@@ -154,6 +183,11 @@ class JobRecorder:
         self._recheck = recheck
         self._set_state(WAITING, why_pending=why)
 
+    def progress(self, done: int, total: int, unit: str, rate: float | None = None) -> None:
+        """Record how far the job is (see `report_progress`); written with the next chunk, not at once."""
+        eta = 0.0 if done >= total else (round((total - done) / rate, 1) if rate else None)
+        self._progress = {"done": done, "total": total, "unit": unit, "rate": rate, "eta_seconds": eta}
+
     def _set_state(self, state: str, **extra: Any) -> None:
         with self._state_lock:
             self._state = {"job_id": self.job_id, "state": state, **extra}
@@ -161,9 +195,13 @@ class JobRecorder:
 
     def _write_state(self) -> None:
         with self._state_lock:
+            progress = self._progress
+            if progress is not None:
+                self._state["progress"] = progress
             self._state["updated_at"] = datetime.now(timezone.utc).isoformat()
             self.storage.write_bytes(STATE_KEY.format(job_id=self.job_id), json.dumps(self._state, indent=2).encode())
             self._state_written = time.monotonic()
+            self._progress_written = progress
 
     def _tee(self) -> None:
         """Pass everything on to where the output went before, and keep a copy for the store."""
@@ -180,6 +218,24 @@ class JobRecorder:
                 os.write(self._saved[self._pipes[read_end]], data)
                 with self._lock:
                     self._buffer += data
+                self._record_events(read_end, data)
+
+    def _record_events(self, read_end: int, data: bytes) -> None:
+        """Record the progress events among the lines `data` completes; an event line's start may carry Ray's
+        prefix (`(RayTrainWorker pid=N)`, in colour)."""
+        lines, _, unfinished = (self._unfinished_lines.pop(read_end, b"") + data).rpartition(b"\n")
+        self._unfinished_lines[read_end] = unfinished[-_LONGEST_PARTIAL:]
+        if _EVENT not in lines:
+            return
+        for line in lines.split(b"\n"):
+            _, found, event = line.partition(_EVENT)
+            if not found:
+                continue
+            try:
+                record, _ = json.JSONDecoder().raw_decode(event.decode(errors="replace"))
+                self.progress(int(record["done"]), int(record["total"]), str(record["unit"]), record.get("rate"))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line that only mentions the marker
 
     def _upload_every_interval(self) -> None:
         while not self._stop.wait(self.interval):
@@ -187,8 +243,11 @@ class JobRecorder:
                 self._flush()
                 if self._recheck is not None:
                     self._update_wait(self._recheck())
-                if time.monotonic() - self._state_written >= self.heartbeat:
-                    self._write_state()  # the same state, updated_at refreshed
+                if (
+                    self._progress is not self._progress_written
+                    or time.monotonic() - self._state_written >= self.heartbeat
+                ):
+                    self._write_state()  # new progress, or the same state with updated_at refreshed
             except Exception as exc:  # a store that is briefly unreachable must not end the job or its log
                 log.warning("the job's log could not reach the store (%s); retrying", exc)
 

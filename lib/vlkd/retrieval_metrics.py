@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # Cosines closer than this are a tie: a collapsed model's equal vectors give cosines that differ in the last bits.
 TIE = 1e-6
-
-
-def retrieval_metrics(text: torch.Tensor, video: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Text-to-video retrieval: query i's correct video is video i; videos ranked by cosine similarity.
-
-    text [N, D], video [N, D] -> {"r1", "r5", "r10" (percent), "median_rank" (1 = best), "queries"}."""
-    similarity = F.normalize(text.float(), dim=-1) @ F.normalize(video.float(), dim=-1).T
-    return ranking_metrics(similarity, ks)
 
 
 def ranking_metrics(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:

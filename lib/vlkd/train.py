@@ -1,7 +1,7 @@
-"""The one Ray Train loop the teacher and student stages share: AdamW with warm-up and linear decay, mixed
-precision on GPU, gradient accumulation and clipping, periodic validation with early stopping, checkpoints that
-carry everything needed to resume (model, optimizer, scheduler, step, RNG, best weights, logs), and metrics to the
-console, a JSON Lines file and TensorBoard.
+"""The one Ray Train loop the teacher and student stages share: AdamW with warm-up and linear decay (`vlkd.optim`),
+mixed precision on GPU, gradient accumulation and clipping, periodic validation with early stopping, checkpoints
+that carry everything needed to resume (model, optimizer, scheduler, step, RNG, best weights, logs), metrics to the
+console, a JSON Lines file and TensorBoard, and the run's progress as structured events (`vlkd.joblog`).
 
 A stage describes itself as a `TrainingTask`; `fit` runs it on Ray Train (`TorchTrainer`, DDP across workers) and
 returns the directory of the final checkpoint. Checkpoints live in the artifact store under
@@ -20,7 +20,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +33,8 @@ from torch import nn
 
 from vlkd.curves import LOGS, METRICS_FILE
 from vlkd.errors import DataError, VlkdError
-from vlkd.joblog import WORKER_BANNER
+from vlkd.joblog import WORKER_BANNER, report_progress
+from vlkd.optim import build_optimizer, build_scheduler
 from vlkd.specs import OptimSpec, Resources, TrainSpec
 from vlkd.storage import Storage
 
@@ -58,7 +59,7 @@ class TrainingTask(Protocol):
         """Total loss and each term's value, for logging."""
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-        """Validation metrics; must include `val_loss` (early stopping watches it)."""
+        """Validation metrics: `validation_losses` (`val_loss`, which early stopping watches) and the task's own."""
 
     def tokens(self, batch: dict[str, Any]) -> int:
         """Tokens in a batch, for throughput."""
@@ -95,33 +96,6 @@ class TrainState:
     window_micro: int = 0
     window_terms: dict[str, float] = field(default_factory=dict)
     """micro-steps and summed loss terms since the last logged step (what the next log line averages)"""
-
-
-def build_optimizer(optim: OptimSpec, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW (Sec. 4.3); no weight decay on biases and LayerNorm weights, as in BERT."""
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    params = decay + no_decay
-    fused = bool(params) and all(p.is_cuda for p in params)  # one kernel for all parameters, not a loop over them
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=fused or None)
-
-
-def build_scheduler(
-    optim: OptimSpec, optimizer: torch.optim.Optimizer, max_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = int(optim.warmup_fraction * max_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if optim.schedule == "constant":
-            return 1.0
-        return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def autocast(precision: str, device: torch.device) -> tuple[AbstractContextManager[Any], bool]:
@@ -275,6 +249,36 @@ def train_batches(
     )
 
 
+def examples_in(batch: dict[str, Any]) -> int:
+    """Examples in a collated batch: the length of its first tensor."""
+    return next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def validation_losses(
+    task: TrainingTask,
+    model: nn.Module,
+    batches: Iterable[dict[str, Any]],
+    each: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, float]:
+    """The mean over validation batches of each term `task.loss` reports, as `val_<term>`; `val_loss` (the total)
+    is inf without a batch. Masks and negatives are drawn from one fixed seed, so successive evaluations compare.
+    A batch of one example is left out, as training drops it (no in-batch negative); `each`, given every batch,
+    measures what losses do not (the teacher's retrieval)."""
+    generator = torch.Generator().manual_seed(0)
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in batches:
+        if each is not None:
+            each(batch)
+        if examples_in(batch) > 1:
+            _, terms = task.loss(model, batch, generator)
+            sums = {k: sums.get(k, 0.0) + v for k, v in terms.items()}
+            count += 1
+    metrics = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
+    metrics["val_loss"] = metrics.pop("val_loss", math.inf)
+    return metrics
+
+
 class Loop:
     """One worker's training run (everything that happens inside `train_loop_per_worker`)."""
 
@@ -340,6 +344,8 @@ class Loop:
     def run(self) -> None:
         started, window = time.monotonic(), {"time": time.monotonic(), "tokens": 0, "samples": 0}
         state, train = self.state, self.train
+        first_step = state.step
+        self._report_progress(rate=None)
         while not self._finished():
             batches = 0
             seed = self.seed + state.epoch  # the epoch's shuffle: the same batches in the same order on a rerun
@@ -359,8 +365,15 @@ class Loop:
                 state.epoch, state.epoch_batches = state.epoch + 1, 0
         self._checkpoint(final=True)
         self.metrics.close()
+        seconds = time.monotonic() - started
+        self._report_progress(rate=(state.step - first_step) / seconds)
         if self.rank == 0:
-            log.info("finished at step %d in %.0f s", self.state.step, time.monotonic() - started)
+            log.info("finished at step %d in %.0f s", state.step, seconds)
+
+    def _report_progress(self, rate: float | None) -> None:
+        """Rank 0 says how many of `max_steps` are done (`rate` in steps per second), for progress bars."""
+        if self.rank == 0:
+            report_progress(self.state.step, self.train.max_steps, "step", rate)
 
     def _short_shard(self) -> str:
         rows = sum(len(next(iter(b.values()))) for b in self.train_shard.iter_batches(batch_format="numpy"))
@@ -380,7 +393,7 @@ class Loop:
             loss, terms = self.task.loss(self.model, batch, self.generator)
         self.scaler.scale(loss / self.train.grad_accum_steps).backward()
         window["tokens"] += self.task.tokens(batch)
-        window["samples"] += next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
+        window["samples"] += examples_in(batch)
         summed = self.state.window_terms
         self.state.window_terms = {k: summed.get(k, 0.0) + v for k, v in terms.items()}
         if not sync:
@@ -411,8 +424,10 @@ class Loop:
         for key, value in throughput.items():
             self.state.peak[key] = max(self.state.peak.get(key, 0.0), value)
         self.metrics.write(self.state.step, metrics)
+        rate = self.train.log_every / seconds
+        self._report_progress(rate)
         if self.rank == 0:
-            remaining = (self.train.max_steps - self.state.step) * seconds / self.train.log_every
+            remaining = (self.train.max_steps - self.state.step) / rate
             shown = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
             log.info(
                 "step %d/%d (%.0f%%) %s | lr %.2e | %.0f tok/s | eta %s",

@@ -201,11 +201,6 @@ def clip_features(batch: pa.Table, max_frames: int, width: int, middle_frame: bo
     return padded, mask
 
 
-def middle_frames(features: np.ndarray) -> np.ndarray:
-    """[T, F] -> [1, F]: the middle frame only."""
-    return features[len(features) // 2 : len(features) // 2 + 1]
-
-
 def pad_features(items: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Variable-length [T_i, F] -> padded [B, T, F] float32 and mask [B, T] bool."""
     longest = max(len(x) for x in items)

@@ -32,9 +32,9 @@ from vlkd.errors import NotFoundError, VlkdError
 from vlkd.evaluation import choice, classification, qa
 from vlkd.evaluation.batches import Feature, collate
 from vlkd.evaluation.tasks import Kind, Task, get_task, read_eval, read_train
+from vlkd.optim import build_optimizer, build_scheduler
 from vlkd.specs import OptimSpec
 from vlkd.specs.evaluate import FinetuneSpec
-from vlkd.train import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

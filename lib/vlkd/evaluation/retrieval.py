@@ -1,80 +1,123 @@
-"""Text-to-video retrieval of a teacher on its held-out clips, and a page of example queries with their top
-retrieved clips (the paper's visualisation of learned grounding).
+"""Text-to-video retrieval of a teacher (R@1/5/10, median rank): the one measure the teacher stage validates with
+and the eval stage reports, and a page of example queries with their top retrieved clips (the paper's
+visualisation of learned grounding).
 
-The held-out clips are the very ones the teacher stage validated on (same videos, by the teacher's own spec), so
-the numbers are the held-out numbers of its manifest, recomputed, plus the examples.
+The eval stage scores the very held-out clips the teacher stage validated on (`vlkd.data.clips.held_out`, by the
+teacher's own spec), with the frames validation gives the teacher (`clip_features`), so its numbers are the
+held-out numbers of the teacher's manifest, recomputed, plus the examples.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
 import torch
+import torch.nn.functional as F
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.data import features as fmt
-from vlkd.data.clips import features_info, held_out, middle_frames, pad_features
+from vlkd.data.clips import clip_features, features_info, held_out
 from vlkd.errors import DataError, VlkdError
 from vlkd.inputs import open_input
 from vlkd.losses import mean_pool
-from vlkd.metrics import retrieval_metrics
+from vlkd.retrieval_metrics import ranking_metrics
 from vlkd.specs import RetrievalSpec, TeacherSpec
 
 BATCH = 64
+MAX_QUERIES = 10_000
+"""the clips a retrieval ranks at most (the first ones): bounds the [N, N] similarity and the memory it needs"""
+
+
+@torch.no_grad()
+def embed(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A teacher's representations of a batch of captions (`input_ids`, `attention_mask` [B, L]) and their clips
+    (`features` [B, T, F], `frame_mask` [B, T]): text [B, H], the mean of each caption's token states h^x, and
+    video [B, H], V^T's; fp32 on the CPU."""
+    states = model.text_states(batch["input_ids"], batch["attention_mask"])
+    text = mean_pool(states, batch["attention_mask"].bool())
+    video = model.video_encoder(batch["features"], batch["frame_mask"])[1]
+    return text.float().cpu(), video.float().cpu()
+
+
+class Retrieval:
+    """Text-to-video retrieval of `model` over clips that come a batch at a time: query i is caption i, its correct
+    video is clip i, videos ranked by the cosine of the representations (`embed`)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.texts: list[torch.Tensor] = []
+        self.videos: list[torch.Tensor] = []
+        self.count = 0
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        """Embed a batch; clips past the first MAX_QUERIES are left out."""
+        room = MAX_QUERIES - self.count
+        if room <= 0:
+            return
+        text, video = embed(self.model, batch)
+        self.texts.append(text[:room])
+        self.videos.append(video[:room])
+        self.count += len(self.texts[-1])
+
+    def similarity(self) -> torch.Tensor:
+        """[N, N]: the cosine of caption i's and clip j's representations."""
+        return F.normalize(torch.cat(self.texts), dim=-1) @ F.normalize(torch.cat(self.videos), dim=-1).T
+
+    def metrics(self) -> dict[str, float]:
+        """{"r1", "r5", "r10" (percent), "median_rank", "queries"}."""
+        return ranking_metrics(self.similarity())
 
 
 @dataclass
 class HeldOutClip:
+    """A held-out clip as the examples page shows it."""
+
     video_id: str
     start: float
     end: float
     text: str
-    features: np.ndarray
 
 
-def held_out_clips(store: ArtifactStore, teacher: TeacherSpec, features: str) -> list[HeldOutClip]:
+def held_out_batches(
+    store: ArtifactStore, teacher: TeacherSpec, features: str, tokenizer: Any, width: int
+) -> Iterator[tuple[list[HeldOutClip], dict[str, torch.Tensor]]]:
+    """The clips `teacher` validated on, BATCH at a time: what the page shows of each, and the teacher's inputs
+    (captions tokenised as in training; the first `width` columns of each frame, as `clip_features` gives them)."""
     source = open_input(features, store)
     info = features_info(source)
     validation = held_out(source, info, teacher.train.val_size, teacher.seed)
     if not validation.videos:
         raise DataError(f"the teacher held out no clips (train.val_size: 0): nothing to retrieve from {features}")
-    columns = slice(0, info.dim_2d) if teacher.visual_input == "middle_frame" else slice(None)
-    clips = []
-    for path in validation.shards:
-        for clip in fmt.read_clips(source.read_bytes(path), info.feature_dim):
-            if clip.video_id in validation.videos:
-                frames = clip.features[: teacher.max_frames, columns].astype(np.float32)
-                frames = middle_frames(frames) if teacher.visual_input == "middle_frame" else frames
-                clips.append(HeldOutClip(clip.video_id, clip.start, clip.end, clip.text, frames))
-    return clips
-
-
-@torch.no_grad()
-def embed(model: Any, tokenizer: Any, clips: list[HeldOutClip], max_text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> text [N, H] (mean token state of each caption) and video [N, H] representations."""
-    texts, videos = [], []
-    for start in range(0, len(clips), BATCH):
-        batch = clips[start : start + BATCH]
+    clips = (
+        clip
+        for path in validation.shards
+        for clip in fmt.read_clips(source.read_bytes(path), info.feature_dim)
+        if clip.video_id in validation.videos
+    )
+    while chunk := list(itertools.islice(clips, BATCH)):
         encoded = tokenizer(
-            [c.text for c in batch], padding=True, truncation=True, max_length=max_text_len, return_tensors="pt"
+            [c.text for c in chunk], padding=True, truncation=True, max_length=teacher.max_text_len, return_tensors="pt"
         )
-        states = model.text_states(encoded["input_ids"], encoded["attention_mask"])
-        texts.append(mean_pool(states, encoded["attention_mask"].bool()))
-        padded, mask = pad_features([c.features for c in batch])
-        videos.append(model.video_encoder(torch.from_numpy(padded), torch.from_numpy(mask))[1])
-    return torch.cat(texts), torch.cat(videos)
+        clip_frames = [c.features for c in chunk]
+        rows = pa.table({"num_frames": [len(f) for f in clip_frames], "features": [f.ravel() for f in clip_frames]})
+        frames, mask = clip_features(rows, teacher.max_frames, width, teacher.visual_input == "middle_frame")
+        batch = {**encoded, "features": torch.from_numpy(frames), "frame_mask": torch.from_numpy(mask)}
+        yield [HeldOutClip(c.video_id, c.start, c.end, c.text) for c in chunk], batch
 
 
 def teacher_retrieval(store: ArtifactStore, spec: RetrievalSpec, out_dir: Path) -> dict[str, float]:
     """Retrieval metrics of `spec.teacher` on its held-out clips; writes `out_dir/index.html` and thumbnails."""
     from transformers import BertTokenizerFast
 
-    from vlkd.models.teacher import LANGUAGE_MODEL, Teacher
+    from vlkd.models.bert import LANGUAGE_MODEL
+    from vlkd.models.teacher import Teacher
 
     manifest = store.manifest(spec.teacher)
     if manifest.spec is None:
@@ -89,12 +132,16 @@ def teacher_retrieval(store: ArtifactStore, spec: RetrievalSpec, out_dir: Path) 
         store.fetch(manifest.ref, Path(tmp))
         model = Teacher.load(Path(tmp)).eval()
         tokenizer = BertTokenizerFast.from_pretrained(Path(tmp) / LANGUAGE_MODEL, local_files_only=True)
-    clips = held_out_clips(store, teacher_spec, features)
-    text, video = embed(model, tokenizer, clips, teacher_spec.max_text_len)
-    metrics = retrieval_metrics(text, video)
-    similarity = torch.nn.functional.normalize(text, dim=-1) @ torch.nn.functional.normalize(video, dim=-1).T
-    write_examples(store, features, clips, similarity, spec.num_examples, spec.top_k, out_dir)
-    return metrics
+    retrieval, clips = Retrieval(model), []
+    width = model.video_encoder.feature_dim
+    for shown, batch in held_out_batches(store, teacher_spec, features, tokenizer, width):
+        retrieval.add(batch)
+        clips += shown
+        if retrieval.count == MAX_QUERIES:
+            break
+    similarity = retrieval.similarity()
+    write_examples(store, features, clips[: retrieval.count], similarity, spec.num_examples, spec.top_k, out_dir)
+    return ranking_metrics(similarity)
 
 
 def write_examples(

@@ -1,13 +1,19 @@
-"""BERT configurations from vlkd's model shapes (the paper's LM^T, LM^S and V^T are all BERT-shaped)."""
+"""BERT configurations from vlkd's model shapes (the paper's LM^T, LM^S and V^T are all BERT-shaped), and where
+teacher and student artifacts keep their language model."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlkd.specs.shapes import ModelShape
 
 if TYPE_CHECKING:
-    from transformers import BertConfig
+    from transformers import BertConfig, PreTrainedModel
+
+LANGUAGE_MODEL = "language_model"
+"""The folder of a teacher or student artifact that holds its LM as a `save_pretrained` BertForMaskedLM with the
+tokenizer files: what downstream finetuning loads, and `transformers` alone can."""
 
 
 def bert_config(shape: ModelShape, vocab_size: int, **extra: object) -> BertConfig:
@@ -24,3 +30,13 @@ def bert_config(shape: ModelShape, vocab_size: int, **extra: object) -> BertConf
         attention_probs_dropout_prob=shape.attention_dropout,
         **extra,
     )
+
+
+def save_language_model(language_model: PreTrainedModel, directory: Path, tokenizer_dir: Path | None) -> None:
+    """Write `language_model` into `directory/LANGUAGE_MODEL`, with the tokenizer files of `tokenizer_dir`."""
+    language_dir = directory / LANGUAGE_MODEL
+    language_model.save_pretrained(language_dir)
+    if tokenizer_dir is not None:
+        for path in tokenizer_dir.iterdir():
+            if path.is_file() and not (language_dir / path.name).exists():
+                (language_dir / path.name).write_bytes(path.read_bytes())

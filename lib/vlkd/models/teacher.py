@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from vlkd.losses import mean_pool
-from vlkd.models.bert import bert_config
+from vlkd.models.bert import LANGUAGE_MODEL, bert_config, save_language_model
 from vlkd.specs.shapes import ModelShape
 
-LANGUAGE_MODEL = "language_model"
 VIDEO_ENCODER = "video_encoder"
 _WEIGHTS = "model.safetensors"
 _CONFIG = "config.json"
@@ -106,12 +105,7 @@ class Teacher(nn.Module):
         return self.language_model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def save(self, directory: Path, tokenizer_dir: Path | None = None) -> None:
-        language_dir = directory / LANGUAGE_MODEL
-        self.language_model.save_pretrained(language_dir)
-        if tokenizer_dir is not None:
-            for path in tokenizer_dir.iterdir():
-                if path.is_file() and not (language_dir / path.name).exists():
-                    (language_dir / path.name).write_bytes(path.read_bytes())
+        save_language_model(self.language_model, directory, tokenizer_dir)
         self.video_encoder.save(directory / VIDEO_ENCODER)
 
     @classmethod

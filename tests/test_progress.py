@@ -1,0 +1,80 @@
+"""The CLI's progress bars (`vlkd.cli.progress`) read the progress a job records in its state in the store, not its
+log: whatever the backend, and whatever the job's log lines say."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from vlkd.artifacts import ArtifactStore
+from vlkd.backends.base import JobState, JobStatus
+from vlkd.cli import progress as cli_progress
+from vlkd.joblog import STATE_KEY
+from vlkd.jobstate import remember
+from vlkd.pipeline import StageRun
+
+JOB = "vlkd-distill-test"
+
+
+def record_progress(store: ArtifactStore, done: int, total: int = 8) -> None:
+    """What a job's recorder keeps in its state (`JobRecorder.progress`)."""
+    eta = 0.0 if done >= total else (total - done) / 2.0
+    progress = {"done": done, "total": total, "unit": "step", "rate": 2.0, "eta_seconds": eta}
+    state = {"job_id": JOB, "state": "running", "progress": progress, "updated_at": "2026-01-01T00:00:00+00:00"}
+    store.storage.write_bytes(STATE_KEY.format(job_id=JOB), json.dumps(state).encode())
+
+
+class SteppingBackend:
+    """A backend whose job makes 4 steps between two status calls and ends at step 8; it has no log to read."""
+
+    name = "fake"
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+        self.steps = [4, 8]
+
+    def status(self, job_id: str, record: dict[str, Any]) -> JobStatus:
+        if not self.steps:
+            return JobStatus(job_id, JobState.SUCCEEDED)
+        record_progress(self.store, self.steps.pop(0))
+        return JobStatus(job_id, JobState.RUNNING)
+
+    def logs(self, job_id: str, record: dict[str, Any], follow: bool = False) -> Any:
+        raise AssertionError("a progress bar reads the job's state, not its log")
+
+
+@pytest.fixture
+def terminal(monkeypatch) -> io.StringIO:
+    """The CLI's stderr as a terminal, written to a string."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, color_system=None, width=120)
+    monkeypatch.setattr(cli_progress, "err_console", console)
+    monkeypatch.setattr(cli_progress, "POLL_SECONDS", 0.01)
+    return out
+
+
+def test_a_stage_bar_follows_the_progress_its_job_recorded_in_the_store(tmp_path, terminal):
+    store = ArtifactStore.open((tmp_path / "store").as_uri())
+    remember(JOB, {"backend": "fake", "options": {}, "record": {}, "stage": "distill", "store": store.uri})
+    reporter = cli_progress.StageReporter(verbose=False)
+    reporter.bars = True
+
+    final = reporter.follow(StageRun("distill:s", "distill", job_id=JOB), SteppingBackend(store), {})
+
+    assert final == JobState.SUCCEEDED
+    shown = terminal.getvalue()
+    assert "8/8 steps" in shown and "eta 0:00:00" in shown and "distill:s succeeded" in shown
+
+
+def test_the_bar_shows_done_total_unit_and_the_jobs_own_eta():
+    bars = cli_progress.Progress(cli_progress.TextColumn(""))
+    task = bars.add_task("teacher:t", total=None, unit="", eta="")
+    cli_progress.show_progress(bars, task, {"done": 3, "total": 8, "unit": "step", "rate": 0.5, "eta_seconds": 3725})
+    shown = bars.tasks[0]
+    assert (shown.completed, shown.total, shown.fields) == (3, 8, {"unit": "steps", "eta": "1:02:05"})
+    cli_progress.show_progress(bars, task, {"done": 3, "total": 8, "unit": "step", "rate": None, "eta_seconds": None})
+    assert bars.tasks[0].fields["eta"] == "-:--:--"  # not known before a rate is
