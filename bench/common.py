@@ -45,6 +45,23 @@ def peak_tflops() -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def task_step_seconds(task: Any, data: dict[str, Any], cast: Any, repeats: int, device: Any) -> tuple[float, Any]:
+    """Seconds per training step (forward and backward) of a stage's own task on one batch, after a warm-up;
+    returns the model too, for counting its parameters."""
+    import torch
+
+    model = task.build_model().to(device).train()
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        with cast:
+            loss, _ = task.loss(model, data, generator)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return timed(step, repeats, device), model
+
+
 def timed(step: Callable[[], None], repeats: int, device: Any) -> float:
     """Seconds per call of `step`, after one warm-up call; waits for the GPU."""
     import torch

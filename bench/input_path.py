@@ -22,7 +22,7 @@ from pathlib import Path
 import ray
 import torch
 
-from bench.common import bert_tokenizer, machine, timed
+from bench.common import bert_tokenizer, machine, task_step_seconds
 from bench.inputs import Inputs
 from bench.kd_step import distill_task
 from bench.train_step import a_batch, teacher_task
@@ -85,16 +85,8 @@ def step_rates(preset: str, batch: int, seq: int, frames: int, device: torch.dev
     }
     rates = {}
     for name, task in tasks.items():
-        model = task.build_model().to(device).train()
-        generator = torch.Generator().manual_seed(0)
-
-        def step(task=task, model=model, generator=generator) -> None:
-            with cast:
-                loss, _ = task.loss(model, data, generator)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        rates[name] = 1 / timed(step, 1, device)
+        seconds, model = task_step_seconds(task, data, cast, 1, device)
+        rates[name] = 1 / seconds
         del model
     return rates
 

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from bench.common import bert_tokenizer, machine, timed
+from bench.common import bert_tokenizer, machine, task_step_seconds, timed
 from vlkd import losses
 from vlkd.jobs.distill import DistillTask, FrozenTeacher
 from vlkd.models.bert import bert_config
@@ -62,25 +62,15 @@ def bench_step(preset: str, batch: int, seq: int, device: torch.device) -> dict[
     data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "special_tokens_mask": special}
     cast, _ = autocast("auto", device)
 
-    def step_of(task: DistillTask):
-        model = task.build_model().to(device).train()
-        generator = torch.Generator().manual_seed(0)
-
-        def step() -> None:
-            with cast:
-                loss, _ = task.loss(model, data, generator)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        return step
-
     def teacher_forward() -> None:
         with cast:
             teacher(ids, data["attention_mask"], logits=False)
 
     return {
-        "mlm": timed(step_of(distill_task(preset, tokenizer, {}, None)), 2, device),
-        "kd": timed(step_of(distill_task(preset, tokenizer, {"nst": 1.0, "crd": 1.0}, teacher)), 2, device),
+        "mlm": task_step_seconds(distill_task(preset, tokenizer, {}, None), data, cast, 2, device)[0],
+        "kd": task_step_seconds(
+            distill_task(preset, tokenizer, {"nst": 1.0, "crd": 1.0}, teacher), data, cast, 2, device
+        )[0],
         "teacher": timed(teacher_forward, 2, device),
     }
 

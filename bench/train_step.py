@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from bench.common import bert_tokenizer, machine, peak_tflops, timed
+from bench.common import bert_tokenizer, machine, peak_tflops, task_step_seconds, timed
 from vlkd.jobs.teacher import TeacherTask
 from vlkd.models.bert import bert_config
 from vlkd.specs import parse_spec
@@ -55,16 +55,7 @@ def bench_preset(
     seconds, flops = {}, {}
     for form in ("unmasked", "masked"):
         task = teacher_task(preset, tokenizer, form)
-        model = task.build_model().to(device).train()
-        generator = torch.Generator().manual_seed(0)
-
-        def step(task=task, model=model, generator=generator) -> None:
-            with cast:
-                loss, _ = task.loss(model, data, generator)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        seconds[form] = timed(step, repeats, device)
+        seconds[form], model = task_step_seconds(task, data, cast, repeats, device)
         lm = sum(p.numel() for p in model.language_model.parameters())
         video = sum(p.numel() for p in model.video_encoder.parameters())
         passes = 2 if form == "unmasked" else 1
