@@ -102,7 +102,7 @@ def store(store_uri: str) -> ArtifactStore:
     return ArtifactStore.open(store_uri)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def vlkd_cli() -> callable:
     """Run the installed `vlkd` command in a subprocess with the test's environment."""
 

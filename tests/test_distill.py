@@ -255,41 +255,42 @@ def test_a_distilled_student_ends_nearer_the_teacher_than_the_baseline(context, 
     assert distances["near"] < 0.95 * distances["far"], distances
 
 
-@pytest.mark.slow
-def test_the_log_of_one_training_worker_is_picked_out_of_a_real_two_worker_job(store, s3_endpoint, vlkd_cli, tmp_path):
-    """`vlkd logs JOB --worker N` on what a real two-worker Ray Train job forwarded to its driver's log."""
+@pytest.fixture(scope="module")
+def submitted_job(store, s3_endpoint, vlkd_cli, tmp_path_factory) -> str:
+    """A real two-worker Ray Train job, submitted through the CLI as a user does (`vlkd submit ... --wait`)."""
     import yaml
 
-    spec = distill_spec(name="two-workers", resources={"num_workers": 2}, train={**SHORT_TRAINING, "max_failures": 0})
-    path = tmp_path / "distill.yaml"
+    train = {**SHORT_TRAINING, "max_failures": 0}
+    spec = distill_spec(name="submitted", kd={}, teacher=None, resources={"num_workers": 2}, train=train)
+    folder = tmp_path_factory.mktemp("submitted")
+    path = folder / "distill.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True) | {"stage": "distill"}))
-    env = {"AWS_ENDPOINT_URL": s3_endpoint}
+    env = {"AWS_ENDPOINT_URL": s3_endpoint, "HOME": str(folder)}  # set up before the tests' own home is
     submitted = vlkd_cli("submit", "distill", "--spec", str(path), "--store", store.uri, "--wait", env=env, timeout=300)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
-    job_id = submitted.stdout.splitlines()[0]
-    workers = [vlkd_cli("logs", job_id, "--worker", str(rank), env=env).stdout for rank in (0, 1)]
+    return submitted.stdout.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_the_log_of_one_training_worker_is_picked_out_of_a_real_two_worker_job(
+    store, s3_endpoint, vlkd_cli, submitted_job
+):
+    """`vlkd logs JOB --worker N` on what a real two-worker Ray Train job forwarded to its driver's log."""
+    env = {"AWS_ENDPOINT_URL": s3_endpoint}
+    workers = [
+        vlkd_cli("logs", submitted_job, "--store", store.uri, "--worker", str(r), env=env).stdout for r in (0, 1)
+    ]
     assert "vlkd train worker rank 0 of 2" in workers[0] and "rank 1 of 2" not in workers[0]
     assert "vlkd train worker rank 1 of 2" in workers[1] and "rank 0 of 2" not in workers[1]
     assert all(not line.startswith("(") for text in workers for line in text.splitlines())  # Ray's prefix removed
 
 
 @pytest.mark.slow
-def test_a_training_job_records_its_progress_in_the_store_step_by_step_to_the_last(
-    store, s3_endpoint, vlkd_cli, tmp_path
-):
+def test_a_training_job_records_its_progress_in_the_store_step_by_step_to_the_last(store, submitted_job):
     """What progress bars read: the steps a Ray Train worker reports reach the job's state, as structured data."""
-    import yaml
-
     from vlkd.joblog import PROGRESS_EVENT, read_log, read_progress
 
-    train = {**SHORT_TRAINING, "max_failures": 0}
-    spec = distill_spec(name="progress", kd={}, teacher=None, resources={"num_workers": 1}, train=train)
-    path = tmp_path / "distill.yaml"
-    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True) | {"stage": "distill"}))
-    env = {"AWS_ENDPOINT_URL": s3_endpoint}
-    submitted = vlkd_cli("submit", "distill", "--spec", str(path), "--store", store.uri, "--wait", env=env, timeout=300)
-    assert submitted.returncode == 0, submitted.stderr[-3000:]
-    job_id = submitted.stdout.splitlines()[0]
+    job_id = submitted_job
     events = [
         json.loads(line.split(PROGRESS_EVENT, 1)[1])
         for line in read_log(store.storage, job_id)
