@@ -9,6 +9,9 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
+# What activating .venv does: the jobs and tools the tests start (ray, kubectl plugins, vlkd) come from it too.
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
 .PHONY: quickstart test setup
 quickstart: setup

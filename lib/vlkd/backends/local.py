@@ -105,7 +105,10 @@ CANCEL_GRACE_S = 5
 
 def _supervise(directory: Path, command: list[str]) -> int:
     """Run the job and record how it ended. On SIGTERM (cancel) the job gets SIGTERM and a grace period; then, and
-    whenever the job ends, whatever it left running in its process group (Ray's daemons) is killed."""
+    whenever the job ends, whatever it left running in its process group (Ray's daemons) is killed. The entrypoint's
+    `python` is this interpreter, the one vlkd is installed in, whatever PATH finds first."""
+    if command[:1] == ["python"]:
+        command = [sys.executable, *command[1:]]
     child = subprocess.Popen(command)
 
     def stop(*_: object) -> None:
