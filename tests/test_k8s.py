@@ -135,52 +135,37 @@ def crd_errors(validator: Any, rayjob: dict[str, Any]) -> list[str]:
     metadata = rayjob["metadata"]
     if not re.fullmatch(r"[a-z]([-a-z0-9]{0,45}[a-z0-9])?", metadata["name"]):
         problems.append(f"metadata.name {metadata['name']!r}: KubeRay needs a DNS-1035 label of at most 47 characters")
-    problems += [f"metadata: {p}" for p in model_problems("V1ObjectMeta", metadata)]
+    problems += metadata_problems(metadata)
     for key, value in metadata.get("labels", {}).items():
         if not re.fullmatch(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", value) or len(value) > 63:
             problems.append(f"label {key}={value!r} is not a valid label value")
     return problems
 
 
-# --- Built-in objects against the client's models ------------------------------------------------------------------
+# --- Built-in objects against Kubernetes' own schemas -----------------------------------------------------------------
+
+# The Kubernetes versions vlkd's manifests are checked against: the oldest and newest minor versions that KubeRay and
+# the managed clouds (EKS, GKE, AKS) support as of this writing, and one between.
+KUBERNETES_VERSIONS = ("1.30", "1.33", "1.36")
 
 
-def model_problems(model: str, obj: dict[str, Any]) -> list[str]:
-    """Why `obj` is not a valid `model` (e.g. "V1Deployment"): a missing required field or a wrong type (from_dict
-    raises), or a field the model does not know (re-serialising drops it, so the round trip differs)."""
-    from kubernetes import client
-    from pydantic import ValidationError
+def kubernetes_problems(obj: dict[str, Any], version: str) -> list[str]:
+    """Why `obj` is not a valid object of Kubernetes `version` (kubernetes-validate's strict schemas: a missing
+    required field, a wrong type, or a field the API does not know)."""
+    import kubernetes_validate
 
     try:
-        parsed = getattr(client, model).from_dict(obj)
-    except ValidationError as exc:
-        return [str(exc)]
-    again = client.ApiClient().sanitize_for_serialization(parsed)
-    return [] if again == obj else [f"round trip differs: {_first_difference(obj, again)}"]
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{'.'.join(map(str, exc.path)) or '.'}: {exc.message}"]
+    return []
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{path}.{key}")
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            if x != y:
-                return _first_difference(x, y, f"{path}[{i}]")
-    return f"{path or '.'}: {a!r} became {b!r}"
-
-
-BUILTIN_MODELS = {
-    ("v1", "Namespace"): "V1Namespace",
-    ("v1", "ServiceAccount"): "V1ServiceAccount",
-    ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
-    ("v1", "Secret"): "V1Secret",
-    ("v1", "ConfigMap"): "V1ConfigMap",
-    ("apps/v1", "Deployment"): "V1Deployment",
-    ("v1", "Service"): "V1Service",
-}
+def metadata_problems(metadata: dict[str, Any]) -> list[str]:
+    """Why `metadata` is not a valid ObjectMeta: a custom resource's metadata is the same type as a built-in
+    object's, so it is checked as a ConfigMap's."""
+    holder = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata}
+    return kubernetes_problems(holder, KUBERNETES_VERSIONS[-1])
 
 
 @functools.cache
@@ -621,16 +606,27 @@ def test_the_kubelets_pull_error_replaces_its_back_off_notice():
 
 
 @pytest.mark.usefixtures("kubectl")
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_built_in_objects_are_valid_kubernetes_objects(overlay):
+def test_overlay_built_in_objects_are_valid_kubernetes_objects(overlay, version):
     objects = kustomize(overlay)
     builtins = [o for o in objects if o["kind"] != "RayJob"]
     kinds = {o["kind"] for o in builtins}
     assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap"} <= kinds
     for obj in builtins:
-        model = BUILTIN_MODELS[(obj["apiVersion"], obj["kind"])]
-        assert model_problems(model, obj) == [], f"{obj['kind']}/{obj['metadata']['name']}"
+        assert kubernetes_problems(obj, version) == [], f"{obj['kind']}/{obj['metadata']['name']}"
         assert obj["kind"] == "Namespace" or obj["metadata"].get("namespace") == "vlkd"
+
+
+def test_the_kubernetes_schema_check_catches_what_the_api_server_would_refuse():
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "vlkd-store"}, "data": {"a": "b"}}
+    assert kubernetes_problems(config_map, KUBERNETES_VERSIONS[0]) == []
+    misspelt = {**config_map, "metadata": {"name": "vlkd-store", "namepsace": "vlkd"}}
+    assert kubernetes_problems(misspelt, KUBERNETES_VERSIONS[0]) == [
+        "metadata: Additional properties are not allowed ('namepsace' was unexpected)"
+    ]
+    wrong_type = {**config_map, "data": {"a": 1}}
+    assert kubernetes_problems(wrong_type, KUBERNETES_VERSIONS[0]) != []
 
 
 @pytest.mark.usefixtures("kubectl")
