@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -20,7 +19,7 @@ def _results(store: str | None, ref: str) -> dict:
     """The results.json of an eval artifact (checksum-verified like every fetch)."""
     from vlkd.artifacts import ArtifactStore
     from vlkd.errors import VlkdError
-    from vlkd.evaluation.results import RESULTS_FILE
+    from vlkd.evaluation.results import RESULTS_FILE, load_results
     from vlkd.inputs import open_input
     from vlkd.refs import ArtifactRef
 
@@ -35,14 +34,14 @@ def _results(store: str | None, ref: str) -> dict:
         raise VlkdError(f"{manifest.ref} holds no {RESULTS_FILE}")
     with tempfile.TemporaryDirectory() as tmp:
         local = open_input(str(manifest.ref), ArtifactStore.open(store)).fetch(RESULTS_FILE, Path(tmp) / RESULTS_FILE)
-        return json.loads(local.read_text())
+        return load_results(local)
 
 
 def _print(results: dict) -> None:
-    from vlkd.evaluation.report import render_table
+    from vlkd.evaluation.report import render_table, report_notes
 
     console.print(render_table(results), highlight=False, markup=False, soft_wrap=True)
-    for note in results.get("notes", []):
+    for note in report_notes(results):
         console.print(f"Note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
@@ -98,7 +97,8 @@ def compare(
     baseline: str = typer.Option(None, help="the row the others are compared with"),
     store: Store = None,
 ) -> None:
-    """Merge several eval artifacts into one table."""
+    """Merge several eval artifacts into one table; differences from the baseline get their intervals and
+    flags their notes as in each artifact's own report (recomputed over the merged runs)."""
     from vlkd.evaluation.results import merge
 
     _print(merge([_results(store, ref) for ref in refs], baseline))

@@ -3,7 +3,10 @@ teacher's text-to-video retrieval, and publish the comparison report as an `eval
 
 One finetuning run per model x task x seed, as Ray tasks (`resources.num_workers` at a time, each with
 `gpus_per_worker` GPUs), or one after another in the job's process when `num_workers` is 0. The GLUE diagnostic
-set is scored with the model each MNLI run finetuned (it has no training data of its own).
+set is scored with the model each MNLI run finetuned (it has no training data of its own). The reference rows
+(`references`: majority class, bag-of-words LR) are fit in the job's process before the runs start, so a task
+whose files cannot be read fails the job at once; at GLUE's size the regressions take minutes of CPU
+(`vlkd.evaluation.references`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,7 @@ def finetune_run(store: ArtifactStore, run: Run, threads: int) -> list[dict[str,
     """One model x task x seed: fetch, finetune, evaluate (and score the diagnostic set with an MNLI model)."""
     import torch
 
-    from vlkd.evaluation.finetune import evaluate, train
+    from vlkd.evaluation.finetune import evaluate, run_fields, train
 
     torch.set_num_threads(max(1, threads))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -65,14 +68,13 @@ def finetune_run(store: ArtifactStore, run: Run, threads: int) -> list[dict[str,
                 source.fetch(entry.path, model_dir / entry.path[len(LANGUAGE_MODEL) + 1 :])
         data = fetch_task_data(run.task.data, store, Path(tmp) / "task")
         finetuned = train(model_dir, run.task.name, data, run.task.finetune, run.seed, device)
-        results = [{"task": run.task.name, "metrics": evaluate(finetuned, run.task.name, data)}]
+        results = [run_fields(finetuned, evaluate(finetuned, run.task.name, data), run.task.name)]
         if run.diagnostic is not None:
             diagnostic = fetch_task_data(run.diagnostic.data, store, Path(tmp) / "diagnostic")
-            results.append({"task": "glue_diagnostic", "metrics": evaluate(finetuned, "glue_diagnostic", diagnostic)})
+            scored = evaluate(finetuned, "glue_diagnostic", diagnostic)
+            results.append(run_fields(finetuned, scored, "glue_diagnostic"))
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    return [
-        {**r, "examples": finetuned.examples, "seconds": round(finetuned.seconds, 1), "worker": worker} for r in results
-    ]
+    return [{**r, "worker": worker} for r in results]
 
 
 def plan_runs(spec: EvalSpec, store: ArtifactStore) -> list[Run]:
@@ -117,6 +119,30 @@ def execute(runs: list[Run], spec: EvalSpec, context: JobContext) -> list[tuple[
         done += [(run, r) for r in ray.get(ready[0])]
         finished(run, len(runs) - len(queue) - len(pending))
     return done
+
+
+def reference_rows(spec: EvalSpec, store: ArtifactStore, scratch: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """task -> reference name -> its scores (results.json's `references`), for every reference of the spec that
+    applies to the task's kind; fit once per training split (MNLI's serves GLUE's diagnostic too)."""
+    from vlkd.evaluation.references import REFERENCES, fit_reference, score_reference
+    from vlkd.evaluation.tasks import get_task
+
+    sources, folders, fitted = {t.name: t.data for t in spec.tasks}, {}, {}
+
+    def folder(task: str) -> Path:
+        if task not in folders:
+            folders[task] = fetch_task_data(sources[task], store, scratch / task)
+        return folders[task]
+
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for task in map(get_task, sources):
+        for name in (n for n in spec.references if task.kind in REFERENCES[n].kinds):
+            if (name, task.trained_on) not in fitted:
+                fitted[name, task.trained_on] = fit_reference(name, get_task(task.trained_on), folder(task.trained_on))
+            scored = score_reference(fitted[name, task.trained_on], task, folder(task.name))
+            table.setdefault(task.name, {})[name] = asdict(scored)
+            log.info("reference %s on %s: %s", name, task.name, scored.metrics)
+    return table
 
 
 def lineage_of(manifest: Manifest) -> dict[str, Any]:
@@ -184,18 +210,9 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
         len(spec.seeds),
     )
     manifests = {run.ref: store.manifest(run.ref) for run in runs}
+    references = reference_rows(spec, store, context.scratch / "references")
     records = [
-        RunRecord(
-            run.row,
-            run.ref,
-            r["task"],
-            run.seed,
-            r["metrics"],
-            lineage_of(manifests[run.ref]),
-            r["examples"],
-            r["seconds"],
-            r["worker"],
-        )
+        RunRecord(row=run.row, ref=run.ref, seed=run.seed, lineage=lineage_of(manifests[run.ref]), **r)
         for run, r in execute(runs, spec, context)
     ]
     out = context.scratch / "report"
@@ -207,7 +224,7 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
     parents += [store.resolve(t.data) for t in spec.tasks if "://" not in t.data]
     notes = provenance_notes(store, [str(p) for p in parents])
     costs = {row: cost_of(manifests[ref], store) for row, ref in {run.row: run.ref for run in runs}.items()}
-    results = build_results(records, spec.baseline, retrieval, notes, costs)
+    results = build_results(records, spec.baseline, retrieval, notes, costs, references)
     write_report(results, out)
     metrics = {"runs": len(runs), "seconds": round(time.monotonic() - started, 1)}
     for values in retrieval.values():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 
 import pytest
 
-from vlkd.evaluation.report import parse_tables
+from vlkd.evaluation.report import NOISE, parse_tables
 from vlkd.jobs import evaluate
 from vlkd.runtime import JobContext
 from vlkd.specs import parse_spec
@@ -59,10 +60,30 @@ def test_eval_publishes_a_report_comparing_students_with_the_baseline(context, t
     accuracy = results["summary"]["baseline"]["sst2"]["accuracy"]  # (that it is learnt: test_evaluation_finetune)
     per_seed = [r["metrics"]["accuracy"] for r in results["runs"] if r["row"] == "baseline"]
     assert accuracy["seeds"] == 2 and accuracy["mean"] == pytest.approx(sum(per_seed) / 2)
-    table, differences = parse_tables((out / "report.md").read_text())[:2]
-    assert table[0] == ["Model", "SST-2 Acc", "Avg."] and [row[0] for row in table[1:]] == ["s-kd", "baseline"]
+    report = (out / "report.md").read_text()
+    table, differences = parse_tables(report)[:2]
+    assert table[0] == ["Model", "SST-2 Acc", "Avg."]
+    assert [row[0] for row in table[1:]] == [
+        "s-kd",
+        "baseline",
+        "majority class (reference)",
+        "bag-of-words LR (reference)",
+    ]
+    assert table[3][1] == f"{results['references']['sst2']['majority']['metrics']['accuracy']:.1f}"
+    assert table[3][2] == table[4][2] == "-"  # references are never averaged
     assert differences[1][0] == "s-kd" and differences[1][1].startswith(("+", "-"))
-    assert (out / "charts" / "sst2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    interval = results["differences"]["s-kd"]["sst2"]
+    assert interval["low"] <= interval["difference"] <= interval["high"]
+    assert differences[1][1].endswith(NOISE) == interval["within_noise"]
+    for png in ("sst2", "training_loss", "dev_curves"):
+        assert (out / "charts" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![Training loss](charts/training_loss.png)" in report
+    run = results["runs"][0]  # each run explains itself: 3 epochs in batches of 16
+    assert [epoch for epoch, _ in run["dev_curve"]] == [1, 2, 3]
+    assert run["loss_curve"][-1][0] == 3 * math.ceil(run["examples"] / 16)
+    assert sum(run["predicted"].values()) == len(run["correct"]) == 50  # the synthetic SST-2's dev set
+    flagged = [run for row in ("s-kd", "baseline") for run in results["summary"][row]["sst2"]["accuracy"]["flags"]]
+    assert all(flag in report for run in flagged for flag in run["flags"])  # flagged or not, all are in the notes
     assert results["retrieval"]["teacher/t:v1"]["queries"] >= 2
     page = (out / "retrieval" / "index.html").read_text()
     assert page.count("<h3>") == 3 and "thumbs/" in page
@@ -76,6 +97,21 @@ def test_eval_publishes_a_report_comparing_students_with_the_baseline(context, t
     assert cost["gpu_hours"] == cost["teacher_gpu_hours"] == 0 and cost["cpu_hours"] > 0 and cost["wall_seconds"] > 0
     assert cost["teacher_cpu_hours"] == context.store.manifest("teacher/t").cost["cpu_hours"] > 0
     assert "## Cost" in (out / "report.md").read_text()
+
+
+def test_a_run_that_does_not_learn_is_flagged_in_the_published_report(context, tmp_path):
+    frozen = {"epochs": 3, "batch_size": 16, "max_len": 32, "lr": 1e-9}
+    spec = eval_spec(
+        name="frozen", models=["student/s-base"], baseline=None, finetune=frozen, seeds=[0], retrieval=None
+    )
+    (manifest,) = evaluate.run(spec, context)
+    context.store.fetch(manifest.ref, tmp_path / "r")
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    (run,) = results["summary"]["s-base"]["sst2"]["accuracy"]["flags"]
+    assert run["seed"] == 0 and run["flags"][0].startswith("did not learn: loss 0.")
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert parse_tables(report)[0][1][1].endswith(" !")
+    assert f"- ! s-base, SST-2, seed 0: {run['flags'][0]}" in report.split("## Notes", 1)[1]
 
 
 def test_the_diagnostic_set_is_scored_with_the_mnli_model(context, tmp_path):
@@ -120,8 +156,11 @@ def test_report_show_prints_the_table_and_the_notes(context, vlkd_cli, s3_endpoi
     assert shown.returncode == 0, shown.stderr
     assert "SST-2 Acc" in shown.stdout and "Difference from baseline" in shown.stdout
     assert "Note: The data is synthetic" in shown.stdout
+    assert "majority class (reference)" in shown.stdout and "paired bootstrap" in shown.stdout
     compared = report("compare", "eval/shown", "eval/shown")
     assert compared.returncode == 0 and "s-kd" in compared.stdout
+    difference = next(line for line in compared.stdout.split("Difference from")[1].splitlines() if "s-kd" in line)
+    assert "[" in difference  # the merged runs keep their per-example outcomes: an interval again
     curves = report("show", "student/s-kd")  # a training run: its curves
     assert curves.returncode == 0 and {"step", "val_mlm", "val_loss"} <= set(curves.stdout.splitlines()[1].split())
     wrong = report("show", "corpus/synth")

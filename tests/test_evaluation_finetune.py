@@ -13,7 +13,8 @@ from vlkd.data.synth import SynthConfig, SynthSummary, generate
 from vlkd.data.text import corpus_lines, save_tokenizer, train_tokenizer
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.evaluation import qa
-from vlkd.evaluation.finetune import evaluate, finetune, load_tokenizer, train
+from vlkd.evaluation.finetune import evaluate, finetune, load_tokenizer, run_fields, train
+from vlkd.evaluation.flags import did_not_learn
 from vlkd.evaluation.readers import Question
 from vlkd.evaluation.tasks import TASKS, get_task, read_train
 from vlkd.specs.evaluate import FinetuneSpec
@@ -73,11 +74,40 @@ def _in_range(metrics: dict[str, float], low: float = 0.0) -> bool:
     return all(low <= value <= 100.0 for value in metrics.values())
 
 
-def test_finetuning_learns_sst2(model_dir: Path, synth: SynthSummary) -> None:
-    result = finetune(model_dir, "sst2", synth.tasks_dir / "sst2", LEARN, seed=0)
-    assert result["examples"] == 40
-    assert result["metrics"]["accuracy"] > 75.0
-    assert result["seconds"] > 0
+@pytest.fixture(scope="module")
+def learnt_sst2(model_dir: Path, synth: SynthSummary) -> dict:
+    return finetune(model_dir, "sst2", synth.tasks_dir / "sst2", LEARN, seed=0)
+
+
+def test_finetuning_learns_sst2(learnt_sst2: dict) -> None:
+    assert learnt_sst2["examples"] == 40
+    assert learnt_sst2["metrics"]["accuracy"] > 75.0
+    assert learnt_sst2["seconds"] > 0
+
+
+def test_a_run_logs_its_mean_loss_over_about_a_hundred_windows(learnt_sst2: dict) -> None:
+    """150 steps (30 epochs of 40 examples / 8): windows of 2 steps, 75 points, the loss falling."""
+    steps = [step for step, _ in learnt_sst2["loss_curve"]]
+    assert steps == list(range(2, 151, 2))
+    assert did_not_learn(learnt_sst2["loss_curve"]) is None
+
+
+def test_a_run_scores_dev_after_every_epoch_and_the_last_is_its_result(learnt_sst2: dict) -> None:
+    assert [epoch for epoch, _ in learnt_sst2["dev_curve"]] == list(range(1, 31))
+    assert learnt_sst2["dev_curve"][-1][1] == learnt_sst2["metrics"]["accuracy"]
+
+
+def test_a_run_keeps_its_dev_answers_per_label_and_per_example(learnt_sst2: dict) -> None:
+    assert set(learnt_sst2["predicted"]) == {"0", "1"} and sum(learnt_sst2["predicted"].values()) == 20
+    correct = learnt_sst2["correct"]
+    assert len(correct) == 20 and set(correct) <= {"0", "1"}
+    assert 100 * correct.count("1") / 20 == pytest.approx(learnt_sst2["metrics"]["accuracy"])
+
+
+def test_a_run_that_cannot_learn_is_flagged(model_dir: Path, synth: SynthSummary) -> None:
+    frozen = SMOKE.model_copy(update={"epochs": 4, "lr": 1e-9})
+    result = finetune(model_dir, "sst2", synth.tasks_dir / "sst2", frozen, seed=0)
+    assert did_not_learn(result["loss_curve"]).startswith("did not learn: loss 0.")
 
 
 def test_same_seed_same_model(model_dir: Path, synth: SynthSummary) -> None:
@@ -98,8 +128,10 @@ def test_progress_reports_every_step(model_dir: Path, synth: SynthSummary) -> No
 def test_max_steps_stops_training_early_and_the_schedule_ends_there(model_dir: Path, synth: SynthSummary) -> None:
     calls = []
     capped = SMOKE.model_copy(update={"epochs": 3, "max_steps": 7})  # 3 epochs of 5 steps, capped at 7
-    train(model_dir, "qnli", synth.tasks_dir / "qnli", capped, 0, progress=lambda *args: calls.append(args))
+    finetuned = train(model_dir, "qnli", synth.tasks_dir / "qnli", capped, 0, progress=lambda *a: calls.append(a))
     assert [(step, total) for step, total, _ in calls] == [(step, 7) for step in range(1, 8)]
+    assert [epoch for epoch, _ in finetuned.curves.dev] == [1.0, 1.4]  # scored where it stopped, too
+    assert finetuned.curves.loss[-1][0] == 7
 
 
 @pytest.mark.parametrize(
@@ -120,13 +152,24 @@ def test_every_kind_of_task_finetunes_and_scores(model_dir: Path, synth: SynthSu
     result = finetune(model_dir, task, synth.tasks_dir / task, SMOKE, seed=0)
     assert set(result["metrics"]) == keys
     assert _in_range(result["metrics"])
+    main = get_task(task).main_metric
+    assert 100 * result["correct"].count("1") / len(result["correct"]) == pytest.approx(result["metrics"][main])
+    assert len(result["dev_curve"]) == 1 and result["loss_curve"]
+    if get_task(task).kind == "extractive_qa":
+        assert result["predicted"] is None
+    else:
+        assert sum(result["predicted"].values()) == len(result["correct"])
 
 
 def test_mnli_model_scores_both_dev_sets_and_the_diagnostic(model_dir: Path, synth: SynthSummary) -> None:
     mnli = train(model_dir, "mnli", synth.tasks_dir / "mnli", SMOKE, seed=0)
-    scores = evaluate(mnli, "mnli", synth.tasks_dir / "mnli")
+    scores = evaluate(mnli, "mnli", synth.tasks_dir / "mnli").metrics
     assert set(scores) == {"matched_accuracy", "mismatched_accuracy"} and _in_range(scores)
-    diagnostic = evaluate(mnli, "glue_diagnostic", synth.tasks_dir / "glue_diagnostic")
+    scored = evaluate(mnli, "glue_diagnostic", synth.tasks_dir / "glue_diagnostic")
+    diagnostic = scored.metrics
+    assert scored.correct is None and sum(scored.predicted.values()) == 20  # R3 is no mean over examples
+    fields = run_fields(mnli, scored, "glue_diagnostic")
+    assert fields["loss_curve"] == fields["dev_curve"] == []  # the MNLI run's curves are MNLI's
     assert {"r3", "r3_average"} <= set(diagnostic)
     assert set(diagnostic) - {"r3", "r3_average"} <= {
         "r3_lexical_semantics",

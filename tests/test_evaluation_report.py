@@ -51,10 +51,12 @@ def _results(baseline: str | None = "BERT", costs: dict | None = None) -> dict:
     return build_results(records, baseline, retrieval, [NOTE], costs)
 
 
-def test_summary_is_mean_and_sample_std_over_seeds() -> None:
+def test_summary_is_mean_sample_std_and_median_over_seeds() -> None:
     summary = _results()["summary"]
-    assert summary["BERT"]["sst2"]["accuracy"] == {"mean": 82.0, "std": 2.0, "seeds": 3}
-    assert summary["+ KD-NST"]["mnli"]["mismatched_accuracy"] == {"mean": 72.0, "std": 0.0, "seeds": 3}
+    assert summary["BERT"]["sst2"]["accuracy"] == {"mean": 82.0, "std": 2.0, "median": 82.0, "seeds": 3, "flags": []}
+    assert summary["+ KD-NST"]["sst2"]["accuracy"]["median"] == 83.5  # 83.0, 83.5, 85.5: mean 84.0
+    # Flags belong to a task's main metric only.
+    assert summary["+ KD-NST"]["mnli"]["mismatched_accuracy"] == {"mean": 72.0, "std": 0.0, "median": 72.0, "seeds": 3}
 
 
 def test_results_list_models_tasks_and_every_run() -> None:
@@ -73,6 +75,10 @@ def test_results_list_models_tasks_and_every_run() -> None:
         "examples": 40,
         "seconds": 1.5,
         "worker": None,
+        "loss_curve": [],
+        "dev_curve": [],
+        "predicted": None,
+        "correct": None,
     }
 
 
@@ -80,8 +86,8 @@ def test_table1_layout_with_average_and_spread() -> None:
     tables = parse_tables(render_markdown(_results()))
     header, base, nst = tables[0]
     assert header == ["Model", "SST-2 Acc", "MNLI Acc", "Avg."]
-    assert base == ["BERT", "82.0 ± 2.0", "70.0 ± 0.0", "76.0"]
-    assert nst == ["+ KD-NST", "84.0 ± 1.3", "71.0 ± 0.0", "77.5"]
+    assert base == ["BERT", "82.0 ± 2.0 (median 82.0)", "70.0 ± 0.0 (median 70.0)", "76.0"]
+    assert nst == ["+ KD-NST", "84.0 ± 1.3 (median 83.5)", "71.0 ± 0.0 (median 71.0)", "77.5"]
 
 
 def test_differences_from_the_baseline() -> None:
@@ -171,9 +177,9 @@ def test_terminal_table() -> None:
     assert "Downstream tasks (Table 1)" in text and "Difference from BERT" in text
     lines = text.splitlines()
     assert lines[1:4] == [
-        "Model      SST-2 Acc    MNLI Acc  Avg.",
-        "BERT      82.0 ± 2.0  70.0 ± 0.0  76.0",
-        "+ KD-NST  84.0 ± 1.3  71.0 ± 0.0  77.5",
+        "Model                    SST-2 Acc                  MNLI Acc  Avg.",
+        "BERT      82.0 ± 2.0 (median 82.0)  70.0 ± 0.0 (median 70.0)  76.0",
+        "+ KD-NST  84.0 ± 1.3 (median 83.5)  71.0 ± 0.0 (median 71.0)  77.5",
     ]
     assert "teacher/howto:v2" in text
 
@@ -203,15 +209,50 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert all(len(row) == len(table[0]) for table in parse_tables(report) for row in table)
 
 
+def test_training_curves_are_small_multiples_linked_from_the_report(tmp_path: Path) -> None:
+    """A panel per task x model, a line per seed: two tasks and two models make a 2 x 2 grid, wider and taller
+    than one panel."""
+    records = [
+        RunRecord(
+            row,
+            f"student/{row}:v1",
+            task,
+            seed,
+            {"accuracy": 60.0 + seed},
+            loss_curve=[[step, 0.7 / step] for step in range(1, 11)],
+            dev_curve=[[1, 55.0], [2, 60.0 + seed]],
+        )
+        for row in ("A", "B")
+        for task in ("sst2", "qnli")
+        for seed in (0, 1)
+    ]
+    references = {"sst2": {"majority": {"metrics": {"accuracy": 50.0}, "correct": None, "predicted": None}}}
+    written = write_report(build_results(records, "A", references=references), tmp_path)
+    assert {"charts/training_loss.png", "charts/dev_curves.png"} <= set(written)
+    for name in ("training_loss", "dev_curves"):
+        width, height = _png_size(tmp_path / "charts" / f"{name}.png")
+        assert width >= 2 * 300 - 100 and height >= 2 * 240 - 100
+    report = (tmp_path / "report.md").read_text()
+    curves = report.split("## Training curves", 1)[1]
+    assert "![Training loss](charts/training_loss.png)" in curves
+    assert "![Dev metric per epoch](charts/dev_curves.png)" in curves
+
+
+def test_runs_without_curves_draw_none(tmp_path: Path) -> None:
+    written = write_report(_results(), tmp_path)
+    assert not any("training_loss" in name or "dev_curves" in name for name in written)
+    assert "## Training curves" not in (tmp_path / "report.md").read_text()
+
+
 def test_results_json_is_plain_json(tmp_path: Path) -> None:
     write_report(_results(), tmp_path, charts=False)
-    assert json.loads((tmp_path / "results.json").read_text())["format"] == "vlkd.eval-results/v1"
+    assert json.loads((tmp_path / "results.json").read_text())["format"] == "vlkd.eval-results/v2"
     assert not (tmp_path / "charts").exists()
 
 
 def test_loading_something_else_says_what_was_expected(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps({"format": "vlkd.corpus/v1"}))
-    with pytest.raises(DataError, match=r"format 'vlkd\.corpus/v1', expected 'vlkd\.eval-results/v1'"):
+    with pytest.raises(DataError, match=r"format 'vlkd\.corpus/v1', expected 'vlkd\.eval-results/v2'"):
         load_results(tmp_path / "results.json")
 
 

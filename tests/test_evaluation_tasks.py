@@ -11,6 +11,7 @@ import pytest
 from vlkd.data.synth import SynthConfig, SynthSummary, generate
 from vlkd.errors import DataError, NotFoundError, VlkdError
 from vlkd.evaluation.readers import MultipleChoice, Question, TextPair
+from vlkd.evaluation.scoring import score_predictions
 from vlkd.evaluation.tasks import (
     TASKS,
     get_task,
@@ -295,3 +296,38 @@ def test_squad_v2_scores_answerable_and_unanswerable_questions_apart() -> None:
 def test_qqp_reports_accuracy_and_duplicate_f1() -> None:
     examples = [TextPair("a", "b", label) for label in ("1", "0", "1", "0")]
     assert get_task("qqp").score(["1", "1", "0", "0"], examples) == {"accuracy": 50.0, "f1": 50.0}
+
+
+def _half_right(task_name: str, examples: list) -> list:
+    """Gold answers on even examples, a wrong one on odd ones."""
+    task = get_task(task_name)
+    predictions = []
+    for i, example in enumerate(examples):
+        if task.kind == "extractive_qa":
+            gold = example.answers[0][0] if example.answers else ""
+            predictions.append(gold if i % 2 == 0 else "zzz")
+        elif task.kind == "multiple_choice":
+            predictions.append(example.label if i % 2 == 0 else (example.label + 1) % len(example.endings))
+        else:
+            wrong = next(label for label in task.labels if label != example.label)
+            predictions.append(example.label if i % 2 == 0 else wrong)
+    return predictions
+
+
+@pytest.mark.parametrize("name", [name for name, task in TASKS.items() if task.example_correct])
+def test_the_main_metric_is_the_mean_of_its_per_example_outcomes(synth: SynthSummary, name: str) -> None:
+    """What lets the report compare two models example by example: the outcomes add up to the number shown."""
+    task = get_task(name)
+    examples = read_eval(task, synth.tasks_dir / name)
+    predictions = {prefix: _half_right(name, rows) for prefix, rows in examples.items()}
+    scored = score_predictions(task, predictions, examples)
+    assert scored.correct.count("1") == (len(scored.correct) + 1) // 2
+    assert 100 * scored.correct.count("1") / len(scored.correct) == pytest.approx(scored.metrics[task.main_metric])
+
+
+def test_only_the_diagnostics_correlation_has_no_per_example_outcome() -> None:
+    assert [name for name, task in TASKS.items() if task.example_correct is None] == ["glue_diagnostic"]
+
+
+def test_the_main_metric_is_measured_on_the_main_evaluation_file() -> None:
+    assert get_task("mnli").main_eval == "matched" and get_task("sst2").main_eval == ""

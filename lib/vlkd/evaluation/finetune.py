@@ -6,12 +6,16 @@ The model directory is a `save_pretrained` BertForMaskedLM that also holds its t
 pretrained one.
 
 Two levels of API:
-- `finetune(...)` trains and scores one task: `{"metrics", "examples", "seconds"}`.
+- `finetune(...)` trains and scores one task: the fields of its run record (`run_fields`).
 - `train(...)` returns the trained model in memory (`Finetuned`) and `evaluate(finetuned, task, folder)` scores
-  it on any task it can score. GLUE's diagnostic has no training set: train on MNLI once, then
+  it on any task it can score (`Scored`). GLUE's diagnostic has no training set: train on MNLI once, then
   `evaluate(mnli, "mnli", mnli_dir)` and `evaluate(mnli, "glue_diagnostic", diagnostic_dir)`.
 A run is deterministic for its seed on a given device: the seed sets the new head's initial weights, dropout
 and the order of the training examples.
+
+Every run also records how it trained, so a report can explain a number (`Curves`): its training loss, and its
+main metric on dev after every epoch (one extra pass over the dev set per epoch, forward only: a few percent of
+an epoch of training on GLUE's splits).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch.utils.data import DataLoader
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.evaluation import choice, classification, qa
 from vlkd.evaluation.batches import Feature, collate
+from vlkd.evaluation.scoring import Scored, main_score, score_predictions
 from vlkd.evaluation.tasks import Kind, Task, get_task, read_eval, read_train
 from vlkd.optim import build_optimizer, build_scheduler
 from vlkd.specs import OptimSpec
@@ -44,6 +49,9 @@ Progress = Callable[[int, int, float], None]
 
 # Hugging Face's Trainer clips at 1.0 (max_grad_norm), as the finetuning scripts of BERT and vokenization do.
 GRAD_CLIP = 1.0
+LOSS_POINTS = 100
+"""The training loss is logged as its mean over each of about this many equal windows of a run's steps (as
+Hugging Face's Trainer logs the mean over `logging_steps`): a curve of bounded size however long the run."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,16 @@ HEADS: dict[Kind, Head] = {
 
 
 @dataclass
+class Curves:
+    """How a run trained."""
+
+    loss: list[list[float]]
+    """[step, mean training loss over the window of steps ending there]"""
+    dev: list[list[float]]
+    """[epoch, main metric on dev] after each epoch (a fractional epoch where `max_steps` stopped one early)"""
+
+
+@dataclass
 class Finetuned:
     """A model finetuned on `task`, in memory, with what scoring it needs."""
 
@@ -74,7 +92,8 @@ class Finetuned:
     examples: int
     """training examples"""
     seconds: float
-    """training time"""
+    """training time, with the per-epoch scoring of dev"""
+    curves: Curves
 
 
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
@@ -100,36 +119,68 @@ def train(
     progress: Progress | None = None,
 ) -> Finetuned:
     """Finetune the model in `model_dir` on the training file of `task` in `data_dir` (the task's official
-    files, as released)."""
+    files, as released), scoring its main dev file after every epoch for the run's curves."""
     definition = get_task(task)
     head = HEADS[definition.kind]
     examples = read_train(definition, Path(data_dir))
     tokenizer = load_tokenizer(model_dir)
     features = head.encode(tokenizer, examples, definition, hp.max_len)
+    dev = read_eval(definition, Path(data_dir))[definition.main_eval]
     started = time.perf_counter()
     torch.manual_seed(seed)  # the new head's weights, then dropout
     model = head.build_model(Path(model_dir), definition).to(device)
-    _fit(model, features, hp, seed, device, tokenizer.pad_token_id, progress)
-    return Finetuned(task, model, tokenizer, hp, device, len(examples), time.perf_counter() - started)
+    curves = Curves(loss=[], dev=[])
+
+    def score_dev(epoch: float) -> None:
+        predictions = head.predict(model, tokenizer, dev, definition, hp.max_len, hp.batch_size, device)
+        curves.dev.append([round(epoch, 3), main_score(definition, predictions, dev)])
+        model.train()
+
+    order = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        features,
+        batch_size=hp.batch_size,
+        shuffle=True,
+        generator=order,
+        collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
+    )
+    curves.loss = _fit(model, loader, hp, device, progress, score_dev)
+    return Finetuned(task, model, tokenizer, hp, device, len(examples), time.perf_counter() - started, curves)
+
+
+class _LossWindows:
+    """The mean training loss over consecutive windows of `every` steps, the last one possibly shorter; summed on
+    the device so that logging adds no synchronisation per step."""
+
+    def __init__(self, total: int) -> None:
+        self.every = max(1, math.ceil(total / LOSS_POINTS))
+        self.points: list[list[float]] = []
+        self._sum: torch.Tensor | float = 0.0
+        self._steps = 0
+
+    def add(self, step: int, loss: torch.Tensor, last: bool) -> None:
+        self._sum = self._sum + loss.detach()
+        self._steps += 1
+        if self._steps == self.every or last:
+            self.points.append([step, round(float(self._sum) / self._steps, 5)])
+            self._sum, self._steps = 0.0, 0
 
 
 def _fit(
     model: nn.Module,
-    features: list[Feature],
+    loader: DataLoader,
     hp: FinetuneSpec,
-    seed: int,
     device: str,
-    pad_id: int,
     progress: Progress | None,
-) -> None:
-    order = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        features, batch_size=hp.batch_size, shuffle=True, generator=order, collate_fn=partial(collate, pad_id=pad_id)
-    )
+    after_epoch: Callable[[float], None],
+) -> list[list[float]]:
+    """Train; call `after_epoch` with the epoch reached after each one (and where `max_steps` stops); return
+    the logged training loss."""
     total = min(hp.epochs * len(loader), hp.max_steps or math.inf)
     optim = OptimSpec(lr=hp.lr, weight_decay=hp.weight_decay, warmup_fraction=hp.warmup_fraction)
     optimizer = build_optimizer(optim, model)
     scheduler = build_scheduler(optim, optimizer, total)
+    losses = _LossWindows(total)
     model.train()
     step = 0
     for _ in range(hp.epochs):
@@ -141,13 +192,18 @@ def _fit(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            losses.add(step, loss, last=step == total)
             if progress is not None:
                 progress(step, total, loss.item())
             if step == total:
-                return
+                break
+        after_epoch(step / len(loader))
+        if step == total:
+            break
+    return losses.points
 
 
-def evaluate(finetuned: Finetuned, task: str, data_dir: Path) -> dict[str, float]:
+def evaluate(finetuned: Finetuned, task: str, data_dir: Path) -> Scored:
     """Score `finetuned` on the evaluation files of `task` in `data_dir`: the task it was trained on, or one
     scored with that task's model (glue_diagnostic with an MNLI model). Metrics are percentages."""
     definition = get_task(task)
@@ -157,14 +213,30 @@ def evaluate(finetuned: Finetuned, task: str, data_dir: Path) -> dict[str, float
             f"not on {finetuned.task}: train on {definition.trained_on} first"
         )
     head, hp = HEADS[definition.kind], finetuned.hp
-    metrics = {}
-    for prefix, examples in read_eval(definition, Path(data_dir)).items():
-        predictions = head.predict(
-            finetuned.model, finetuned.tokenizer, examples, definition, hp.max_len, hp.batch_size, finetuned.device
+    examples = read_eval(definition, Path(data_dir))
+    predictions = {
+        prefix: head.predict(
+            finetuned.model, finetuned.tokenizer, file_examples, definition, hp.max_len, hp.batch_size, finetuned.device
         )
-        scores = definition.score(predictions, examples)
-        metrics |= {f"{prefix}_{name}" if prefix else name: value for name, value in scores.items()}
-    return metrics
+        for prefix, file_examples in examples.items()
+    }
+    return score_predictions(definition, predictions, examples)
+
+
+def run_fields(finetuned: Finetuned, scored: Scored, task: str) -> dict[str, Any]:
+    """What a run record keeps of `finetuned` scored on `task`. A task scored with another task's model (GLUE's
+    diagnostic) has no curves of its own: they are that task's run's."""
+    curves = finetuned.curves if task == finetuned.task else Curves([], [])
+    return {
+        "task": task,
+        "metrics": scored.metrics,
+        "examples": finetuned.examples,
+        "seconds": round(finetuned.seconds, 1),
+        "loss_curve": curves.loss,
+        "dev_curve": curves.dev,
+        "predicted": scored.predicted,
+        "correct": scored.correct,
+    }
 
 
 def finetune(
@@ -176,9 +248,6 @@ def finetune(
     device: str = "cpu",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Train on `task` and score on its dev files: `{"metrics": {name: percent}, "examples": training
-    examples, "seconds": training and scoring time}`."""
-    started = time.perf_counter()
+    """Train on `task` and score on its dev files: `run_fields` (metrics in percent, curves, outcomes)."""
     finetuned = train(model_dir, task, data_dir, hp, seed, device, progress)
-    metrics = evaluate(finetuned, task, data_dir)
-    return {"metrics": metrics, "examples": finetuned.examples, "seconds": time.perf_counter() - started}
+    return run_fields(finetuned, evaluate(finetuned, task, data_dir), task)

@@ -1,64 +1,46 @@
 """The comparison report of an eval run: Markdown (`report.md`) and a plain-text rendering for a terminal.
 
-Tables follow the paper's layouts: "Table 1" holds the seven primary tasks (SST-2, QNLI, QQP, MNLI-m accuracy,
-SQuAD v1.1 / v2.0 exact match, SWAG) and their average; "Table 7" the GLUE diagnostic's R3 per category, PIQA
-and TRACIE. A cell is the mean over seeds, `± std` when there were several; a table holds only the columns that
-were measured, and a row's average only when it has every column. Then: each row's difference from the
-baseline row, every metric per task, each row's artifact ref and lineage, the teacher retrieval table, and
-free-text notes.
+Tables follow the paper's layouts (`layouts`); a table holds only the columns that were measured, and a row's
+average only when it has every column. A cell is the mean over seeds, `± std` when there were several, its
+median from three seeds on, and `!` when one of its runs is flagged (`flags`; the notes say which and why).
+Reference rows (majority class, bag-of-words LR) follow the models', labelled as references and never averaged.
+Each row's difference from the baseline row comes with its 95% interval (`bootstrap`), marked `(noise)` when
+the interval contains 0. Then: every metric per task, each row's artifact ref and lineage, the teacher
+retrieval table, the cost, the charts (a bar chart per task; training curves) and the notes.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlkd.errors import DataError
-from vlkd.evaluation.results import RESULTS_FILE, write_results
-from vlkd.evaluation.tasks import DIAGNOSTIC_CATEGORIES, TASKS, category_key
+from vlkd.evaluation.bootstrap import LEVEL, RESAMPLES
+from vlkd.evaluation.differences import AVERAGE
+from vlkd.evaluation.flags import THRESHOLDS
+from vlkd.evaluation.layouts import LAYOUTS, Column, Layout
+from vlkd.evaluation.references import REFERENCES
+from vlkd.evaluation.results import RESULTS_FILE, reference_metric, write_results
+from vlkd.evaluation.tasks import TASKS
 
 REPORT_FILE = "report.md"
 MISSING = "n/a"
-
-
-@dataclass(frozen=True)
-class Column:
-    task: str
-    metric: str
-    header: str
-
-
-@dataclass(frozen=True)
-class Layout:
-    title: str
-    columns: tuple[Column, ...]
-    average: bool
-
-
-def _main(task: str) -> Column:
-    definition = TASKS[task]
-    return Column(task, definition.main_metric, f"{definition.title} {definition.metric_label}")
-
-
-_SHORT = dict(zip(DIAGNOSTIC_CATEGORIES, ("Lexicon", "Predicate", "Logic", "Knowledge"), strict=True))
-LAYOUTS = (
-    Layout(
-        "Downstream tasks (Table 1)",
-        tuple(_main(t) for t in ("sst2", "qnli", "qqp", "mnli", "squad_v1", "squad_v2", "swag")),
-        average=True,
-    ),
-    Layout(
-        "Knowledge and reasoning (Table 7)",
-        (
-            *(Column("glue_diagnostic", category_key(c), f"Diag. {_SHORT[c]} R3") for c in DIAGNOSTIC_CATEGORIES),
-            _main("piqa"),
-            _main("tracie"),
-        ),
-        average=False,
-    ),
+NOT_AVERAGED = "-"
+FLAG = "!"
+NOISE = "(noise)"
+CELL_NOTE = (
+    f"Mean over seeds ± sample std (median from three seeds on); {FLAG}: a run of the cell is flagged (see the "
+    "notes). Reference rows are never averaged."
+)
+INTERVAL_NOTE = (
+    f"[{LEVEL:.0%} interval]: paired bootstrap over dev examples and seeds ({RESAMPLES} resamples); {NOISE}: the "
+    "interval contains 0, the difference is within noise."
+)
+CURVES_NOTE = (
+    "Each run's training loss (mean over windows of steps) and its main metric on dev after every epoch: a panel "
+    "per task and model, a line per seed; dashed, the majority-class reference."
 )
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 RETRIEVAL_COLUMNS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("Median rank", "median_rank"))
@@ -68,10 +50,24 @@ def _stat(results: Mapping[str, Any], row: str, column: Column) -> dict[str, flo
     return results["summary"].get(row, {}).get(column.task, {}).get(column.metric)
 
 
-def _cell(stat: Mapping[str, float] | None) -> str:
+def _cell(stat: Mapping[str, Any] | None) -> str:
     if stat is None:
         return MISSING
-    return f"{stat['mean']:.1f}" + (f" ± {stat['std']:.1f}" if stat["seeds"] > 1 else "")
+    text = f"{stat['mean']:.1f}"
+    if stat["seeds"] > 1:
+        text += f" ± {stat['std']:.1f}"
+    if stat["seeds"] > 2:  # the median of two is their mean
+        text += f" (median {stat['median']:.1f})"
+    return text + (f" {FLAG}" if stat.get("flags") else "")
+
+
+def _signed(value: float) -> str:
+    return f"{round(value, 1) + 0.0:+.1f}"  # + 0.0: a difference that rounds to zero is +0.0, not -0.0
+
+
+def reference_label(name: str) -> str:
+    """A reference row's name in the tables."""
+    return f"{REFERENCES[name].label} (reference)"
 
 
 def _means(results: Mapping[str, Any], row: str, layout: Layout, columns: Sequence[Column]) -> list[float | None]:
@@ -83,8 +79,9 @@ def _means(results: Mapping[str, Any], row: str, layout: Layout, columns: Sequen
 
 
 def table_rows(results: Mapping[str, Any], layout: Layout) -> tuple[list[str], list[list[str]], list[list[str]]]:
-    """(header, value rows, difference rows) of one layout: only the columns some row has a value for;
-    differences against the baseline row (none without a baseline)."""
+    """(header, value rows, difference rows) of one layout: only the columns some model row has a value for;
+    the model rows, then the reference rows; differences of the model rows against the baseline row (none
+    without a baseline), with their intervals."""
     columns = [c for c in layout.columns if any(_stat(results, m["row"], c) for m in results["models"])]
     if not columns:
         return [], [], []
@@ -100,14 +97,38 @@ def table_rows(results: Mapping[str, Any], layout: Layout) -> tuple[list[str], l
             cells.append(MISSING if means[-1] is None else f"{means[-1]:.1f}")
         rows.append([row, *cells])
         if reference is not None and row != baseline:
-            differences.append([row, *(_difference(m, r) for m, r in zip(means, reference, strict=True))])
-    return header, rows, differences
+            intervals = _intervals(results, row, layout, columns)
+            differences.append([row, *map(_difference, means, reference, intervals)])
+    return header, rows + _reference_rows(results, columns, layout.average), differences
 
 
-def _difference(value: float | None, reference: float | None) -> str:
+def _reference_rows(results: Mapping[str, Any], columns: Sequence[Column], average: bool) -> list[list[str]]:
+    """A row per reference that has a value in some column; its average cell, if any, says it is not averaged."""
+    rows = []
+    for name in REFERENCES:
+        values = [reference_metric(results.get("references", {}), c.task, name, c.metric) for c in columns]
+        if any(v is not None for v in values):
+            cells = [MISSING if v is None else f"{v:.1f}" for v in values]
+            rows.append([reference_label(name), *cells, *([NOT_AVERAGED] if average else [])])
+    return rows
+
+
+def _intervals(
+    results: Mapping[str, Any], row: str, layout: Layout, columns: Sequence[Column]
+) -> list[Mapping[str, Any] | None]:
+    """The interval of each column's difference (a task's main metric only), and of the average."""
+    differences = results.get("differences", {}).get(row, {})
+    intervals = [differences.get(c.task) if c.metric == TASKS[c.task].main_metric else None for c in columns]
+    return intervals + ([differences.get(AVERAGE)] if layout.average else [])
+
+
+def _difference(value: float | None, reference: float | None, interval: Mapping[str, Any] | None) -> str:
     if value is None or reference is None:
         return MISSING
-    return f"{round(value - reference, 1) + 0.0:+.1f}"  # + 0.0: a difference that rounds to zero is +0.0, not -0.0
+    if interval is None:
+        return _signed(value - reference)
+    noise = f" {NOISE}" if interval["within_noise"] else ""
+    return f"{_signed(value - reference)} [{_signed(interval['low'])}, {_signed(interval['high'])}]{noise}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -115,10 +136,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
 
 
-def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None = None) -> str:
-    """report.md: the tables, differences, all metrics, lineage, retrieval, notes and (given `charts`, task ->
-    PNG path relative to the report) the charts."""
-    parts = ["# Evaluation report"]
+def render_markdown(
+    results: Mapping[str, Any], charts: Mapping[str, str] | None = None, curves: Mapping[str, str] | None = None
+) -> str:
+    """report.md: the tables, differences, all metrics, lineage, retrieval, notes and the charts: given
+    `charts` (task -> PNG path relative to the report), the bar charts; given `curves` (title -> PNG path), the
+    training curves."""
+    parts = ["# Evaluation report", *legend(results)]
     baseline = results.get("baseline")
     for layout in LAYOUTS:
         header, rows, differences = table_rows(results, layout)
@@ -138,9 +162,31 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
         parts += ["## Cost", COST_NOTE, markdown_table(*cost_rows(results["models"]))]
     if charts:
         parts += ["## Charts", "\n".join(f"![{TASKS[t].title}]({path})" for t, path in charts.items())]
-    if results.get("notes"):
-        parts += ["## Notes", "\n".join(f"- {note}" for note in results["notes"])]
+    if curves:
+        parts += ["## Training curves", CURVES_NOTE, "\n".join(f"![{title}]({path})" for title, path in curves.items())]
+    if notes := report_notes(results):
+        parts += ["## Notes", "\n".join(f"- {note}" for note in notes)]
     return "\n\n".join(parts) + "\n"
+
+
+def legend(results: Mapping[str, Any]) -> list[str]:
+    """What the tables' marks mean: the cells', and the intervals' when some difference has one."""
+    if not results["summary"]:
+        return []
+    return [CELL_NOTE, *([INTERVAL_NOTE] if results.get("differences") else [])]
+
+
+def report_notes(results: Mapping[str, Any]) -> list[str]:
+    """The results' notes, then every flagged run with what flagged it."""
+    flagged = [
+        f"{FLAG} {row}, {TASKS[task].title}, seed {run['seed']}: {'; '.join(run['flags'])}"
+        for row, tasks in results["summary"].items()
+        for task, metrics in tasks.items()
+        for run in metrics.get(TASKS[task].main_metric, {}).get("flags", [])
+    ]
+    if flagged:
+        flagged.insert(0, f"{FLAG} Flagged runs ({THRESHOLDS}):")
+    return [*results.get("notes", []), *flagged]
 
 
 def _all_metrics(results: Mapping[str, Any]) -> list[str]:
@@ -149,7 +195,8 @@ def _all_metrics(results: Mapping[str, Any]) -> list[str]:
         metrics = sorted({m for row in results["summary"].values() for m in row.get(task, {})})
         columns = [Column(task, metric, metric) for metric in metrics]
         rows = [[m["row"], *(_cell(_stat(results, m["row"], c)) for c in columns)] for m in results["models"]]
-        parts += [f"### {TASKS[task].title}", markdown_table(["Model", *metrics], rows)]
+        references = _reference_rows(results, columns, average=False)
+        parts += [f"### {TASKS[task].title}", markdown_table(["Model", *metrics], rows + references)]
     return parts
 
 
@@ -199,7 +246,8 @@ def cost_rows(models: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list
 
 
 def render_table(results: Mapping[str, Any]) -> str:
-    """The report's tables as aligned plain text, for a terminal."""
+    """The report's tables as aligned plain text, for a terminal (the notes, flagged runs among them, are
+    `report_notes`)."""
     blocks = []
     for layout in LAYOUTS:
         header, rows, differences = table_rows(results, layout)
@@ -207,6 +255,8 @@ def render_table(results: Mapping[str, Any]) -> str:
             blocks.append(f"{layout.title}\n{_aligned(header, rows)}")
             if differences:
                 blocks.append(f"Difference from {results['baseline']}\n{_aligned(header, differences)}")
+    if key := legend(results):
+        blocks.append("\n".join(key))
     if results.get("retrieval"):
         blocks.append("Teacher text-to-video retrieval\n" + _aligned(*retrieval_rows(results["retrieval"])))
     if any(model.get("cost") for model in results["models"]):
@@ -253,15 +303,20 @@ def _cells(line: str) -> list[str]:
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path, charts: bool = True) -> dict[str, Path]:
-    """Write results.json, report.md and (with `charts`, which needs matplotlib) one PNG bar chart per task
-    under `charts/` into `out_dir`; returns what was written by name."""
-    from vlkd.evaluation.charts import write_charts
+    """Write results.json, report.md and (with `charts`, which needs matplotlib) under `charts/` one PNG bar
+    chart per task and the training curves into `out_dir`; returns what was written by name."""
+    from vlkd.evaluation.charts import write_charts, write_curves
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {RESULTS_FILE: write_results(results, out_dir / RESULTS_FILE)}
-    pngs = write_charts(results, out_dir / "charts") if charts else {}
-    relative = {task: path.relative_to(out_dir).as_posix() for task, path in pngs.items()}
-    (out_dir / REPORT_FILE).write_text(render_markdown(results, relative), encoding="utf-8")
+    bars = write_charts(results, out_dir / "charts") if charts else {}
+    curves = write_curves(results, out_dir / "charts") if charts else {}
+
+    def relative(pngs: Mapping[str, Path]) -> dict[str, str]:
+        return {key: path.relative_to(out_dir).as_posix() for key, path in pngs.items()}
+
+    markdown = render_markdown(results, relative(bars), relative(curves))
+    (out_dir / REPORT_FILE).write_text(markdown, encoding="utf-8")
     written[REPORT_FILE] = out_dir / REPORT_FILE
-    return written | {f"charts/{path.name}": path for path in pngs.values()}
+    return written | {f"charts/{path.name}": path for path in [*bars.values(), *curves.values()]}

@@ -2,24 +2,32 @@
 
 `results.json` (FORMAT):
 ```
-{"format": "vlkd.eval-results/v1",
+{"format": "vlkd.eval-results/v2",
  "baseline": "<row>" | null,            # the row the report compares every other row with
  "models": [{"row", "ref", "lineage": {"teacher", "kd_objectives", "corpus", ...},    # report order
              "cost": {"wall_seconds", "cpu_hours", "gpu_hours", "teacher_cpu_hours", "teacher_gpu_hours"}}],
  "tasks": ["sst2", ...],                # the tasks run, in the registry's order
  "runs": [{"row", "ref", "lineage", "task", "seed", "metrics": {name: percent}, "examples", "seconds",
-           "worker": "host:pid"}],      # the process that finetuned: a Ray task's, or the job's own
- "summary": {row: {task: {metric: {"mean", "std", "seeds"}}}},   # std: sample std over seeds, 0 for one seed
+           "worker": "host:pid",        # the process that finetuned: a Ray task's, or the job's own
+           "loss_curve": [[step, mean loss]], "dev_curve": [[epoch, main metric]],    # how it trained
+           "predicted": {label: count},  # main dev file (classification, multiple choice)
+           "correct": "0110..."}],      # main dev file, per example: right for the main metric (not for R3)
+ "references": {task: {"majority" | "bag_of_words": {"metrics", "correct", "predicted"}}},   # never averaged
+ "summary": {row: {task: {metric: {"mean", "std", "median", "seeds"}}}},   # std: sample std over seeds, 0 for one
+                          # the main metric's also has "flags": [{"seed", "flags": ["did not learn: ..."]}]
+ "differences": {row: {task | "average": {"difference", "low", "high", "within_noise"}}},   # from the baseline
  "retrieval": {teacher label: {"r1", "r5", "r10", "median_rank", "queries"}},
  "notes": ["..."]}
 ```
-`summary` is derived from `runs`; `merge` recomputes it.
+`summary` and `differences` are derived from `runs` and `references` (`flags`, `differences`); `merge`
+recomputes them. A v1 document (before runs kept curves and outcomes) loads with no flags nor intervals.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,9 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from vlkd.errors import DataError
+from vlkd.evaluation.differences import differences
+from vlkd.evaluation.flags import run_flags
 from vlkd.evaluation.tasks import TASKS
 
-FORMAT = "vlkd.eval-results/v1"
+FORMAT = "vlkd.eval-results/v2"
+_OLDER_FORMATS = ("vlkd.eval-results/v1",)
 RESULTS_FILE = "results.json"
 
 
@@ -47,6 +58,14 @@ class RunRecord:
     seconds: float | None = None
     worker: str | None = None
     """host:pid of the process that ran it (a Ray task's, or the eval job's own)"""
+    loss_curve: list[list[float]] = field(default_factory=list)
+    """[step, mean training loss over the window of steps ending there]"""
+    dev_curve: list[list[float]] = field(default_factory=list)
+    """[epoch, main metric on dev]"""
+    predicted: dict[str, int] | None = None
+    """main dev file: how many examples got each label or choice index"""
+    correct: str | None = None
+    """main dev file: "1" per example right for the main metric, "0" per one wrong"""
 
 
 def build_results(
@@ -55,9 +74,11 @@ def build_results(
     retrieval: Mapping[str, Mapping[str, float]] | None = None,
     notes: Sequence[str] = (),
     costs: Mapping[str, Mapping[str, float]] | None = None,
+    references: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """The `results.json` document of `records` (see the module docstring), checked for consistency. `costs`:
-    what making each row's model took (from its manifest; the teacher's too for students)."""
+    what making each row's model took (from its manifest; the teacher's too for students). `references`: task
+    -> reference name -> its scores (`references.score_reference`)."""
     records = list(records)
     models: dict[str, dict[str, Any]] = {}
     seen: set[tuple[str, str, int]] = set()
@@ -83,32 +104,68 @@ def build_results(
         seen.add(key)
     if baseline is not None and baseline not in models:
         raise DataError(f"baseline {baseline!r} is not a row; rows: {', '.join(models) or 'none'}")
+    runs = [asdict(record) for record in records]
+    references = {
+        task: {name: dict(scores) for name, scores in refs.items()} for task, refs in (references or {}).items()
+    }
     return {
         "format": FORMAT,
         "baseline": baseline,
         "models": list(models.values()),
         "tasks": [task for task in TASKS if any(r.task == task for r in records)],
-        "runs": [asdict(record) for record in records],
-        "summary": summarize(records),
+        "runs": runs,
+        "references": references,
+        "summary": summarize(records, references),
+        "differences": differences(runs, baseline),
         "retrieval": {label: dict(values) for label, values in (retrieval or {}).items()},
         "notes": list(notes),
     }
 
 
-def summarize(records: Sequence[RunRecord]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """row -> task -> metric -> {"mean", "std" (sample, over seeds; 0 for one), "seeds"}."""
+def summarize(
+    records: Sequence[RunRecord], references: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """row -> task -> metric -> {"mean", "std" (sample, over seeds; 0 for one), "median", "seeds"}; the task's
+    main metric also has "flags", each flagged run's seed and flags (`{"seed": 0, "flags": ["did not learn: ..."]}`),
+    judged against the majority-class reference of `references` where there is one."""
     values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for record in records:
         for metric, value in record.metrics.items():
             values[(record.row, record.task, metric)].append(float(value))
-    summary: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    summary: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for (row, task, metric), numbers in values.items():
         summary.setdefault(row, {}).setdefault(task, {})[metric] = {
             "mean": math.fsum(numbers) / len(numbers),
             "std": _sample_std(numbers),
+            "median": statistics.median(numbers),
             "seeds": len(numbers),
         }
+    _flag(summary, records, references or {})
     return summary
+
+
+def _flag(
+    summary: dict[str, dict[str, dict[str, dict[str, Any]]]],
+    records: Sequence[RunRecord],
+    references: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> None:
+    """Put each run's flags beside its task's main metric in `summary`."""
+    for record in records:
+        task = TASKS[record.task]
+        main = summary.get(record.row, {}).get(record.task, {}).get(task.main_metric)
+        if main is not None:
+            majority = reference_metric(references, record.task, "majority", task.main_metric)
+            flags = run_flags(asdict(record), task, majority)
+            main.setdefault("flags", [])
+            if flags:
+                main["flags"].append({"seed": record.seed, "flags": flags})
+
+
+def reference_metric(
+    references: Mapping[str, Mapping[str, Mapping[str, Any]]], task: str, name: str, metric: str
+) -> float | None:
+    """Reference row `name`'s `metric` on `task` in results.json's `references`; None where there is none."""
+    return references.get(task, {}).get(name, {}).get("metrics", {}).get(metric)
 
 
 def _sample_std(numbers: Sequence[float]) -> float:
@@ -133,7 +190,10 @@ def merge(results_list: Sequence[Mapping[str, Any]], baseline: str | None = None
         for model in results["models"]:
             refs_by_row[model["row"]].add(model["ref"])
     records, retrieval, notes, unique_runs = [], {}, [], set()
+    references: dict[str, dict[str, Any]] = {}
     for results in results_list:
+        for task, refs in results.get("references", {}).items():
+            references[task] = refs | references.get(task, {})  # the first document's reference of a task
         for record in records_of(results):
             if len(refs_by_row[record.row]) > 1:
                 record = RunRecord(**{**asdict(record), "row": f"{record.row} ({record.ref})"})
@@ -145,7 +205,7 @@ def merge(results_list: Sequence[Mapping[str, Any]], baseline: str | None = None
         notes += [note for note in results.get("notes", []) if note not in notes]
     if baseline is None:
         baseline = _renamed_baseline(results_list, refs_by_row)
-    return build_results(records, baseline, retrieval, notes)
+    return build_results(records, baseline, retrieval, notes, references=references)
 
 
 def _renamed_baseline(results_list: Sequence[Mapping[str, Any]], refs_by_row: Mapping[str, set[str]]) -> str | None:
@@ -164,7 +224,8 @@ def write_results(results: Mapping[str, Any], path: Path) -> Path:
 
 
 def load_results(path: Path) -> dict[str, Any]:
-    """A `results.json`, checked to be one."""
+    """A `results.json`, checked to be one; an older format's rebuilt in this one (its runs kept nothing to
+    flag or compare by example: no flags, no intervals)."""
     path = Path(path)
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
@@ -172,7 +233,10 @@ def load_results(path: Path) -> dict[str, Any]:
         raise DataError(
             f"{path}: cannot read eval results ({exc}); expected an eval artifact's {RESULTS_FILE}"
         ) from None
-    if not isinstance(results, dict) or results.get("format") != FORMAT:
-        found = results.get("format") if isinstance(results, dict) else type(results).__name__
+    found = results.get("format") if isinstance(results, dict) else type(results).__name__
+    if found in _OLDER_FORMATS:
+        costs = {model["row"]: model.get("cost", {}) for model in results["models"]}
+        return build_results(records_of(results), results["baseline"], results["retrieval"], results["notes"], costs)
+    if found != FORMAT:
         raise DataError(f"{path}: format {found!r}, expected {FORMAT!r}: is it an eval artifact's {RESULTS_FILE}?")
     return results

@@ -3,7 +3,9 @@ vocabulary and how they are scored.
 
 Every metric is a percentage, as in the paper's tables (a Matthews correlation R3 of 0.53 is 53.0). A task with
 several evaluation files prefixes its metrics with the file's role (MNLI: `matched_accuracy`,
-`mismatched_accuracy`). `main_metric` is the number a report's table shows for the task.
+`mismatched_accuracy`). `main_metric` is the number a report's table shows for the task; `example_correct` says
+whether one example counts as right for it, when it is a mean over examples (accuracy, exact match), which is what
+lets the report compare two models example by example.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ Kind = Literal["classification", "extractive_qa", "multiple_choice"]
 Reader = Callable[[Path], list[Example]]
 Scorer = Callable[[Sequence[object], Sequence[Example]], dict[str, float]]
 """(predictions: a label for classification, a choice index, an answer text; the examples) -> metrics."""
+ExampleCorrect = Callable[[object, Example], bool]
+"""(one prediction, its example) -> whether it counts as right for the task's main metric."""
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 DIAGNOSTIC_CATEGORIES = ("Lexical Semantics", "Predicate-Argument Structure", "Logic", "Knowledge")
@@ -53,6 +57,8 @@ class Task:
     score: Scorer
     main_metric: str
     metric_label: str
+    example_correct: ExampleCorrect | None = None
+    """None when the main metric is no mean over examples (a correlation)"""
     labels: tuple[str, ...] = ()
     trained_as: str | None = None
     unanswerable: bool = False
@@ -63,9 +69,29 @@ class Task:
         """The task whose training set the scoring model was finetuned on."""
         return self.trained_as or self.name
 
+    @property
+    def main_eval(self) -> str:
+        """The metric prefix of the evaluation file the main metric is measured on (MNLI: `matched`)."""
+        return next(p for p in self.evals if not p or self.main_metric.startswith(f"{p}_"))
+
+
+def prefixed(prefix: str, scores: dict[str, float]) -> dict[str, float]:
+    """Metrics of the evaluation file with metric prefix `prefix` under their report names."""
+    return {f"{prefix}_{name}" if prefix else name: value for name, value in scores.items()}
+
 
 def _percent(value: float) -> float:
     return 100.0 * value
+
+
+def label_matches(prediction: object, example: Example) -> bool:
+    """A predicted label or choice index is right when it is the gold one (accuracy's unit)."""
+    return prediction == example.label
+
+
+def answer_matches(prediction: str, question: Question) -> bool:
+    """An answer is right when it matches a gold answer exactly after SQuAD's normalisation (exact match's unit)."""
+    return metrics.squad_exact_match(prediction, [text for text, _ in question.answers]) == 1.0
 
 
 def score_accuracy(predictions: Sequence[object], examples: Sequence[Example]) -> dict[str, float]:
@@ -162,6 +188,7 @@ def _glue(
         score=score,
         main_metric=main_metric,
         metric_label="Acc",
+        example_correct=label_matches,
         labels=labels,
     )
 
@@ -176,12 +203,13 @@ def _squad(name: str, title: str, suffix: str, unanswerable: bool) -> Task:
         score=score_squad,
         main_metric="exact_match",
         metric_label="EM",
+        example_correct=answer_matches,
         unanswerable=unanswerable,
     )
 
 
 def _choice(name: str, title: str, train: Reader, dev: Reader) -> Task:
-    return Task(name, title, "multiple_choice", train, {"": dev}, score_accuracy, "accuracy", "Acc")
+    return Task(name, title, "multiple_choice", train, {"": dev}, score_accuracy, "accuracy", "Acc", label_matches)
 
 
 _MNLI_TEXTS = ("sentence1", "sentence2")
@@ -242,6 +270,7 @@ TASKS: dict[str, Task] = {
             score=score_tracie,
             main_metric="accuracy",
             metric_label="Acc",
+            example_correct=label_matches,
             labels=("positive", "negative"),
         ),
     )

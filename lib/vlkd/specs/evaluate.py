@@ -9,6 +9,7 @@ from pydantic import Field, GetJsonSchemaHandler, model_validator
 from vlkd.specs.base import DataSource, FeaturesRef, ModelRef, StageSpec, StrictModel, TeacherRef
 
 TaskName = Literal["sst2", "qnli", "qqp", "mnli", "squad_v1", "squad_v2", "swag", "piqa", "tracie", "glue_diagnostic"]
+ReferenceName = Literal["majority", "bag_of_words"]
 
 
 class FinetuneSpec(StrictModel):
@@ -69,6 +70,12 @@ class EvalSpec(StageSpec):
     tasks: list[TaskSpec] = Field(default_factory=list)
     finetune: FinetuneSpec = FinetuneSpec()
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="finetuning seeds, averaged")
+    references: list[ReferenceName] = Field(
+        ["majority", "bag_of_words"],
+        description="reference rows per task, never averaged: the training split's majority class, and a "
+        "bag-of-words logistic regression (sentence-pair classification only; minutes of the job's CPU on MNLI or "
+        "QQP before finetuning starts: leave it out to save them)",
+    )
     retrieval: RetrievalSpec | None = None
 
     @model_validator(mode="before")

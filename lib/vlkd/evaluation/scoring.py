@@ -1,0 +1,61 @@
+"""Predictions on a task's evaluation files scored the one way every predictor shares (a finetuned model, a
+reference row): the task's metrics, and what the report needs beyond them to explain and compare runs: which
+examples of the main evaluation file were right, and how often each label was predicted.
+
+Per-example outcomes are kept as one character per example ("1" right, "0" wrong) of the main evaluation file:
+about 1 byte per dev example and run (MNLI-m's 9,815, QQP's 40,430), bounded by the size of a dev set."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from vlkd.evaluation.readers import Example
+from vlkd.evaluation.tasks import Task, prefixed
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A predictor's scores on a task's evaluation files."""
+
+    metrics: dict[str, float]
+    """every metric, in percent, under its report name"""
+    correct: str | None
+    """main evaluation file: "1" per example right for the main metric, "0" otherwise; None when the main metric
+    is no mean over examples (GLUE diagnostic's correlation)"""
+    predicted: dict[str, int] | None
+    """main evaluation file: how many examples got each label (classification) or choice index (multiple
+    choice), every possible one listed; None for extractive QA"""
+
+
+def score_predictions(
+    task: Task, predictions: Mapping[str, Sequence[object]], examples: Mapping[str, Sequence[Example]]
+) -> Scored:
+    """Score predictions of every evaluation file (by metric prefix) of `task`."""
+    metrics: dict[str, float] = {}
+    for prefix, file_examples in examples.items():
+        metrics |= prefixed(prefix, task.score(predictions[prefix], file_examples))
+    main, main_examples = predictions[task.main_eval], examples[task.main_eval]
+    correct = None
+    if task.example_correct is not None:
+        correct = "".join("1" if task.example_correct(p, e) else "0" for p, e in zip(main, main_examples, strict=True))
+    return Scored(metrics, correct, prediction_counts(task, main, main_examples))
+
+
+def main_score(task: Task, predictions: Sequence[object], examples: Sequence[Example]) -> float:
+    """The task's main metric of predictions on its main evaluation file."""
+    return prefixed(task.main_eval, task.score(predictions, examples))[task.main_metric]
+
+
+def prediction_counts(task: Task, predictions: Sequence[object], examples: Sequence[Example]) -> dict[str, int] | None:
+    """How many times each label (or choice index) was predicted, zero counts included: the histogram that shows
+    a model answering one class for everything."""
+    if task.kind == "extractive_qa":
+        return None
+    if task.kind == "classification":
+        possible = list(task.labels)
+    else:
+        possible = [str(i) for i in range(max(len(e.endings) for e in examples))]
+    counts = Counter(str(p) for p in predictions)
+    return {label: counts[label] for label in possible}
