@@ -149,6 +149,23 @@ def run_pipeline(
         job_id,
     )
     run.save(store)
+    with tempfile.TemporaryDirectory(prefix="vlkd-pipeline-") as specs:  # a local job reads its spec file to the end
+        _run_stages(stages, run, store, backend, options, reporter, force, image, job_id, Path(specs))
+    return run
+
+
+def _run_stages(
+    stages: list[tuple[str, Any]],
+    run: PipelineRun,
+    store: ArtifactStore,
+    backend: Backend,
+    options: dict[str, Any],
+    reporter: Reporter,
+    force: bool,
+    image: str | None,
+    job_id: str | None,
+    specs: Path,
+) -> None:
     for (key, spec), record in zip(stages, run.stages, strict=True):
         pinned = parse_spec(pin_refs(spec.model_dump(mode="json"), store), spec.stage, key)
         existing = None if force else outputs_of(pinned, store)
@@ -165,7 +182,7 @@ def run_pipeline(
             run.save(store)
             final = reporter.follow(record, backend, {})
         else:
-            record.job_id = _submit_stage(spec.stage, key, pinned, store, backend, options, image, stage_id)
+            record.job_id = _submit_stage(spec.stage, key, pinned, store, backend, options, image, stage_id, specs)
             run.save(store)
             final = reporter.follow(record, backend, _recall(record.job_id))
         if final != JobState.SUCCEEDED:
@@ -173,14 +190,13 @@ def run_pipeline(
             run.save(store)
             reporter.done(record)
             raise VlkdError(
-                f"pipeline {pipeline.name}: stage {key} {final.value.lower()} (job {record.job_id}); "
+                f"pipeline {run.name}: stage {key} {final.value.lower()} (job {record.job_id}); "
                 f"see `vlkd logs {record.job_id}`"
             )
         record.state = "succeeded"
         record.outputs = [str(m.ref) for m in outputs_of(pinned, store) or []]
         run.save(store)
         reporter.done(record)
-    return run
 
 
 def _submit_stage(
@@ -192,13 +208,13 @@ def _submit_stage(
     options: dict[str, Any],
     image: str | None,
     job_id: str | None,
+    specs: Path,
 ) -> str:
-    with tempfile.TemporaryDirectory(prefix="vlkd-pipeline-") as tmp:
-        spec_file = Path(tmp) / f"{key.replace(':', '-')}.yaml"
-        spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-        spec_file.write_text(spec_text)
-        job = prepare(stage, spec, spec_file, store, backend.name, image, job_id)
-        submit(backend, options, job, spec_text, store)
+    spec_file = specs / f"{key.replace(':', '-')}.yaml"
+    spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    spec_file.write_text(spec_text)
+    job = prepare(stage, spec, spec_file, store, backend.name, image, job_id)
+    submit(backend, options, job, spec_text, store)
     return job.job_id
 
 
