@@ -17,9 +17,12 @@ export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 quickstart: setup
 	$(BIN)/vlkd quickstart
 
+# Three test processes on two cores: most of a test's time is spent waiting on jobs, Ray and S3, not computing.
+# A file's tests share a process (`--dist loadfile`), so its module fixtures are made once.
+TEST_WORKERS ?= 3
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 setup: $(VENV)/.installed
 

@@ -8,9 +8,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -30,6 +32,19 @@ TEST_CREDENTIALS = {
 # Module- and session-scoped fixtures run before the per-test environment below is set up, so the fake
 # credentials are also the process's own from the start.
 os.environ.update(TEST_CREDENTIALS)
+
+
+# The longest files, started first: with `-n` (pytest-xdist, `--dist loadfile`) the others fill the other workers
+# meanwhile, instead of one long file starting last and running alone.
+FIRST = ("test_quickstart.py", "test_cluster_resume.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: within a file, the file's own order
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +134,34 @@ def vlkd_cli() -> callable:
         )
 
     return run
+
+
+@dataclass(frozen=True)
+class QuickstartRun:
+    """The session's one `vlkd quickstart`, on an S3 store as every cluster run has it."""
+
+    store: str
+    env: dict[str, str]
+    """the environment of the CLI that ran it (its store's endpoint, its own home)"""
+    workdir: Path
+    first: subprocess.CompletedProcess
+
+    def open_store(self) -> ArtifactStore:
+        return ArtifactStore.open(self.store, endpoint_url=self.env["AWS_ENDPOINT_URL"])
+
+
+@pytest.fixture(scope="session")
+def quickstart(vlkd_cli, s3_endpoint, tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
+    """`vlkd quickstart` run once per session: the tests that only read what it made (its output, artifacts,
+    logs, its teacher's grounding, a rerun's skips, an ablation on its stages) share it. Its first user's timeout
+    must cover it (about 4 minutes on 2 quiet cores)."""
+    root = tmp_path_factory.mktemp("quickstart")
+    home = root / "home"
+    env = {"AWS_ENDPOINT_URL": s3_endpoint, "HOME": str(home), "VLKD_HOME": str(home / ".vlkd")}
+    store = f"s3://{_make_bucket(s3_endpoint)}/quickstart"
+    first = vlkd_cli("quickstart", "--workdir", str(root / "work"), "--store", store, env=env, timeout=1700)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return QuickstartRun(store, env, root / "work", first)
 
 
 @pytest.fixture(scope="session")
@@ -246,6 +289,7 @@ def _free_port() -> int:
 
 
 GCS_PORT_FILE = "vlkd-test-gcs-port"
+RAY_TEMP_FILE = "vlkd-test-ray-temp"
 
 
 @contextlib.contextmanager
@@ -257,11 +301,16 @@ def running_ray_head(temp: Path) -> Iterator[str]:
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port, dashboard = _free_port(), _free_port()
     (temp / GCS_PORT_FILE).write_text(str(port))  # how its stopper finds the processes that do not name `temp`
+    # Ray's own folder is short: its socket paths must fit in 107 bytes, which a test's tmp path (longer under
+    # pytest-xdist's popen-gwN) can exceed.
+    ray_temp = tempfile.mkdtemp(prefix="vlkd-ray-", dir="/tmp")
+    (temp / RAY_TEMP_FILE).write_text(ray_temp)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")} | {"HOME": str(temp / "home")}
     subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60, env=env)
     command = [
         ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=8",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        f"--temp-dir={ray_temp}",
         f"--dashboard-agent-listen-port={_free_port()}",  # not Ray's fixed default, which another Ray here may hold
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, timeout=180, env=env)
@@ -284,6 +333,7 @@ def running_ray_head(temp: Path) -> Iterator[str]:
     finally:
         _stop_processes_of(temp)
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def _stop_processes_of(temp: Path) -> None:
@@ -293,6 +343,7 @@ def _stop_processes_of(temp: Path) -> None:
     import signal
 
     gcs = f":{(temp / GCS_PORT_FILE).read_text()}" if (temp / GCS_PORT_FILE).is_file() else None
+    names = [str(temp)] + ([(temp / RAY_TEMP_FILE).read_text()] if (temp / RAY_TEMP_FILE).is_file() else [])
 
     def members() -> set[int]:
         parents: dict[int, int] = {}
@@ -301,7 +352,9 @@ def _stop_processes_of(temp: Path) -> None:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-                if any(str(temp) in a or (gcs and a.startswith("--address=") and a.endswith(gcs)) for a in args):
+                if any(
+                    any(n in a for n in names) or (gcs and a.startswith("--address=") and a.endswith(gcs)) for a in args
+                ):
                     found.add(int(proc.name))
         grew = True
         while grew:
@@ -330,9 +383,8 @@ def _alive(pids: set[int]) -> bool:
 
 @pytest.fixture(scope="session")
 def start_ray_head() -> Callable[[Path], contextlib.AbstractContextManager[str]]:
-    """`with start_ray_head(temp_dir) as dashboard_address:` a Ray head of the test's own. Start one before the
-    session's own local Ray (`ray_session`) exists: with both on one machine, the head's job agent never
-    registers ("No available agent to submit job")."""
+    """`with start_ray_head(temp_dir) as dashboard_address:` a Ray head of the test's own, beside any other Ray on
+    the machine (its agent's port is a free one, not Ray's fixed default)."""
     return running_ray_head
 
 

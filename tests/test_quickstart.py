@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from vlkd.artifacts import ArtifactStore
 from vlkd.errors import NotFoundError
 from vlkd.joblog import read_log, read_state
 from vlkd.pipeline import pin_refs
@@ -45,29 +44,26 @@ OUTPUTS = (
 )
 
 
-@pytest.fixture(params=["file", "s3"])
-def quickstart_store(request, tmp_path, new_bucket, s3_endpoint) -> tuple[str, dict[str, str]]:
-    """(--store, the environment that reaches it): the embedded default's folder, or a bucket on the moto server
-    as every cluster run has it."""
-    if request.param == "file":
-        return str(tmp_path / "store"), {}
-    return f"s3://{new_bucket()}/quickstart", {"AWS_ENDPOINT_URL": s3_endpoint}
+# The tests below read the session's one quickstart run (conftest `quickstart`, on S3); the first waits for it. Tests
+# that read it live in this file: `--dist loadfile` sends a file's tests to one worker, so it runs once.
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_quickstart_runs_the_whole_method_and_reruns_in_seconds(vlkd_cli, tmp_path, quickstart_store, monkeypatch):
-    store_uri, env = quickstart_store
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    first = vlkd_cli("quickstart", "--workdir", str(tmp_path / "work"), "--store", store_uri, timeout=1100)
-    assert first.returncode == 0, first.stderr[-3000:]
-    out = first.stdout
+@pytest.mark.timeout(1800)
+def test_quickstart_runs_the_whole_method_and_reports_it(quickstart):
+    out = quickstart.first.stdout
     assert "tiny-nst-crd" in out and "tiny-baseline" in out and "Difference from tiny-baseline" in out
     assert "Note: The data is synthetic" in out and "demo encoders" in out
     assert "vlkd report show eval/tiny:v1" in out
+    teacher = quickstart.open_store().manifest("teacher/tiny").metrics
+    retrieval = re.search(r"teacher/tiny:v1\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out)
+    assert retrieval and float(retrieval.group(1)) == pytest.approx(teacher["val_r1"], abs=0.1)
 
-    store = ArtifactStore.open(store_uri)
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_every_quickstart_artifact_is_published_once_with_its_log_and_lineage(quickstart, tmp_path):
+    store = quickstart.open_store()
     for ref in OUTPUTS:
         assert store.versions(*ref.split("/")) == [1], ref
         manifest = store.fetch(ref, tmp_path / "fetched" / ref)  # every file checked against its sha256
@@ -78,16 +74,32 @@ def test_quickstart_runs_the_whole_method_and_reruns_in_seconds(vlkd_cli, tmp_pa
     lineage = store.lineage("student/tiny-nst-crd")
     assert [p.ref for p in lineage.parents] == ["teacher/tiny:v1", "corpus/tiny:v1", "tokenizer/tiny:v1"]
     assert [p.ref for p in lineage.parents[0].parents] == ["features/tiny:v1", "tokenizer/tiny:v1"]
-    teacher = store.manifest("teacher/tiny").metrics
-    chance_r1, chance_median = 100 / teacher["val_queries"], (teacher["val_queries"] + 1) / 2
-    # R@1 on 64 queries moves in steps of 1.6 points: the steadier R@10 and median rank carry the margin
-    assert teacher["val_r1"] >= chance_r1 and teacher["val_r10"] > 1.5 * 10 * chance_r1, teacher
-    assert teacher["val_median_rank"] < 0.7 * chance_median, teacher
-    retrieval = re.search(r"teacher/tiny:v1\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out)
-    assert retrieval and float(retrieval.group(1)) == pytest.approx(teacher["val_r1"], abs=0.1)
 
-    again = vlkd_cli("quickstart", "--workdir", str(tmp_path / "work"), "--store", store_uri)
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_second_quickstart_skips_every_stage(quickstart, vlkd_cli):
+    again = vlkd_cli(
+        "quickstart", "--workdir", str(quickstart.workdir), "--store", quickstart.store, env=quickstart.env
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("skipped") == 6
-    status = vlkd_cli("pipeline", "status", "tiny")
+    status = vlkd_cli("pipeline", "status", "tiny", "--store", quickstart.store, env=quickstart.env)
     assert status.returncode == 0 and status.stdout.count("skipped") == 6
+    assert quickstart.open_store().versions("eval", "tiny") == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_tiny_teacher_learns_text_to_video_grounding(quickstart):
+    """The quickstart's teacher (256 synthetic videos, enough for grounding to be learnable): retrieval on held-out
+    videos vs chance."""
+    metrics = quickstart.open_store().manifest("teacher/tiny").metrics
+    queries = metrics["val_queries"]
+    chance_r1, chance_r10, chance_median = 100 / queries, 100 * 10 / queries, (queries + 1) / 2
+    # An untrained teacher scores chance give or take sampling noise (64 queries: R@10 about 16 +- 5, median 32 +- 4);
+    # with the tiny config's MLM weight of 0.1, three seeds published R@10 46-75 and median ranks 5-13. R@1 on 64
+    # queries moves in steps of 1.6 points: the steadier R@10 and median rank carry the margin.
+    assert metrics["val_r1"] >= chance_r1, metrics
+    assert metrics["val_r10"] >= 1.5 * chance_r10, metrics
+    assert metrics["val_median_rank"] <= 0.7 * chance_median, metrics
