@@ -120,8 +120,15 @@ def _recorded_progress(storage: Any, job_id: str) -> dict[str, Any] | None:
 
 
 def print_stages(run: Any, to: Console = err_console) -> None:
-    """One line per stage; on stderr beside a run's progress, on stdout where it is the command's answer."""
+    """One line per stage, then each ablation table's progress; on stderr beside a run's progress, on stdout where
+    it is the command's answer."""
+    from vlkd.ablation_table import progress_lines
+
+    width = max([24, *(len(stage.key) for stage in run.stages)])  # an ablation's stage keys run long
     for stage in run.stages:
         outputs = ", ".join(stage.outputs)
         detail = f"{outputs}  {stage.message}".strip() if stage.state in ("skipped", "succeeded") else stage.message
-        to.print(f"{stage.key:<24} {stage.state:<10} {stage.job_id or '':<36} {detail}".rstrip(), highlight=False)
+        to.print(f"{stage.key:<{width}} {stage.state:<10} {stage.job_id or '':<36} {detail}".rstrip(), highlight=False)
+    states = {stage.key: stage.state for stage in run.stages}
+    for table in run.tables:
+        to.print("\n".join(progress_lines(table, states)), highlight=False, markup=False)

@@ -273,6 +273,14 @@ def test_pipeline_students_need_distinct_names():
     assert "students: each student needs its own name" in problem
 
 
+def test_pipeline_wires_a_voken_students_video_bank_to_the_teachers_features():
+    raw = yaml.safe_load((Path(__file__).parent.parent / "examples/tiny/pipeline.yaml").read_text())
+    raw["students"][0]["kd"] = {"voken": 1.0}
+    voken = parse_spec(raw).students[0]
+    assert str(voken.kd_options.voken.features) == "features/tiny:latest"
+    assert voken.kd_options.crd.buffer_size == 1024  # the student's own options stay
+
+
 def test_stage_key_must_match_the_requested_stage():
     assert problems(TEACHER, "distill") == ["stage: this is a teacher spec, not a distill spec"]
     assert problems({k: v for k, v in TEACHER.items() if k != "stage"})[0].startswith("stage: missing")
