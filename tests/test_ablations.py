@@ -16,7 +16,9 @@ from vlkd.ablation_table import cell_state, progress_lines, table_results
 from vlkd.artifacts import ArtifactStore, collect_files
 from vlkd.backends.base import JobState, JobStatus
 from vlkd.errors import SpecError, VlkdError
+from vlkd.evaluation.report import parse_tables
 from vlkd.pipeline import PipelineRun, StageRun, run_pipeline
+from vlkd.pipelines import VIDEOS, pipeline_file
 from vlkd.specs import load_spec, parse_spec
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -51,7 +53,7 @@ def test_table5_is_a_student_per_kd_objective_beside_the_baseline():
         "preprocess",
         "text",
         "teacher",
-        "distill:tiny-baseline",
+        "distill:tiny-ablations-baseline",
         "distill:tiny-kd-soft_label",
         "distill:tiny-kd-regression",
         "distill:tiny-kd-voken",
@@ -61,9 +63,7 @@ def test_table5_is_a_student_per_kd_objective_beside_the_baseline():
         "eval",
     ]
     assert stages["distill:tiny-kd-nst-crd"].kd == {"nst": 1.0, "crd": 1.0}
-    assert {str(s.teacher) for k, s in stages.items() if k.startswith("distill:tiny-kd")} == {
-        "teacher/tiny-ablations:latest"
-    }
+    assert {str(s.teacher) for k, s in stages.items() if k.startswith("distill:tiny-kd")} == {"teacher/tiny:latest"}
 
 
 def test_a_cell_is_the_template_student_with_the_cells_values():
@@ -87,9 +87,23 @@ def test_a_voken_cell_builds_its_bank_from_its_teachers_features():
 
 def test_the_eval_has_the_baseline_then_a_row_per_cell_in_the_papers_words():
     spec = load_spec(TINY)
-    assert [m.row for m in spec.eval.models] == ["tiny-baseline", *TABLE5_ROWS]
+    assert [m.row for m in spec.eval.models] == ["tiny-ablations-baseline", *TABLE5_ROWS]
     assert str(spec.eval.models[4].ref) == "student/tiny-kd-nst:latest"
-    assert spec.eval.baseline == "tiny-baseline"
+    assert spec.eval.baseline == "tiny-ablations-baseline"
+
+
+def test_the_eval_lays_out_each_table_as_its_rows_under_their_labels():
+    spec = load_spec(PAPER)
+    for table, shown in zip(spec.ablation_tables(), spec.eval.tables, strict=True):
+        assert (shown.name, shown.title) == (table.name, table.title)
+        assert [(row.row, row.shown) for row in shown.rows] == table.rows()
+
+
+def test_an_eval_that_lists_its_models_must_list_every_cells_student():
+    data = raw(TINY)
+    data["eval"]["models"] = ["student/tiny-ablations-baseline", "student/tiny-kd-nst", "student/tiny-kd-crd"]
+    (problem,) = problems(data)
+    assert problem.startswith("eval.models: the ablation cells + KD-Soft label, + KD-Regression, + KD-Voken, ")
 
 
 def test_cells_that_agree_are_one_stage_whichever_tables_they_are_in():
@@ -152,8 +166,8 @@ def test_a_table_that_only_varies_the_teacher_names_its_students_for_the_teacher
     spec = parse_spec(data, "pipeline")
     assert [key for key, _ in spec.stages()][2:-1] == [
         "teacher",
-        "teacher:tiny-ablations-mlm",
-        "distill:tiny-baseline",
+        "teacher:tiny-mlm",
+        "distill:tiny-ablations-baseline",
         "distill:tiny-mlm",
         "distill:tiny",  # T^{CT+MLM} is the pipeline's teacher: the template itself
     ]
@@ -210,7 +224,7 @@ def test_the_template_distils_from_the_pipelines_teacher():
     data = raw(TINY)
     data["students"][1]["teacher"] = "teacher/elsewhere"
     assert problems(data) == [
-        "students[1].teacher: the ablation cells distil from the pipeline's teacher (teacher/tiny-ablations) or a "
+        "students[1].teacher: the ablation cells distil from the pipeline's teacher (teacher/tiny) or a "
         "cell's variant of it: remove this teacher"
     ]
 
@@ -339,35 +353,70 @@ def test_a_local_stage_reads_its_spec_file_while_it_runs_and_the_run_keeps_the_t
 
 # --- Table 5 at toy scale --------------------------------------------------------------------------------------
 
+BASELINE = "tiny-ablations-baseline"
+
+
+def test_the_tiny_tables_share_the_quickstarts_data_and_teacher_and_none_of_its_students():
+    """So that in a store where `vlkd quickstart` ran, the skip rule leaves only the students and the eval to run."""
+    ours, quickstart = dict(load_spec(TINY).stages()), dict(load_spec(pipeline_file("tiny")).stages())
+    assert all(ours[key] == quickstart[key] for key in ("preprocess", "text", "teacher"))
+    students = {key for key in ours if key.startswith("distill:")}
+    assert len(students) == 7 and students.isdisjoint(quickstart)
+
+
+@pytest.fixture(scope="module")
+def table5_store(make_store, s3_endpoint, vlkd_cli, tmp_path_factory) -> tuple[ArtifactStore, dict[str, str]]:
+    """(a store where the tiny Table 5 has run once, the environment that reaches it): the quickstart's synthetic
+    data and `vlkd pipeline run examples/tiny/ablations.yaml`, in a bucket of the moto server, as every cluster run
+    has an S3 store."""
+    folder = tmp_path_factory.mktemp("table5")
+    store, env = make_store("s3", folder), {"AWS_ENDPOINT_URL": s3_endpoint}
+    videos = str(VIDEOS["tiny"])
+    synth = vlkd_cli("data", "synth", "--videos", videos, "--out", str(folder / "synth"), "--store", store.uri, env=env)
+    assert synth.returncode == 0, synth.stderr[-3000:]
+    first = vlkd_cli("pipeline", "run", str(TINY), "--store", store.uri, env=env, timeout=1100)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return store, env
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_tiny_table5_runs_on_s3_into_a_report_with_a_row_per_kd_objective(
-    vlkd_cli, tmp_path, new_bucket, s3_endpoint, monkeypatch
-):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    store = f"s3://{new_bucket()}/ablations"
-    synth = vlkd_cli("data", "synth", "--videos", "64", "--out", str(tmp_path / "synth"), "--store", store)
-    assert synth.returncode == 0, synth.stderr[-3000:]
-
-    first = vlkd_cli("pipeline", "run", str(TINY), "--store", store, timeout=1100)
-    assert first.returncode == 0, first.stderr[-3000:]
-    artifacts = ArtifactStore.open(store)
-    artifacts.fetch("eval/tiny-ablations", tmp_path / "eval")
+def test_the_tiny_table5_report_has_the_baseline_then_a_row_per_kd_objective(table5_store, vlkd_cli, tmp_path):
+    store, env = table5_store
+    store.fetch("eval/tiny-ablations", tmp_path / "eval")
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert [m["row"] for m in results["models"]] == ["tiny-baseline", *TABLE5_ROWS]
-    assert results["baseline"] == "tiny-baseline" and results["tasks"] == ["sst2"]
-    assert all("accuracy" in results["summary"][row]["sst2"] for row in ["tiny-baseline", *TABLE5_ROWS])
-    shown = vlkd_cli("report", "show", "eval/tiny-ablations", "--store", store)
-    assert shown.returncode == 0 and "SST-2" in shown.stdout
-    assert all(row in shown.stdout for row in TABLE5_ROWS)
+    assert results["tables"] == [
+        {"name": "table5", "title": "KD objectives (Table 5)", "rows": [[r, r] for r in [BASELINE, *TABLE5_ROWS]]}
+    ]
+    section = (tmp_path / "eval" / "report.md").read_text().split("## KD objectives (Table 5)\n", 1)[1]
+    table, differences = parse_tables(section.split("\n## ", 1)[0])
+    assert table[0] == ["Model", "SST-2 Acc", "Avg."]
+    assert [row[0] for row in table[1:8]] == [BASELINE, *TABLE5_ROWS]  # then the reference rows
+    assert [row[0] for row in differences[1:]] == TABLE5_ROWS
+    shown = vlkd_cli("report", "show", "eval/tiny-ablations", "--store", store.uri, env=env)
+    assert shown.returncode == 0, shown.stderr
+    table5 = shown.stdout.split("KD objectives (Table 5)\n", 1)[1].splitlines()
+    assert [line.split("  ")[0] for line in table5[1:8]] == [BASELINE, *TABLE5_ROWS]
 
-    status = vlkd_cli("pipeline", "status", "tiny-ablations", "--store", store)
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_tiny_table5_run_records_its_table_and_status_shows_every_cell_done(table5_store, vlkd_cli, monkeypatch):
+    store, env = table5_store
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert PipelineRun.load("tiny-ablations", store.uri).tables == load_spec(TINY).ablation_tables()
+    status = vlkd_cli("pipeline", "status", "tiny-ablations", "--store", store.uri, env=env)
     assert status.returncode == 0, status.stderr
     assert "ablation table5, KD objectives (Table 5): 6/6 cells done" in status.stdout
     assert "student.kd: Soft label 1/1, Regression 1/1, Voken 1/1, NST 1/1, CRD 1/1, NST+CRD 1/1" in status.stdout
 
-    again = vlkd_cli("pipeline", "run", str(TINY), "--store", store, timeout=300)
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_rerun_of_the_tiny_table5_skips_every_stage(table5_store, vlkd_cli):
+    store, env = table5_store
+    again = vlkd_cli("pipeline", "run", str(TINY), "--store", store.uri, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     # every stage, shared ones included: the same specs under the same names
     assert again.stderr.count("already published for this spec and these inputs") == 11

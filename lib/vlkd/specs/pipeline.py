@@ -107,6 +107,26 @@ class PipelineSpec(StrictModel):
             evaluation["retrieval"] = {"teacher": f"teacher/{teacher.get('name')}", **evaluation["retrieval"]}
         return data
 
+    @model_validator(mode="after")
+    def _eval_tables(self) -> PipelineSpec:
+        """The eval lays out each ablation table in a section of its report (unless its block lists tables)."""
+        if self.eval is None or not self.ablations or "tables" in self.eval.model_fields_set:
+            return self
+        tables = self.ablation_tables()
+        rows = {m.row for m in self.eval.models}
+        if missing := list(dict.fromkeys(c.label for t in tables for c in t.cells if c.row not in rows)):
+            raise error_at(
+                ("eval", "models"),
+                f"the ablation cells {', '.join(missing)} are not evaluated: leave models out (the pipeline lists "
+                "the students and every cell's), or list their students",
+            )
+        data = [
+            {"name": t.name, "title": t.title, "rows": [{"row": row, "label": label} for row, label in t.rows()]}
+            for t in tables
+        ]
+        self.eval = EvalSpec.model_validate({**self.eval.model_dump(mode="json"), "tables": data})
+        return self
+
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Inside a pipeline, the fields the wiring fills are optional."""
