@@ -27,9 +27,8 @@ def run_pipeline_file(
     pipeline = load_spec(spec_file, "pipeline")
     root = store or (pipeline.storage.root if pipeline.storage else None)
     artifacts = ArtifactStore.open(root)
-    return run_pipeline(
-        pipeline, artifacts, get_backend(backend, **options), options, StageReporter(verbose), force, image
-    )
+    reporter = StageReporter(verbose, [key for key, _ in pipeline.stages()])
+    return run_pipeline(pipeline, artifacts, get_backend(backend, **options), options, reporter, force, image)
 
 
 @app.command()

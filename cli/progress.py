@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
@@ -26,20 +27,26 @@ POLL_SECONDS = 1.0
 _UNKNOWN = "-:--:--"
 
 
+def key_width(keys: Iterable[str]) -> int:
+    """How wide a column of stage keys is: the run's longest key (an ablation's run long), at least 24."""
+    return max([24, *map(len, keys)])
+
+
 class StageReporter:
     """Shows a pipeline run (`vlkd.pipeline.Reporter`): with `verbose` every job's log; on a terminal a progress
-    bar per stage; otherwise one line per stage when it ends."""
+    bar per stage; otherwise one line per stage when it ends. `keys`: the run's stage keys, which line up."""
 
-    def __init__(self, verbose: bool) -> None:
+    def __init__(self, verbose: bool, keys: Iterable[str]) -> None:
         self.verbose = verbose
         self.bars = err_console.is_terminal and not verbose
+        self.width = key_width(keys)
 
     def follow(self, stage: Any, backend: Any, record: dict[str, Any]) -> Any:
         from vlkd.pipeline import wait_until_finished
 
         self.started = time.monotonic()
         if self.bars:
-            return _bar(stage, backend, record)
+            return _bar(stage, backend, record, self.width)
         for line in backend.logs(stage.job_id, record, follow=True):
             if self.verbose:
                 sys.stdout.write(line)
@@ -49,15 +56,16 @@ class StageReporter:
         if stage.state == "skipped" or not self.bars:
             took = f"{time.monotonic() - self.started:5.0f} s" if stage.state != "skipped" else "       "
             outputs = ", ".join(stage.outputs)
-            err_console.print(f"{stage.key:<24} {stage.state:<10} {took}  {outputs}".rstrip(), highlight=False)
+            line = f"{stage.key:<{self.width}} {stage.state:<10} {took}  {outputs}"
+            err_console.print(line.rstrip(), highlight=False)
 
 
-def _bar(stage: Any, backend: Any, record: dict[str, Any]) -> Any:
+def _bar(stage: Any, backend: Any, record: dict[str, Any], width: int) -> Any:
     """A bar for a stage's job until it ends, polling its state in the store (none where the store is out of
-    reach from here: a spinner then)."""
+    reach from here: a spinner then); its key padded to `width`."""
     columns = (
         SpinnerColumn(),
-        TextColumn("{task.description:<24}"),
+        TextColumn(f"{{task.description:<{width}}}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[unit]}"),
@@ -120,8 +128,15 @@ def _recorded_progress(storage: Any, job_id: str) -> dict[str, Any] | None:
 
 
 def print_stages(run: Any, to: Console = err_console) -> None:
-    """One line per stage; on stderr beside a run's progress, on stdout where it is the command's answer."""
+    """One line per stage, then each ablation table's progress; on stderr beside a run's progress, on stdout where
+    it is the command's answer."""
+    from vlkd.ablation_table import progress_lines
+
+    width = key_width(stage.key for stage in run.stages)
     for stage in run.stages:
         outputs = ", ".join(stage.outputs)
         detail = f"{outputs}  {stage.message}".strip() if stage.state in ("skipped", "succeeded") else stage.message
-        to.print(f"{stage.key:<24} {stage.state:<10} {stage.job_id or '':<36} {detail}".rstrip(), highlight=False)
+        to.print(f"{stage.key:<{width}} {stage.state:<10} {stage.job_id or '':<36} {detail}".rstrip(), highlight=False)
+    states = {stage.key: stage.state for stage in run.stages}
+    for table in run.tables:
+        to.print("\n".join(progress_lines(table, states)), highlight=False, markup=False)

@@ -29,6 +29,7 @@ from vlkd.errors import DataError
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import DistillSpec
+from vlkd.specs.teacher import trained_with
 from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary, validation_losses
 
 log = logging.getLogger("vlkd.distill")
@@ -55,10 +56,14 @@ class FrozenTeacher:
 
 @dataclass(frozen=True)
 class VideoBank:
-    """Eq. 9's pre-selected videos: a seeded sample of whole videos of a features artifact."""
+    """Eq. 9's pre-selected videos: a seeded sample of whole videos of a features artifact, given to V^T as its
+    training gave it frames (its spec's `max_frames` and `visual_input`)."""
 
     features: str
     videos: tuple[str, ...]
+    max_frames: int
+    middle_frame: bool
+    """image-level supervision (Table 6): V^T reads the middle frame's 2D features only"""
 
 
 def load_frozen_teacher(
@@ -97,7 +102,7 @@ def _video_bank(encoder: nn.Module, store: ArtifactStore, bank: VideoBank, devic
     shards holding those videos are read, one at a time, and clips are encoded `BANK_BATCH` at a time, so memory
     holds the bank and one shard whatever the size of the features."""
     from vlkd.data import features as fmt
-    from vlkd.data.clips import features_info, pad_features, shards_holding
+    from vlkd.data.clips import features_info, frames_of, shards_holding
     from vlkd.inputs import open_input
 
     source = open_input(bank.features, store)
@@ -109,7 +114,7 @@ def _video_bank(encoder: nn.Module, store: ArtifactStore, bank: VideoBank, devic
     pending: list[tuple[int, np.ndarray]] = []
 
     def encode() -> None:
-        padded, mask = pad_features([np.asarray(f, np.float32) for _, f in pending])
+        padded, mask = frames_of([f for _, f in pending], bank.max_frames, encoder.feature_dim, bank.middle_frame)
         frames = torch.from_numpy(padded).to(device, dtype)
         reprs = encoder(frames, torch.from_numpy(mask).to(device))[1].float()
         rows = torch.tensor([i for i, _ in pending], device=device)
@@ -255,7 +260,8 @@ def plan_task(spec: DistillSpec, store: ArtifactStore, tokenizer: Any, num_data:
 
         features = str(store.resolve(spec.kd_options.voken.features))
         videos = sample_videos(open_input(features, store), spec.kd_options.voken.bank_size, spec.seed)
-        bank = VideoBank(features, tuple(videos))
+        trained = trained_with(store.manifest(teacher))
+        bank = VideoBank(features, tuple(videos), trained.max_frames, trained.visual_input == "middle_frame")
     return DistillTask(spec, tokenizer, store, teacher, teacher_dim, num_data, bank)
 
 

@@ -224,7 +224,10 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
     parents += [store.resolve(t.data) for t in spec.tasks if "://" not in t.data]
     notes = provenance_notes(store, [str(p) for p in parents])
     costs = {row: cost_of(manifests[ref], store) for row, ref in {run.row: run.ref for run in runs}.items()}
-    results = build_results(records, spec.baseline, retrieval, notes, costs, references)
+    tables = [
+        {"name": t.name, "title": t.title or t.name, "rows": [(r.row, r.shown) for r in t.rows]} for t in spec.tables
+    ]
+    results = build_results(records, spec.baseline, retrieval, notes, costs, references, tables)
     write_report(results, out)
     metrics = {"runs": len(runs), "seconds": round(time.monotonic() - started, 1)}
     for values in retrieval.values():

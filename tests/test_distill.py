@@ -186,27 +186,70 @@ def test_a_worker_whose_shard_is_smaller_than_a_batch_fails_saying_which(context
         distill.run(spec, context)
 
 
-def test_the_voken_bank_holds_one_representation_per_sampled_video(store, tmp_path):
-    """Eq. 9's bank: `bank_size` whole videos drawn with the seed, each the mean of V^T over its clips."""
+def _bank_of(store, teacher_ref, tmp_path, bank_size=4):
+    """(the bank distilling from `teacher_ref` builds, its teacher's V^T, the sampled videos' clips by video)."""
     from vlkd.data import features as fmt
-    from vlkd.data.clips import features_info, pad_features, sample_videos
+    from vlkd.data.clips import features_info
     from vlkd.inputs import open_input
     from vlkd.models.teacher import Teacher
 
-    source = open_input("features/synth", store)
-    videos = tuple(sample_videos(source, 4, seed=0))
-    store.fetch("teacher/t", tmp_path / "teacher")
+    options = {"voken": {"features": "features/synth", "bank_size": bank_size}}
+    spec = distill_spec(teacher=teacher_ref, kd={"voken": 1.0}, kd_options=options)
+    task = distill.plan_task(spec, store, None, 0)
+    store.fetch(teacher_ref, tmp_path / "teacher")
     encoder = Teacher.load(tmp_path / "teacher").eval().video_encoder
-    bank = distill._video_bank(encoder, store, distill.VideoBank("features/synth", videos), torch.device("cpu"))
-
+    bank = distill._video_bank(encoder, store, task.bank, torch.device("cpu"))
+    source = open_input("features/synth", store)
     info = features_info(source)
-    clips = [c for path in info.shards for c in fmt.read_clips(source.read_bytes(path), info.feature_dim)]
-    assert len(videos) == 4 and bank.shape == (4, encoder.shape.hidden_size)
-    for row, video_id in enumerate(videos):
-        padded, mask = pad_features([c.features.astype("float32") for c in clips if c.video_id == video_id])
-        with torch.no_grad():
-            reprs = encoder(torch.from_numpy(padded), torch.from_numpy(mask))[1]
-        torch.testing.assert_close(bank[row], reprs.mean(0), rtol=1e-4, atol=1e-5)
+    clips = {video_id: [] for video_id in task.bank.videos}
+    for path in info.shards:
+        for clip in fmt.read_clips(source.read_bytes(path), info.feature_dim):
+            clips.get(clip.video_id, []).append(clip.features.astype("float32"))
+    return bank, encoder, clips
+
+
+def _mean_representation(encoder, frames: list) -> torch.Tensor:
+    """V^T's representation of each clip (frames [T, F] each, unpadded: one clip at a time), averaged."""
+    with torch.no_grad():
+        reprs = [encoder(torch.from_numpy(f)[None], torch.ones(1, len(f), dtype=torch.bool))[1][0] for f in frames]
+    return torch.stack(reprs).mean(0)
+
+
+def test_the_voken_bank_holds_one_representation_per_sampled_video(store, tmp_path):
+    """Eq. 9's bank: `bank_size` whole videos drawn with the seed, each the mean of V^T over its clips."""
+    bank, encoder, clips = _bank_of(store, "teacher/t", tmp_path)
+    assert len(clips) == 4 and bank.shape == (4, encoder.shape.hidden_size)
+    for row, frames in enumerate(clips.values()):
+        torch.testing.assert_close(bank[row], _mean_representation(encoder, frames), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def image_teacher(store, tmp_path_factory) -> str:
+    """A teacher of image-level supervision (Table 6's "Image"): V^T reads the middle frame's 2D features."""
+    from vlkd.jobs import teacher
+
+    spec = {**store.manifest("teacher/t").spec, "name": "t-image", "visual_input": "middle_frame"}
+    teacher.run(parse_spec(spec), JobContext("t-image", store, tmp_path_factory.mktemp("t-image")))
+    return "teacher/t-image"
+
+
+def test_the_voken_bank_of_a_middle_frame_teacher_holds_its_clips_middle_frames(store, image_teacher, tmp_path):
+    from vlkd.data.clips import features_info
+    from vlkd.inputs import open_input
+
+    bank, encoder, clips = _bank_of(store, image_teacher, tmp_path)
+    width = features_info(open_input("features/synth", store)).dim_2d
+    assert encoder.feature_dim == width
+    for row, frames in enumerate(clips.values()):
+        middles = [f[len(f) // 2 : len(f) // 2 + 1, :width] for f in frames]  # max_frames exceeds every clip
+        torch.testing.assert_close(bank[row], _mean_representation(encoder, middles), rtol=1e-4, atol=1e-5)
+
+
+def test_a_voken_student_distils_from_a_middle_frame_teacher(image_teacher, context):
+    options = {"voken": {"features": "features/synth", "bank_size": 4}}
+    spec = distill_spec(name="s-image-voken", teacher=image_teacher, kd={"voken": 1.0}, kd_options=options)
+    (manifest,) = distill.run(spec, context)
+    assert "val_voken" in manifest.metrics and manifest.attributes["teacher"] == "teacher/t-image:v1"
 
 
 @pytest.mark.slow

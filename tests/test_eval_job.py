@@ -99,6 +99,18 @@ def test_eval_publishes_a_report_comparing_students_with_the_baseline(context, t
     assert "## Cost" in (out / "report.md").read_text()
 
 
+def test_an_ablation_table_of_the_spec_is_a_section_of_the_published_report(context, tmp_path):
+    rows = ["baseline", {"row": "s-kd", "label": "+ KD"}]
+    table = {"name": "table5", "title": "KD objectives (Table 5)", "rows": rows}
+    spec = eval_spec(name="table5", finetune={"epochs": 1, "max_len": 32}, seeds=[0], retrieval=None, tables=[table])
+    (manifest,) = evaluate.run(spec, context)
+    context.store.fetch(manifest.ref, tmp_path / "r")
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["tables"] == [{**table, "rows": [["baseline", "baseline"], ["s-kd", "+ KD"]]}]
+    section = (tmp_path / "r" / "report.md").read_text().split("## KD objectives (Table 5)\n", 1)[1]
+    assert [row[0] for row in parse_tables(section)[0][1:3]] == ["baseline", "+ KD"]
+
+
 def test_a_run_that_does_not_learn_is_flagged_in_the_published_report(context, tmp_path):
     frozen = {"epochs": 3, "batch_size": 16, "max_len": 32, "lr": 1e-9}
     spec = eval_spec(

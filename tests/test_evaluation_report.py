@@ -315,3 +315,68 @@ def test_parse_tables_rejects_malformed_tables(markdown: str, message: str) -> N
 def test_pipes_in_cells_are_escaped() -> None:
     records = _runs("A|B", "student/a:v1", {}, {"sst2": [{"accuracy": 90.0}]})
     assert parse_tables(render_markdown(build_results(records)))[0][1][0] == "A|B"
+
+
+# --- ablation tables (Tables 3, 5, 6) ------------------------------------------------------------------------
+
+TABLES = [
+    {
+        "name": "table5",
+        "title": "KD objectives (Table 5)",
+        "rows": [("B", "B"), ("crd", "+ KD-CRD"), ("nst", "+ KD-NST")],
+    },
+    {"name": "table3", "title": "Teacher objectives (Table 3)", "rows": [("B", "B"), ("nst", "+ KD from T^{CT+MLM}")]},
+]
+
+
+def _ablation_results() -> dict:
+    """Three rows on SST-2 with per-example outcomes (so each difference has an interval), shown by two tables."""
+
+    def run(row: str, right: int) -> RunRecord:
+        correct = "1" * right + "0" * (40 - right)
+        return RunRecord(row, f"student/{row}:v1", "sst2", 0, {"accuracy": right / 40 * 100}, correct=correct)
+
+    return build_results([run("B", 20), run("nst", 30), run("crd", 22)], "B", tables=TABLES)
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def test_each_ablation_table_is_a_section_of_its_rows_under_their_labels_in_its_order() -> None:
+    markdown = render_markdown(_ablation_results())
+    assert markdown.index("## Downstream tasks (Table 1)") < markdown.index("## KD objectives (Table 5)")
+    assert markdown.index("## KD objectives (Table 5)") < markdown.index("## Teacher objectives (Table 3)")
+    table5, table5_differences = parse_tables(_section(markdown, "## KD objectives (Table 5)"))
+    assert table5 == [["Model", "SST-2 Acc", "Avg."], ["B", "50.0", "50.0"], ["+ KD-CRD", "55.0", "55.0"],
+                      ["+ KD-NST", "75.0", "75.0"]]  # fmt: skip
+    assert [row[0] for row in table5_differences[1:]] == ["+ KD-CRD", "+ KD-NST"]
+    table3, _ = parse_tables(_section(markdown, "## Teacher objectives (Table 3)"))
+    assert [row[0] for row in table3[1:]] == ["B", "+ KD from T^{CT+MLM}"]
+    text = render_table(_ablation_results())
+    assert "KD objectives (Table 5)\nModel" in text and "Teacher objectives (Table 3)\nModel" in text
+
+
+def test_a_difference_keeps_its_interval_under_the_label_of_each_table_showing_it() -> None:
+    results = _ablation_results()
+    interval = results["differences"]["nst"]["sst2"]
+    assert interval["low"] > 0  # 10 more right of 40
+    shown = f"+25.0 [{interval['low']:+.1f}, {interval['high']:+.1f}]"
+    markdown = render_markdown(results)
+    main_differences = parse_tables(_section(markdown, "## Downstream tasks (Table 1)"))[1]
+    table3_differences = parse_tables(_section(markdown, "## Teacher objectives (Table 3)"))[1]
+    assert main_differences[1][:2] == ["nst", shown]
+    assert table3_differences[1:] == [["+ KD from T^{CT+MLM}", shown, shown]]  # SST-2, and the average of it alone
+
+
+def test_results_json_lists_the_ablation_tables(tmp_path: Path) -> None:
+    write_report(_ablation_results(), tmp_path, charts=False)
+    tables = load_results(tmp_path / "results.json")["tables"]
+    assert tables[1] == {"name": "table3", "title": "Teacher objectives (Table 3)",
+                         "rows": [["B", "B"], ["nst", "+ KD from T^{CT+MLM}"]]}  # fmt: skip
+
+
+def test_an_ablation_table_row_without_runs_is_refused() -> None:
+    table = {"name": "t", "title": "t", "rows": [("B", "B"), ("gone", "+ KD-gone")]}
+    with pytest.raises(DataError, match="table 't' shows rows with no runs: gone; rows: B"):
+        build_results([RunRecord("B", "student/b:v1", "sst2", 0, {"accuracy": 50.0})], "B", tables=[table])

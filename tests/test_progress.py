@@ -60,7 +60,7 @@ def terminal(monkeypatch) -> io.StringIO:
 def test_a_stage_bar_follows_the_progress_its_job_recorded_in_the_store(tmp_path, terminal):
     store = ArtifactStore.open((tmp_path / "store").as_uri())
     remember(JOB, {"backend": "fake", "options": {}, "record": {}, "stage": "distill", "store": store.uri})
-    reporter = cli_progress.StageReporter(verbose=False)
+    reporter = cli_progress.StageReporter(verbose=False, keys=["distill:s"])
     reporter.bars = True
 
     final = reporter.follow(StageRun("distill:s", "distill", job_id=JOB), SteppingBackend(store), {})
@@ -68,6 +68,18 @@ def test_a_stage_bar_follows_the_progress_its_job_recorded_in_the_store(tmp_path
     assert final == JobState.SUCCEEDED
     shown = terminal.getvalue()
     assert "8/8 steps" in shown and "eta 0:00:00" in shown and "distill:s succeeded" in shown
+
+
+def test_the_line_of_each_ended_stage_lines_up_with_the_runs_longest_key(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(cli_progress, "err_console", Console(file=out, width=200))
+    keys = ["teacher", "distill:tiny-kd-soft_label-crd-nst", "eval"]
+    reporter = cli_progress.StageReporter(verbose=False, keys=keys)
+    for key in keys:
+        reporter.done(StageRun(key, key.split(":")[0], "skipped", outputs=[f"out/{key}"]))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and len({line.index("skipped") for line in lines}) == 1
+    assert lines[1].startswith("distill:tiny-kd-soft_label-crd-nst skipped")
 
 
 def test_the_bar_shows_done_total_unit_and_the_jobs_own_eta():

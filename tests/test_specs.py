@@ -239,6 +239,22 @@ def test_eval_checks_rows_and_task_dependencies():
     assert "glue_diagnostic scores the MNLI-finetuned model" in problem
 
 
+def test_an_eval_table_names_model_rows_each_once_under_labels_of_its_own():
+    base = {"stage": "eval", "name": "e", "models": ["student/a", "student/b"], "baseline": "a"}
+    base["tasks"] = [{"name": "sst2", "data": "s3://bkt/x"}]
+    spec = parse_spec({**base, "tables": [{"name": "t5", "rows": ["a", {"row": "b", "label": "+ KD-NST"}]}]})
+    assert [(r.row, r.shown) for r in spec.tables[0].rows] == [("a", "a"), ("b", "+ KD-NST")]
+
+    def table(*rows):
+        return {**base, "tables": [{"name": "t5", "rows": list(rows)}]}
+
+    assert problems(table("a", "zzz")) == ["tables[0].rows[1]: 'zzz' is not a model row; rows: a, b"]
+    assert problems(table("a", "a")) == ["tables[0].rows[1]: 'a' is listed twice"]
+    assert problems(table("a", {"row": "b", "label": "a"})) == [
+        "tables[0].rows[1]: another row of the table is labelled 'a'; set distinct labels"
+    ]
+
+
 def test_pipeline_wires_each_stage_to_the_outputs_before_it():
     spec = load_spec(Path(__file__).parent.parent / "examples/tiny/pipeline.yaml")
     assert isinstance(spec, PipelineSpec)
@@ -271,6 +287,14 @@ def test_pipeline_students_need_distinct_names():
     raw["students"][1]["name"] = raw["students"][0]["name"]
     (problem,) = problems(raw)
     assert "students: each student needs its own name" in problem
+
+
+def test_pipeline_wires_a_voken_students_video_bank_to_the_teachers_features():
+    raw = yaml.safe_load((Path(__file__).parent.parent / "examples/tiny/pipeline.yaml").read_text())
+    raw["students"][0]["kd"] = {"voken": 1.0}
+    voken = parse_spec(raw).students[0]
+    assert str(voken.kd_options.voken.features) == "features/tiny:latest"
+    assert voken.kd_options.crd.buffer_size == 1024  # the student's own options stay
 
 
 def test_stage_key_must_match_the_requested_stage():

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from vlkd.ablation_table import AblationTable
 from vlkd.artifacts import ArtifactStore, Manifest
 from vlkd.backends.base import Backend, JobState
 from vlkd.backends.submission import prepare, submit
@@ -53,6 +54,8 @@ class PipelineRun:
     stages: list[StageRun]
     job_id: str | None = None
     """the pipeline's own job, when it runs as one cluster job"""
+    tables: list[AblationTable] = field(default_factory=list)
+    """the pipeline's ablation tables, whose cells' states `vlkd pipeline status` shows from the stages'"""
 
     def save(self, store: ArtifactStore) -> None:
         store.storage.write_bytes(run_key(self.name), json.dumps(asdict(self), indent=2).encode())
@@ -73,7 +76,9 @@ class PipelineRun:
                 f"no run of pipeline {name!r} in {store.uri}: start one with `vlkd pipeline run` or "
                 "`vlkd pipeline submit`, or name its store with --store"
             ) from None
-        return cls(**{**data, "stages": [StageRun(**s) for s in data["stages"]]})
+        stages = [StageRun(**s) for s in data["stages"]]
+        tables = [AblationTable.from_json(t) for t in data.get("tables", [])]
+        return cls(**{**data, "stages": stages, "tables": tables})
 
 
 def run_key(name: str) -> str:
@@ -147,75 +152,75 @@ def run_pipeline(
         datetime.now(timezone.utc).isoformat(),
         [StageRun(key, spec.stage) for key, spec in stages],
         job_id,
+        pipeline.ablation_tables(),
     )
     run.save(store)
-    with tempfile.TemporaryDirectory(prefix="vlkd-pipeline-") as specs:  # a local job reads its spec file to the end
-        _run_stages(stages, run, store, backend, options, reporter, force, image, job_id, Path(specs))
+    # A local job reads its spec file where it is: the folder lives until the last stage has ended.
+    with tempfile.TemporaryDirectory(prefix="vlkd-pipeline-") as specs:
+        submitter = _Submitter(store, backend, options, image, job_id, Path(specs))
+        for (key, spec), record in zip(stages, run.stages, strict=True):
+            _run_stage(key, spec, record, run, submitter, reporter, force)
     return run
 
 
-def _run_stages(
-    stages: list[tuple[str, Any]],
-    run: PipelineRun,
-    store: ArtifactStore,
-    backend: Backend,
-    options: dict[str, Any],
-    reporter: Reporter,
-    force: bool,
-    image: str | None,
-    job_id: str | None,
-    specs: Path,
+@dataclass(frozen=True)
+class _Submitter:
+    """Where and how a pipeline's stages are sent."""
+
+    store: ArtifactStore
+    backend: Backend
+    options: dict[str, Any]
+    image: str | None
+    job_id: str | None
+    """the pipeline's own job, which names its stages' jobs"""
+    specs: Path
+    """where the stages' spec files are written"""
+
+    def submit(self, key: str, spec: StageSpec, stage_id: str | None) -> str:
+        spec_file = self.specs / f"{key.replace(':', '-')}.yaml"
+        spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+        spec_file.write_text(spec_text)
+        job = prepare(spec.stage, spec, spec_file, self.store, self.backend.name, self.image, stage_id)
+        submit(self.backend, self.options, job, spec_text, self.store)
+        return job.job_id
+
+
+def _run_stage(
+    key: str, spec: StageSpec, record: StageRun, run: PipelineRun, to: _Submitter, reporter: Reporter, force: bool
 ) -> None:
-    for (key, spec), record in zip(stages, run.stages, strict=True):
-        pinned = parse_spec(pin_refs(spec.model_dump(mode="json"), store), spec.stage, key)
-        existing = None if force else outputs_of(pinned, store)
-        if existing is not None:
-            record.state, record.outputs = "skipped", [str(m.ref) for m in existing]
-            record.message = "already published for this spec and these inputs"
-            run.save(store)
-            reporter.done(record)
-            continue
-        stage_id = stage_job_id(job_id, key) if job_id else None
-        record.state, record.job_id = "running", stage_id
-        if stage_id and _still_running(backend, stage_id):
-            record.message = "followed: its job was still running"
-            run.save(store)
-            final = reporter.follow(record, backend, {})
-        else:
-            record.job_id = _submit_stage(spec.stage, key, pinned, store, backend, options, image, stage_id, specs)
-            run.save(store)
-            final = reporter.follow(record, backend, _recall(record.job_id))
-        if final != JobState.SUCCEEDED:
-            record.state, record.message = "failed", f"{final.value}: see `vlkd logs {record.job_id}`"
-            run.save(store)
-            reporter.done(record)
-            raise VlkdError(
-                f"pipeline {run.name}: stage {key} {final.value.lower()} (job {record.job_id}); "
-                f"see `vlkd logs {record.job_id}`"
-            )
-        record.state = "succeeded"
-        record.outputs = [str(m.ref) for m in outputs_of(pinned, store) or []]
+    """Skip the stage if its outputs exist for this pinned spec; else run it (or follow its job, still running from
+    an interrupted attempt) until it ends."""
+    store, backend = to.store, to.backend
+    pinned = parse_spec(pin_refs(spec.model_dump(mode="json"), store), spec.stage, key)
+    existing = None if force else outputs_of(pinned, store)
+    if existing is not None:
+        record.state, record.outputs = "skipped", [str(m.ref) for m in existing]
+        record.message = "already published for this spec and these inputs"
         run.save(store)
         reporter.done(record)
-
-
-def _submit_stage(
-    stage: str,
-    key: str,
-    spec: StageSpec,
-    store: ArtifactStore,
-    backend: Backend,
-    options: dict[str, Any],
-    image: str | None,
-    job_id: str | None,
-    specs: Path,
-) -> str:
-    spec_file = specs / f"{key.replace(':', '-')}.yaml"
-    spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    spec_file.write_text(spec_text)
-    job = prepare(stage, spec, spec_file, store, backend.name, image, job_id)
-    submit(backend, options, job, spec_text, store)
-    return job.job_id
+        return
+    stage_id = stage_job_id(to.job_id, key) if to.job_id else None
+    record.state, record.job_id = "running", stage_id
+    if stage_id and _still_running(backend, stage_id):
+        record.message = "followed: its job was still running"
+        run.save(store)
+        final = reporter.follow(record, backend, {})
+    else:
+        record.job_id = to.submit(key, pinned, stage_id)
+        run.save(store)
+        final = reporter.follow(record, backend, _recall(record.job_id))
+    if final != JobState.SUCCEEDED:
+        record.state, record.message = "failed", f"{final.value}: see `vlkd logs {record.job_id}`"
+        run.save(store)
+        reporter.done(record)
+        raise VlkdError(
+            f"pipeline {run.name}: stage {key} {final.value.lower()} (job {record.job_id}); "
+            f"see `vlkd logs {record.job_id}`"
+        )
+    record.state = "succeeded"
+    record.outputs = [str(m.ref) for m in outputs_of(pinned, store) or []]
+    run.save(store)
+    reporter.done(record)
 
 
 def _still_running(backend: Backend, job_id: str) -> bool:

@@ -201,12 +201,10 @@ def clip_features(batch: pa.Table, max_frames: int, width: int, middle_frame: bo
     return padded, mask
 
 
-def pad_features(items: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Variable-length [T_i, F] -> padded [B, T, F] float32 and mask [B, T] bool."""
-    longest = max(len(x) for x in items)
-    batch = np.zeros((len(items), longest, items[0].shape[1]), np.float32)
-    mask = np.zeros((len(items), longest), bool)
-    for i, x in enumerate(items):
-        batch[i, : len(x)] = x
-        mask[i, : len(x)] = True
-    return batch, mask
+def frames_of(
+    clips: list[np.ndarray], max_frames: int, width: int, middle_frame: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """`clip_features` of clips read one at a time (`features.read_clips`: [T_i, F] each) instead of as Arrow rows,
+    so that every reader of a teacher's frames (its training, retrieval, the voken bank) gives it the same ones."""
+    rows = pa.table({"num_frames": [len(f) for f in clips], "features": [np.ravel(f) for f in clips]})
+    return clip_features(rows, max_frames, width, middle_frame)

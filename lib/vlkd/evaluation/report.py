@@ -5,17 +5,20 @@ average only when it has every column. A cell is the mean over seeds, `± std` w
 median from three seeds on, and `!` when one of its runs is flagged (`flags`; the notes say which and why).
 Reference rows (majority class, bag-of-words LR) follow the models', labelled as references and never averaged.
 Each row's difference from the baseline row comes with its 95% interval (`bootstrap`), marked `(noise)` when
-the interval contains 0. Then: every metric per task, each row's artifact ref and lineage, the teacher
-retrieval table, the cost, the charts (a bar chart per task; training curves) and the notes.
+the interval contains 0. The ablation tables (Tables 3, 5, 6) follow the main ones, each laid out alike: the
+baseline, then its cells under their labels. Then: every metric per task, each row's artifact ref and lineage,
+the teacher retrieval table, the cost, the charts (a bar chart per task; training curves) and the notes.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlkd.ablation_table import table_results
 from vlkd.errors import DataError
 from vlkd.evaluation.bootstrap import LEVEL, RESAMPLES
 from vlkd.evaluation.differences import AVERAGE
@@ -131,6 +134,30 @@ def _difference(value: float | None, reference: float | None, interval: Mapping[
     return f"{_signed(value - reference)} [{_signed(interval['low'])}, {_signed(interval['high'])}]{noise}"
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison table as the report shows it: its rows' values, then their differences from the baseline."""
+
+    heading: str
+    header: list[str]
+    rows: list[list[str]]
+    differences: list[list[str]]
+    baseline: str | None
+
+
+def comparisons(results: Mapping[str, Any]) -> list[Comparison]:
+    """Every comparison table of the results, in the report's order: one per layout with values, then the same
+    per ablation table (results.json's `tables`: its rows under their labels, `ablation_table.table_results`),
+    headed by its title (and, past the first layout, the layout's)."""
+    shown = [(layout.title, layout, results) for layout in LAYOUTS]
+    for table in results.get("tables", []):
+        cut = table_results(results, [tuple(row) for row in table["rows"]])
+        headings = [table["title"], *(f"{table['title']}: {layout.title}" for layout in LAYOUTS[1:])]
+        shown += [(heading, layout, cut) for heading, layout in zip(headings, LAYOUTS, strict=True)]
+    tables = [Comparison(heading, *table_rows(part, layout), part.get("baseline")) for heading, layout, part in shown]
+    return [table for table in tables if table.header]
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [header, ["---", *([":---:"] * (len(header) - 1))], *rows]
     return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
@@ -143,14 +170,10 @@ def render_markdown(
     `charts` (task -> PNG path relative to the report), the bar charts; given `curves` (title -> PNG path), the
     training curves."""
     parts = ["# Evaluation report", *legend(results)]
-    baseline = results.get("baseline")
-    for layout in LAYOUTS:
-        header, rows, differences = table_rows(results, layout)
-        if not header:
-            continue
-        parts += [f"## {layout.title}", markdown_table(header, rows)]
-        if differences:
-            parts += [f"Difference from **{baseline}**:", markdown_table(header, differences)]
+    for table in comparisons(results):
+        parts += [f"## {table.heading}", markdown_table(table.header, table.rows)]
+        if table.differences:
+            parts += [f"Difference from **{table.baseline}**:", markdown_table(table.header, table.differences)]
     if results["tasks"]:
         parts += ["## All metrics", *_all_metrics(results)]
     if results["models"]:
@@ -249,12 +272,10 @@ def render_table(results: Mapping[str, Any]) -> str:
     """The report's tables as aligned plain text, for a terminal (the notes, flagged runs among them, are
     `report_notes`)."""
     blocks = []
-    for layout in LAYOUTS:
-        header, rows, differences = table_rows(results, layout)
-        if header:
-            blocks.append(f"{layout.title}\n{_aligned(header, rows)}")
-            if differences:
-                blocks.append(f"Difference from {results['baseline']}\n{_aligned(header, differences)}")
+    for table in comparisons(results):
+        blocks.append(f"{table.heading}\n{_aligned(table.header, table.rows)}")
+        if table.differences:
+            blocks.append(f"Difference from {table.baseline}\n{_aligned(table.header, table.differences)}")
     if key := legend(results):
         blocks.append("\n".join(key))
     if results.get("retrieval"):

@@ -17,10 +17,12 @@
                           # the main metric's also has "flags": [{"seed", "flags": ["did not learn: ..."]}]
  "differences": {row: {task | "average": {"difference", "low", "high", "within_noise"}}},   # from the baseline
  "retrieval": {teacher label: {"r1", "r5", "r10", "median_rank", "queries"}},
- "notes": ["..."]}
+ "notes": ["..."],
+ "tables": [{"name", "title", "rows": [[row, label]]}]}   # ablation tables (Tables 3, 5, 6): rows in their order
 ```
 `summary` and `differences` are derived from `runs` and `references` (`flags`, `differences`); `merge`
-recomputes them. A v1 document (before runs kept curves and outcomes) loads with no flags nor intervals.
+recomputes them, and keeps no tables (they name one eval's rows). A v1 document (before runs kept curves and
+outcomes) loads with no flags nor intervals; a v2 one from before ablation tables, with none.
 """
 
 from __future__ import annotations
@@ -75,10 +77,12 @@ def build_results(
     notes: Sequence[str] = (),
     costs: Mapping[str, Mapping[str, float]] | None = None,
     references: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    tables: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The `results.json` document of `records` (see the module docstring), checked for consistency. `costs`:
     what making each row's model took (from its manifest; the teacher's too for students). `references`: task
-    -> reference name -> its scores (`references.score_reference`)."""
+    -> reference name -> its scores (`references.score_reference`). `tables`: the ablation tables, as
+    results.json's `tables` holds them."""
     records = list(records)
     models: dict[str, dict[str, Any]] = {}
     seen: set[tuple[str, str, int]] = set()
@@ -104,6 +108,11 @@ def build_results(
         seen.add(key)
     if baseline is not None and baseline not in models:
         raise DataError(f"baseline {baseline!r} is not a row; rows: {', '.join(models) or 'none'}")
+    for table in tables:
+        if unknown := [row for row, _ in table["rows"] if row not in models]:
+            raise DataError(
+                f"table {table['name']!r} shows rows with no runs: {', '.join(unknown)}; rows: {', '.join(models)}"
+            )
     runs = [asdict(record) for record in records]
     references = {
         task: {name: dict(scores) for name, scores in refs.items()} for task, refs in (references or {}).items()
@@ -119,6 +128,7 @@ def build_results(
         "differences": differences(runs, baseline),
         "retrieval": {label: dict(values) for label, values in (retrieval or {}).items()},
         "notes": list(notes),
+        "tables": [{**table, "rows": [list(row) for row in table["rows"]]} for table in tables],
     }
 
 

@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.data import features as fmt
-from vlkd.data.clips import clip_features, features_info, held_out
-from vlkd.errors import DataError, VlkdError
+from vlkd.data.clips import features_info, frames_of, held_out
+from vlkd.errors import DataError
 from vlkd.inputs import open_input
 from vlkd.losses import mean_pool
 from vlkd.retrieval_metrics import ranking_metrics
 from vlkd.specs import RetrievalSpec, TeacherSpec
+from vlkd.specs.teacher import trained_with
 
 BATCH = 64
 MAX_QUERIES = 10_000
@@ -89,7 +89,7 @@ def held_out_batches(
     store: ArtifactStore, teacher: TeacherSpec, features: str, tokenizer: Any, width: int
 ) -> Iterator[tuple[list[HeldOutClip], dict[str, torch.Tensor]]]:
     """The clips `teacher` validated on, BATCH at a time: what the page shows of each, and the teacher's inputs
-    (captions tokenised as in training; the first `width` columns of each frame, as `clip_features` gives them)."""
+    (captions tokenised as in training; the first `width` columns of each frame, as `frames_of` gives them)."""
     source = open_input(features, store)
     info = features_info(source)
     validation = held_out(source, info, teacher.train.val_size, teacher.seed)
@@ -105,9 +105,8 @@ def held_out_batches(
         encoded = tokenizer(
             [c.text for c in chunk], padding=True, truncation=True, max_length=teacher.max_text_len, return_tensors="pt"
         )
-        clip_frames = [c.features for c in chunk]
-        rows = pa.table({"num_frames": [len(f) for f in clip_frames], "features": [f.ravel() for f in clip_frames]})
-        frames, mask = clip_features(rows, teacher.max_frames, width, teacher.visual_input == "middle_frame")
+        middle_frame = teacher.visual_input == "middle_frame"
+        frames, mask = frames_of([c.features for c in chunk], teacher.max_frames, width, middle_frame)
         batch = {**encoded, "features": torch.from_numpy(frames), "frame_mask": torch.from_numpy(mask)}
         yield [HeldOutClip(c.video_id, c.start, c.end, c.text) for c in chunk], batch
 
@@ -120,9 +119,7 @@ def teacher_retrieval(store: ArtifactStore, spec: RetrievalSpec, out_dir: Path) 
     from vlkd.models.teacher import Teacher
 
     manifest = store.manifest(spec.teacher)
-    if manifest.spec is None:
-        raise VlkdError(f"{manifest.ref} carries no spec: was it made by the teacher stage?")
-    teacher_spec = TeacherSpec.model_validate(manifest.spec)
+    teacher_spec = trained_with(manifest)
     features = (
         str(store.resolve(spec.features))
         if spec.features

@@ -52,6 +52,33 @@ class EvalModel(StrictModel):
         return {"anyOf": [model["properties"]["ref"], model]}
 
 
+class TableRow(StrictModel):
+    """A row of an ablation table; a bare row name is short for `{row: ROW}`."""
+
+    row: str = Field(description="a model row of the eval (its label, or its artifact's name)")
+    label: str | None = Field(None, description="its name in this table; default: the row's")
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.row
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        model = handler.resolve_ref_schema(handler(schema))
+        return {"anyOf": [model["properties"]["row"], model]}
+
+
+class EvalTable(StrictModel):
+    """An ablation table of the report (Sec. 5.2, Tables 3, 5, 6): some of the eval's rows under their names in the
+    table, in a section of its own after the main table; a pipeline's `ablations:` write one per table."""
+
+    name: str
+    title: str = Field("", description="the section's heading; default: the name")
+    rows: list[TableRow] = Field(
+        min_length=1, description="in the table's order; list the baseline row to show each row's difference from it"
+    )
+
+
 class RetrievalSpec(StrictModel):
     """Text-to-video retrieval of a teacher on held-out clips (R@1/5/10, median rank) and example pages."""
 
@@ -77,6 +104,9 @@ class EvalSpec(StageSpec):
         "QQP before finetuning starts: leave it out to save them)",
     )
     retrieval: RetrievalSpec | None = None
+    tables: list[EvalTable] = Field(
+        default_factory=list, description="ablation tables (Tables 3, 5, 6), each a section of the report"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +117,8 @@ class EvalSpec(StageSpec):
         data = dict(data)
         if isinstance(data.get("models"), list):
             data["models"] = [{"ref": m} if isinstance(m, str) else m for m in data["models"]]
+        if isinstance(data.get("tables"), list):
+            data["tables"] = [_bare_rows(t) for t in data["tables"]]
         common = data.get("finetune") or {}
         if isinstance(data.get("tasks"), list) and isinstance(common, dict):
             data["tasks"] = [
@@ -111,4 +143,27 @@ class EvalSpec(StageSpec):
             raise ValueError("models: list the student or teacher refs to finetune on the tasks")
         if not self.tasks and self.retrieval is None:
             raise ValueError("nothing to evaluate: give tasks (with models) or retrieval")
+        _check_tables(self.tables, rows)
         return self
+
+
+def _bare_rows(table: Any) -> Any:
+    if not (isinstance(table, dict) and isinstance(table.get("rows"), list)):
+        return table
+    return {**table, "rows": [{"row": r} if isinstance(r, str) else r for r in table["rows"]]}
+
+
+def _check_tables(tables: list[EvalTable], rows: list[str]) -> None:
+    """Each table has a name of its own, and its rows are model rows, each once under a label of its own."""
+    names = [t.name for t in tables]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tables: two tables share a name ({names})")
+    for i, table in enumerate(tables):
+        for j, row in enumerate(table.rows):
+            where = f"tables[{i}].rows[{j}]"
+            if row.row not in rows:
+                raise ValueError(f"{where}: {row.row!r} is not a model row; rows: {', '.join(rows) or 'none'}")
+            if row.row in [r.row for r in table.rows[:j]]:
+                raise ValueError(f"{where}: {row.row!r} is listed twice")
+            if row.shown in [r.shown for r in table.rows[:j]]:
+                raise ValueError(f"{where}: another row of the table is labelled {row.shown!r}; set distinct labels")

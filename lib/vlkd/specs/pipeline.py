@@ -3,14 +3,20 @@
 Inputs a stage block leaves out are wired to the outputs of the blocks before it (`features/<preprocess
 name>`, ...), so a pipeline spec states each fact once. The refs name aliases (`:latest`); the pipeline
 runner pins them to versions when it submits each stage, and that pinned lineage is what gets recorded.
+
+`ablations:` declares the paper's ablation tables (Tables 3, 5, 6; `vlkd.specs.ablations`): each cell a variant of
+the distilled student (and of the teacher), added to the stages and to the eval's rows.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
+from vlkd.ablation_table import AblationTable, TableCell
+from vlkd.refs import ArtifactRef
+from vlkd.specs.ablations import AblationSpec, Cell, error_at, expand
 from vlkd.specs.base import ArtifactName, KubernetesSpec, Resources, StorageConfig, StrictModel
 from vlkd.specs.data import PreprocessSpec, TextSpec
 from vlkd.specs.distill import DistillSpec
@@ -26,6 +32,7 @@ _WIRED = {
     "EvalSpec": {"name"},
     "RetrievalSpec": {"teacher"},
 }
+_TABLES = TypeAdapter(dict[str, AblationSpec])
 
 
 class PipelineSpec(StrictModel):
@@ -36,7 +43,16 @@ class PipelineSpec(StrictModel):
     preprocess: PreprocessSpec
     text: TextSpec
     teacher: TeacherSpec
-    students: list[DistillSpec] = Field(min_length=1, description="e.g. NST+CRD and the text-only baseline")
+    students: list[DistillSpec] = Field(
+        min_length=1,
+        description="e.g. NST+CRD and the text-only baseline; with ablations, the one distilled student is the "
+        "template of the cells (it runs as its cells)",
+    )
+    ablations: dict[str, AblationSpec] = Field(
+        default_factory=dict,
+        description="the paper's ablation tables (Tables 3, 5, 6): table name -> axes over fields of the teacher and "
+        "of the distilled student; every combination is a cell, distilled and evaluated",
+    )
     eval: EvalSpec | None = None
     resources: Resources = Field(
         default_factory=lambda: Resources(num_workers=0, cpus_per_worker=0.25),
@@ -75,22 +91,41 @@ class PipelineSpec(StrictModel):
             or {}
         )
         students = data.get("students")
-        if isinstance(students, list):
-            data["students"] = [_wire_student(s, common, teacher, text) for s in students]
-            rows = [s.get("name") for s in data["students"] if isinstance(s, dict)]
-            if len(set(rows)) != len(rows):
-                # checked before validation: duplicate names would also surface as confusing eval errors
-                raise ValueError(f"students: each student needs its own name; got {rows}")
-            baseline = next(
-                (s.get("name") for s in data["students"] if isinstance(s, dict) and s.get("kd") == {}), None
-            )
-            teacher_ref = f"teacher/{teacher.get('name')}"
-            evaluation = block(
-                "eval", "eval", {"models": [f"student/{r}" for r in rows], "baseline": baseline, "retrieval": {}}
-            )
-            if evaluation is not None and isinstance(evaluation.get("retrieval"), dict):
-                evaluation["retrieval"] = {"teacher": teacher_ref, **evaluation["retrieval"]}
+        if not isinstance(students, list):
+            return data
+        data["students"] = [_wire_student(s, common, teacher, text) for s in students]
+        rows = [s.get("name") for s in data["students"] if isinstance(s, dict)]
+        if len(set(rows)) != len(rows):
+            # checked before validation: duplicate names would also surface as confusing eval errors
+            raise ValueError(f"students: each student needs its own name; got {rows}")
+        template, cells = _declared_cells(data, set(rows))
+        baseline = next((s.get("name") for s in data["students"] if isinstance(s, dict) and s.get("kd") == {}), None)
+        models = [f"student/{r}" for r in rows if r != template]
+        models += [{"ref": f"student/{c.student.name}", "label": c.row} for c in _by_student(cells)]
+        evaluation = block("eval", "eval", {"models": models, "baseline": baseline, "retrieval": {}})
+        if evaluation is not None and isinstance(evaluation.get("retrieval"), dict):
+            evaluation["retrieval"] = {"teacher": f"teacher/{teacher.get('name')}", **evaluation["retrieval"]}
         return data
+
+    @model_validator(mode="after")
+    def _eval_tables(self) -> PipelineSpec:
+        """The eval lays out each ablation table in a section of its report (unless its block lists tables)."""
+        if self.eval is None or not self.ablations or "tables" in self.eval.model_fields_set:
+            return self
+        tables = self.ablation_tables()
+        rows = {m.row for m in self.eval.models}
+        if missing := list(dict.fromkeys(c.label for t in tables for c in t.cells if c.row not in rows)):
+            raise error_at(
+                ("eval", "models"),
+                f"the ablation cells {', '.join(missing)} are not evaluated: leave models out (the pipeline lists "
+                "the students and every cell's), or list their students",
+            )
+        data = [
+            {"name": t.name, "title": t.title, "rows": [{"row": row, "label": label} for row, label in t.rows()]}
+            for t in tables
+        ]
+        self.eval = EvalSpec.model_validate({**self.eval.model_dump(mode="json"), "tables": data})
+        return self
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -101,17 +136,56 @@ class PipelineSpec(StrictModel):
             block["required"] = [f for f in block.get("required", []) if f not in fields]
         return schema
 
+    def cells(self) -> list[Cell]:
+        """The ablation tables' cells, table by table (a student shared by cells appears once per cell)."""
+        if not self.ablations:
+            return []
+        return expand(self.teacher, _template(self.students), self.ablations, _with_voken_bank)
+
     def stages(self) -> list[tuple[str, Any]]:
-        """The stage specs in the order they run, each with a key that names it in the DAG."""
-        ordered: list[tuple[str, Any]] = [
-            ("preprocess", self.preprocess),
-            ("text", self.text),
-            ("teacher", self.teacher),
-        ]
-        ordered += [(f"distill:{s.name}", s) for s in self.students]
+        """The stage specs in the order they run, each with a key that names it in the DAG: the data, the teacher
+        and the ablations' teachers, the students and the ablations' students, each once, then the eval."""
+        cells = self.cells()
+        template = _template(self.students).name if cells else None
+        ordered: list[tuple[str, Any]] = [("preprocess", self.preprocess), ("text", self.text)]
+        made = [self.teacher, *(c.teacher for c in cells)]
+        made += [s for s in self.students if s.name != template] + [c.student for c in _by_student(cells)]
+        ordered += list({self.stage_key(spec): spec for spec in made}.items())
         if self.eval is not None:
             ordered.append(("eval", self.eval))
         return ordered
+
+    def stage_key(self, spec: TeacherSpec | DistillSpec) -> str:
+        """`teacher` for the pipeline's teacher, `teacher:NAME` for an ablation's, `distill:NAME` for a student."""
+        if isinstance(spec, DistillSpec):
+            return f"distill:{spec.name}"
+        return "teacher" if spec.name == self.teacher.name else f"teacher:{spec.name}"
+
+    def ablation_tables(self) -> list[AblationTable]:
+        """Each ablation table as the pipeline's progress and the report show it: its cells' labels, eval rows and
+        stages, and the baseline row it starts with."""
+        rows = {m.ref.name: m.row for m in self.eval.models} if self.eval else {}
+        baseline = self.eval.baseline if self.eval else None
+        cells = self.cells()
+        return [
+            AblationTable(
+                key,
+                table.title or key,
+                tuple(f"{block}.{field}" for block, field, _ in table.axes),
+                baseline,
+                tuple(
+                    TableCell(
+                        c.label,
+                        rows.get(c.student.name, c.row),
+                        c.values,
+                        (self.stage_key(c.teacher), self.stage_key(c.student)),
+                    )
+                    for c in cells
+                    if c.table == key
+                ),
+            )
+            for key, table in self.ablations.items()
+        ]
 
 
 def _wire_student(student: Any, common: dict[str, Any], teacher: dict[str, Any], text: dict[str, Any]) -> Any:
@@ -121,4 +195,66 @@ def _wire_student(student: Any, common: dict[str, Any], teacher: dict[str, Any],
     wired.setdefault("corpus", f"corpus/{text.get('name')}")
     if wired.get("kd", True) != {}:  # the text-only baseline (kd: {}) needs no teacher
         wired.setdefault("teacher", f"teacher/{teacher.get('name')}")
-    return wired
+    return _voken_bank_of(wired, teacher.get("features"))
+
+
+def _voken_bank_of(student: dict[str, Any], features: Any) -> dict[str, Any]:
+    """The voken objective's video bank defaults to the teacher's own features (Sec. 3.4: the videos it saw)."""
+    kd, options = student.get("kd"), student.get("kd_options") or {}
+    if not (isinstance(kd, dict) and "voken" in kd and isinstance(options, dict)):
+        return student
+    voken = options.get("voken") or {}
+    if not isinstance(voken, dict) or voken.get("features") is not None:
+        return student
+    return {**student, "kd_options": {**options, "voken": {**voken, "features": features}}}
+
+
+def _with_voken_bank(student: dict[str, Any], teacher: TeacherSpec) -> dict[str, Any]:
+    return _voken_bank_of(student, str(teacher.features))
+
+
+def _template(students: list[DistillSpec]) -> DistillSpec:
+    """The one distilled student, which the ablation cells vary."""
+    distilled = [s for s in students if s.kd]
+    if len(distilled) != 1:
+        found = ", ".join(s.name for s in distilled) or "none"
+        raise error_at(
+            ("students",),
+            f"ablations vary the one distilled student (the others are text-only baselines, kd: {{}}); found {found}",
+        )
+    return distilled[0]
+
+
+def _declared_cells(data: dict[str, Any], students: set[str]) -> tuple[str | None, list[Cell]]:
+    """(the template student's name, the cells) of a pipeline's data being wired; none while a part they depend
+    on is invalid: that part's own validation says what is wrong with it."""
+    if not data.get("ablations"):
+        return None, []
+    try:
+        teacher = TeacherSpec.model_validate(data.get("teacher"))
+        validated = [DistillSpec.model_validate(s) for s in data["students"]]
+        tables = _TABLES.validate_python(data["ablations"])
+    except ValidationError:
+        return None, []
+    template = _template(validated)
+    if template.teacher != ArtifactRef.parse(f"teacher/{teacher.name}"):
+        raise error_at(
+            ("students", validated.index(template), "teacher"),
+            f"the ablation cells distil from the pipeline's teacher (teacher/{teacher.name}) or a cell's variant of "
+            "it: remove this teacher",
+        )
+    cells = expand(teacher, template, tables, _with_voken_bank)
+    for cell in cells:
+        if cell.student.name in students - {template.name}:
+            raise error_at(
+                ("ablations", cell.table), f"cell {cell.label} is named {cell.student.name!r}, as a student listed"
+            )
+    return template.name, cells
+
+
+def _by_student(cells: list[Cell]) -> list[Cell]:
+    """The first cell of each student (cells in several tables share one)."""
+    first: dict[str, Cell] = {}
+    for cell in cells:
+        first.setdefault(cell.student.name, cell)
+    return list(first.values())

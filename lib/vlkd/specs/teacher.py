@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from vlkd.errors import VlkdError
 from vlkd.specs.base import FeaturesRef, StageSpec, StrictModel, TokenizerRef
 from vlkd.specs.shapes import ModelShape
 from vlkd.specs.training import OptimSpec, TrainSpec
+
+if TYPE_CHECKING:
+    from vlkd.artifacts import Manifest
 
 TeacherObjective = Literal["ct", "mlm"]
 
@@ -56,3 +60,11 @@ class TeacherSpec(StageSpec):
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives: {self.objectives} lists an objective twice")
         return self
+
+
+def trained_with(manifest: Manifest) -> TeacherSpec:
+    """The spec a teacher artifact was trained with, which its manifest keeps: what reads the teacher's video
+    encoder (retrieval, the voken bank) must give it the frames it was trained on."""
+    if manifest.spec is None:
+        raise VlkdError(f"{manifest.ref} carries no spec: was it made by the teacher stage?")
+    return TeacherSpec.model_validate(manifest.spec)
