@@ -4,7 +4,6 @@ cells share), the errors a user meets, the progress `vlkd pipeline status` shows
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,8 @@ from vlkd.ablation_table import cell_state, progress_lines, table_results
 from vlkd.artifacts import ArtifactStore, collect_files
 from vlkd.backends.base import JobState, JobStatus
 from vlkd.errors import SpecError, VlkdError
-from vlkd.evaluation.report import parse_tables
 from vlkd.pipeline import PipelineRun, StageRun, run_pipeline
-from vlkd.pipelines import VIDEOS, pipeline_file
+from vlkd.pipelines import pipeline_file
 from vlkd.specs import load_spec, parse_spec
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -362,61 +360,3 @@ def test_the_tiny_tables_share_the_quickstarts_data_and_teacher_and_none_of_its_
     assert all(ours[key] == quickstart[key] for key in ("preprocess", "text", "teacher"))
     students = {key for key in ours if key.startswith("distill:")}
     assert len(students) == 7 and students.isdisjoint(quickstart)
-
-
-@pytest.fixture(scope="module")
-def table5_store(make_store, s3_endpoint, vlkd_cli, tmp_path_factory) -> tuple[ArtifactStore, dict[str, str]]:
-    """(a store where the tiny Table 5 has run once, the environment that reaches it): the quickstart's synthetic
-    data and `vlkd pipeline run examples/tiny/ablations.yaml`, in a bucket of the moto server, as every cluster run
-    has an S3 store."""
-    folder = tmp_path_factory.mktemp("table5")
-    store, env = make_store("s3", folder), {"AWS_ENDPOINT_URL": s3_endpoint}
-    videos = str(VIDEOS["tiny"])
-    synth = vlkd_cli("data", "synth", "--videos", videos, "--out", str(folder / "synth"), "--store", store.uri, env=env)
-    assert synth.returncode == 0, synth.stderr[-3000:]
-    first = vlkd_cli("pipeline", "run", str(TINY), "--store", store.uri, env=env, timeout=1100)
-    assert first.returncode == 0, first.stderr[-3000:]
-    return store, env
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_the_tiny_table5_report_has_the_baseline_then_a_row_per_kd_objective(table5_store, vlkd_cli, tmp_path):
-    store, env = table5_store
-    store.fetch("eval/tiny-ablations", tmp_path / "eval")
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert results["tables"] == [
-        {"name": "table5", "title": "KD objectives (Table 5)", "rows": [[r, r] for r in [BASELINE, *TABLE5_ROWS]]}
-    ]
-    section = (tmp_path / "eval" / "report.md").read_text().split("## KD objectives (Table 5)\n", 1)[1]
-    table, differences = parse_tables(section.split("\n## ", 1)[0])
-    assert table[0] == ["Model", "SST-2 Acc", "Avg."]
-    assert [row[0] for row in table[1:8]] == [BASELINE, *TABLE5_ROWS]  # then the reference rows
-    assert [row[0] for row in differences[1:]] == TABLE5_ROWS
-    shown = vlkd_cli("report", "show", "eval/tiny-ablations", "--store", store.uri, env=env)
-    assert shown.returncode == 0, shown.stderr
-    table5 = shown.stdout.split("KD objectives (Table 5)\n", 1)[1].splitlines()
-    assert [line.split("  ")[0] for line in table5[1:8]] == [BASELINE, *TABLE5_ROWS]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_the_tiny_table5_run_records_its_table_and_status_shows_every_cell_done(table5_store, vlkd_cli, monkeypatch):
-    store, env = table5_store
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert PipelineRun.load("tiny-ablations", store.uri).tables == load_spec(TINY).ablation_tables()
-    status = vlkd_cli("pipeline", "status", "tiny-ablations", "--store", store.uri, env=env)
-    assert status.returncode == 0, status.stderr
-    assert "ablation table5, KD objectives (Table 5): 6/6 cells done" in status.stdout
-    assert "student.kd: Soft label 1/1, Regression 1/1, Voken 1/1, NST 1/1, CRD 1/1, NST+CRD 1/1" in status.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_a_rerun_of_the_tiny_table5_skips_every_stage(table5_store, vlkd_cli):
-    store, env = table5_store
-    again = vlkd_cli("pipeline", "run", str(TINY), "--store", store.uri, env=env, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    # every stage, shared ones included: the same specs under the same names
-    assert again.stderr.count("already published for this spec and these inputs") == 11

@@ -1,15 +1,20 @@
-"""`vlkd quickstart` end to end at the `tiny` scale, as a new user runs it, and the pipeline's skip rule."""
+"""`vlkd quickstart` end to end at the `tiny` scale, as a new user runs it, the pipeline's skip rule, and the tiny
+Table 5 ablation on the quickstart's store."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
+from vlkd.artifacts import ArtifactStore
 from vlkd.errors import NotFoundError
+from vlkd.evaluation.report import parse_tables
 from vlkd.joblog import read_log, read_state
-from vlkd.pipeline import pin_refs
+from vlkd.pipeline import PipelineRun, pin_refs
+from vlkd.specs import load_spec
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -103,3 +108,66 @@ def test_a_tiny_teacher_learns_text_to_video_grounding(quickstart):
     assert metrics["val_r1"] >= chance_r1, metrics
     assert metrics["val_r10"] >= 1.5 * chance_r10, metrics
     assert metrics["val_median_rank"] <= 0.7 * chance_median, metrics
+
+
+# The tiny Table 5 (examples/tiny/ablations.yaml) on the quickstart's store: its data, tokenizer and teacher are the
+# quickstart's, so only its students and its eval run.
+TINY_ABLATIONS = EXAMPLES / "tiny" / "ablations.yaml"
+TABLE5_ROWS = ["+ KD-Soft label", "+ KD-Regression", "+ KD-Voken", "+ KD-NST", "+ KD-CRD", "+ KD-NST+CRD"]
+BASELINE = "tiny-ablations-baseline"
+
+
+@pytest.fixture(scope="module")
+def table5_store(quickstart, vlkd_cli) -> tuple[ArtifactStore, dict[str, str]]:
+    """(the quickstart's store once `vlkd pipeline run examples/tiny/ablations.yaml` has run in it, the environment
+    that reaches it)."""
+    first = vlkd_cli(
+        "pipeline", "run", str(TINY_ABLATIONS), "--store", quickstart.store, env=quickstart.env, timeout=1100
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    # the shared stages ran once, in the quickstart (the skip rule)
+    assert first.stderr.count("already published for this spec and these inputs") == 3, first.stderr
+    return quickstart.open_store(), quickstart.env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_tiny_table5_report_has_the_baseline_then_a_row_per_kd_objective(table5_store, vlkd_cli, tmp_path):
+    store, env = table5_store
+    store.fetch("eval/tiny-ablations", tmp_path / "eval")
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["tables"] == [
+        {"name": "table5", "title": "KD objectives (Table 5)", "rows": [[r, r] for r in [BASELINE, *TABLE5_ROWS]]}
+    ]
+    section = (tmp_path / "eval" / "report.md").read_text().split("## KD objectives (Table 5)\n", 1)[1]
+    table, differences = parse_tables(section.split("\n## ", 1)[0])
+    assert table[0] == ["Model", "SST-2 Acc", "Avg."]
+    assert [row[0] for row in table[1:8]] == [BASELINE, *TABLE5_ROWS]  # then the reference rows
+    assert [row[0] for row in differences[1:]] == TABLE5_ROWS
+    shown = vlkd_cli("report", "show", "eval/tiny-ablations", "--store", store.uri, env=env)
+    assert shown.returncode == 0, shown.stderr
+    table5 = shown.stdout.split("KD objectives (Table 5)\n", 1)[1].splitlines()
+    assert [line.split("  ")[0] for line in table5[1:8]] == [BASELINE, *TABLE5_ROWS]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_tiny_table5_run_records_its_table_and_status_shows_every_cell_done(table5_store, vlkd_cli, monkeypatch):
+    store, env = table5_store
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert PipelineRun.load("tiny-ablations", store.uri).tables == load_spec(TINY_ABLATIONS).ablation_tables()
+    status = vlkd_cli("pipeline", "status", "tiny-ablations", "--store", store.uri, env=env)
+    assert status.returncode == 0, status.stderr
+    assert "ablation table5, KD objectives (Table 5): 6/6 cells done" in status.stdout
+    assert "student.kd: Soft label 1/1, Regression 1/1, Voken 1/1, NST 1/1, CRD 1/1, NST+CRD 1/1" in status.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_rerun_of_the_tiny_table5_skips_every_stage(table5_store, vlkd_cli):
+    store, env = table5_store
+    again = vlkd_cli("pipeline", "run", str(TINY_ABLATIONS), "--store", store.uri, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # every stage, shared ones included: the same specs under the same names
+    assert again.stderr.count("already published for this spec and these inputs") == 11
