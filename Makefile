@@ -18,11 +18,12 @@ quickstart: setup
 	$(BIN)/vlkd quickstart
 
 # Three test processes on two cores: most of a test's time is spent waiting on jobs, Ray and S3, not computing.
-# A file's tests share a process (`--dist loadfile`), so its module fixtures are made once.
+# A file's tests share a process (`--dist loadfile`), so its module fixtures are made once; files go out in the
+# order tests/conftest.py gives them (the longest first), not xdist's (the most tests first).
 TEST_WORKERS ?= 3
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 setup: $(VENV)/.installed
 
