@@ -62,11 +62,12 @@ def task_step_seconds(task: Any, data: dict[str, Any], cast: Any, repeats: int, 
     return timed(step, repeats, device), model
 
 
-def timed(step: Callable[[], None], repeats: int, device: Any) -> float:
-    """Seconds per call of `step`, after one warm-up call; waits for the GPU."""
+def timed(step: Callable[[], None], repeats: int, device: Any, warmup: int = 1) -> float:
+    """Seconds per call of `step`, after `warmup` calls; waits for the GPU."""
     import torch
 
-    step()
+    for _ in range(warmup):
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()

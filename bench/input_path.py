@@ -24,7 +24,7 @@ import torch
 
 from bench.common import bert_tokenizer, machine, task_step_seconds
 from bench.inputs import Inputs
-from bench.kd_step import distill_task
+from bench.kd_step import distill_task, frozen_teacher
 from bench.train_step import a_batch, teacher_task
 from vlkd.artifacts import ArtifactStore
 from vlkd.data.clips import clip_datasets
@@ -49,12 +49,15 @@ def batches_per_second(batches: Iterable[dict], count: int, device: torch.device
     return count / (time.perf_counter() - start)
 
 
-def input_rates(store: ArtifactStore, tokenizer_dir: Path, batch: int, count: int, device: torch.device) -> dict:
-    """Batches/s of the teacher's and the student's input paths, each over its stage's datasets."""
+def input_rates(
+    store: ArtifactStore, tokenizer_dir: Path, batch: int, count: int, device: torch.device, read_tasks: int
+) -> dict:
+    """Batches/s of the teacher's and the student's input paths, each over its stage's datasets, with
+    `resources.read_tasks` Ray Data read tasks."""
     from transformers import BertTokenizerFast
 
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir)
-    resources, prefetch = Resources(num_workers=0), TrainSpec().prefetch_batches
+    resources, prefetch = Resources(num_workers=0, read_tasks=read_tasks), TrainSpec().prefetch_batches
     configure_ray_data(resources)
     features, _ = clip_datasets(store, "features/input", 64, 0, resources)
     corpus, _ = corpus_datasets(store, "corpus/input", resources)
@@ -69,19 +72,12 @@ def input_rates(store: ArtifactStore, tokenizer_dir: Path, batch: int, count: in
 
 def step_rates(preset: str, batch: int, seq: int, frames: int, device: torch.device) -> dict[str, float]:
     """Steps per second of the teacher's step (two LM passes) and the student's KD step (MLM+NST+CRD)."""
-    from transformers import BertForMaskedLM
-
-    from vlkd.jobs.distill import FrozenTeacher
-    from vlkd.models.bert import bert_config
-
     tokenizer = bert_tokenizer()
     cast, _ = autocast("auto", device)
     data = a_batch(tokenizer, batch, seq, frames, device)
-    spec = distill_task(preset, tokenizer, {}, None).spec
-    language_model = BertForMaskedLM(bert_config(spec.model, len(tokenizer))).to(device).eval().requires_grad_(False)
     tasks = {
         "teacher": teacher_task(preset, tokenizer, "unmasked"),
-        "student": distill_task(preset, tokenizer, {"nst": 1.0, "crd": 1.0}, FrozenTeacher(language_model)),
+        "student": distill_task(preset, tokenizer, {"nst": 1.0, "crd": 1.0}, frozen_teacher(preset, tokenizer, device)),
     }
     rates = {}
     for name, task in tasks.items():
@@ -99,6 +95,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--batches", type=int, default=40, help="batches timed on the input path")
     parser.add_argument("--cpus", type=int, default=8, help="logical CPUs of the local Ray (one GPU worker's share)")
+    parser.add_argument(
+        "--read-tasks", type=int, nargs="+", default=[Resources().read_tasks], help="resources.read_tasks values"
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine()}")
@@ -110,13 +109,16 @@ def main() -> None:
         inputs.corpus("input", args.batch * (args.batches + 4) * 2, tokenizer_dir, args.seq)
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         try:
-            rates = input_rates(store, tokenizer_dir, args.batch, args.batches, device)
+            for read_tasks in args.read_tasks:
+                rates = input_rates(store, tokenizer_dir, args.batch, args.batches, device, read_tasks)
+                print(
+                    f"input path on {args.cpus} logical CPUs, batch {args.batch}, read_tasks {read_tasks}: "
+                    f"teacher {rates['teacher']:.1f} batches/s, student {rates['student']:.1f} batches/s",
+                    flush=True,
+                )
         finally:
             ray.shutdown()
-    print(
-        f"input path on {args.cpus} logical CPUs, batch {args.batch}: "
-        f"teacher {rates['teacher']:.1f} batches/s, student {rates['student']:.1f} batches/s"
-    )
+    print(f"input/step with read_tasks {args.read_tasks[-1]}:")
     print(f"{'preset':<15}{'teacher step/s':>15}{'input/step':>12}{'KD step/s':>11}{'input/step':>12}")
     for preset in args.presets:
         steps = step_rates(preset, args.batch, args.seq, args.frames, device)

@@ -47,15 +47,20 @@ def distill_task(preset: str, tokenizer, kd: dict[str, float], teacher: FrozenTe
     return DistillTask(parse_spec(spec), tokenizer, None, None, width, num_data=10**6, _frozen=teacher)
 
 
-def bench_step(preset: str, batch: int, seq: int, device: torch.device) -> dict[str, float]:
+def frozen_teacher(preset: str, tokenizer, device: torch.device) -> FrozenTeacher:
+    """A random-init teacher LM of the preset's shape, frozen and (on a GPU) in bf16, as the distill stage loads it."""
     from transformers import BertForMaskedLM
 
-    tokenizer = bert_tokenizer()
     spec = distill_task(preset, tokenizer, {}, None).spec
     language_model = BertForMaskedLM(bert_config(spec.model, len(tokenizer))).to(device).eval().requires_grad_(False)
-    if device.type == "cuda":  # as the distill stage loads it
+    if device.type == "cuda":
         language_model.to(torch.bfloat16)
-    teacher = FrozenTeacher(language_model)
+    return FrozenTeacher(language_model)
+
+
+def bench_step(preset: str, batch: int, seq: int, device: torch.device) -> dict[str, float]:
+    tokenizer = bert_tokenizer()
+    teacher = frozen_teacher(preset, tokenizer, device)
     ids = torch.randint(1000, len(tokenizer), (batch, seq), device=device)
     special = torch.zeros(batch, seq, dtype=torch.bool, device=device)
     special[:, 0] = special[:, -1] = True

@@ -4,6 +4,7 @@ worked out on paper in a comment."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -486,9 +487,11 @@ def test_crd_loss_uses_the_other_examples_as_negatives_while_the_memory_is_empty
 def test_crd_loss_draws_negatives_from_the_filled_part_of_the_memory() -> None:
     crd = CRDLoss(6, 5, dim=4, buffer_size=10, num_negatives=7, num_data=100)
     entry = F.normalize(torch.randn(4), dim=0)
-    crd.memory[:2] = entry
-    crd.memory[2:] = float("nan")  # never filled: drawing from here would poison the loss
-    crd.num_written.fill_(2)
+    state = crd.state_dict()  # as a resumed run gets it
+    state["memory"][:2] = entry
+    state["memory"][2:] = float("nan")  # never filled: drawing from here would poison the loss
+    state["num_written"] = torch.tensor(2)
+    crd.load_state_dict(state)
     student, teacher = torch.randn(3, 6), torch.randn(3, 5)
     s, t = _embeddings(crd, student, teacher)
     positive, negative = (s * t).sum(-1), (s @ entry).unsqueeze(1).expand(3, 7)
@@ -617,3 +620,19 @@ def test_gradients_reach_the_student_only_at_valid_positions(
     assert torch.isfinite(student.grad).all()
     assert student.grad[mask].abs().sum() > 0
     assert torch.equal(student.grad[~mask], torch.zeros_like(student.grad[~mask]))
+
+
+def test_crd_loss_compiles_to_one_graph_and_computes_what_eager_does() -> None:
+    """No step reads the memory on the host (a read would wait for the GPU every step and split torch.compile's
+    graph): `fullgraph=True` refuses any break. Same losses and memory as eager, through the wrap-around."""
+    eager = CRDLoss(6, 5, dim=4, buffer_size=8, num_negatives=10, num_data=100)
+    module = copy.deepcopy(eager)
+    compiled = torch.compile(module, backend="eager", fullgraph=True)
+    for step in range(4):  # 12 embeddings into 8 slots: empty memory, filling, full
+        student, teacher = torch.randn(3, 6), torch.randn(3, 5)
+        torch.manual_seed(step)
+        expected = eager(student, teacher)
+        torch.manual_seed(step)
+        assert torch.allclose(compiled(student, teacher), expected)
+    assert int(module.num_written) == 12 and torch.equal(module.memory, eager.memory)
+    assert torch.equal(module.log_z, eager.log_z)

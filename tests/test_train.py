@@ -96,3 +96,20 @@ def test_the_rate_warms_up_from_zero_then_decays_linearly_to_zero():
 
 def test_a_constant_schedule_keeps_the_peak_rate_after_its_warm_up():
     assert learning_rates(OptimSpec(warmup_fraction=0.5, schedule="constant"), 4) == pytest.approx([0, 0.5, 1, 1])
+
+
+def test_the_student_computes_what_bert_for_masked_lm_computes():
+    """The student calls BertForMaskedLM's encoder and MLM head directly (no per-call output hooks): same logits
+    and last hidden states as the model asked for its hidden states."""
+    from vlkd.models.student import Student
+    from vlkd.specs import ModelShape
+
+    student = Student.build(ModelShape(preset="tiny"), 120, head_to=None).eval()
+    ids = torch.randint(5, 120, (3, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    out = student(ids, mask)
+    reference = student.language_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert torch.allclose(out["logits"], reference.logits, atol=1e-6)
+    assert torch.allclose(out["hidden"], reference.hidden_states[-1], atol=1e-6)
+    assert out["kd"] is out["hidden"]

@@ -10,6 +10,7 @@ authors' code, so a loss's scale does not grow with sentence length or batch siz
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -257,11 +258,18 @@ class CRDLoss(nn.Module):
         self.register_buffer("num_written", torch.zeros((), dtype=torch.long))
         self.register_buffer("log_z", torch.zeros(()))
         self.register_buffer("log_z_set", torch.zeros((), dtype=torch.bool))
+        self._empty = True
+        """Nothing written yet (`num_written` is 0), kept on the host: the one branch of a step that depends on the
+        memory, read without waiting for the GPU; torch.compile compiles both sides of it once."""
 
     @property
     def filled(self) -> int:
         """How many entries of the memory hold teacher embeddings."""
         return min(int(self.num_written), len(self.memory))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._empty = int(self.num_written) == 0
 
     def forward(
         self, student_repr: torch.Tensor, teacher_repr: torch.Tensor, generator: torch.Generator | None = None
@@ -284,12 +292,13 @@ class CRDLoss(nn.Module):
         estimated on the first training batch and fixed after (as CRD's code does). Without it exp(z) is about 1
         for every pair while N/M is small, so h is near 1 for all negatives and the loss (a sum over N of them)
         is in the hundreds, drowning L_MLM."""
-        if not bool(self.log_z_set):
-            z = torch.cat([positive.flatten(), negative.flatten()]).float() / self.temperature
-            log_mean = torch.logsumexp(z, 0) - torch.log(torch.tensor(float(len(z)), device=z.device))
-            self.log_z.fill_(float(log_mean) + math.log(self.num_data))
-            self.log_z_set.fill_(self.training)
-        return self.log_z.to(positive.dtype)
+        z = torch.cat([positive.flatten(), negative.flatten()]).float() / self.temperature
+        estimate = torch.logsumexp(z, 0) - math.log(z.numel()) + math.log(self.num_data)
+        log_z = torch.where(self.log_z_set, self.log_z, estimate)  # tensors throughout: no wait on the GPU
+        if self.training:
+            self.log_z.copy_(log_z)
+            self.log_z_set.fill_(True)
+        return log_z.to(positive.dtype)
 
     def _negative_scores(
         self, student: torch.Tensor, teacher: torch.Tensor, generator: torch.Generator | None
@@ -297,12 +306,15 @@ class CRDLoss(nn.Module):
         """student [B, dim], teacher [B, dim] (detached) -> scores [B, N] of each student embedding with its
         negatives: the memory's filled part scored once, then N entries picked per example."""
         batch_size = len(student)
-        if self.filled == 0:
-            others = ~torch.eye(batch_size, dtype=torch.bool, device=student.device)
-            return (student @ teacher.T)[others].view(batch_size, batch_size - 1)
-        # A copy: the backward pass needs the entries as they were, and `_enqueue` overwrites them in place.
-        scores = student @ self.memory[: self.filled].to(student.dtype, copy=True).T
-        picks = torch.randint(self.filled, (batch_size, self.num_negatives), generator=generator, device=student.device)
+        if self._empty:  # example b's negatives: columns 0..b-1 and b+1..B-1 of the batch's scores
+            j = torch.arange(batch_size - 1, device=student.device).unsqueeze(0)
+            others = j + (j >= torch.arange(batch_size, device=student.device).unsqueeze(1)).long()
+            return (student @ teacher.T).gather(1, others)
+        # Every entry is scored and the picks index the filled ones, so no shape depends on how full the memory is.
+        scores = student @ self.memory.to(student.dtype).T
+        filled = self.num_written.clamp(max=len(self.memory))
+        uniform = torch.rand(batch_size, self.num_negatives, generator=generator, device=student.device)
+        picks = (uniform * filled).long().clamp(max=filled - 1)
         return scores.gather(1, picks)
 
     @torch.no_grad()
@@ -310,10 +322,12 @@ class CRDLoss(nn.Module):
         """teacher [B, dim] -> written over the oldest entries; a batch larger than the memory keeps its last."""
         size = len(self.memory)
         kept = teacher[-size:]
-        start = int(self.num_written) + len(teacher) - len(kept)
+        start = self.num_written + (len(teacher) - len(kept))
         slots = (start + torch.arange(len(kept), device=self.memory.device)) % size
-        self.memory[slots] = kept.to(self.memory.dtype)
+        # A new tensor, not a write in place: the backward pass needs the entries this step scored.
+        self.memory = self.memory.index_put((slots,), kept.to(self.memory.dtype))
         self.num_written += len(teacher)
+        self._empty = False
 
 
 def assign_vokens(teacher_hidden: torch.Tensor, video_bank: torch.Tensor) -> torch.Tensor:

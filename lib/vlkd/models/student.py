@@ -47,9 +47,11 @@ class Student(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """`logits` [B, L, V] of the MLM head, `hidden` [B, L, D_s] (last layer) and `kd` [B, L, D], what the KD
         objectives compare with the teacher (the head's output, or the hidden states without a head)."""
-        out = self.language_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        hidden = out.hidden_states[-1]
-        return {"logits": out.logits, "hidden": hidden, "kd": self.head(hidden) if self.head is not None else hidden}
+        # BertForMaskedLM's own two parts, called directly: asking it for hidden states instead installs output
+        # hooks on every layer at every call, host time each step and a graph break under torch.compile.
+        hidden = self.language_model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = self.language_model.cls(hidden)
+        return {"logits": logits, "hidden": hidden, "kd": self.head(hidden) if self.head is not None else hidden}
 
     def save(self, directory: Path, tokenizer_dir: Path) -> None:
         """The LM, as downstream finetuning loads it; the head is saved with the objectives' modules."""
