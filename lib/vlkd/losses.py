@@ -304,7 +304,7 @@ class CRDLoss(nn.Module):
         self, student: torch.Tensor, teacher: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         """student [B, dim], teacher [B, dim] (detached) -> scores [B, N] of each student embedding with its
-        negatives: the memory's filled part scored once, then N entries picked per example."""
+        negatives: every memory entry scored once, then N of the filled ones picked per example."""
         batch_size = len(student)
         if self._empty:  # example b's negatives: columns 0..b-1 and b+1..B-1 of the batch's scores
             j = torch.arange(batch_size - 1, device=student.device).unsqueeze(0)
