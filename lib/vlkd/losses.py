@@ -233,7 +233,7 @@ class CRDLoss(nn.Module):
     Each example draws `num_negatives` entries uniformly, with replacement, from the filled part; before anything
     is stored (the first batch), the other examples of the batch are the negatives (N = B - 1). The queue is
     written after the loss is computed, and only in training mode, so validation leaves it alone. Under data
-    parallelism each replica keeps its own queue.
+    parallelism DDP broadcasts rank 0's buffers before each forward, so every replica draws from rank 0's queue.
 
     `num_data` is M of Eq. 8, the number of training samples; the default is English Wikipedia's 120M sentences
     (Sec. 4.1): pass the corpus's own size."""
