@@ -1,6 +1,7 @@
 """The training input path alone (Ray Data shard -> collate -> tensors on the device) against the step it feeds.
 
     python -m bench.input_path [--presets tiny bert-6l-512h bert-12l-768h] [--batch 32] [--seq 128] [--cpus 8]
+        [--read-tasks 2 8]
 
 For the teacher (caption + frame features of a `features` artifact) and the student (token sequences of a `corpus`
 artifact): batches/s the training loop's own input path delivers (`vlkd.train.train_batches` over the stage's
@@ -8,7 +9,7 @@ Ray Data datasets, with its prefetching, pinned memory and non-blocking copies o
 stage's step (forward, backward) on this machine's device, per preset. The input path does not depend on the
 preset (only the step does), so it is measured once per stage. A GPU step of BERT-12L at batch 32 x 128 takes
 tens of milliseconds: the input path must deliver at least 3x the step rate there, on the CPUs one GPU worker gets
-(`--cpus`, a local Ray of that many logical CPUs).
+(`--cpus`, a local Ray of that many logical CPUs), with each `--read-tasks` value of `resources.read_tasks`.
 """
 
 from __future__ import annotations
