@@ -80,7 +80,14 @@ def kernel_seconds(step: Callable[[], None], repeats: int) -> float:
     return sum(e.time_range.elapsed_us() for e in kernels) / 1e6 / repeats
 
 
-def measure(task: TrainingTask, data: dict[str, Any], form: str, flops_of: Callable, args, device) -> dict[str, float]:
+def measure(
+    task: TrainingTask,
+    data: dict[str, Any],
+    form: str,
+    flops_of: Callable[[nn.Module], float],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, float]:
     step, model = step_of(task, data, form, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -99,7 +106,9 @@ def measure(task: TrainingTask, data: dict[str, Any], form: str, flops_of: Calla
     return result
 
 
-def tasks(preset: str, tokenizer, args, device: torch.device) -> dict[str, tuple[TrainingTask, Callable]]:
+def tasks(
+    preset: str, tokenizer: Any, args: argparse.Namespace, device: torch.device
+) -> dict[str, tuple[TrainingTask, Callable[[nn.Module], float]]]:
     """The two steps and their model FLOPs per step."""
     tokens = args.batch * args.seq
     teacher = teacher_task(preset, tokenizer, "unmasked")
