@@ -26,6 +26,7 @@ from vlkd.data.corpus import corpus_datasets, pad_sequences
 from vlkd.data.ingest import configure_ray_data
 from vlkd.distillation import USES_HEAD, USES_LOGITS, Distillation, Widths, weighted_total
 from vlkd.errors import DataError
+from vlkd.models.bert import token_states
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import DistillSpec
@@ -49,7 +50,7 @@ class FrozenTeacher:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (last hidden states [B, L, D_t], logits [B, L, V] or None) in fp32. The MLM head's vocabulary
         projection is a fifth of a BERT-base forward: it runs only for the objectives that read logits."""
-        hidden = self.language_model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = token_states(self.language_model, input_ids, attention_mask)
         scores = self.language_model.cls(hidden).float() if logits else None
         return hidden.float(), scores
 

@@ -525,7 +525,7 @@ def test_crd_loss_queue_wraps_around_at_buffer_size() -> None:
     for teacher in teachers:
         crd(torch.randn(3, 6), teacher)
     written = torch.cat([F.normalize(crd.f2(t), dim=-1) for t in teachers]).detach()  # 9 embeddings, 5 slots
-    assert crd.filled == 5 and int(crd.num_written) == 9
+    assert int(crd.filled) == 5 and int(crd.num_written) == 9
     # Slot j holds the last embedding written to it: j, then j + 5.
     assert torch.allclose(crd.memory, torch.stack([written[5], written[6], written[7], written[8], written[4]]))
 
@@ -542,7 +542,7 @@ def test_crd_loss_keeps_the_last_entries_of_a_batch_larger_than_the_memory() -> 
 def test_crd_loss_leaves_the_memory_alone_in_eval_mode() -> None:
     crd = CRDLoss(6, 5, dim=4, buffer_size=4, num_data=100).eval()
     crd(torch.randn(3, 6), torch.randn(3, 5))
-    assert crd.filled == 0 and torch.equal(crd.memory, torch.zeros(4, 4))
+    assert int(crd.filled) == 0 and torch.equal(crd.memory, torch.zeros(4, 4))
 
 
 def test_crd_loss_memory_is_in_the_state_dict_and_follows_the_module() -> None:
@@ -552,7 +552,7 @@ def test_crd_loss_memory_is_in_the_state_dict_and_follows_the_module() -> None:
     assert {"memory", "num_written"} <= state.keys() and int(state["num_written"]) == 3
     restored = CRDLoss(6, 5, dim=4, buffer_size=4, num_data=100)
     restored.load_state_dict(state)
-    assert restored.filled == 3 and torch.equal(restored.memory, crd.memory)
+    assert int(restored.filled) == 3 and torch.equal(restored.memory, crd.memory)
     assert crd.double().memory.dtype == torch.double
 
 

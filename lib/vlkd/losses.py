@@ -263,9 +263,9 @@ class CRDLoss(nn.Module):
         memory, read without waiting for the GPU; torch.compile compiles both sides of it once."""
 
     @property
-    def filled(self) -> int:
-        """How many entries of the memory hold teacher embeddings."""
-        return min(int(self.num_written), len(self.memory))
+    def filled(self) -> torch.Tensor:
+        """How many entries of the memory hold teacher embeddings (a tensor on the memory's device)."""
+        return self.num_written.clamp(max=len(self.memory))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -312,7 +312,7 @@ class CRDLoss(nn.Module):
             return (student @ teacher.T).gather(1, others)
         # Every entry is scored and the picks index the filled ones, so no shape depends on how full the memory is.
         scores = student @ self.memory.to(student.dtype).T
-        filled = self.num_written.clamp(max=len(self.memory))
+        filled = self.filled
         uniform = torch.rand(batch_size, self.num_negatives, generator=generator, device=student.device)
         picks = (uniform * filled).long().clamp(max=filled - 1)
         return scores.gather(1, picks)

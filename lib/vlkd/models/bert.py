@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from vlkd.specs.shapes import ModelShape
 
 if TYPE_CHECKING:
-    from transformers import BertConfig, PreTrainedModel
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedModel
 
 LANGUAGE_MODEL = "language_model"
 """The folder of a teacher or student artifact that holds its LM as a `save_pretrained` BertForMaskedLM with the
@@ -30,6 +31,16 @@ def bert_config(shape: ModelShape, vocab_size: int, **extra: object) -> BertConf
         attention_probs_dropout_prob=shape.attention_dropout,
         **extra,
     )
+
+
+def token_states(
+    language_model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The last layer's token states [B, L, H] of a BertForMaskedLM, from its encoder alone; `language_model.cls`
+    of them are its MLM logits. Teacher and student read their states this way: asking the model for its hidden
+    states instead installs output hooks on every layer at every call (host time each step, and a graph break
+    under torch.compile)."""
+    return language_model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 def save_language_model(language_model: PreTrainedModel, directory: Path, tokenizer_dir: Path | None) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlkd.models.bert import bert_config, save_language_model
+from vlkd.models.bert import bert_config, save_language_model, token_states
 from vlkd.specs.shapes import ModelShape
 
 
@@ -47,11 +47,9 @@ class Student(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """`logits` [B, L, V] of the MLM head, `hidden` [B, L, D_s] (last layer) and `kd` [B, L, D], what the KD
         objectives compare with the teacher (the head's output, or the hidden states without a head)."""
-        # BertForMaskedLM's own two parts, called directly: asking it for hidden states instead installs output
-        # hooks on every layer at every call, host time each step and a graph break under torch.compile.
-        hidden = self.language_model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = self.language_model.cls(hidden)
-        return {"logits": logits, "hidden": hidden, "kd": self.head(hidden) if self.head is not None else hidden}
+        hidden = token_states(self.language_model, input_ids, attention_mask)
+        kd = self.head(hidden) if self.head is not None else hidden
+        return {"logits": self.language_model.cls(hidden), "hidden": hidden, "kd": kd}
 
     def save(self, directory: Path, tokenizer_dir: Path) -> None:
         """The LM, as downstream finetuning loads it; the head is saved with the objectives' modules."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from vlkd.losses import mean_pool
-from vlkd.models.bert import LANGUAGE_MODEL, bert_config, save_language_model
+from vlkd.models.bert import LANGUAGE_MODEL, bert_config, save_language_model, token_states
 from vlkd.specs.shapes import ModelShape
 
 VIDEO_ENCODER = "video_encoder"
@@ -102,7 +102,7 @@ class Teacher(nn.Module):
 
     def text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Contextualised token states h^x [B, L, H] (LM^T without its MLM head)."""
-        return self.language_model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return token_states(self.language_model, input_ids, attention_mask)
 
     def save(self, directory: Path, tokenizer_dir: Path | None = None) -> None:
         save_language_model(self.language_model, directory, tokenizer_dir)
