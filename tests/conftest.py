@@ -299,41 +299,59 @@ def running_ray_head(temp: Path) -> Iterator[str]:
     `ray start --head` turns token authentication on, as on any machine that has run Ray. While it runs, the
     token's file is RAY_AUTH_TOKEN_PATH in this process's environment, which the CLI's subprocesses inherit."""
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    port, dashboard = _free_port(), _free_port()
-    (temp / GCS_PORT_FILE).write_text(str(port))  # how its stopper finds the processes that do not name `temp`
     # Ray's own folder is short: its socket paths must fit in 107 bytes, which a test's tmp path (longer under
     # pytest-xdist's popen-gwN) can exceed.
     ray_temp = tempfile.mkdtemp(prefix="vlkd-ray-", dir="/tmp")
     (temp / RAY_TEMP_FILE).write_text(ray_temp)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")} | {"HOME": str(temp / "home")}
     subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60, env=env)
-    command = [
-        ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=8",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--temp-dir={ray_temp}",
-        f"--dashboard-agent-listen-port={_free_port()}",  # not Ray's fixed default, which another Ray here may hold
-    ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, timeout=180, env=env)
-    address = f"http://127.0.0.1:{dashboard}"
     token = temp / "home" / ".ray" / "auth_token"
     try:
-        from ray.job_submission import JobSubmissionClient
-
-        headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                JobSubmissionClient(address, headers=headers).list_jobs()
+        for _ in range(3):  # a port picked free can be taken before Ray binds it: start again on new ones
+            address = _start_head(ray, temp, Path(ray_temp), env, token.read_text().strip())
+            if address:
                 break
-            except Exception:
-                assert time.monotonic() < deadline, "the Ray dashboard did not come up"
-                time.sleep(1)
+            _stop_processes_of(temp)
+        else:
+            agent_log = Path(ray_temp) / "session_latest" / "logs" / "dashboard_agent.log"
+            tail = agent_log.read_text()[-3000:] if agent_log.is_file() else "(no agent log)"
+            raise AssertionError(f"the Ray head's Job API did not come up in 3 starts; agent log:\n{tail}")
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
         yield address
     finally:
         _stop_processes_of(temp)
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def _start_head(ray: str, temp: Path, ray_temp: Path, env: dict[str, str], token: str) -> str | None:
+    """Start the head and wait for its Job API: the dashboard answering and the job agent serving (an agent whose
+    HTTP port is taken stays alive without it, and every submission then fails with "No available agent").
+    Returns the dashboard address, or None if either did not come up."""
+    port, dashboard = _free_port(), _free_port()
+    (temp / GCS_PORT_FILE).write_text(str(port))  # how its stopper finds the processes that do not name `temp`
+    command = [
+        ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=8",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        f"--temp-dir={ray_temp}",
+        "--dashboard-agent-listen-port=0",  # the agent binds a free port itself: not Ray's fixed default
+    ]  # fmt: skip
+    if subprocess.run(command, capture_output=True, timeout=180, env=env).returncode != 0:
+        return None
+    from ray.job_submission import JobSubmissionClient
+
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        agent_ports = [p.read_text().strip() for p in (ray_temp / "session_latest").glob("dashboard_agent_listen_*")]
+        if agent_ports and "-1" in agent_ports:  # the agent wrote -1: its HTTP server (the job agent) failed
+            return None
+        with contextlib.suppress(Exception):
+            JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"}).list_jobs()
+            if agent_ports:
+                return address
+        time.sleep(1)
+    return None
 
 
 def _stop_processes_of(temp: Path) -> None:
