@@ -164,10 +164,12 @@ def quickstart(vlkd_cli, s3_endpoint, tmp_path_factory: pytest.TempPathFactory) 
     return QuickstartRun(store, env, root / "work", first)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    """One real local Ray for the session, with more logical CPUs than cores so trainers, Ray Data tasks and
-    actors never wait on each other (jobs call `ensure_ray`, which then reuses it)."""
+    """A real local Ray for the test module, with more logical CPUs than cores so trainers, Ray Data tasks and
+    actors never wait on each other (jobs call `ensure_ray`, which then reuses it). Per module, not per session:
+    an idle Ray's dozen processes (its workers included) cost about 5 CPU-seconds a minute, which a session's Ray
+    would spend for the rest of the suite in a pytest-xdist worker that has moved on to other files."""
     import ray
 
     ray.init(
@@ -213,7 +215,7 @@ SHORT_TRAINING = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def populate(ray_session, synth_root):
     """Fill a store with the synthetic dataset and what the stages make of it, up to `upto` (features, text,
     teacher or students), with the demo pixel encoders and `tiny` models trained for a few steps."""
@@ -385,7 +387,7 @@ def _stop_processes_of(temp: Path) -> None:
         for pid in members():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 5  # then SIGKILL: some of them take 15 s or more to end on SIGTERM
         while _alive(members()) and time.monotonic() < deadline:
             time.sleep(0.2)
 

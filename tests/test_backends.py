@@ -166,20 +166,28 @@ def ray_head(start_ray_head, ray_head_dir):
         yield address
 
 
+@pytest.fixture(scope="module")
+def text_job_on_head(
+    vlkd_cli, ray_head, synth_root, s3_endpoint, tmp_path_factory
+) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """(`vlkd submit text ... --wait` run once on the head with an S3 store, the environment that reaches that
+    store and the home that knows the job): read by the test of the run and by the test of what outlives the head."""
+    from conftest import _make_bucket
+
+    env = {
+        "VLKD_STORE": f"s3://{_make_bucket(s3_endpoint)}/vlkd",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "HOME": str(tmp_path_factory.mktemp("submitter-home")),  # set up before the tests' own home is
+    }
+    store = ArtifactStore.open(env["VLKD_STORE"], endpoint_url=s3_endpoint)
+    store.publish("dataset", "synth-text", collect_files([synth_root / "text"]))
+    submit = ["submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--backend", "ray", "--address", ray_head]
+    return vlkd_cli(*submit, "--wait", env=env), env
+
+
 @pytest.mark.slow
-def test_ray_backend_runs_a_stage_on_a_ray_head_with_an_s3_store(vlkd_cli, ray_head, s3_text_inputs):
-    submitted = vlkd_cli(
-        "submit",
-        "text",
-        "--spec",
-        str(EXAMPLES / "text.yaml"),
-        "--backend",
-        "ray",
-        "--address",
-        ray_head,
-        "--wait",
-        env=s3_text_inputs,
-    )
+def test_ray_backend_runs_a_stage_on_a_ray_head_with_an_s3_store(vlkd_cli, text_job_on_head):
+    submitted, s3_text_inputs = text_job_on_head
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job_id = submitted.stdout.splitlines()[0]
     assert "published corpus/tiny:v1" in submitted.stdout
@@ -277,12 +285,9 @@ def test_a_job_needing_gpus_on_a_cpu_only_ray_cluster_is_explained_as_pending(vl
 
 
 @pytest.mark.slow
-def test_logs_and_status_outlive_the_ray_cluster(vlkd_cli, ray_head, ray_head_dir, stop_ray_head, s3_text_inputs):
+def test_logs_and_status_outlive_the_ray_cluster(vlkd_cli, text_job_on_head, ray_head_dir, stop_ray_head):
     """The module's last test: it shuts the head down."""
-    submitted = vlkd_cli(
-        "submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--backend", "ray", "--address", ray_head, "--wait",
-        env=s3_text_inputs,
-    )  # fmt: skip
+    submitted, s3_text_inputs = text_job_on_head
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job_id = submitted.stdout.splitlines()[0]
     stop_ray_head(ray_head_dir)

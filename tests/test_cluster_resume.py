@@ -84,13 +84,21 @@ def _state(vlkd_cli, env, job_id: str) -> str:
     return vlkd_cli("status", job_id, env=env).stdout.split()[1]
 
 
-def test_a_killed_teacher_job_resubmitted_with_its_id_resumes_from_its_latest_checkpoint(
-    vlkd_cli, ray_head, datasets, tmp_path
-):
-    store = _store(datasets)
+@pytest.fixture(scope="module")
+def tiny_inputs(vlkd_cli, ray_head, datasets) -> dict[str, str]:
+    """The datasets' store once the tiny examples' preprocess and text jobs ran on the head: the teacher's inputs,
+    published once for the tests below (the pipeline's blocks are the same specs, so its runs skip them)."""
     for stage in ("preprocess", "text"):
         done = _submit(vlkd_cli, ray_head, datasets, stage, EXAMPLES / f"{stage}.yaml", "--wait")
         assert done.returncode == 0, done.stderr[-2000:]
+    return datasets
+
+
+def test_a_killed_teacher_job_resubmitted_with_its_id_resumes_from_its_latest_checkpoint(
+    vlkd_cli, ray_head, tiny_inputs, tmp_path
+):
+    datasets = tiny_inputs
+    store = _store(datasets)
     train = {"batch_size": 2, "max_steps": 60, "log_every": 5, "eval_every": 10, "checkpoint_every": 10, "val_size": 4}
     spec = _spec(tmp_path, "teacher", train=train)
     job_id = _submit(vlkd_cli, ray_head, datasets, "teacher", spec).stdout.strip()
@@ -155,10 +163,12 @@ def test_a_killed_preprocess_job_resubmitted_takes_its_finished_videos_from_the_
 
 
 def _small_pipeline(tmp_path: Path) -> Path:
-    """The tiny pipeline, named `cluster`, with a few steps per stage and one eval task and seed."""
+    """The tiny pipeline, named `cluster`, with a few steps per stage and one eval task and seed; its data stages
+    keep the name `tiny`, so they are the tiny examples' jobs (`tiny_inputs`)."""
     spec = yaml.safe_load((EXAMPLES / "pipeline.yaml").read_text())
     short = {"log_every": 5, "eval_every": 10, "checkpoint_every": 10, "val_size": 4}
     spec["name"] = "cluster"
+    spec["preprocess"]["name"] = spec["text"]["name"] = "tiny"
     spec["teacher"]["train"] = {**short, "batch_size": 2, "max_steps": 60}
     for student in spec["students"]:
         student["train"] = {**short, "batch_size": 4, "max_steps": 10}
@@ -170,11 +180,12 @@ def _small_pipeline(tmp_path: Path) -> Path:
 
 
 def test_a_pipeline_submitted_as_one_cluster_job_outlives_its_driver_and_resumes(
-    vlkd_cli, ray_head, datasets, tmp_path
+    vlkd_cli, ray_head, tiny_inputs, tmp_path
 ):
     """`vlkd pipeline submit` returns at once (the laptop may go); the pipeline's driver runs on the head. Killed
     while the teacher trains, the pipeline job resubmitted with its id skips what published, follows the teacher's
     job (which its driver's death did not stop), and runs the rest; any machine reads its progress from the store."""
+    datasets = tiny_inputs
     store = _store(datasets)
     spec = _small_pipeline(tmp_path)
     submit = ["pipeline", "submit", str(spec), "--backend", "ray", "--address", ray_head]
@@ -193,7 +204,7 @@ def test_a_pipeline_submitted_as_one_cluster_job_outlives_its_driver_and_resumes
     status = vlkd_cli("pipeline", "status", "cluster", "--store", datasets["VLKD_STORE"], env=elsewhere)
     assert status.returncode == 0, status.stderr
     lines = {line.split()[0]: line.split()[1:3] for line in status.stdout.splitlines()[1:]}
-    assert lines["preprocess"][0] == lines["text"][0] == "skipped", status.stdout  # published before the kill
+    assert lines["preprocess"][0] == lines["text"][0] == "skipped", status.stdout  # published before
     assert lines["teacher"] == ["succeeded", teacher_job], status.stdout
     assert all(lines[key][0] == "succeeded" for key in ("distill:tiny-nst-crd", "distill:tiny-baseline", "eval"))
     log = vlkd_cli("logs", job_id, "--store", datasets["VLKD_STORE"], env=elsewhere).stdout

@@ -253,13 +253,6 @@ def test_a_voken_student_distils_from_a_middle_frame_teacher(image_teacher, cont
 
 
 @pytest.mark.slow
-def test_two_workers_distil_with_one_voken_bank_built_by_rank_0(context):
-    options = {"voken": {"features": "features/synth", "bank_size": 4}}
-    spec = distill_spec(name="voken-ddp", kd={"voken": 1.0}, kd_options=options, resources={"num_workers": 2})
-    (manifest,) = distill.run(spec, context)
-    assert manifest.metrics["steps"] == 8 and "val_voken" in manifest.metrics
-
-
 def _nst_distance_to_teacher(context, language_model_dir, tokenizer) -> float:
     """Eq. 7's distance between a student's last hidden states (no distillation head: the baseline has none) and
     the teacher's, over the corpus's held-out split, through the distill task's own validation."""
@@ -300,11 +293,15 @@ def test_a_distilled_student_ends_nearer_the_teacher_than_the_baseline(context, 
 
 @pytest.fixture(scope="module")
 def submitted_job(store, s3_endpoint, vlkd_cli, tmp_path_factory) -> str:
-    """A real two-worker Ray Train job, submitted through the CLI as a user does (`vlkd submit ... --wait`)."""
+    """A real two-worker Ray Train job, submitted through the CLI as a user does (`vlkd submit ... --wait`): a
+    voken student, whose bank rank 0 builds and shares."""
     import yaml
 
     train = {**SHORT_TRAINING, "max_failures": 0}
-    spec = distill_spec(name="submitted", kd={}, teacher=None, resources={"num_workers": 2}, train=train)
+    options = {"voken": {"features": "features/synth", "bank_size": 4}}
+    spec = distill_spec(
+        name="submitted", kd={"voken": 1.0}, kd_options=options, resources={"num_workers": 2}, train=train
+    )
     folder = tmp_path_factory.mktemp("submitted")
     path = folder / "distill.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True) | {"stage": "distill"}))
@@ -312,6 +309,14 @@ def submitted_job(store, s3_endpoint, vlkd_cli, tmp_path_factory) -> str:
     submitted = vlkd_cli("submit", "distill", "--spec", str(path), "--store", store.uri, "--wait", env=env, timeout=300)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     return submitted.stdout.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_two_workers_distil_with_one_voken_bank_built_by_rank_0(store, submitted_job):
+    manifest = store.manifest("student/submitted")
+    assert manifest.job_id == submitted_job
+    assert manifest.metrics["steps"] == 8 and "val_voken" in manifest.metrics
+    assert manifest.parents[0] == "teacher/t:v1"
 
 
 @pytest.mark.slow
