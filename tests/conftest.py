@@ -33,6 +33,12 @@ TEST_CREDENTIALS = {
 # credentials are also the process's own from the start.
 os.environ.update(TEST_CREDENTIALS)
 
+# The suite runs three test processes (pytest-xdist) and the jobs and Ray workers they start on the same cores.
+# torch's default of one OpenMP thread per core oversubscribes them, and the threads spin waiting on each other:
+# three tiny BERT trainings at once on 2 cores took 187 CPU-s and 101 s with 2 threads each, 42 CPU-s and 21 s with
+# 1. One thread per process, set before torch loads, and inherited by every process a test starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 # The longest files, started first: with `-n` (pytest-xdist, `--dist loadfile`) the others fill the other workers
 # meanwhile, instead of one long file starting last and running alone.
