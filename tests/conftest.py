@@ -35,9 +35,9 @@ os.environ.update(TEST_CREDENTIALS)
 
 # The suite runs three test processes (pytest-xdist) and the jobs and Ray workers they start on the same cores, so
 # torch's OpenMP threads outnumber the cores, and by default a waiting thread spins: three tiny BERT trainings at once
-# on 2 cores took 187 CPU-s and 101 s with spinning threads, 43 CPU-s and 22 s with sleeping ones (PASSIVE), which
-# alone costs 1.3x (one thread per process instead: 1.6x). Set before torch loads; every process a test starts
-# inherits it.
+# on 2 cores took 187 CPU-s and 101 s with spinning threads, 43 CPU-s and 22 s with sleeping ones (PASSIVE); one
+# training alone on the machine takes 1.3x as long with sleeping threads (1.6x with one thread per process instead).
+# Set before torch loads; every process a test starts inherits it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -52,19 +52,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return FIRST.index(name) if name in FIRST else len(FIRST)
 
     items.sort(key=rank)  # stable: within a file, the file's own order
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Under pytest-xdist, the longest file (the quickstart's, which runs its stages one after another) is the
-    suite's critical path, while the CPU time of all the rest fits in less. Every other test's process gives way
-    to it (nice `GIVE_WAY`, inherited by the jobs and Ray it starts), so the cores go to the quickstart first and to the
-    rest in the gaps it leaves."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker and item.path.name != FIRST[0] and os.getpriority(os.PRIO_PROCESS, 0) < GIVE_WAY:
-        os.setpriority(os.PRIO_PROCESS, 0, GIVE_WAY)
-
-
-GIVE_WAY = 10
 
 
 @pytest.fixture(autouse=True)
