@@ -252,7 +252,6 @@ def test_a_voken_student_distils_from_a_middle_frame_teacher(image_teacher, cont
     assert "val_voken" in manifest.metrics and manifest.attributes["teacher"] == "teacher/t-image:v1"
 
 
-@pytest.mark.slow
 def _nst_distance_to_teacher(context, language_model_dir, tokenizer) -> float:
     """Eq. 7's distance between a student's last hidden states (no distillation head: the baseline has none) and
     the teacher's, over the corpus's held-out split, through the distill task's own validation."""
