@@ -353,7 +353,7 @@ def _start_head(ray: str, temp: Path, ray_temp: Path, env: dict[str, str], token
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         agent_ports = [p.read_text().strip() for p in (ray_temp / "session_latest").glob("dashboard_agent_listen_*")]
-        if agent_ports and "-1" in agent_ports:  # the agent wrote -1: its HTTP server (the job agent) failed
+        if "-1" in agent_ports:  # the agent wrote -1: its HTTP server (the job agent) failed
             return None
         with contextlib.suppress(Exception):
             JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"}).list_jobs()
