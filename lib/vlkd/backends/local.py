@@ -126,7 +126,9 @@ def _supervise(directory: Path, command: list[str]) -> int:
 def _finish(directory: Path, code: int, force: bool) -> None:
     """Record the outcome, then clear the job's process group; `force` also kills what ignores SIGTERM (and the
     supervisor with it: its work is done)."""
-    (directory / EXIT_CODE).write_text(str(code))
+    written = directory / f".{EXIT_CODE}.tmp"  # then renamed: `status` never reads a created but still empty file
+    written.write_text(str(code))
+    written.replace(directory / EXIT_CODE)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.killpg(0, signal.SIGTERM)
     if force:
