@@ -5,6 +5,8 @@ draws."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -21,6 +23,7 @@ from vlkd.joblog import (
     HEARTBEAT_SECONDS,
     LOST_AFTER,
     WORKER_BANNER,
+    JobRecorder,
     read_log,
     read_progress,
     read_state,
@@ -90,6 +93,36 @@ def test_output_reaches_the_store_while_the_job_runs_and_still_reaches_the_conso
     assert len(list(store.storage.list("jobs/job-1/log/"))) >= 2  # written in chunks, not once at the end
     state = read_state(store.storage, "job-1")
     assert state["state"] == ENDED and state["exit_code"] == 0
+
+
+def test_output_written_just_before_the_job_ends_is_not_lost(tmp_path, monkeypatch):
+    """The job's last lines and the stop can both come while the copying thread waits for output with nothing
+    there yet: it must drain them rather than take the stop for 'all copied' (a CI run once lost the last line)."""
+    import vlkd.joblog as joblog
+
+    recorder = JobRecorder(ArtifactStore.open((tmp_path / "store").as_uri()).storage, "job-1")
+    read_end, write_end = os.pipe()  # the job writes to `write_end`
+    console_read, console_write = os.pipe()  # where its output went before
+    recorder._pipes = {read_end: 1}
+    recorder._saved = {1: console_write}
+    waited = select.select
+    ended = []
+
+    def wait_that_the_job_ends_during(readers, writers, errors, timeout):
+        ready = waited(readers, writers, errors, timeout)
+        if not ready[0] and not ended:  # nothing yet: now the job writes its last line and stops, as __exit__ does
+            os.write(write_end, b"the last line\n")
+            recorder._stop.set()
+            ended.append(True)
+        return ready
+
+    monkeypatch.setattr(joblog.select, "select", wait_that_the_job_ends_during)
+    recorder._tee()
+
+    assert bytes(recorder._buffer) == b"the last line\n"
+    assert os.read(console_read, 100) == b"the last line\n"
+    for descriptor in (read_end, write_end, console_read, console_write):
+        os.close(descriptor)
 
 
 def test_the_exit_code_and_a_crash_traceback_are_recorded(tmp_path):

@@ -207,8 +207,11 @@ class JobRecorder:
         """Pass everything on to where the output went before, and keep a copy for the store."""
         open_ends = set(self._pipes)
         while open_ends:
+            # Read the flag before waiting: output written before it was set is then in the pipes and `select`
+            # sees it. Read after an empty wait, it could be set (and the last lines written) in between.
+            stopping = self._stop.is_set()
             ready, _, _ = select.select(list(open_ends), [], [], 0.1)
-            if not ready and self._stop.is_set():
+            if not ready and stopping:
                 return  # drained
             for read_end in ready:
                 data = os.read(read_end, 65536)
