@@ -185,6 +185,7 @@ def ray_session() -> Iterator[None]:
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": dict(TEST_CREDENTIALS)},
+        _system_config={"prestart_worker_first_driver": False},  # as `ensure_ray` starts a local Ray
     )
     yield
     ray.shutdown()

@@ -47,10 +47,11 @@ def long_text_spec(tmp_path: Path) -> Path:
 
 
 def wait_for(predicate, timeout: float = 120.0) -> None:
+    """Poll `predicate` (here a `vlkd` command: about a CPU-second each, so not more often than this)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.5)
+        time.sleep(2)
 
 
 def test_local_submit_wait_status_logs_and_list(vlkd_cli, text_inputs):

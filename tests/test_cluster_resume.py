@@ -84,6 +84,20 @@ def _state(vlkd_cli, env, job_id: str) -> str:
     return vlkd_cli("status", job_id, env=env).stdout.split()[1]
 
 
+def _head_state(ray_head: str, job_id: str) -> str:
+    """The job's state from the head's Job API, asked in this process: a wait loop's poll (a `vlkd status` process
+    costs about a CPU-second, a poll every fraction of one kept a core busy)."""
+    from vlkd.backends.ray import RayBackend
+
+    return RayBackend(ray_head).status(job_id, {}).state.value
+
+
+def _ends_failed(vlkd_cli, ray_head: str, env, job_id: str) -> None:
+    """Wait for the head to see the killed job fail, then check `vlkd status` says so."""
+    _wait_for(lambda: _head_state(ray_head, job_id) == "FAILED", timeout=60, poll=1)
+    assert _state(vlkd_cli, env, job_id) == "FAILED"
+
+
 @pytest.fixture(scope="module")
 def tiny_inputs(vlkd_cli, ray_head, datasets) -> dict[str, str]:
     """The datasets' store once the tiny examples' preprocess and text jobs ran on the head: the teacher's inputs,
@@ -107,12 +121,12 @@ def test_a_killed_teacher_job_resubmitted_with_its_id_resumes_from_its_latest_ch
         return [c for c in store.storage.children(f"checkpoints/{job_id}") if c.startswith("step-")]
 
     def checkpointed() -> bool:
-        assert vlkd_cli("status", job_id, env=datasets).stdout.split()[1] not in ("FAILED", "SUCCEEDED")
+        assert _head_state(ray_head, job_id) not in ("FAILED", "SUCCEEDED")
         return any(store.storage.exists(f"checkpoints/{job_id}/{c}/.complete") for c in checkpoints())
 
     _wait_for(checkpointed)
     _kill_driver("vlkd.jobs.teacher", job_id)
-    _wait_for(lambda: _state(vlkd_cli, datasets, job_id) == "FAILED", timeout=60, poll=1)
+    _ends_failed(vlkd_cli, ray_head, datasets, job_id)
     latest = max(int(c.removeprefix("step-")) for c in checkpoints())
     # The last step the killed run logged, from the head's copy of its output (the store's copy can lack the last
     # seconds: a SIGKILL leaves no time to upload them).
@@ -153,7 +167,7 @@ def test_a_killed_preprocess_job_resubmitted_takes_its_finished_videos_from_the_
     _kill_driver("vlkd.jobs.preprocess", job_id)
     done_before = finished_videos()
     assert done_before < 40, "the job finished before it could be killed"
-    _wait_for(lambda: _state(vlkd_cli, many_videos, job_id) == "FAILED", timeout=60, poll=1)
+    _ends_failed(vlkd_cli, ray_head, many_videos, job_id)
 
     again = _submit(vlkd_cli, ray_head, many_videos, "preprocess", spec, "--job-id", job_id, "--wait")
     assert again.returncode == 0, again.stderr[-2000:]
@@ -193,7 +207,7 @@ def test_a_pipeline_submitted_as_one_cluster_job_outlives_its_driver_and_resumes
     teacher_job = f"{job_id}-teacher"
     _wait_for(lambda: store.storage.children(f"checkpoints/{teacher_job}"), timeout=400)
     _kill_driver("vlkd.jobs.pipeline", job_id)
-    _wait_for(lambda: _state(vlkd_cli, datasets, job_id) == "FAILED", timeout=60, poll=1)
+    _ends_failed(vlkd_cli, ray_head, datasets, job_id)
 
     again = vlkd_cli(*submit, "--job-id", job_id, "--wait", env=datasets, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

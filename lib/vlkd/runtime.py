@@ -127,7 +127,15 @@ def ensure_ray(min_cpus: float = 0) -> bool:
         ray.init(address=address, log_to_driver=True)
         return False
     cpus = max(LOCAL_MIN_CPUS, os.cpu_count() or 1, int(min_cpus + 0.999) + 1)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    # Ray starts a worker process per logical CPU for the first driver by default; here the logical CPUs outnumber
+    # the cores on purpose (see LOCAL_MIN_CPUS), and a job uses a few workers: start them when tasks need them.
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=True,
+        _system_config={"prestart_worker_first_driver": False},
+    )
     return True
 
 
