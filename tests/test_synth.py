@@ -31,7 +31,8 @@ from vlkd.data.synth import (
     truncate_video,
     write_audio_only,
 )
-from vlkd.data.synth_world import COLOURS, MOTION_PHRASES, MOTIONS, SHAPES
+from vlkd.data.synth_video import _shape_mask, draw_frame
+from vlkd.data.synth_world import BACKGROUNDS, COLOURS, MOTION_PHRASES, MOTIONS, SHAPES, SIZE, Actor, position
 from vlkd.errors import VlkdError
 from vlkd.specs.evaluate import TaskName
 
@@ -149,6 +150,28 @@ def test_each_shape_moves_the_way_its_caption_says(dataset: SynthSummary) -> Non
                 expected_x, expected_y = MOTIONS[motion]
                 for moved, direction in ((dx, expected_x), (dy, expected_y)):
                     assert (moved * direction > 10) if direction else (abs(moved) < 3), (caption, colour, dx, dy)
+
+
+def test_a_frame_colours_exactly_the_pixels_inside_each_shape_also_near_and_past_the_edges() -> None:
+    """Shapes are drawn within their bounding boxes; the frame is the one whole-frame masks make, whatever the
+    frame size and wherever the shapes are (partly or wholly outside the frame included)."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        width, height = (int(v) for v in rng.choice([(32, 32), (128, 96), (34, 90)]))
+        actors = tuple(
+            Actor(str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), str(rng.choice(list(MOTIONS))),
+                  float(rng.uniform(-0.3, 1.3)), float(rng.uniform(-0.3, 1.3)))
+            for _ in range(int(rng.integers(1, 4)))
+        )  # fmt: skip
+        progress, background = float(rng.random()), str(rng.choice(list(BACKGROUNDS)))
+        expected = np.empty((height, width, 3), np.uint8)
+        expected[:] = BACKGROUNDS[background]
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        for actor in actors:
+            x, y = position(actor, progress)
+            inside = _shape_mask(actor.shape, xx, yy, x * width, y * height, SIZE * min(width, height))
+            expected[inside] = COLOURS[actor.colour]
+        assert (draw_frame(background, actors, progress, width, height) == expected).all(), actors
 
 
 def test_describe_rebuilds_every_caption_from_the_plans(dataset: SynthSummary) -> None:

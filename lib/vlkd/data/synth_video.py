@@ -7,6 +7,8 @@ let preprocessing tests check that unusable files are skipped, not fatal.
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,15 +32,30 @@ def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float
     raise ValueError(f"unknown shape {shape!r}; available: circle, square, triangle")
 
 
+@functools.cache
+def _pixel_grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) coordinates of every pixel, float32 [height, width] each; made once per frame size."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    return yy, xx
+
+
 def draw_frame(background: str, actors: tuple[Actor, ...], progress: float, width: int, height: int) -> np.ndarray:
-    """uint8 [height, width, 3] RGB: the actors at `progress` in [0, 1] of their segment, later ones on top."""
+    """uint8 [height, width, 3] RGB: the actors at `progress` in [0, 1] of their segment, later ones on top.
+    Each shape is drawn within its bounding box (every shape lies within its radius of its centre), which
+    colours exactly the pixels a whole-frame mask would, at a fraction of the cost."""
     frame = np.empty((height, width, 3), np.uint8)
     frame[:] = BACKGROUNDS[background]
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = _pixel_grid(width, height)
     radius = SIZE * min(width, height)
     for actor in actors:
         x, y = position(actor, progress)
-        frame[_shape_mask(actor.shape, xx, yy, x * width, y * height, radius)] = COLOURS[actor.colour]
+        cx, cy = x * width, y * height
+        top, bottom = max(0, math.floor(cy - radius)), min(height, math.ceil(cy + radius) + 1)
+        left, right = max(0, math.floor(cx - radius)), min(width, math.ceil(cx + radius) + 1)
+        if top >= bottom or left >= right:
+            continue  # wholly outside the frame
+        box = np.s_[top:bottom, left:right]
+        frame[box][_shape_mask(actor.shape, xx[box], yy[box], cx, cy, radius)] = COLOURS[actor.colour]
     return frame
 
 
