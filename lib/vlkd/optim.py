@@ -18,7 +18,8 @@ def build_optimizer(optim: OptimSpec, model: nn.Module) -> torch.optim.Optimizer
             (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     params = decay + no_decay
-    fused = bool(params) and all(p.is_cuda for p in params)  # one kernel for all parameters, not a loop over them
+    # One kernel for all parameters, not torch's default on a CPU (a Python loop over them): bench/optimizer.py.
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=fused or None)
 
 
