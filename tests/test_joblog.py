@@ -98,8 +98,6 @@ def test_output_reaches_the_store_while_the_job_runs_and_still_reaches_the_conso
 def test_output_written_just_before_the_job_ends_is_not_lost(tmp_path, monkeypatch):
     """The job's last lines and the stop can both come while the copying thread waits for output with nothing
     there yet: it must drain them rather than take the stop for 'all copied' (a CI run once lost the last line)."""
-    import vlkd.joblog as joblog
-
     recorder = JobRecorder(ArtifactStore.open((tmp_path / "store").as_uri()).storage, "job-1")
     read_end, write_end = os.pipe()  # the job writes to `write_end`
     console_read, console_write = os.pipe()  # where its output went before
@@ -116,7 +114,7 @@ def test_output_written_just_before_the_job_ends_is_not_lost(tmp_path, monkeypat
             ended.append(True)
         return ready
 
-    monkeypatch.setattr(joblog.select, "select", wait_that_the_job_ends_during)
+    monkeypatch.setattr(select, "select", wait_that_the_job_ends_during)
     recorder._tee()
 
     assert bytes(recorder._buffer) == b"the last line\n"
