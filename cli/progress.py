@@ -40,6 +40,8 @@ class StageReporter:
         self.verbose = verbose
         self.bars = err_console.is_terminal and not verbose
         self.width = key_width(keys)
+        self.started: float | None = None
+        """when the stage being followed began; None while none is (a stage that ended before it was followed)"""
 
     def follow(self, stage: Any, backend: Any, record: dict[str, Any]) -> Any:
         from vlkd.pipeline import wait_until_finished
@@ -53,8 +55,9 @@ class StageReporter:
         return wait_until_finished(backend, stage.job_id, record)
 
     def done(self, stage: Any) -> None:
-        if stage.state == "skipped" or not self.bars:
-            took = f"{time.monotonic() - self.started:5.0f} s" if stage.state != "skipped" else "       "
+        started, self.started = self.started, None
+        if started is None or not self.bars:  # a bar showed the followed stage
+            took = f"{time.monotonic() - started:5.0f} s" if started is not None else "       "
             outputs = ", ".join(stage.outputs)
             line = f"{stage.key:<{self.width}} {stage.state:<10} {took}  {outputs}"
             err_console.print(line.rstrip(), highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import pytest
@@ -80,6 +81,14 @@ def test_the_line_of_each_ended_stage_lines_up_with_the_runs_longest_key(monkeyp
     lines = out.getvalue().splitlines()
     assert len(lines) == 3 and len({line.index("skipped") for line in lines}) == 1
     assert lines[1].startswith("distill:tiny-kd-soft_label-crd-nst skipped")
+
+
+def test_a_stage_that_ended_without_being_followed_gets_its_line_on_a_terminal_too(terminal):
+    """A retried pipeline finds a stage its own job published meanwhile: no bar showed it, so a line does."""
+    reporter = cli_progress.StageReporter(verbose=False, keys=["teacher"])
+    reporter.bars = True
+    reporter.done(StageRun("teacher", "teacher", "succeeded", job_id=JOB, outputs=["teacher/t:v1"]))
+    assert re.search(r"^teacher +succeeded +teacher/t:v1$", terminal.getvalue(), re.M), terminal.getvalue()
 
 
 def test_the_bar_shows_done_total_unit_and_the_jobs_own_eta():

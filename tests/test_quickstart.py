@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from vlkd.artifacts import ArtifactStore
-from vlkd.errors import NotFoundError
+from vlkd.backends.base import JobState, JobStatus
+from vlkd.errors import NotFoundError, VlkdError
 from vlkd.evaluation.report import parse_tables
 from vlkd.joblog import read_log, read_state
 from vlkd.pipeline import PipelineRun, pin_refs
@@ -36,6 +37,63 @@ def test_pinning_names_the_versions_that_exist_now(store):
     assert pinned == {**spec, "videos": "dataset/d:v2", "tasks": [{"data": "dataset/d:v2"}]}
     with pytest.raises(NotFoundError, match="features/none-yet"):  # a missing input fails before anything runs
         pin_refs({"features": "features/none-yet"}, store)
+
+
+class FailingBackend:
+    """Every job it is given fails: a pipeline run stops at the first stage it has to submit."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, job) -> dict:
+        self.submitted.append(job.job_id)
+        return {}
+
+    def status(self, job_id: str, record: dict) -> JobStatus:
+        return JobStatus(job_id, JobState.FAILED)
+
+
+class QuietReporter:
+    def follow(self, stage, backend, record) -> JobState:
+        return backend.status(stage.job_id, record).state
+
+    def done(self, stage) -> None:
+        pass
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_retried_pipeline_job_counts_what_its_own_stage_job_published_meanwhile_as_that_jobs_success(
+    store, force
+):
+    """Its driver died; its preprocess job ran on and published. The retry shows that job's success (not a skip of
+    something published before), even forced, and goes on with the next stage."""
+    from vlkd.artifacts import collect_files
+    from vlkd.pipeline import run_pipeline, stage_job_id
+    from vlkd.pipelines import pipeline_file
+    from vlkd.specs import parse_spec
+
+    spec = load_spec(pipeline_file("tiny"))
+    for dataset in ("synth-videos", "synth-text"):
+        store.publish("dataset", dataset, collect_files([Path(__file__)]))
+    preprocess = dict(spec.stages())["preprocess"]
+    pinned = parse_spec(pin_refs(preprocess.model_dump(mode="json"), store), "preprocess")
+    own = stage_job_id("pipeline-job", "preprocess")
+    store.publish("features", "tiny", collect_files([Path(__file__)]), spec=pinned, job_id=own)
+    backend = FailingBackend()
+    with pytest.raises(VlkdError, match="stage text failed"):
+        run_pipeline(spec, store, backend, {}, QuietReporter(), force=force, job_id="pipeline-job")
+    stages = {stage.key: stage for stage in PipelineRun.load(spec.name, store.uri).stages}
+    assert (stages["preprocess"].state, stages["preprocess"].job_id) == ("succeeded", own)
+    assert stages["preprocess"].outputs == ["features/tiny:v1"]
+    assert backend.submitted == [stage_job_id("pipeline-job", "text")]
+
+    store.publish("features", "tiny", collect_files([Path(__file__)]), spec=pinned, job_id="an-earlier-job")
+    with pytest.raises(VlkdError, match="stage (preprocess|text) failed"):
+        run_pipeline(spec, store, backend, {}, QuietReporter(), force=force, job_id="pipeline-job")
+    state = PipelineRun.load(spec.name, store.uri).stages[0].state
+    assert state == ("failed" if force else "skipped")  # forced, another job's output is run again
 
 
 OUTPUTS = (

@@ -189,17 +189,19 @@ def _run_stage(
     key: str, spec: StageSpec, record: StageRun, run: PipelineRun, to: _Submitter, reporter: Reporter, force: bool
 ) -> None:
     """Skip the stage if its outputs exist for this pinned spec; else run it (or follow its job, still running from
-    an interrupted attempt) until it ends."""
+    an interrupted attempt) until it ends. Outputs that this pipeline job's own stage job published (it finished
+    while an earlier attempt's driver was down) are that job's success, not a skip, forced or not."""
     store, backend = to.store, to.backend
     pinned = parse_spec(pin_refs(spec.model_dump(mode="json"), store), spec.stage, key)
-    existing = None if force else outputs_of(pinned, store)
-    if existing is not None:
-        record.state, record.outputs = "skipped", [str(m.ref) for m in existing]
-        record.message = "already published for this spec and these inputs"
+    stage_id = stage_job_id(to.job_id, key) if to.job_id else None
+    existing = outputs_of(pinned, store)
+    if existing is not None and (ended := _published_before(existing, stage_id, force)):
+        record.state, record.message = ended
+        record.job_id = stage_id if record.state == "succeeded" else None
+        record.outputs = [str(m.ref) for m in existing]
         run.save(store)
         reporter.done(record)
         return
-    stage_id = stage_job_id(to.job_id, key) if to.job_id else None
     record.state, record.job_id = "running", stage_id
     if stage_id and _still_running(backend, stage_id):
         record.message = "followed: its job was still running"
@@ -221,6 +223,13 @@ def _run_stage(
     record.outputs = [str(m.ref) for m in outputs_of(pinned, store) or []]
     run.save(store)
     reporter.done(record)
+
+
+def _published_before(outputs: list[Manifest], stage_id: str | None, force: bool) -> tuple[str, str] | None:
+    """The state and message of a stage whose outputs exist for its pinned spec; None to run it (forced)."""
+    if stage_id and all(m.job_id == stage_id for m in outputs):
+        return "succeeded", "its job published before this attempt of the pipeline"
+    return None if force else ("skipped", "already published for this spec and these inputs")
 
 
 def _still_running(backend: Backend, job_id: str) -> bool:
