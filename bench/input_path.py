@@ -60,8 +60,8 @@ def input_rates(
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir)
     resources, prefetch = Resources(num_workers=0, read_tasks=read_tasks), TrainSpec().prefetch_batches
     configure_ray_data(resources)
-    features, _ = clip_datasets(store, "features/input", 64, 0, resources)
-    corpus, _ = corpus_datasets(store, "corpus/input", resources)
+    features, _ = clip_datasets(store, "features/input", 64, 0, resources, batch)
+    corpus, _ = corpus_datasets(store, "corpus/input", resources, batch)
     teacher = TeacherTask(teacher_task("tiny", tokenizer, "unmasked").spec, tokenizer, 2560)
     student = DistillTask(distill_task("tiny", tokenizer, {}, None).spec, tokenizer, None, None, None, 1)
     paths = {"teacher": (features["train"], teacher), "student": (corpus["train"], student)}

@@ -277,7 +277,7 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
     context.start_ray(spec.resources, extra_cpus=1)
     configure_ray_data(spec.resources)
-    datasets, info = corpus_datasets(store, spec.corpus, spec.resources)
+    datasets, info = corpus_datasets(store, spec.corpus, spec.resources, spec.train.batch_size)
     task = plan_task(spec, store, tokenizer, info.train_sequences)
     final = fit(
         task,

@@ -128,7 +128,9 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
     context.start_ray(spec.resources, extra_cpus=1)
     configure_ray_data(spec.resources)
-    datasets, info = clip_datasets(store, spec.features, spec.train.val_size, spec.seed, spec.resources)
+    datasets, info = clip_datasets(
+        store, spec.features, spec.train.val_size, spec.seed, spec.resources, spec.train.batch_size
+    )
     feature_dim = info.dim_2d if spec.visual_input == "middle_frame" else info.feature_dim
     task = TeacherTask(spec, tokenizer, feature_dim)
     place = RunPlace(store.storage, context.job_id)

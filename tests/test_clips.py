@@ -23,8 +23,10 @@ from vlkd.data.clips import (
     validation_videos,
 )
 from vlkd.data.corpus import pad_sequences
+from vlkd.data.ingest import MIN_PASS_BATCHES, passes_for
 from vlkd.errors import DataError
 from vlkd.inputs import open_input
+from vlkd.specs import Resources
 
 DIMS = (4, 2)
 
@@ -109,8 +111,16 @@ def test_validation_reads_only_the_shards_of_held_out_videos(features):
     split = held_out(source, info, 6, seed=0)
     clips = [c for p in split.shards for c in fmt.read_clips(source.read_bytes(p), info.feature_dim)]
     held = [c for c in clips if c.video_id in split.videos]
-    assert {c.video_id for c in held} == split.videos and len(held) >= 6
+    assert {c.video_id for c in held} == split.videos and len(held) >= 6 and split.clips == len(held)
     assert len(split.shards) < len(info.shards)
+
+
+def test_a_pass_over_a_small_split_reads_it_until_a_worker_gets_min_pass_batches_and_a_large_one_once():
+    one, two = Resources(num_workers=0), Resources(num_workers=2)
+    assert passes_for(704, 32, one) == 10 and 22 * 10 >= MIN_PASS_BATCHES > 22 * 9  # the quickstart teacher's split
+    assert passes_for(704, 32, two) == 19  # each of two workers gets half: 11 batches a read
+    assert passes_for(32 * MIN_PASS_BATCHES, 32, one) == 1 and passes_for(10**9, 32, two) == 1
+    assert passes_for(31, 32, one) == passes_for(63, 32, two) == 1  # no whole batch: once, to fail as a short shard
 
 
 def test_clip_features_are_padded_truncated_and_cut_to_the_2d_columns_of_the_middle_frame():

@@ -80,6 +80,26 @@ def test_the_text_only_baseline_comes_from_the_same_job(context, tmp_path):
     assert not any(f.path.startswith("kd_heads/") for f in manifest.files)
 
 
+def test_a_pass_over_a_small_corpus_is_its_sequences_in_order_as_often_as_passes_for_says(context):
+    from vlkd.data.corpus import corpus_datasets, corpus_info
+    from vlkd.data.ingest import MIN_PASS_BATCHES, configure_ray_data, passes_for
+    from vlkd.data.text import INDEX
+    from vlkd.inputs import open_input
+
+    spec = distill_spec()
+    source = open_input(str(spec.corpus), context.store)
+    batch = corpus_info(source).train_sequences // (MIN_PASS_BATCHES // 2)  # about half the batches a pass needs
+    configure_ray_data(spec.resources)
+    datasets, info = corpus_datasets(context.store, spec.corpus, spec.resources, batch)
+    passes = passes_for(info.train_sequences, batch, spec.resources)
+    rows = [list(r["input_ids"]) for r in datasets["train"].iter_rows()]
+    assert passes > 1 and len(rows) == info.train_sequences * passes
+    first = rows[: info.train_sequences]
+    assert all(rows[i * len(first) : (i + 1) * len(first)] == first for i in range(passes))
+    index = json.loads(source.read_bytes(INDEX))
+    assert datasets["validation"].count() == index["splits"]["validation"]["sequences"] > 0  # read once
+
+
 def test_the_teacher_is_frozen_and_never_trained(context):
     from transformers import BertTokenizerFast
 
@@ -89,7 +109,7 @@ def test_the_teacher_is_frozen_and_never_trained(context):
     spec = distill_spec()
     context.store.fetch("tokenizer/synth", context.scratch / "tok")
     tokenizer = BertTokenizerFast.from_pretrained(context.scratch / "tok", local_files_only=True)
-    datasets, info = corpus_datasets(context.store, spec.corpus, spec.resources)
+    datasets, info = corpus_datasets(context.store, spec.corpus, spec.resources, spec.train.batch_size)
     task = distill.plan_task(spec, context.store, tokenizer, info.train_sequences)
     student = task.build_model()
     optimizer = build_optimizer(spec.optim, student)
@@ -263,7 +283,7 @@ def _nst_distance_to_teacher(context, language_model_dir, tokenizer) -> float:
     task = distill.plan_task(spec, context.store, tokenizer, num_data=1)
     model = task.build_model().eval()
     model.student.language_model.load_state_dict(BertForMaskedLM.from_pretrained(language_model_dir).state_dict())
-    datasets, _ = corpus_datasets(context.store, spec.corpus, spec.resources)
+    datasets, _ = corpus_datasets(context.store, spec.corpus, spec.resources, spec.train.batch_size)
     batches = [task.collate(b) for b in datasets["validation"].iter_batches(batch_size=8, batch_format="pyarrow")]
     with torch.no_grad():
         return task.evaluate(model, batches)["val_nst"]

@@ -64,9 +64,7 @@ class QuietReporter:
 
 
 @pytest.mark.parametrize("force", [False, True])
-def test_a_retried_pipeline_job_counts_what_its_own_stage_job_published_meanwhile_as_that_jobs_success(
-    store, force
-):
+def test_a_retried_pipeline_job_counts_what_its_own_stage_job_published_meanwhile_as_that_jobs_success(store, force):
     """Its driver died; its preprocess job ran on and published. The retry shows that job's success (not a skip of
     something published before), even forced, and goes on with the next stage."""
     from vlkd.artifacts import collect_files
@@ -90,7 +88,7 @@ def test_a_retried_pipeline_job_counts_what_its_own_stage_job_published_meanwhil
     assert backend.submitted == [stage_job_id("pipeline-job", "text")]
 
     store.publish("features", "tiny", collect_files([Path(__file__)]), spec=pinned, job_id="an-earlier-job")
-    with pytest.raises(VlkdError, match="stage (preprocess|text) failed"):
+    with pytest.raises(VlkdError, match=r"stage (preprocess|text) failed"):
         run_pipeline(spec, store, backend, {}, QuietReporter(), force=force, job_id="pipeline-job")
     state = PipelineRun.load(spec.name, store.uri).stages[0].state
     assert state == ("failed" if force else "skipped")  # forced, another job's output is run again

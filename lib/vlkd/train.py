@@ -91,6 +91,7 @@ class TrainState:
     resumed_from: list[int] = field(default_factory=list)
     """the steps this run was resumed at (after a lost worker or a resubmission)"""
     epoch: int = 0
+    """passes over the training dataset done (a small split's pass holds several epochs: `passes_for`)"""
     epoch_batches: int = 0
     """batches of `epoch` already trained on: a resumed run skips them, so it sees the batches it would have"""
     window_micro: int = 0
@@ -348,7 +349,7 @@ class Loop:
         self._report_progress(rate=None)
         while not self._finished():
             batches = 0
-            seed = self.seed + state.epoch  # the epoch's shuffle: the same batches in the same order on a rerun
+            seed = self.seed + state.epoch  # the pass's shuffle: the same batches in the same order on a rerun
             for batch in train_batches(
                 self.train_shard, self.task, train.batch_size, self.device, train.prefetch_batches, seed
             ):

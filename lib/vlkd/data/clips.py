@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.data import features as fmt
-from vlkd.data.ingest import shard_dataset
+from vlkd.data.ingest import passes_for, shard_dataset
 from vlkd.errors import DataError
 from vlkd.inputs import InputSource, open_input
 from vlkd.refs import ArtifactRef
@@ -48,6 +48,7 @@ class HeldOut:
 
     videos: frozenset[str]
     shards: tuple[str, ...]
+    clips: int
 
 
 def features_info(source: InputSource) -> FeaturesInfo:
@@ -126,16 +127,22 @@ def sample_videos(source: InputSource, size: int, seed: int) -> list[str]:
 
 def shards_holding(source: InputSource, info: FeaturesInfo, videos: frozenset[str]) -> tuple[str, ...]:
     """The shards that hold clips of `videos`, from each video's clip offset in shard order."""
+    return _where(source, info, videos)[0]
+
+
+def _where(source: InputSource, info: FeaturesInfo, videos: frozenset[str]) -> tuple[tuple[str, ...], int]:
+    """The shards that hold clips of `videos`, and how many clips they have."""
     ends = list(itertools.accumulate(info.shard_clips))
     wanted: set[int] = set()
-    offset = 0
+    offset = held = 0
     with video_clip_counts(source) as counts:
         for video_id, clips in counts:
             if video_id in videos and clips:
                 first, last = bisect.bisect_right(ends, offset), bisect.bisect_right(ends, offset + clips - 1)
                 wanted.update(range(first, last + 1))
+                held += clips
             offset += clips
-    return tuple(info.shards[i] for i in sorted(wanted))
+    return tuple(info.shards[i] for i in sorted(wanted)), held
 
 
 def held_out(source: InputSource, info: FeaturesInfo, val_clips: int, seed: int) -> HeldOut:
@@ -143,7 +150,7 @@ def held_out(source: InputSource, info: FeaturesInfo, val_clips: int, seed: int)
     stage's retrieval use the same one)."""
     with video_clip_counts(source) as counts:
         videos = validation_videos(counts, val_clips, seed)
-    return HeldOut(videos, shards_holding(source, info, videos) if videos else ())
+    return HeldOut(videos, *_where(source, info, videos)) if videos else HeldOut(videos, (), 0)
 
 
 CLIP_COLUMNS = ["text", "num_frames", "features"]
@@ -166,19 +173,20 @@ def _shard_clips(path: str, source: InputSource, held: frozenset[str], inside: b
 
 
 def clip_datasets(
-    store: ArtifactStore, ref: ArtifactRef | str, val_size: int, seed: int, resources: Resources
+    store: ArtifactStore, ref: ArtifactRef | str, val_size: int, seed: int, resources: Resources, batch_size: int
 ) -> tuple[dict[str, Any], FeaturesInfo]:
-    """Ray Data datasets {"train", "validation"} of Arrow rows `CLIP_COLUMNS` (`clip_features` pads them)."""
+    """Ray Data datasets {"train", "validation"} of Arrow rows `CLIP_COLUMNS` (`clip_features` pads them); a pass
+    over "train" reads its clips `passes_for` its size and `batch_size` times."""
     source = open_input(str(ref), store)
     info = features_info(source)
     validation = held_out(source, info, val_size, seed)
 
-    def split(shards: tuple[str, ...], inside: bool) -> Any:
-        return shard_dataset(
-            shards, partial(_shard_clips, source=source, held=validation.videos, inside=inside), resources
-        )
+    def split(shards: tuple[str, ...], inside: bool, passes: int = 1) -> Any:
+        read = partial(_shard_clips, source=source, held=validation.videos, inside=inside)
+        return shard_dataset(shards, read, resources, passes)
 
-    datasets = {"train": split(info.shards, False), "validation": split(validation.shards, True)}
+    passes = passes_for(sum(info.shard_clips) - validation.clips, batch_size, resources)
+    datasets = {"train": split(info.shards, False, passes), "validation": split(validation.shards, True)}
     return datasets, info
 
 

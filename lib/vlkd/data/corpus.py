@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlkd.artifacts import ArtifactStore
-from vlkd.data.ingest import shard_dataset
+from vlkd.data.ingest import passes_for, shard_dataset
 from vlkd.data.text import FORMAT, INDEX
 from vlkd.errors import DataError
 from vlkd.inputs import InputSource, open_input
@@ -51,13 +51,18 @@ def _shard_sequences(path: str, source: InputSource) -> Iterator[pa.Table]:
 
 
 def corpus_datasets(
-    store: ArtifactStore, ref: ArtifactRef | str, resources: Resources
+    store: ArtifactStore, ref: ArtifactRef | str, resources: Resources, batch_size: int
 ) -> tuple[dict[str, Any], CorpusInfo]:
-    """Ray Data datasets {"train", "validation"} of Arrow rows {input_ids list<int32>}, in shard order."""
+    """Ray Data datasets {"train", "validation"} of Arrow rows {input_ids list<int32>}, in shard order; a pass over
+    "train" reads its sequences `passes_for` its size and `batch_size` times."""
     source = open_input(str(ref), store)
     info = corpus_info(source)
     read = partial(_shard_sequences, source=source)
-    datasets = {split: shard_dataset(paths, read, resources) for split, paths in info.shards.items()}
+    passes = passes_for(info.train_sequences, batch_size, resources)
+    datasets = {
+        split: shard_dataset(paths, read, resources, passes if split == "train" else 1)
+        for split, paths in info.shards.items()
+    }
     return datasets, info
 
 

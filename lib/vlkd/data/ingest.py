@@ -31,16 +31,30 @@ ShardReader = Callable[[str], Iterable[Any]]
 """A shard's path -> its rows as Arrow tables (or dicts of numpy arrays), a batch at a time."""
 
 
-def shard_dataset(shards: Sequence[str], read: ShardReader, resources: Resources) -> Any:
-    """A Ray Data dataset of what `read` gives for each shard, in shard order, read by at most
+def shard_dataset(shards: Sequence[str], read: ShardReader, resources: Resources, passes: int = 1) -> Any:
+    """A Ray Data dataset of what `read` gives for each shard, in shard order (`passes` times over), read by at most
     `resources.read_tasks` tasks at once per training worker. Each task holds about one shard, so this and the
     data buffer bound the input path's memory; left to itself Ray Data runs a task per CPU and shard."""
     import ray.data
 
     tasks = min(len(shards), resources.read_tasks * max(1, resources.num_workers))
     pool = ray.data.TaskPoolStrategy(size=max(1, tasks))
-    paths = ray.data.from_items([{"path": path} for path in shards])
+    paths = ray.data.from_items([{"path": path} for _ in range(passes) for path in shards])
     return paths.map_batches(partial(_read_each, read=read), batch_size=1, compute=pool)
+
+
+MIN_PASS_BATCHES = 200
+"""Batches a worker trains on per pass over the training dataset, at least: each pass is a Ray Data execution
+(an executor, read tasks, a shuffle buffer filling up), about 0.1 s on a quiet 2-core CPU and seconds on a busy
+one. A split of a few batches (a toy run's) would pay that every few steps."""
+
+
+def passes_for(rows: int, batch_size: int, resources: Resources) -> int:
+    """How many times one pass over the training dataset reads a split of `rows`: once when a worker gets at least
+    MIN_PASS_BATCHES batches of it (any real corpus), else as often as that takes. Once also when a worker gets no
+    whole batch, so training still stops with the short-shard error instead of batching repeats of a few rows."""
+    batches = rows // (batch_size * max(1, resources.num_workers))
+    return -(-MIN_PASS_BATCHES // batches) if batches else 1
 
 
 def _read_each(batch: dict[str, Any], read: ShardReader) -> Iterator[Any]:
