@@ -15,7 +15,7 @@ from rich.table import Table
 from vlkd.cli.artifacts import Store
 from vlkd.cli.output import console, err_console
 from vlkd.errors import VlkdError
-from vlkd.specs import STAGES, load_spec
+from vlkd.specs import STAGES
 
 log = logging.getLogger("vlkd.cli")
 JOB_STAGES = tuple(s for s in STAGES if s != "pipeline")
@@ -25,6 +25,8 @@ Address = Annotated[Optional[str], typer.Option(help="ray: the dashboard address
 Context = Annotated[Optional[str], typer.Option(help="k8s: kubeconfig context [default: current]")]  # noqa: UP045
 Namespace = Annotated[Optional[str], typer.Option(help="k8s: namespace [default: the context's]")]  # noqa: UP045
 Image = Annotated[Optional[str], typer.Option(help="container image [default: the spec's, else vlkd's]")]  # noqa: UP045
+_PENDING_HELP = "with --wait: seconds a job may stay pending before vlkd says why"
+PendingNotice = Annotated[float, typer.Option("--pending-notice", help=_PENDING_HELP, min=0)]
 SpecFile = Annotated[Path, typer.Option("--spec", "-f", help="the stage's spec (YAML)", show_default=False)]
 
 
@@ -35,13 +37,11 @@ def _options(backend: str, address: str | None, context: str | None, namespace: 
 
 
 def _prepare(stage: str, spec_file: Path, store: str | None, backend: str, image: str | None, job_id: str | None):
-    from vlkd.backends.submission import job_store, prepare
+    from vlkd.backends.submission import prepare_file
 
     if stage not in JOB_STAGES:
         raise VlkdError(f"unknown stage {stage!r}; available: {', '.join(JOB_STAGES)}")
-    spec = load_spec(spec_file, stage)  # an invalid spec is never submitted
-    artifacts = job_store(spec, store)
-    return prepare(stage, spec, spec_file, artifacts, backend, image, job_id), artifacts
+    return prepare_file(stage, spec_file, store, backend, image, job_id)
 
 
 def submit(
@@ -55,9 +55,7 @@ def submit(
     store: Store = None,
     job_id: str = typer.Option(None, "--job-id", help="resume an interrupted job: give its id again"),
     wait: bool = typer.Option(False, "--wait", "-w", help="follow the logs and exit with the job's outcome"),
-    pending_notice: float = typer.Option(
-        60, "--pending-notice", help="with --wait: seconds a job may stay pending before vlkd says why", min=0
-    ),
+    pending_notice: PendingNotice = 60,
 ) -> None:
     """Validate SPEC and submit the STAGE job; prints its id."""
     from vlkd.backends import get_backend

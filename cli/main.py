@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from vlkd import __version__
@@ -59,10 +58,10 @@ def main() -> None:
     """Run the CLI; user errors print one line (no traceback) and exit non-zero."""
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # a usage error: which option or argument, and what is wrong with it
+        print_error(exc.format_message())
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print_error("aborted")
         sys.exit(130)
     except VlkdError as exc:

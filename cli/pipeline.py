@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from vlkd.cli.artifacts import Store
-from vlkd.cli.jobs import Address, BackendName, Context, Image, Namespace, _follow, _options
+from vlkd.cli.jobs import Address, BackendName, Context, Image, Namespace, PendingNotice, _follow, _options
 from vlkd.cli.output import console, err_console
 from vlkd.errors import VlkdError
 
@@ -63,32 +63,25 @@ def submit(
     store: Store = None,
     job_id: str = typer.Option(None, "--job-id", help="resume an interrupted pipeline job: give its id again"),
     wait: bool = typer.Option(False, "--wait", "-w", help="follow its log and exit with its outcome"),
+    pending_notice: PendingNotice = 60,
 ) -> None:
     """Send the whole pipeline to a cluster as one job: its driver runs there and submits each stage to the same
     Ray cluster, so this machine may disconnect. Prints the pipeline job's id."""
     from vlkd.backends import get_backend
-    from vlkd.backends.submission import job_store, prepare
     from vlkd.backends.submission import submit as send
-    from vlkd.specs import load_spec
 
-    if backend == "local":
-        raise VlkdError(
-            "`pipeline submit` sends the pipeline to a cluster (--backend ray or k8s); here, use `vlkd pipeline run`"
-        )
-    pipeline = load_spec(spec, "pipeline")
-    artifacts = job_store(pipeline, store)
+    job, artifacts = _pipeline_job(spec, store, backend, image, job_id)
     options = _options(backend, address, context, namespace)
-    job = prepare("pipeline", pipeline, spec, artifacts, backend, image, job_id)
     send(get_backend(backend, **options), options, job, spec.read_text(), artifacts)
     err_console.print(
-        f"submitted pipeline {pipeline.name} as job {job.job_id} to {backend}; from any machine: `vlkd pipeline "
-        f"status {pipeline.name} --store {artifacts.uri}`, `vlkd logs {job.job_id} --store {artifacts.uri}`",
+        f"submitted pipeline {job.spec.name} as job {job.job_id} to {backend}; from any machine: `vlkd pipeline "
+        f"status {job.spec.name} --store {artifacts.uri}`, `vlkd logs {job.job_id} --store {artifacts.uri}`",
         highlight=False,
         soft_wrap=True,
     )
     typer.echo(job.job_id)
     if wait:
-        raise typer.Exit(_follow(job.job_id, pending_notice=60))
+        raise typer.Exit(_follow(job.job_id, pending_notice))
 
 
 @app.command()
@@ -111,14 +104,11 @@ def render(
 
 def _pipeline_job(spec_file: Path, store: str | None, backend: str, image: str | None, job_id: str | None):
     """The pipeline job's description (validated spec, its store) and the store."""
-    from vlkd.backends.submission import job_store, prepare
-    from vlkd.specs import load_spec
+    from vlkd.backends.submission import prepare_file
 
     if backend == "local":
         raise VlkdError("a pipeline job runs on a cluster (--backend ray or k8s): here, `vlkd pipeline run`")
-    pipeline = load_spec(spec_file, "pipeline")
-    artifacts = job_store(pipeline, store)
-    return prepare("pipeline", pipeline, spec_file, artifacts, backend, image, job_id), artifacts
+    return prepare_file("pipeline", spec_file, store, backend, image, job_id)
 
 
 @app.command()

@@ -186,6 +186,20 @@ def test_validate_of_a_missing_file(vlkd_cli, tmp_path):
     assert result.returncode == 2 and result.stdout.startswith("cannot read")
 
 
+def test_a_pipeline_job_is_refused_on_the_local_backend_and_both_submits_refuse_a_negative_pending_notice(vlkd_cli):
+    pipeline = str(EXAMPLES / "tiny" / "pipeline.yaml")
+    refused = "a pipeline job runs on a cluster (--backend ray or k8s): here, `vlkd pipeline run`"
+    assert_one_line_error(vlkd_cli("pipeline", "submit", pipeline, "--backend", "local"), refused, 1)
+    for command in (["pipeline", "submit", pipeline], ["submit", "text", "-f", str(EXAMPLES / "tiny" / "text.yaml")]):
+        negative = vlkd_cli(*command, "--pending-notice", "-1")
+        assert_one_line_error(negative, "Invalid value for '--pending-notice': Input should be greater than", 2)
+
+
+def test_a_usage_error_is_one_line_naming_the_option_or_command(vlkd_cli):
+    assert_one_line_error(vlkd_cli("submit", "text"), "Missing option '--spec' / '-f'.", 2)
+    assert_one_line_error(vlkd_cli("nosuch"), "No such command 'nosuch'.", 2)
+
+
 def test_schema_prints_json_schema(vlkd_cli):
     result = vlkd_cli("schema", "distill")
     schema = json.loads(result.stdout)

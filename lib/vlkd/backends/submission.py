@@ -35,6 +35,18 @@ def job_store(spec: StageSpec, store_uri: str | None) -> ArtifactStore:
     return ArtifactStore.open()
 
 
+def prepare_file(
+    stage: str, spec_file: Path, store_uri: str | None, backend: str, image: str | None, job_id: str | None
+) -> tuple[JobDescription, ArtifactStore]:
+    """The job of a spec file and the store it publishes to (`job_store`). The spec is validated here, so an
+    invalid one is never submitted."""
+    from vlkd.specs import load_spec
+
+    spec = load_spec(spec_file, stage)
+    store = job_store(spec, store_uri)
+    return prepare(stage, spec, spec_file, store, backend, image, job_id), store
+
+
 def prepare(
     stage: str,
     spec: StageSpec,
