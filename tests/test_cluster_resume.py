@@ -198,7 +198,8 @@ def test_a_pipeline_submitted_as_one_cluster_job_outlives_its_driver_and_resumes
 ):
     """`vlkd pipeline submit` returns at once (the laptop may go); the pipeline's driver runs on the head. Killed
     while the teacher trains, the pipeline job resubmitted with its id skips what published, follows the teacher's
-    job (which its driver's death did not stop), and runs the rest; any machine reads its progress from the store."""
+    job (which its driver's death did not stop; had it published meanwhile, the retry shows that job's success), and
+    runs the rest; any machine reads its progress from the store."""
     datasets = tiny_inputs
     store = _store(datasets)
     spec = _small_pipeline(tmp_path)
