@@ -39,6 +39,24 @@ def test_pinning_names_the_versions_that_exist_now(store):
         pin_refs({"features": "features/none-yet"}, store)
 
 
+def test_a_stage_submitted_alone_with_unpinned_refs_is_skipped_by_a_pipeline_while_its_inputs_are_unchanged(store):
+    """`vlkd submit text` with `corpus: dataset/c` read `dataset/c:v1`; a pipeline pins the same block to
+    `dataset/c:v1`, so it skips the stage, and runs it again once `dataset/c:v2` exists."""
+    from vlkd.artifacts import collect_files
+    from vlkd.pipeline import outputs_of
+    from vlkd.specs import parse_spec
+
+    folder = Path(__file__).parent
+    written = {"stage": "text", "name": "c", "corpus": "dataset/c", "tokenizer": {"vocab_size": 512}}
+    spec = parse_spec(written)
+    store.publish("dataset", "c", collect_files([folder / "test_refs.py"]))
+    for kind in ("tokenizer", "corpus"):
+        store.publish(kind, "c", collect_files([folder / "test_specs.py"]), spec=spec, parents=["dataset/c"])
+    assert [m.parents for m in outputs_of(parse_spec(pin_refs(written, store)), store)] == [["dataset/c:v1"]] * 2
+    store.publish("dataset", "c", collect_files([folder / "test_specs.py"]))
+    assert outputs_of(parse_spec(pin_refs(written, store)), store) is None  # made from v1, not from v2
+
+
 class FailingBackend:
     """Every job it is given fails: a pipeline run stops at the first stage it has to submit."""
 

@@ -17,6 +17,7 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,20 +97,32 @@ def stage_job_id(pipeline_job_id: str, key: str) -> str:
 
 def pin_refs(value: Any, store: ArtifactStore) -> Any:
     """Every artifact ref in a spec's data, pinned to the version it names now."""
+    return _map_refs(value, lambda ref: str(store.resolve(ref)))
+
+
+def as_consumed(manifest: Manifest) -> dict[str, Any] | None:
+    """The spec a version was made for, each ref pinned to the version its job read (the manifest's parents): a job
+    submitted with `dataset/x` that read `dataset/x:v3` made it for `dataset/x:v3`, as a pipeline pins it."""
+    parents = {ArtifactRef.parse(parent).path: parent for parent in manifest.parents}
+    return _map_refs(manifest.spec, lambda ref: parents.get(ref.path) if ref.version is None else None)
+
+
+def _map_refs(value: Any, pin: Callable[[ArtifactRef], str | None]) -> Any:
+    """A spec's data with each artifact ref replaced by what `pin` makes of it (None: left as written)."""
     if isinstance(value, dict):
-        return {k: pin_refs(v, store) for k, v in value.items()}
+        return {k: _map_refs(v, pin) for k, v in value.items()}
     if isinstance(value, list):
-        return [pin_refs(v, store) for v in value]
+        return [_map_refs(v, pin) for v in value]
     if isinstance(value, str) and "/" in value and value.split("/", 1)[0] in KINDS:
         try:
-            return str(store.resolve(ArtifactRef.parse(value)))
+            return pin(ArtifactRef.parse(value)) or value
         except RefError:
             return value
     return value
 
 
 def outputs_of(spec: StageSpec, store: ArtifactStore) -> list[Manifest] | None:
-    """The artifacts this exact spec already published (the latest version of each output), or None."""
+    """The artifacts this exact pinned spec already published (the latest version of each output), or None."""
     wanted = spec.model_dump(mode="json")
     found = []
     for kind in type(spec).outputs:
@@ -117,7 +130,7 @@ def outputs_of(spec: StageSpec, store: ArtifactStore) -> list[Manifest] | None:
             manifest = store.manifest(ArtifactRef(kind, spec.name))
         except NotFoundError:
             return None
-        if manifest.spec != wanted:
+        if as_consumed(manifest) != wanted:
             return None
         found.append(manifest)
     return found
