@@ -35,9 +35,11 @@ os.environ.update(TEST_CREDENTIALS)
 
 # The suite runs three test processes (pytest-xdist) and the jobs and Ray workers they start on the same cores, so
 # torch's OpenMP threads outnumber the cores, and by default a waiting thread spins: three tiny BERT trainings at once
-# on 2 cores took 187 CPU-s and 101 s with spinning threads, 43 CPU-s and 22 s with sleeping ones (PASSIVE); one
-# training alone on the machine takes 1.3x as long with sleeping threads (1.6x with one thread per process instead).
-# Set before torch loads; every process a test starts inherits it.
+# on 2 cores took 187 CPU-s and 101 s with spinning threads, 43 CPU-s and 22 s with sleeping ones (PASSIVE). One
+# thread per process does better still at the tests' sizes (100 steps of a 2-layer BERT, batch 32 x 32): alone
+# 26.4 ms a step and 26.4 ms CPU, against 35.9 ms and 41.3 ms CPU with two sleeping threads; three at once 22.8
+# CPU-s and 11.7 s, against 26.0 CPU-s and 13.2 s. Set before torch loads; every process a test starts inherits it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
