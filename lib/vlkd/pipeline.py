@@ -100,7 +100,7 @@ def pin_refs(value: Any, store: ArtifactStore) -> Any:
     return _map_refs(value, lambda ref: str(store.resolve(ref)))
 
 
-def as_consumed(manifest: Manifest) -> dict[str, Any] | None:
+def _as_consumed(manifest: Manifest) -> dict[str, Any] | None:
     """The spec a version was made for, each ref pinned to the version its job read (the manifest's parents): a job
     submitted with `dataset/x` that read `dataset/x:v3` made it for `dataset/x:v3`, as a pipeline pins it."""
     parents = {ArtifactRef.parse(parent).path: parent for parent in manifest.parents}
@@ -130,7 +130,7 @@ def outputs_of(spec: StageSpec, store: ArtifactStore) -> list[Manifest] | None:
             manifest = store.manifest(ArtifactRef(kind, spec.name))
         except NotFoundError:
             return None
-        if as_consumed(manifest) != wanted:
+        if _as_consumed(manifest) != wanted:
             return None
         found.append(manifest)
     return found

@@ -127,10 +127,12 @@ def sample_videos(source: InputSource, size: int, seed: int) -> list[str]:
 
 def shards_holding(source: InputSource, info: FeaturesInfo, videos: frozenset[str]) -> tuple[str, ...]:
     """The shards that hold clips of `videos`, from each video's clip offset in shard order."""
-    return _where(source, info, videos)[0]
+    return _shards_and_clips_of(source, info, videos)[0]
 
 
-def _where(source: InputSource, info: FeaturesInfo, videos: frozenset[str]) -> tuple[tuple[str, ...], int]:
+def _shards_and_clips_of(
+    source: InputSource, info: FeaturesInfo, videos: frozenset[str]
+) -> tuple[tuple[str, ...], int]:
     """The shards that hold clips of `videos`, and how many clips they have."""
     ends = list(itertools.accumulate(info.shard_clips))
     wanted: set[int] = set()
@@ -150,7 +152,7 @@ def held_out(source: InputSource, info: FeaturesInfo, val_clips: int, seed: int)
     stage's retrieval use the same one)."""
     with video_clip_counts(source) as counts:
         videos = validation_videos(counts, val_clips, seed)
-    return HeldOut(videos, *_where(source, info, videos)) if videos else HeldOut(videos, (), 0)
+    return HeldOut(videos, *_shards_and_clips_of(source, info, videos)) if videos else HeldOut(videos, (), 0)
 
 
 CLIP_COLUMNS = ["text", "num_frames", "features"]
