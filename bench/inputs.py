@@ -88,20 +88,23 @@ class Inputs:
         write_sst2(folder, random.Random(0), examples, 200)
         self.store.publish("dataset", name, collect_files([folder]))
 
-    def models(self, tokenizer: Path) -> None:
-        """A teacher and a student of random weights (`tiny`), for the distill and eval stages."""
+    def models(self, tokenizer: Path, max_frames: int) -> None:
+        """A teacher and a student of random weights (`tiny`), for the distill and eval stages. The teacher's manifest
+        keeps the spec of its shape and frames, as a trained one does (the voken bank reads it: `trained_with`)."""
         import torch
 
         from vlkd.models.student import Student
         from vlkd.models.teacher import Teacher
-        from vlkd.specs import ModelShape
+        from vlkd.specs import ModelShape, parse_spec
 
         torch.manual_seed(0)
         shape, vocab = ModelShape(preset="tiny"), len(textdata.load_vocab_tokenizer(tokenizer / "vocab.txt", True))
         teacher = self._folder("teacher")
         Teacher.build(shape, shape, vocab, sum(DIMS)).save(teacher, tokenizer)
         (teacher / "teacher.json").write_text(json.dumps({"feature_dim": sum(DIMS)}))
-        self.store.publish("teacher", "scale", collect_files([teacher]), parents=[TOKENIZER])
+        spec = {"features": "features/scale", "tokenizer": TOKENIZER, "model": "tiny", "max_frames": max_frames}
+        spec = parse_spec({"stage": "teacher", "name": "scale", **spec})
+        self.store.publish("teacher", "scale", collect_files([teacher]), spec=spec, parents=[TOKENIZER])
         student = self._folder("student")
         Student.build(shape, vocab, None).save(student, tokenizer)
         self.store.publish("student", "scale", collect_files([student]), parents=[TOKENIZER])

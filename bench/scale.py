@@ -237,7 +237,7 @@ def main() -> None:
         inputs = Inputs(store, work)
         tokenizer = inputs.tokenizer()
         os.replace(tokenizer, work / "tokenizer")
-        inputs.models(work / "tokenizer")
+        inputs.models(work / "tokenizer", FRAMES_PER_CLIP)
         header = f"{'stage':<11}{'rows N':>8}{'rows xF':>9}{'peak MB N':>11}{'peak MB xF':>12}{'ratio':>7}"
         header += f"{'store MB N':>12}{'store MB xF':>13}"
         print(header + f"{'rate N':>10}{'rate xF':>10}{'wall s N':>10}{'wall s xF':>11}  unit", flush=True)
