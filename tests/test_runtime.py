@@ -1,0 +1,81 @@
+"""Starting a job's local Ray: on a busy machine the raylet can miss Ray's fixed 30 s start window."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from vlkd.runtime import LOCAL_START_ATTEMPTS, ensure_ray
+
+TIMED_OUT = (
+    "The current node timed out during startup. This could happen because some of the raylet failed to startup or "
+    "the GCS has become overloaded."
+)
+
+
+def a_process() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+@dataclass
+class FakeInit:
+    """`ray.init` that fails its first `fail` calls with `error`, each leaving a process behind as a half-started
+    node leaves its GCS and raylet; records every call's arguments."""
+
+    fail: int = LOCAL_START_ATTEMPTS - 1
+    error: str = TIMED_OUT
+    calls: list[dict] = field(default_factory=list)
+    leftovers: list[subprocess.Popen] = field(default_factory=list)
+
+    def __call__(self, **kwargs) -> None:
+        self.calls.append(kwargs)
+        if len(self.calls) <= self.fail:
+            self.leftovers.append(a_process())
+            raise Exception(self.error)
+
+
+@pytest.fixture
+def fake_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeInit]:
+    import ray
+
+    init = FakeInit()
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield init
+    for process in init.leftovers:
+        process.kill()
+        process.wait()
+
+
+def test_a_local_ray_that_misses_its_start_window_is_started_again_and_its_leftovers_stopped(fake_ray):
+    bystander = a_process()  # a child the job had before: not the failed start's
+    try:
+        assert ensure_ray(2) is True
+        assert len(fake_ray.calls) == LOCAL_START_ATTEMPTS
+        assert all(call == fake_ray.calls[0] for call in fake_ray.calls)
+        assert fake_ray.calls[0]["address"] == "local"
+        assert [p.wait(timeout=10) for p in fake_ray.leftovers] == [-signal.SIGKILL] * (LOCAL_START_ATTEMPTS - 1)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_local_ray_that_misses_every_start_window_fails_the_job_with_rays_error(fake_ray):
+    fake_ray.fail = LOCAL_START_ATTEMPTS
+    with pytest.raises(Exception, match="timed out during startup"):
+        ensure_ray(2)
+    assert len(fake_ray.calls) == LOCAL_START_ATTEMPTS
+
+
+def test_any_other_failure_to_start_a_local_ray_is_not_tried_again(fake_ray):
+    fake_ray.error = "Failed to start the GCS: address already in use"
+    with pytest.raises(Exception, match="address already in use"):
+        ensure_ray(2)
+    assert len(fake_ray.calls) == 1
