@@ -121,7 +121,8 @@ def open_job_store(spec: StageSpec, override: str | None) -> ArtifactStore:
 
 def ensure_ray(min_cpus: float = 0) -> bool:
     """Connect to the cluster the job runs on (`RAY_ADDRESS`, set by `ray job submit` and KubeRay), or start
-    a local Ray with enough logical CPUs for what the job will ask. True when it started a local Ray."""
+    a local Ray with enough logical CPUs for what the job will ask (again if its start times out: LOCAL_START_TIMEOUT).
+    True when it started a local Ray."""
     import ray
 
     if ray.is_initialized():
@@ -132,7 +133,7 @@ def ensure_ray(min_cpus: float = 0) -> bool:
         return False
     cpus = max(LOCAL_MIN_CPUS, os.cpu_count() or 1, int(min_cpus + 0.999) + 1)
     for attempt in range(1, LOCAL_START_ATTEMPTS):
-        before = descendants()
+        before = _descendants()
         try:
             _start_local_ray(cpus)
             return True
@@ -146,7 +147,7 @@ def ensure_ray(min_cpus: float = 0) -> bool:
                 LOCAL_START_ATTEMPTS,
             )
             # Ray keeps no handle on a node whose start raised: its GCS, raylet and agents would run on.
-            for pid in descendants() - before:
+            for pid in _descendants() - before:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
     _start_local_ray(cpus)
@@ -167,7 +168,7 @@ def _start_local_ray(cpus: int) -> None:
     )
 
 
-def descendants() -> set[int]:
+def _descendants() -> set[int]:
     """This process's children and theirs (Linux, from /proc; elsewhere none are found)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
