@@ -181,14 +181,9 @@ def ray_session() -> Iterator[None]:
     would spend for the rest of the suite in a pytest-xdist worker that has moved on to other files."""
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=8,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": dict(TEST_CREDENTIALS)},
-        _system_config={"prestart_worker_first_driver": False},  # as `ensure_ray` starts a local Ray
-    )
+    from vlkd.runtime import start_local_ray
+
+    start_local_ray(8, log_to_driver=False, runtime_env={"env_vars": dict(TEST_CREDENTIALS)})  # as a job starts one
     yield
     ray.shutdown()
 

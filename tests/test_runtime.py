@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vlkd.runtime import LOCAL_START_ATTEMPTS, ensure_ray
+from vlkd.runtime import LOCAL_START_ATTEMPTS, ensure_ray, start_local_ray
 
 TIMED_OUT = (
     "The current node timed out during startup. This could happen because some of the raylet failed to startup or "
@@ -79,3 +79,12 @@ def test_any_other_failure_to_start_a_local_ray_is_not_tried_again(fake_ray):
     with pytest.raises(Exception, match="address already in use"):
         ensure_ray(2)
     assert len(fake_ray.calls) == 1
+
+
+def test_a_local_rays_options_reach_ray_init_over_the_jobs_defaults(fake_ray):
+    fake_ray.fail = 0
+    start_local_ray(8, log_to_driver=False, runtime_env={"env_vars": {"A": "1"}})
+    (call,) = fake_ray.calls
+    assert (call["address"], call["num_cpus"], call["include_dashboard"]) == ("local", 8, False)
+    assert call["log_to_driver"] is False and call["runtime_env"] == {"env_vars": {"A": "1"}}
+    assert call["_system_config"] == {"prestart_worker_first_driver": False}

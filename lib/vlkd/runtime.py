@@ -121,8 +121,7 @@ def open_job_store(spec: StageSpec, override: str | None) -> ArtifactStore:
 
 def ensure_ray(min_cpus: float = 0) -> bool:
     """Connect to the cluster the job runs on (`RAY_ADDRESS`, set by `ray job submit` and KubeRay), or start
-    a local Ray with enough logical CPUs for what the job will ask (again if its start times out: LOCAL_START_TIMEOUT).
-    True when it started a local Ray."""
+    a local Ray (`start_local_ray`) with enough logical CPUs for what the job will ask. True when it started one."""
     import ray
 
     if ray.is_initialized():
@@ -131,12 +130,18 @@ def ensure_ray(min_cpus: float = 0) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    cpus = max(LOCAL_MIN_CPUS, os.cpu_count() or 1, int(min_cpus + 0.999) + 1)
+    start_local_ray(max(LOCAL_MIN_CPUS, os.cpu_count() or 1, int(min_cpus + 0.999) + 1))
+    return True
+
+
+def start_local_ray(cpus: int, **options: Any) -> None:
+    """Start a Ray on this machine with `cpus` logical CPUs (`options` go to `ray.init`), again if its start times
+    out (LOCAL_START_TIMEOUT)."""
     for attempt in range(1, LOCAL_START_ATTEMPTS):
         before = _descendants()
         try:
-            _start_local_ray(cpus)
-            return True
+            _init_local_ray(cpus, options)
+            return
         except Exception as error:
             if LOCAL_START_TIMEOUT not in str(error):
                 raise
@@ -150,21 +155,23 @@ def ensure_ray(min_cpus: float = 0) -> bool:
             for pid in _descendants() - before:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-    _start_local_ray(cpus)
-    return True
+    _init_local_ray(cpus, options)
 
 
-def _start_local_ray(cpus: int) -> None:
+def _init_local_ray(cpus: int, options: dict[str, Any]) -> None:
     import ray
 
     # Ray starts a worker process per logical CPU for the first driver by default; here the logical CPUs outnumber
     # the cores on purpose (see LOCAL_MIN_CPUS), and a job uses a few workers: start them when tasks need them.
     ray.init(
-        address="local",
-        num_cpus=cpus,
-        include_dashboard=False,
-        log_to_driver=True,
-        _system_config={"prestart_worker_first_driver": False},
+        **{
+            "address": "local",
+            "num_cpus": cpus,
+            "include_dashboard": False,
+            "log_to_driver": True,
+            "_system_config": {"prestart_worker_first_driver": False},
+            **options,
+        }
     )
 
 
