@@ -163,16 +163,13 @@ def _init_local_ray(cpus: int, options: dict[str, Any]) -> None:
 
     # Ray starts a worker process per logical CPU for the first driver by default; here the logical CPUs outnumber
     # the cores on purpose (see LOCAL_MIN_CPUS), and a job uses a few workers: start them when tasks need them.
-    ray.init(
-        **{
-            "address": "local",
-            "num_cpus": cpus,
-            "include_dashboard": False,
-            "log_to_driver": True,
-            "_system_config": {"prestart_worker_first_driver": False},
-            **options,
-        }
-    )
+    defaults = {
+        "address": "local",
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "_system_config": {"prestart_worker_first_driver": False},
+    }
+    ray.init(num_cpus=cpus, **(defaults | options))
 
 
 def _descendants() -> set[int]:
