@@ -20,6 +20,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from vlkd.artifacts import ArtifactStore
+from vlkd.runtime import descendants
 
 TEST_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "vlkd-test",
@@ -371,22 +372,15 @@ def _stop_processes_of(temp: Path) -> None:
     names = [str(temp)] + ([(temp / RAY_TEMP_FILE).read_text()] if (temp / RAY_TEMP_FILE).is_file() else [])
 
     def members() -> set[int]:
-        parents: dict[int, int] = {}
         found = set()
         for proc in Path("/proc").glob("[0-9]*"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            with contextlib.suppress(OSError, ValueError):
                 args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
                 if any(
                     any(n in a for n in names) or (gcs and a.startswith("--address=") and a.endswith(gcs)) for a in args
                 ):
                     found.add(int(proc.name))
-        grew = True
-        while grew:
-            children = {pid for pid, parent in parents.items() if parent in found} - found
-            found |= children
-            grew = bool(children)
-        return found
+        return found | descendants(found)
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in members():

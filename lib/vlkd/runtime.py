@@ -138,7 +138,7 @@ def start_local_ray(cpus: int, **options: Any) -> None:
     """Start a Ray on this machine with `cpus` logical CPUs (`options` go to `ray.init`), again if its start times
     out (LOCAL_START_TIMEOUT)."""
     for attempt in range(1, LOCAL_START_ATTEMPTS):
-        before = _descendants()
+        before = descendants({os.getpid()})
         try:
             _init_local_ray(cpus, options)
             return
@@ -152,7 +152,7 @@ def start_local_ray(cpus: int, **options: Any) -> None:
                 LOCAL_START_ATTEMPTS,
             )
             # Ray keeps no handle on a node whose start raised: its GCS, raylet and agents would run on.
-            for pid in _descendants() - before:
+            for pid in descendants({os.getpid()}) - before:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
     _init_local_ray(cpus, options)
@@ -172,18 +172,18 @@ def _init_local_ray(cpus: int, options: dict[str, Any]) -> None:
     ray.init(num_cpus=cpus, **(defaults | options))
 
 
-def _descendants() -> set[int]:
-    """This process's children and theirs (Linux, from /proc; elsewhere none are found)."""
+def descendants(roots: set[int]) -> set[int]:
+    """The processes `roots` started, and theirs (Linux, from /proc; elsewhere none are found)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    found, grew = {os.getpid()}, True
+    found, grew = set(roots), True
     while grew:
         children = {pid for pid, parent in parents.items() if parent in found} - found
         found |= children
         grew = bool(children)
-    return found - {os.getpid()}
+    return found - roots
 
 
 def resource_shortfall(total_ask: dict[str, float], per_worker: dict[str, float]) -> list[str]:
