@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -16,6 +16,9 @@ from vlkd.cli.artifacts import Store
 from vlkd.cli.output import console, err_console
 from vlkd.errors import VlkdError
 from vlkd.specs import STAGES
+
+if TYPE_CHECKING:
+    from vlkd.backends.base import JobStatus
 
 log = logging.getLogger("vlkd.cli")
 JOB_STAGES = tuple(s for s in STAGES if s != "pipeline")
@@ -180,9 +183,28 @@ def _follow(job_id: str, pending_notice: float) -> int:
             for line in told:
                 err_console.print(f"  {line}", highlight=False)
         time.sleep(1)
+    current = _backend_caught_up(job_id, current)
     stream.finish()
     err_console.print(f"job {job_id}: {current.state.value} {current.message}".rstrip(), highlight=False)
     return 0 if current.state == JobState.SUCCEEDED else 1
+
+
+# How long `--wait` gives a backend to notice the end its job's driver recorded: a local job records its end, then
+# shuts its Ray down (a few seconds) before its supervisor sees it exit.
+CATCH_UP_S = 15.0
+
+
+def _backend_caught_up(job_id: str, ended: JobStatus) -> JobStatus:
+    """The job's final status once the backend agrees with its driver's recorded end, or, after CATCH_UP_S, the
+    status that says they disagree (a RayJob KubeRay never moves on)."""
+    from vlkd.backends.submission import job_status
+
+    deadline = time.monotonic() + CATCH_UP_S
+    current = ended
+    while current.backend_behind and time.monotonic() < deadline:
+        time.sleep(0.5)
+        current = job_status(job_id)
+    return current
 
 
 class _LogStream:

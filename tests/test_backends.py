@@ -60,6 +60,7 @@ def test_local_submit_wait_status_logs_and_list(vlkd_cli, text_inputs):
     job_id = submitted.stdout.splitlines()[0]
     assert job_id.startswith("vlkd-text-") and "published corpus/tiny:v1" in submitted.stdout
     assert f"job {job_id}: SUCCEEDED" in submitted.stderr
+    assert "has not noticed" not in submitted.stderr  # --wait gave the supervisor time to see the job exit
     assert vlkd_cli("status", job_id).stdout.split()[:2] == [job_id, "SUCCEEDED"]
     assert "published tokenizer/tiny:v1" in vlkd_cli("logs", job_id).stdout
     listing = vlkd_cli("list").stdout

@@ -238,3 +238,29 @@ def test_status_of_a_job_whose_driver_ended_while_kuberay_says_running(submitted
 
     assert current.state == JobState.FAILED
     assert current.message.endswith("(RayJob still says Running: KubeRay has not noticed)")
+
+
+@pytest.mark.parametrize("catches_up", [True, False])
+def test_wait_gives_the_backend_time_to_notice_the_end_its_driver_recorded(monkeypatch, catches_up):
+    """`vlkd submit --wait` ends with the backend's agreement when it comes within the grace (a local job's supervisor
+    sees its exit once Ray has shut down); with a backend that never notices, it says they disagree."""
+    from vlkd.cli import jobs
+
+    ended = {"job_id": JOB_ID, "state": "ended", "exit_code": 0, "updated_at": NOW.isoformat()}
+    behind = reconcile(JobStatus(JOB_ID, JobState.RUNNING, backend="local"), ended, NOW)
+    agreed = JobStatus(JOB_ID, JobState.SUCCEEDED, backend="local")
+    asked = []
+
+    def status(job_id: str) -> JobStatus:
+        asked.append(job_id)
+        return agreed if catches_up and len(asked) >= 3 else behind
+
+    monkeypatch.setattr(submission, "job_status", status)
+    monkeypatch.setattr(jobs.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(jobs, "CATCH_UP_S", 0.05)
+
+    final = jobs._backend_caught_up(JOB_ID, behind)
+
+    assert behind.backend_behind and behind.state == JobState.SUCCEEDED
+    assert final == (agreed if catches_up else behind)
+    assert len(asked) == 3 if catches_up else len(asked) > 3

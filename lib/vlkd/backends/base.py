@@ -39,6 +39,10 @@ class JobStatus:
     """for a PENDING job, one or two lines on what it waits for (resources it asks for that no node offers,
     unschedulable pods, image pulls, a queue's quota), so that a pending job is never silent; for a job held stopped
     (deactivated in its queue), how to let it run"""
+    backend_behind: bool = False
+    """the driver recorded its end while the backend still says the job runs (`vlkd.backends.reconcile`): the
+    state is the driver's, and the backend has not caught up yet (a local job shutting its Ray down) or never will
+    (KubeRay's known stuck RayJobs)"""
 
 
 @dataclass

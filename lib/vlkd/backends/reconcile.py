@@ -53,7 +53,10 @@ def _ended(current: JobStatus, recorded: dict[str, Any], now: datetime) -> JobSt
         return replace(current, message=f"{current.message}; the last attempt's {driver}")
     if current.state == JobState.RUNNING:
         return replace(
-            current, state=outcome, message=f"the {driver} ({job} still says Running: {watcher} has not noticed)"
+            current,
+            state=outcome,
+            message=f"the {driver} ({job} still says Running: {watcher} has not noticed)",
+            backend_behind=True,
         )
     if current.state == outcome:
         return current
