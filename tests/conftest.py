@@ -20,7 +20,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from vlkd.artifacts import ArtifactStore
-from vlkd.runtime import descendants
+from vlkd.runtime import alive, descendants
 
 TEST_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "vlkd-test",
@@ -387,17 +387,8 @@ def _stop_processes_of(temp: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + 5  # then SIGKILL: some of them take 15 s or more to end on SIGTERM
-        while _alive(members()) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in members()) and time.monotonic() < deadline:
             time.sleep(0.2)
-
-
-def _alive(pids: set[int]) -> bool:
-    """Whether any of `pids` still runs (a zombie has ended; it only waits for its parent to reap it)."""
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                return True
-    return False
 
 
 @pytest.fixture(scope="session")

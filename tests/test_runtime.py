@@ -5,12 +5,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from vlkd.runtime import LOCAL_START_ATTEMPTS, ensure_ray, start_local_ray
+from vlkd.runtime import LOCAL_START_ATTEMPTS, alive, ensure_ray, start_local_ray
 
 TIMED_OUT = (
     "The current node timed out during startup. This could happen because some of the raylet failed to startup or "
@@ -88,3 +89,14 @@ def test_a_local_rays_options_reach_ray_init_over_the_jobs_defaults(fake_ray):
     assert (call["address"], call["num_cpus"], call["include_dashboard"]) == ("local", 8, False)
     assert call["log_to_driver"] is False and call["runtime_env"] == {"env_vars": {"A": "1"}}
     assert call["_system_config"] == {"prestart_worker_first_driver": False}
+
+
+def test_a_process_is_alive_until_it_ends_and_a_zombie_is_not():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    assert alive(child.pid)
+    child.stdin.close()  # it ends; unreaped, it stays a zombie
+    deadline = time.monotonic() + 30
+    while alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child.pid) and child.poll() == 0  # ended (not yet reaped), then reaped
+    assert not alive(child.pid)

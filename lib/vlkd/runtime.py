@@ -186,6 +186,20 @@ def descendants(roots: set[int]) -> set[int]:
     return found - roots
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs: a zombie has ended (it only waits for its parent to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc to ask (not Linux): the signal found it
+
+
 def resource_shortfall(total_ask: dict[str, float], per_worker: dict[str, float]) -> list[str]:
     """What the Ray cluster lacks for a job: its whole ask against the cluster's resources, and one worker's ask
     against the largest node (4 GPUs on four 1-GPU nodes still cannot place a 2-GPU worker)."""

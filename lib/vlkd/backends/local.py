@@ -16,6 +16,7 @@ from typing import Any
 
 from vlkd.backends.base import JobDescription, JobState, JobStatus
 from vlkd.jobstate import jobs_dir, known_jobs
+from vlkd.runtime import alive
 
 LOG = "log"
 EXIT_CODE = "exit_code"
@@ -56,7 +57,7 @@ class LocalBackend:
                 return JobStatus(job_id, JobState.STOPPED, "cancelled", backend=self.name)
             state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
             return JobStatus(job_id, state, "" if code == 0 else f"exit code {code}", backend=self.name)
-        if _alive(record["pid"]):
+        if alive(record["pid"]):
             return JobStatus(job_id, JobState.RUNNING, f"pid {record['pid']}", backend=self.name)
         return JobStatus(job_id, JobState.FAILED, "the job's process is gone without an exit code", backend=self.name)
 
@@ -83,20 +84,6 @@ class LocalBackend:
     def list(self) -> list[JobStatus]:
         jobs = [j for j in known_jobs() if j.get("backend") == self.name]
         return [self.status(j["job_id"], j["record"]) for j in jobs]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A finished child of ours that nobody reaped is a zombie: not alive.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 # How long a cancelled job has to shut down cleanly (its Ray included) before the rest of it is killed.
