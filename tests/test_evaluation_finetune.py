@@ -245,3 +245,34 @@ def test_unanswerable_when_the_null_score_beats_the_best_span(model_dir: Path) -
         start[0] = end[0] = null / 2
         assert qa.pick_answer(question, [0], windows, [start], [end], unanswerable=True) == expected_v2
         assert qa.pick_answer(question, [0], windows, [start], [end], unanswerable=False) == "red"
+
+
+def test_a_run_loads_its_new_head_quietly_and_leaves_transformers_logging_as_it_was(
+    model_dir: Path, synth: SynthSummary, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """transformers' per-load report (the new head missing, the MLM head unexpected) and its progress bar would
+    repeat in the eval job's log for every run; the run's own progress stays."""
+    from transformers.utils import logging as transformers_logging
+
+    before = (transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled())
+    capfd.readouterr()
+    train(model_dir, "sst2", synth.tasks_dir / "sst2", SMOKE, seed=0)
+    printed = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in printed and "Loading weights" not in printed, printed
+    assert (transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()) == before
+
+
+def test_a_checkpoint_missing_encoder_weights_is_refused(model_dir: Path, synth: SynthSummary, tmp_path: Path) -> None:
+    """Finetuning would start those weights from random without a word."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model_dir, damaged)
+    weights = load_file(damaged / "model.safetensors")
+    kept = {name: tensor for name, tensor in weights.items() if ".layer.1." not in name}
+    save_file(kept, damaged / "model.safetensors", metadata={"format": "pt"})
+    lost = len(weights) - len(kept)
+    with pytest.raises(VlkdError, match=rf"lacks {lost} of the encoder's weights \(bert\.encoder\.layer\.1\."):
+        train(damaged, "sst2", synth.tasks_dir / "sst2", SMOKE, seed=0)

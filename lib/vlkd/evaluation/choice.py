@@ -4,7 +4,7 @@ BertForMultipleChoice scores them with one shared linear layer, softmax over the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vlkd.evaluation.batches import Feature, predict_batches
 from vlkd.evaluation.readers import MultipleChoice
@@ -15,10 +15,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-def build_model(model_dir: Path, task: Task) -> nn.Module:
+def build_model(model_dir: Path, task: Task) -> tuple[nn.Module, dict[str, Any]]:
     from transformers import BertForMultipleChoice
 
-    return BertForMultipleChoice.from_pretrained(model_dir)
+    return BertForMultipleChoice.from_pretrained(model_dir, output_loading_info=True)
 
 
 def encode(

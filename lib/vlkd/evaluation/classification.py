@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vlkd.evaluation.batches import Feature, predict_batches
 from vlkd.evaluation.readers import TextPair
@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-def build_model(model_dir: Path, task: Task) -> nn.Module:
-    """BertForSequenceClassification on the pretrained encoder, with a new head over the task's labels."""
+def build_model(model_dir: Path, task: Task) -> tuple[nn.Module, dict[str, Any]]:
+    """BertForSequenceClassification on the pretrained encoder, with a new head over the task's labels (and
+    transformers' loading info)."""
     from transformers import BertForSequenceClassification
 
     return BertForSequenceClassification.from_pretrained(
@@ -23,6 +24,7 @@ def build_model(model_dir: Path, task: Task) -> nn.Module:
         num_labels=len(task.labels),
         id2label=dict(enumerate(task.labels)),
         label2id={label: index for index, label in enumerate(task.labels)},
+        output_loading_info=True,
     )
 
 

@@ -58,7 +58,8 @@ Hugging Face's Trainer logs the mean over `logging_steps`): a curve of bounded s
 class Head:
     """What a kind of task needs: its model on the pretrained encoder, its training features, its predictions."""
 
-    build_model: Callable[[Path, Task], nn.Module]
+    build_model: Callable[[Path, Task], tuple[nn.Module, dict[str, Any]]]
+    """the model and transformers' loading info (`output_loading_info`)"""
     encode: Callable[..., list[Feature]]
     predict: Callable[..., list[Any]]
 
@@ -109,6 +110,35 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     return BertTokenizerFast.from_pretrained(model_dir)
 
 
+# Where a BERT task model keeps the pretrained encoder's weights: all of them must come from the checkpoint.
+ENCODER_WEIGHTS = ("bert.embeddings.", "bert.encoder.")
+
+
+def _under_new_head(head: Head, model_dir: Path, task: Task) -> nn.Module:
+    """The pretrained encoder under the task's new head. transformers reports, on every run, the new head's weights
+    as missing and the pretraining head's as unexpected (with a progress bar): that is what finetuning does, so it
+    stays out of the job's log. An encoder weight missing from the checkpoint would be finetuned from its random
+    init without a word, so it fails the run instead."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        model, loading = head.build_model(model_dir, task)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+    missing = sorted(name for name in loading["missing_keys"] if name.startswith(ENCODER_WEIGHTS))
+    if missing:
+        raise VlkdError(
+            f"{model_dir} lacks {len(missing)} of the encoder's weights ({', '.join(missing[:3])}, ...): "
+            "finetune a student or teacher artifact's language model, saved whole"
+        )
+    return model
+
+
 def train(
     model_dir: Path,
     task: str,
@@ -128,7 +158,7 @@ def train(
     dev = read_eval(definition, Path(data_dir))[definition.main_eval]
     started = time.perf_counter()
     torch.manual_seed(seed)  # the new head's weights, then dropout
-    model = head.build_model(Path(model_dir), definition).to(device)
+    model = _under_new_head(head, Path(model_dir), definition).to(device)
     curves = Curves(loss=[], dev=[])
 
     def score_dev(epoch: float) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vlkd.errors import VlkdError
 from vlkd.evaluation.batches import Feature, predict_batches
@@ -31,10 +31,10 @@ MIN_MAX_LEN = 32
 _INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
-def build_model(model_dir: Path, task: Task) -> nn.Module:
+def build_model(model_dir: Path, task: Task) -> tuple[nn.Module, dict[str, Any]]:
     from transformers import BertForQuestionAnswering
 
-    return BertForQuestionAnswering.from_pretrained(model_dir)
+    return BertForQuestionAnswering.from_pretrained(model_dir, output_loading_info=True)
 
 
 def window_limits(max_len: int) -> tuple[int, int]:
