@@ -117,8 +117,8 @@ ENCODER_WEIGHTS = ("bert.embeddings.", "bert.encoder.")
 def _under_new_head(head: Head, model_dir: Path, task: Task) -> nn.Module:
     """The pretrained encoder under the task's new head. transformers reports, on every run, the new head's weights
     as missing and the pretraining head's as unexpected (with a progress bar): that is what finetuning does, so it
-    stays out of the job's log. An encoder weight missing from the checkpoint would be finetuned from its random
-    init without a word, so it fails the run instead."""
+    stays out of the job's log. Where that report mattered, an encoder weight missing from the checkpoint (which
+    would be finetuned from its random init), the run fails instead."""
     from transformers.utils import logging as transformers_logging
 
     verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
