@@ -151,6 +151,7 @@ def test_every_quickstart_artifact_is_published_once_with_its_log_and_lineage(qu
         assert manifest.files and manifest.log == f"jobs/{manifest.job_id}/log/"
         log = "".join(read_log(store.storage, manifest.job_id))  # the job's log, kept in the store
         assert f"published {manifest.ref}" in log, ref
+        assert "Loading weights" not in log and "Writing model shards" not in log, ref  # no progress bars
         assert read_state(store.storage, manifest.job_id)["exit_code"] == 0
     lineage = store.lineage("student/tiny-nst-crd")
     assert [p.ref for p in lineage.parents] == ["teacher/tiny:v1", "corpus/tiny:v1", "tokenizer/tiny:v1"]

@@ -229,6 +229,9 @@ def job_main(stage: str, run: Callable[[Any, JobContext], list[Manifest]], argv:
     args = parser.parse_args(argv)
     # Ray merges alike lines of different workers into one; the stored log keeps each worker's own.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # A job's log is a file: a progress bar (transformers' and the Hub's, on loading and saving models) writes a line
+    # per redraw there, and the job records its own progress. Set before anything imports them.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # `vlkd cancel` and Kubernetes stop jobs with SIGTERM: exit through Python so cleanup (ray.shutdown) runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
