@@ -100,3 +100,17 @@ def test_a_process_is_alive_until_it_ends_and_a_zombie_is_not():
         time.sleep(0.05)
     assert not alive(child.pid) and child.poll() == 0  # ended (not yet reaped), then reaped
     assert not alive(child.pid)
+
+
+def test_a_user_error_raised_in_a_ray_task_prints_as_the_one_line_it_was_raised_with():
+    """The eval's finetuning runs, preprocess's encoders and training workers raise VlkdErrors in Ray workers; the
+    driver catches Ray's wrapper, whose message is the worker's traceback."""
+    from ray.exceptions import RayTaskError
+
+    from vlkd.errors import VlkdError, error_lines
+
+    raised = VlkdError("/models/x lacks 4 of the encoder's weights: finetune a student's language model")
+    wrapped = RayTaskError("run", f"Traceback (most recent call last):\n  ...\nVlkdError: {raised}", raised)
+    caught = wrapped.as_instanceof_cause()
+    assert isinstance(caught, VlkdError) and len(str(caught).splitlines()) > 1  # what the job printed before
+    assert error_lines(caught) == [str(raised)]

@@ -32,7 +32,11 @@ def first_line(exc: BaseException) -> str:
 
 def error_lines(exc: VlkdError) -> list[str]:
     """What to print of a user error: one line per problem of an invalid spec (`source: field.path: message`),
-    else its message; the CLI and the jobs print the same."""
+    else its message; the CLI and the jobs print the same. One raised in a Ray task or actor reaches the driver as
+    Ray's `RayTaskError(VlkdError)`, whose message is the worker's traceback: its `cause` is the error as raised."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, VlkdError):
+        exc = cause
     if isinstance(exc, SpecError):
         return [f"{exc.source}: {problem}" for problem in exc.problems]
     return [str(exc)]
