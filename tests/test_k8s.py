@@ -293,6 +293,21 @@ def test_the_rayjob_is_labelled_and_annotated_with_its_job():
         assert group["template"]["spec"]["serviceAccountName"] == "vlkd-job"
 
 
+def test_every_process_of_a_job_on_a_cluster_gets_the_job_settings_with_its_own_env_over_them():
+    """Ray workers on a cluster do not get the driver's environment: the settings `job_main` makes for itself
+    (no progress bars in the log, each worker's lines kept) travel with the job, to every pod and Ray worker."""
+    from vlkd.backends.ray import RayBackend
+    from vlkd.runtime import JOB_ENV
+
+    job = paper_job("preprocess", env={"AWS_ENDPOINT_URL": "http://minio:9000", "RAY_DEDUP_LOGS": "1"})
+    wanted = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "RAY_DEDUP_LOGS": "1", "AWS_ENDPOINT_URL": "http://minio:9000"}
+    assert JOB_ENV["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and job.environment == wanted
+    for container in containers(render_rayjob(job, "vlkd")):
+        plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        assert plain == wanted, container["name"]
+    assert RayBackend("http://127.0.0.1:8265").request(job)["runtime_env"] == {"env_vars": wanted}
+
+
 def test_s3_credentials_are_referenced_from_the_secret_never_inlined():
     rayjob = render_rayjob(paper_job("text", env={"AWS_ENDPOINT_URL": "http://minio:9000"}), "vlkd")
     for container in containers(rayjob):

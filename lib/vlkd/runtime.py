@@ -35,6 +35,13 @@ LOCAL_MIN_CPUS = 8
 # a full test suite's load); the start is tried again, a few times, rather than failing the job.
 LOCAL_START_TIMEOUT = "timed out during startup"
 LOCAL_START_ATTEMPTS = 3
+# What every job process runs with, set before anything reads it. A job's log is a file: Ray would merge alike lines
+# of different workers into one (the stored log keeps each worker's own), and transformers' and the Hub's progress
+# bars (on loading and saving models) write a line per redraw there, while the job records its own progress. A job
+# sets them for itself (`job_main`); the backends give them to every process of the job, on every node
+# (`JobDescription.environment`): a cluster's Ray workers, which load frame encoders' weights, do not get the
+# driver's environment.
+JOB_ENV = {"RAY_DEDUP_LOGS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 @dataclass
@@ -227,11 +234,8 @@ def job_main(stage: str, run: Callable[[Any, JobContext], list[Manifest]], argv:
     parser.add_argument("--store", default=None, help="artifact store URI (default: the spec's, then $VLKD_STORE)")
     parser.add_argument("--job-id", default=None)
     args = parser.parse_args(argv)
-    # Ray merges alike lines of different workers into one; the stored log keeps each worker's own.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # A job's log is a file: a progress bar (transformers' and the Hub's, on loading and saving models) writes a line
-    # per redraw there, and the job records its own progress. Set before anything imports them.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name, value in JOB_ENV.items():
+        os.environ.setdefault(name, value)
     # `vlkd cancel` and Kubernetes stop jobs with SIGTERM: exit through Python so cleanup (ray.shutdown) runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vlkd.runtime import job_module
+from vlkd.runtime import JOB_ENV, job_module
 from vlkd.specs import StageSpec
 
 
@@ -58,6 +58,11 @@ class JobDescription:
     image: str
     env: dict[str, str] = field(default_factory=dict)
     """non-secret environment (e.g. AWS_ENDPOINT_URL); credentials travel by the backend's own secret mechanism"""
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What every process of the job runs with: `env` over the settings every job has (`JOB_ENV`)."""
+        return JOB_ENV | self.env
 
     @property
     def entrypoint(self) -> list[str]:

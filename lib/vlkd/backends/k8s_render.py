@@ -91,7 +91,7 @@ def render_rayjob(job: JobDescription, namespace: str) -> dict[str, Any]:
     k8s = job.spec.kubernetes
     name = rayjob_name(job.job_id)
     labels = {MANAGED_BY_LABEL: "vlkd", JOB_ID_LABEL: name, STAGE_LABEL: job.stage}
-    pods = _PodFactory(labels, k8s.image or job.image, _env(job.env, k8s.s3_secret), k8s)
+    pods = _PodFactory(labels, k8s.image or job.image, _env(job.environment, k8s.s3_secret), k8s)
     if isinstance(job.spec, PipelineSpec):
         cluster = _pipeline_cluster(job.spec, pods)
     else:

@@ -45,7 +45,7 @@ class LocalBackend:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: cancel stops the job and its Ray
-                env={**os.environ, **job.env},
+                env={**os.environ, **job.environment},
             )
         return {"pid": process.pid, "dir": str(directory)}
 

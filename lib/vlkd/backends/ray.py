@@ -85,7 +85,7 @@ class RayBackend:
         request: dict[str, Any] = {
             "entrypoint": job.entrypoint_line,
             "submission_id": job.job_id,
-            "runtime_env": {"env_vars": dict(job.env)},
+            "runtime_env": {"env_vars": job.environment},
             "metadata": {JOB_ID_KEY: job.job_id, STAGE_KEY: job.stage},
         }
         if resources.num_workers == 0:  # the trainer runs in the entrypoint itself (Ray Train local mode)
