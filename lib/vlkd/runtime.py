@@ -38,9 +38,9 @@ LOCAL_START_ATTEMPTS = 3
 # What every job process runs with, set before anything reads it. A job's log is a file: Ray would merge alike lines
 # of different workers into one (the stored log keeps each worker's own), and transformers' and the Hub's progress
 # bars (on loading and saving models) write a line per redraw there, while the job records its own progress. A job
-# sets them for itself (`job_main`); the backends give them to every process of the job, on every node
-# (`JobDescription.environment`): a cluster's Ray workers, which load frame encoders' weights, do not get the
-# driver's environment.
+# sets them for itself where they are unset (`job_main`), which covers the local Ray it starts; the cluster backends
+# give them to every process of the job on every node (`JobDescription.environment`): a cluster's Ray workers, which
+# load frame encoders' weights, do not get the driver's environment.
 JOB_ENV = {"RAY_DEDUP_LOGS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 

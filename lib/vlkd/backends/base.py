@@ -61,7 +61,8 @@ class JobDescription:
 
     @property
     def environment(self) -> dict[str, str]:
-        """What every process of the job runs with: `env` over the settings every job has (`JOB_ENV`)."""
+        """What a cluster backend gives every process of the job: `env` over the settings every job has
+        (`JOB_ENV`, which a local job sets for itself)."""
         return JOB_ENV | self.env
 
     @property

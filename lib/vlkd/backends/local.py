@@ -45,7 +45,7 @@ class LocalBackend:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: cancel stops the job and its Ray
-                env={**os.environ, **job.environment},
+                env={**os.environ, **job.env},
             )
         return {"pid": process.pid, "dir": str(directory)}
 
