@@ -279,16 +279,9 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     configure_ray_data(spec.resources)
     datasets, info = corpus_datasets(store, spec.corpus, spec.resources, spec.train.batch_size)
     task = plan_task(spec, store, tokenizer, info.train_sequences)
-    final = fit(
-        task,
-        spec.train,
-        spec.optim,
-        spec.resources,
-        datasets,
-        RunPlace(store.storage, context.job_id),
-        spec.seed,
-        f"student/{spec.name}",
-    )
+    final = context.scratch / "final"
+    place = RunPlace(store.storage, context.job_id)
+    fit(task, spec.train, spec.optim, spec.resources, datasets, place, spec.seed, f"student/{spec.name}", final)
     payload = load_final(final)
     model = task.build_model()
     weights, validation = published_weights(payload, spec.train)

@@ -144,13 +144,14 @@ class EncodeVideos:
         from vlkd.models.frame_encoders import build_2d_encoder, build_3d_encoder
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        scratch = Path(tempfile.mkdtemp(prefix="vlkd-weights-"))
-        weights = [
-            fetch_weights(e.weights, store, scratch / e.name)[0] if e.init == "pretrained" else None
-            for e in (encoder_2d, encoder_3d)
-        ]
-        self.encode_2d = build_2d_encoder(encoder_2d, weights[0], device).encode
-        self.encode_3d = build_3d_encoder(encoder_3d, weights[1], device).encode
+        # The encoders hold their weights once built: the downloaded copy goes (every actor of every job makes one).
+        with tempfile.TemporaryDirectory(prefix="vlkd-weights-") as scratch:
+            weights = [
+                fetch_weights(e.weights, store, Path(scratch) / e.name)[0] if e.init == "pretrained" else None
+                for e in (encoder_2d, encoder_3d)
+            ]
+            self.encode_2d = build_2d_encoder(encoder_2d, weights[0], device).encode
+            self.encode_3d = build_3d_encoder(encoder_3d, weights[1], device).encode
         self.cache = cache
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -134,7 +134,8 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
     feature_dim = info.dim_2d if spec.visual_input == "middle_frame" else info.feature_dim
     task = TeacherTask(spec, tokenizer, feature_dim)
     place = RunPlace(store.storage, context.job_id)
-    final = fit(task, spec.train, spec.optim, spec.resources, datasets, place, spec.seed, f"teacher/{spec.name}")
+    final = context.scratch / "final"
+    fit(task, spec.train, spec.optim, spec.resources, datasets, place, spec.seed, f"teacher/{spec.name}", final)
     payload = load_final(final)
     model = task.build_model()
     weights, validation = published_weights(payload, spec.train)

@@ -195,3 +195,27 @@ def test_videos_can_come_straight_from_a_uri(ray_session, store, job_context, vi
     (manifest,) = preprocess.run(preprocess_spec(videos=uri), job_context)
     assert manifest.parents == [] and manifest.attributes["source"] == uri
     assert manifest.metrics["videos"] == 6
+
+
+@pytest.mark.parametrize("store_uri", ["s3"], indirect=True)
+def test_an_encoder_actor_keeps_no_copy_of_the_weights_it_downloaded(store, tmp_path, monkeypatch):
+    """Every actor of every job downloads its encoders' weights; once built, the encoder holds them, and the copy on
+    the node's disk goes."""
+    import tempfile
+
+    from transformers import ResNetConfig, ResNetModel
+
+    from vlkd.specs.data import Encoder2DSpec, Encoder3DSpec
+
+    sizes = {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 32, 2048], "embedding_size": 8}
+    ResNetModel(ResNetConfig(layer_type="bottleneck", **sizes)).save_pretrained(tmp_path / "resnet")
+    store.publish("weights", "small-resnet", collect_files([tmp_path / "resnet"]))
+    machine = tmp_path / "machine-temp"
+    machine.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(machine))
+    encoder_2d = Encoder2DSpec(name="resnet152", image_size=32, weights="weights/small-resnet")
+    actor = preprocess.EncodeVideos(encoder_2d, Encoder3DSpec(name="pixel-motion", image_size=32), store, None)
+    expected = build_2d_encoder(encoder_2d, str(tmp_path / "resnet"))
+    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    assert torch.equal(actor.encode_2d(frames), expected.encode(frames))
+    assert list(machine.iterdir()) == []

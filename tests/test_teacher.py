@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -151,21 +152,40 @@ def test_ablation_switches_train_and_publish(context, tmp_path, overrides, featu
     assert {k for k in ("val_ct", "val_mlm") if k in manifest.metrics} == {f"val_{o}" for o in objectives}
 
 
+def left_on(temp: Path) -> list[str]:
+    """What a run left in the machine's temporary folder, but torch's compile cache (kept across runs on purpose)."""
+    return sorted(p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_"))
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(context, monkeypatch):
-    original = Loop._micro_step
+    """It also leaves no files on the machine it trained on: a checkpoint once saved, and the worker's folder once
+    the run ends, crashed or finished, go (a node runs job after job for days)."""
+    machine = context.scratch / "machine-temp"
+    machine.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(machine))
+    original, checkpoint = Loop._micro_step, Loop._checkpoint
+    saved = []
 
     def crash_after_step_8(self, batch, window):
         if self.state.step == 8:
             raise RuntimeError("worker lost")
         original(self, batch, window)
 
+    def save_and_look(self, final):
+        checkpoint(self, final)
+        saved.append([p.name for p in self.work.iterdir() if p.name.startswith("checkpoint-")])
+
+    monkeypatch.setattr(Loop, "_checkpoint", save_and_look)
     with monkeypatch.context() as patch:
         patch.setattr(Loop, "_micro_step", crash_after_step_8)
         with pytest.raises(RuntimeError, match="worker lost"):
             teacher.run(teacher_spec(name="killed"), context)
     assert context.store.versions("teacher", "killed") == []
+    assert left_on(machine) == []
 
     (manifest,) = teacher.run(teacher_spec(name="killed"), context)  # the same job id, submitted again
+    assert left_on(machine) == []
+    assert saved and not any(saved)  # no checkpoint left on the machine once saved
     assert manifest.metrics["resumed_from"] == [6]
     assert manifest.metrics["steps"] == 12
     out = context.scratch / "resumed"
@@ -253,7 +273,8 @@ def test_a_lost_ray_train_worker_is_replaced_and_resumes(context, tmp_path):
     datasets, info = clip_datasets(context.store, spec.features, 4, 0, spec.resources, spec.train.batch_size)
     place = RunPlace(context.store.storage, "lost-worker")
     task = CrashOnce(spec, tokenizer, info.feature_dim, str(tmp_path / "crashed"), place)
-    final = fit(task, spec.train, spec.optim, Resources(num_workers=1), datasets, place, 0, "teacher/lost-worker")
+    final = tmp_path / "final"
+    fit(task, spec.train, spec.optim, Resources(num_workers=1), datasets, place, 0, "teacher/lost-worker", final)
     state = load_final(final)["state"]
     assert (tmp_path / "crashed").exists()
     assert state["resumed_from"] == [6] and state["step"] == 12

@@ -283,7 +283,7 @@ def validation_losses(
 class Loop:
     """One worker's training run (everything that happens inside `train_loop_per_worker`)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], work: Path) -> None:
         import ray.train
         import ray.train.torch
 
@@ -311,7 +311,7 @@ class Loop:
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
         self.state = TrainState()
         self.best_weights: dict[str, torch.Tensor] | None = None
-        self.work = Path(tempfile.mkdtemp(prefix="vlkd-train-"))
+        self.work = work
         self.generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)  # masks and negatives
         self._resume()
         self.metrics = MetricsLog(self.work / LOGS, enabled=self.rank == 0)
@@ -502,6 +502,9 @@ class Loop:
                 shutil.copytree(self.work / LOGS, directory / LOGS, dirs_exist_ok=True)
         report = {"step": self.state.step, "best_val_loss": self.state.best_val, **self.state.last_metrics}
         self.checkpoints.save(directory, self.state.step, report, is_writer=self.rank == 0)
+        # Saved to the run's storage by now (Ray Train's report uploads before it returns): a copy per checkpoint on
+        # this disk would grow with the run.
+        shutil.rmtree(directory)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -510,7 +513,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if not config["local_mode"]:  # ties this process's forwarded lines to its rank (`vlkd logs --worker N`)
         context = ray.train.get_context()
         print(WORKER_BANNER.format(rank=context.get_world_rank(), world=context.get_world_size()), flush=True)
-    Loop(config).run()
+    # The worker's own files (the checkpoint it resumed from, its logs) go when its run ends, however it ends: a node
+    # runs job after job, and a Ray Train worker's process is not the job's (its scratch is on another node).
+    with tempfile.TemporaryDirectory(prefix="vlkd-train-", ignore_cleanup_errors=True) as work:
+        Loop(config, Path(work)).run()
 
 
 def fit(
@@ -522,9 +528,11 @@ def fit(
     place: RunPlace,
     seed: int,
     identity: str,
-) -> Path:
-    """Run `task` on Ray Train and return a local directory holding the final checkpoint. `identity` names what
-    is trained (e.g. `teacher/NAME`): a job id resumes from its checkpoints only for the same identity."""
+    final: Path,
+) -> None:
+    """Run `task` on Ray Train and put the final checkpoint in the local directory `final` (the job's scratch, so
+    it goes with the job). `identity` names what is trained (e.g. `teacher/NAME`): a job id resumes from its
+    checkpoints only for the same identity."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
@@ -564,13 +572,11 @@ def fit(
         if user_error is None:
             raise
         raise user_error from None  # e.g. a shard too small for a batch: one line for the user, not Ray's report
-    final = Path(tempfile.mkdtemp(prefix="vlkd-final-"))
     if local_mode:
         Checkpoints(place, train.keep_checkpoints, True).download_latest(final)
     else:
         with result.checkpoint.as_directory() as directory:
             shutil.copytree(directory, final, dirs_exist_ok=True)
-    return final
 
 
 def _worker_user_error(failure: Exception) -> VlkdError | None:
