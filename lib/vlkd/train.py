@@ -340,6 +340,7 @@ class Loop:
         self.generator.set_state(rng["generator"])
         if (restored / LOGS).is_dir():
             shutil.copytree(restored / LOGS, self.work / LOGS, dirs_exist_ok=True)
+        shutil.rmtree(restored)  # loaded: the node's disk holds no checkpoint while the run trains
         log.info("resumed at step %d from the latest checkpoint", self.state.step)
 
     def run(self) -> None:
