@@ -38,7 +38,8 @@ class Inputs:
         return " ".join(self.words.choice(WORDS) for _ in range(self.words.randint(low, high)))
 
     def tokenizer(self) -> Path:
-        tokenizer = textdata.train_tokenizer((self.sentence() for _ in range(2000)), 400, 1, True)
+        sentences = [self.sentence() for _ in range(2000)]
+        tokenizer = textdata.train_tokenizer(lambda: sentences, 400, 1, True)
         folder = self._folder("tokenizer")
         textdata.save_tokenizer(tokenizer, folder)
         self.store.publish("tokenizer", TOKENIZER.split("/")[1], collect_files([folder]))

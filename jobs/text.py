@@ -58,7 +58,10 @@ def build_tokenizer(
     if spec.vocab is not None:
         vocab, parent = fetch_weights(spec.vocab, store, scratch / "vocab")
         return textdata.load_vocab_tokenizer(Path(vocab), spec.lowercase), parent
-    lines = (line for path in files for line in _file_lines(source, path))
+
+    def lines() -> Iterator[str]:  # read twice (see train_tokenizer), a file at a time
+        return (line for path in files for line in _file_lines(source, path))
+
     return textdata.train_tokenizer(lines, spec.vocab_size, spec.min_frequency, spec.lowercase), None
 
 

@@ -54,7 +54,7 @@ def model_dir(synth: SynthSummary, tmp_path_factory: pytest.TempPathFactory) -> 
     """A random tiny BertForMaskedLM saved with its tokenizer, as a student artifact holds them."""
     from transformers import BertConfig, BertForMaskedLM
 
-    tokenizer = train_tokenizer(_texts(synth), vocab_size=1000, min_frequency=1, lowercase=True)
+    tokenizer = train_tokenizer(lambda: _texts(synth), vocab_size=1000, min_frequency=1, lowercase=True)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(tokenizer),

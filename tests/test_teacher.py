@@ -158,8 +158,8 @@ def left_on(temp: Path) -> list[str]:
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(context, monkeypatch):
-    """It also leaves no files on the machine it trained on: a checkpoint once saved, and the worker's folder once
-    the run ends, crashed or finished, go (a node runs job after job for days)."""
+    """It also leaves no files on the machine it trained on: a checkpoint once saved or loaded, and the worker's
+    folder once the run ends, crashed or finished, go (a node runs job after job for days)."""
     machine = context.scratch / "machine-temp"
     machine.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(machine))

@@ -22,7 +22,7 @@ WORDS = ("a", "red", "circle", "moves", "to", "the", "left", "while", "blue", "s
 def teacher_task() -> TeacherTask:
     rng = np.random.default_rng(0)
     lines = [" ".join(rng.choice(WORDS, 8)) for _ in range(200)]
-    tokenizer = textdata.train_tokenizer(lines, 100, 1, True)
+    tokenizer = textdata.train_tokenizer(lambda: lines, 100, 1, True)
     spec = parse_spec(
         {"stage": "teacher", "name": "t", "features": "features/f", "tokenizer": "tokenizer/t", "model": "tiny"}
     )

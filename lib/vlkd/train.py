@@ -514,8 +514,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if not config["local_mode"]:  # ties this process's forwarded lines to its rank (`vlkd logs --worker N`)
         context = ray.train.get_context()
         print(WORKER_BANNER.format(rank=context.get_world_rank(), world=context.get_world_size()), flush=True)
-    # The worker's own files (the checkpoint it resumed from, its logs) go when its run ends, however it ends: a node
-    # runs job after job, and a Ray Train worker's process is not the job's (its scratch is on another node).
+    # The worker's own files (its logs, the checkpoint it is saving) go when its run ends, however it ends: a node runs
+    # job after job, and a Ray Train worker's process is not the job's (its scratch is on another node).
     with tempfile.TemporaryDirectory(prefix="vlkd-train-", ignore_cleanup_errors=True) as work:
         Loop(config, Path(work)).run()
 

@@ -14,7 +14,8 @@ import json
 import random
 import re
 from array import array
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 from vlkd.errors import DataError, NotFoundError
 
 if TYPE_CHECKING:
+    from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
 
 FORMAT = "vlkd.corpus/v1"
@@ -56,34 +58,73 @@ def corpus_lines(lines: Iterable[str]) -> Iterator[str]:
             yield _WIKI103_SPLIT.sub(r"\1", text)
 
 
-def train_tokenizer(lines: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool) -> BertTokenizerFast:
-    """A BERT WordPiece tokenizer trained on `lines` (streamed, so a Wikipedia dump need not fit in memory).
+ALPHABET_SIZE = 1000
+"""Characters a trained vocabulary keeps (the corpus's most frequent), as `tokenizers`' BERT WordPiece does"""
+
+
+def train_tokenizer(
+    lines: Callable[[], Iterable[str]], vocab_size: int, min_frequency: int, lowercase: bool
+) -> BertTokenizerFast:
+    """A BERT WordPiece tokenizer trained on the corpus `lines()` gives (streamed, so a Wikipedia dump need not fit
+    in memory), the same one every time for the same corpus.
 
     The vocabulary has at most `vocab_size` tokens, fewer when the corpus has fewer distinct words and pieces
-    seen `min_frequency` times. It always holds the special tokens and the corpus's alphabet (its 1000 most
-    frequent characters, and their "##" continuations), so a `vocab_size` below that is an error.
+    seen `min_frequency` times. It always holds the special tokens and the corpus's alphabet (its ALPHABET_SIZE most
+    frequent characters, and the "##" continuations of those that can follow another in a word), so a `vocab_size`
+    below that is an error.
+
+    `tokenizers` alone gives a different vocabulary on every run (huggingface/tokenizers#1794): it numbers the "##"
+    continuations in hash-map order and breaks ties between equally frequent merges by those numbers, and picks the
+    alphabet's last characters among equally frequent ones in that order too. So the corpus is read twice: first to
+    count its characters, which fixes the alphabet (the most frequent first, ties by code point), then to learn the
+    pieces with that alphabet and its continuations numbered up front.
     """
     from tokenizers import BertWordPieceTokenizer
 
     # Same normalizer and pre-tokenizer as transformers' BertTokenizerFast(do_lower_case=lowercase), so the
     # pieces are learnt on exactly the text they will later be applied to.
     wordpiece = BertWordPieceTokenizer(lowercase=lowercase)
+    alphabet = _alphabet(lines(), wordpiece)
+    if not alphabet:
+        raise DataError("the corpus has no text to train a tokenizer on: check the corpus files are not empty")
+    continuations = [f"##{c}" for c in alphabet if _continues_a_word(c, wordpiece)]
     wordpiece.train_from_iterator(
-        lines,
+        lines(),
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=[*SPECIAL_TOKENS, *continuations],
+        limit_alphabet=len(alphabet),
+        initial_alphabet=alphabet,
         show_progress=False,
     )
     vocab = wordpiece.get_vocab()
-    if len(vocab) == len(SPECIAL_TOKENS):
-        raise DataError("the corpus has no text to train a tokenizer on: check the corpus files are not empty")
     if len(vocab) > vocab_size:
         raise DataError(
             f"tokenizer.vocab_size={vocab_size} cannot hold the special tokens and the corpus's alphabet "
             f"({len(vocab)} tokens): set tokenizer.vocab_size to at least {len(vocab)}"
         )
     return _bert_tokenizer(vocab, lowercase, "the trained vocabulary")
+
+
+def _alphabet(lines: Iterable[str], wordpiece: BertWordPieceTokenizer) -> list[str]:
+    """The corpus's ALPHABET_SIZE most frequent characters after normalisation, ties by code point. BERT's
+    normaliser maps each character on its own (control characters out, accents stripped, lower case), so raw
+    characters are counted (at C speed) and each distinct one normalised once."""
+    raw: Counter[str] = Counter()
+    for line in lines:
+        raw.update(line)
+    normalised: Counter[str] = Counter()
+    for char, count in raw.items():
+        for piece in wordpiece.normalize(char):
+            if not piece.isspace():
+                normalised[piece] += count
+    return sorted(normalised, key=lambda c: (-normalised[c], c))[:ALPHABET_SIZE]
+
+
+def _continues_a_word(char: str, wordpiece: BertWordPieceTokenizer) -> bool:
+    """Whether `char` can follow another character in a word: BERT's pre-tokenizer splits punctuation and CJK
+    characters off as words of their own, so those never get a "##" continuation."""
+    return len(wordpiece.pre_tokenizer.pre_tokenize_str(wordpiece.normalize(f"a{char}"))) == 1
 
 
 def load_vocab_tokenizer(vocab_file: Path, lowercase: bool) -> BertTokenizerFast:
