@@ -185,6 +185,38 @@ def test_missing_credentials_say_which_variables_to_set(s3_endpoint, monkeypatch
         S3Storage("some-bucket", "p", endpoint_url=s3_endpoint).read_bytes("k")
 
 
+def test_storages_unpickled_in_a_process_share_its_session_until_its_credentials_change(
+    s3_endpoint, new_bucket, monkeypatch
+):
+    """Every Ray task reading a shard unpickles a storage without a client; each new boto3 session loads S3's
+    service model again (70-200 ms of CPU), so the process keeps one session, and a fresh one once the variables
+    that choose credentials change."""
+    import pickle
+
+    bucket = new_bucket()
+    first = S3Storage(bucket, "p", endpoint_url=s3_endpoint)
+    first.write_bytes("k", b"v")
+    made = []
+    session_class = boto3.session.Session
+    monkeypatch.setattr(boto3.session, "Session", lambda **kw: made.append(kw) or session_class(**kw))
+    shipped = pickle.dumps(first)
+    clients = [first.client]
+    for _ in range(3):
+        storage = pickle.loads(shipped)
+        assert storage.read_bytes("k") == b"v"
+        clients.append(storage.client)
+    assert made == [] and len({id(c) for c in clients}) == 4  # the first storage's session, a client each
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "another-key")
+    seen = []
+    storage = pickle.loads(shipped)
+    storage.client.meta.events.register("before-send.s3.GetObject", lambda request, **_: seen.append(request))
+    assert storage.read_bytes("k") == b"v"
+    assert "Credential=another-key/" in seen[0].headers["Authorization"].decode()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    with pytest.raises(StorageError, match="no S3 credentials found"):
+        pickle.loads(shipped).read_bytes("k")
+
+
 def test_store_uris_are_normalised(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert normalize_store_uri("rel/store") == (tmp_path / "rel/store").as_uri()

@@ -214,6 +214,25 @@ def _copy(src: Any, dst: Any, progress: Progress | None) -> None:
             progress(len(chunk))
 
 
+_SESSION_LOCK = threading.Lock()
+_last_session: tuple[tuple[str | None, tuple[tuple[str, str], ...]], Any] | None = None
+
+
+def _session(region: str | None) -> Any:
+    """The process's boto3 session for `region` and its AWS environment, made once. A new session loads S3's
+    service model again: 70-200 ms of CPU per client, which every Ray task reading a shard paid (a storage arrives
+    unpickled, without a client), while a client from a loaded session takes about 7 ms. The session resolves and
+    keeps credentials, so it is kept only while the variables that choose them (AWS_*, and HOME for ~/.aws) are
+    unchanged. Call under _SESSION_LOCK."""
+    import boto3
+
+    global _last_session
+    key = (region, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_") or k == "HOME")))
+    if _last_session is None or _last_session[0] != key:
+        _last_session = (key, boto3.session.Session(region_name=region))
+    return _last_session[1]
+
+
 class S3Storage:
     """A prefix in an S3-compatible bucket (AWS S3, MinIO, Ceph RGW, ...).
 
@@ -251,7 +270,6 @@ class S3Storage:
             return self._client
 
     def _make_client(self) -> Any:
-        import boto3
         from botocore.config import Config
 
         config = Config(
@@ -261,8 +279,8 @@ class S3Storage:
             # A custom endpoint (MinIO, Ceph, a test server) rarely has wildcard DNS for virtual-hosted buckets.
             s3={"addressing_style": "path" if self._endpoint_url else "auto"},
         )
-        session = boto3.session.Session(region_name=self._region)
-        return session.client("s3", endpoint_url=self._endpoint_url, config=config)
+        with _SESSION_LOCK:  # a boto3 session is not thread-safe, so clients are made one at a time
+            return _session(self._region).client("s3", endpoint_url=self._endpoint_url, config=config)
 
     @property
     def endpoint(self) -> str:
