@@ -184,7 +184,7 @@ def ray_session() -> Iterator[None]:
 
     from vlkd.runtime import start_local_ray
 
-    start_local_ray(8, log_to_driver=False, runtime_env={"env_vars": dict(TEST_CREDENTIALS)})  # as a job starts one
+    start_local_ray(8, log_to_driver=False)  # as a job starts one; its processes inherit the test credentials
     yield
     ray.shutdown()
 
