@@ -93,6 +93,33 @@ def test_a_video_decoded_in_spans_is_its_whole_decode_cut_in_order(tmp_path, spa
     assert end.duration == pytest.approx(whole.duration) == pytest.approx(7.3, abs=0.05)
 
 
+def test_a_video_is_converted_by_a_scaler_per_size_giving_the_pixels_of_one_per_frame(tmp_path, monkeypatch):
+    """Setting up a scaler for every frame (`frame.reformat`) cost more than decoding the frame."""
+    from av.video.reformatter import VideoReformatter
+
+    from vlkd.data import video
+
+    made = []
+
+    def counted() -> VideoReformatter:
+        made.append(VideoReformatter())
+        return made[-1]
+
+    class PerFrame:
+        def reformat(self, frame: av.VideoFrame, **options) -> av.VideoFrame:
+            return frame.reformat(**options)
+
+    path = write_counter_video(tmp_path / "v.mp4", 3.3, fps=30, width=128, height=64)
+    plan = SamplingPlan(size_2d=32, size_3d=16)
+    monkeypatch.setattr(video, "VideoReformatter", counted)
+    kept = decode_video(path, plan)
+    assert len(made) == 2  # for 3 2D frames and 48 3D ones
+    monkeypatch.setattr(video, "VideoReformatter", PerFrame)
+    fresh = decode_video(path, plan)
+    np.testing.assert_array_equal(kept.frames_2d, fresh.frames_2d)
+    np.testing.assert_array_equal(kept.clips_3d, fresh.clips_3d)
+
+
 def test_a_corrupt_file_is_a_video_error(tmp_path):
     path = tmp_path / "bad.mp4"
     path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 class VideoError(Exception):
@@ -84,10 +85,12 @@ class VideoEnd:
     duration: float
 
 
-def _resize_crop(frame: av.VideoFrame, size: int) -> np.ndarray:
+def _resize_crop(frame: av.VideoFrame, size: int, reformatter: VideoReformatter) -> np.ndarray:
+    """`reformatter` keeps its scaler between calls of the same sizes: `frame.reformat` would set up a new one for
+    every frame, which costs more than decoding the frame (bench/frame_resize.py)."""
     scale = size / min(frame.width, frame.height)
     width, height = max(size, round(frame.width * scale)), max(size, round(frame.height * scale))
-    rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+    rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
     top, left = (height - size) // 2, (width - size) // 2
     return rgb[top : top + size, left : left + size]
 
@@ -143,6 +146,7 @@ class _SpanDecoder:
         self.spans = -(-self.count // span)
         self.picked: tuple[dict[int, np.ndarray], dict[int, np.ndarray]] = ({}, {})
         self.sizes = (plan.size_2d, plan.size_3d)
+        self.reformatters = (VideoReformatter(), VideoReformatter())  # one per size: each keeps one scaler
         self.targets: list[tuple[float, int, int, int]] = []  # a heap of (time, kind, key, span)
         self.waiting: dict[int, int] = {}  # span -> its targets not yet assigned
         self._last_3d = -1  # the last 3D frame index queued (a window two spans share is queued once)
@@ -172,7 +176,7 @@ class _SpanDecoder:
                 continue
             while shown is not None and self.targets and self.targets[0][0] < frame.time:
                 _, kind, key, index = heapq.heappop(self.targets)
-                self.picked[kind][key] = _resize_crop(shown, self.sizes[kind])
+                self.picked[kind][key] = self._convert(shown, kind)
                 self.waiting[index] -= 1
                 while done < self.spans and self.waiting.get(done) == 0:  # every time of span `done` is behind
                     yield self._span(done, self.count, None)
@@ -190,11 +194,14 @@ class _SpanDecoder:
         count = min(self.count, self.plan.feature_count(end))
         if count == 0:
             raise VideoError("zero duration")
-        fill = (_resize_crop(shown, self.plan.size_2d), _resize_crop(shown, self.plan.size_3d))  # shown until the end
+        fill = (self._convert(shown, 0), self._convert(shown, 1))  # shown until the end
         spans = -(-count // self.span)
         for index in range(done, spans):
             yield self._span(index, count, fill)
         yield VideoEnd(spans, end)
+
+    def _convert(self, frame: av.VideoFrame, kind: int) -> np.ndarray:
+        return _resize_crop(frame, self.sizes[kind], self.reformatters[kind])
 
     def _span(self, index: int, count: int, fill: tuple[np.ndarray, np.ndarray] | None) -> DecodedSpan:
         """Span `index` from the picked frames (`fill` for times past the last frame); frees what no later span
