@@ -1,9 +1,11 @@
 """The synthetic dataset: real mp4s whose pixels match their captions, a Wiki103-layout corpus, task files that
-parse in their official formats, all reproducible from a seed; plus the bad inputs preprocessing must skip."""
+parse in their official formats, all reproducible from a seed; plus the bad inputs preprocessing must skip. The
+howto100m-wiki103 profile: minutes-long videos of ~100 overlapping ASR-like clips, Wikipedia-length articles."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import math
@@ -24,13 +26,17 @@ from vlkd.data.synth import (
     TASKS,
     SynthConfig,
     SynthSummary,
+    article_name,
+    articles_in,
     corrupt_video,
     describe,
     generate,
+    long_articles,
     plan_videos,
     truncate_video,
     write_audio_only,
 )
+from vlkd.data.synth_asr import FILLERS, howto_captions, howto_videos
 from vlkd.data.synth_video import _shape_mask, draw_frame
 from vlkd.data.synth_world import BACKGROUNDS, COLOURS, MOTION_PHRASES, MOTIONS, SHAPES, SIZE, Actor, position
 from vlkd.errors import VlkdError
@@ -45,6 +51,14 @@ SMALL = SynthConfig(
     task_dev_examples=20,
 )
 PHRASE_TO_MOTION = {phrase: motion for motion, phrase in MOTION_PHRASES.items()}
+HOWTO = SynthConfig(
+    num_videos=2,
+    profile="howto100m-wiki103",
+    articles=3,
+    words_per_article=2000,
+    task_train_examples=40,
+    task_dev_examples=20,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +69,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
     return generate(tmp_path_factory.mktemp("synth") / "seed0-again", SMALL)
+
+
+@pytest.fixture(scope="module")
+def howto(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
+    return generate(tmp_path_factory.mktemp("synth") / "howto", HOWTO)
 
 
 @pytest.fixture(scope="module")
@@ -392,3 +411,175 @@ def _by_video(captions: list[Caption]) -> dict[str, list[Caption]]:
     for caption in captions:
         grouped.setdefault(caption.video_id, []).append(caption)
     return grouped
+
+
+def test_the_demo_profile_writes_the_text_it_wrote_before_profiles_existed(dataset: SynthSummary) -> None:
+    """sha256 of every file but the mp4s (their bytes depend on the x264 build), recorded from the generator before
+    `SynthConfig.profile` existed: the default profile, and so the quickstart, must not change."""
+    digest = hashlib.sha256()
+    for name, data in all_files(dataset.root).items():
+        if not name.endswith(".mp4"):
+            digest.update(name.encode() + data)
+    assert digest.hexdigest() == "ed3f40bb56adbbae0fc69e2128cf40303874b59d0591a94ec989f2b982d71692"
+
+
+def test_howto_videos_have_the_clips_asked_for_and_last_minutes() -> None:
+    videos = _by_video(howto_captions(seed=0, videos=6))
+    assert len(videos) == 6
+    for captions in videos.values():
+        assert len(captions) == 100
+        assert 90 <= captions[-1].end <= 150
+    assert [len(c) for c in _by_video(howto_captions(seed=0, videos=2, clips_per_video=7)).values()] == [7, 7]
+
+
+def test_howto_clips_are_stored_video_after_video_in_time_order() -> None:
+    captions = howto_captions(seed=0, videos=4)
+    runs = [video_id for video_id, _ in itertools.groupby(c.video_id for c in captions)]
+    assert len(runs) == len(set(runs)) == 4, "each video's clips are contiguous"
+    for clips in _by_video(captions).values():
+        assert all(a.start < b.start for a, b in itertools.pairwise(clips))
+        assert all(c.end > c.start >= 0 for c in clips)
+
+
+def test_each_howto_clip_overlaps_the_next_and_the_last_ends_the_video() -> None:
+    for video in howto_videos(seed=0, videos=3):
+        clips = video.captions
+        assert all(b.start < a.end for a, b in itertools.pairwise(clips)), "rolling windows, as ASR captions are"
+        assert max(c.end for c in clips) == clips[-1].end == video.seconds == video.scenes[-1].end
+
+
+def test_howto_captions_are_lower_case_unpunctuated_and_full_of_fillers() -> None:
+    texts = [c.text for c in howto_captions(seed=0, videos=2)]
+    assert all(re.fullmatch(r"[a-z]+( [a-z]+)*", text) for text in texts)
+    with_filler = [t for t in texts if _without_fillers(t) != t]
+    assert len(with_filler) >= 0.4 * len(texts)
+    assert all(re.search(rf"\b{filler}\b", " ".join(texts)) for filler in FILLERS)
+
+
+def test_each_howto_caption_names_the_scene_on_screen_at_its_midpoint() -> None:
+    for video in howto_videos(seed=0, videos=2):
+        named = [_without_fillers(c.text) == describe(video.scene_at((c.start + c.end) / 2)) for c in video.captions]
+        assert all(named)
+        assert len({describe(s) for s in video.scenes}) > 5, "the narration changes with the scenes"
+
+
+def test_howto_timeline_is_fixed_by_the_seed() -> None:
+    assert howto_captions(seed=0, videos=2) == howto_captions(seed=0, videos=2)
+    assert howto_captions(seed=0, videos=2) != howto_captions(seed=1, videos=2)
+
+
+def test_howto_profile_writes_the_timeline_and_mp4s_as_long_as_their_captions(howto: SynthSummary) -> None:
+    captions = captions_of(howto)
+    assert captions == howto_captions(HOWTO.seed, HOWTO.num_videos, HOWTO.clips_per_video)
+    assert howto.segments == len(captions) == 200
+    total = 0.0
+    for stem, clips in _by_video(captions).items():
+        with av.open(str(howto.videos_dir / f"{stem}.mp4")) as container:
+            stream = container.streams.video[0]
+            frames = sum(1 for _ in container.decode(stream))
+            duration = float(stream.duration * stream.time_base)
+        assert stream.average_rate == HOWTO.fps
+        assert frames == round(clips[-1].end * HOWTO.fps)
+        assert duration == pytest.approx(max(c.end for c in clips))
+        total += duration
+    assert howto.video_seconds == pytest.approx(total)
+
+
+def test_howto_frames_show_the_colours_their_captions_name(howto: SynthSummary) -> None:
+    for stem, clips in _by_video(captions_of(howto)).items():
+        # the frame on screen at each midpoint of the first clips, a few scenes' worth
+        wanted = {math.floor((c.start + c.end) / 2 * HOWTO.fps): c for c in clips[:12]}
+        frames = _frames_at(howto.videos_dir / f"{stem}.mp4", set(wanted))
+        for index, caption in wanted.items():
+            named = {colour for colour in COLOURS if colour in _without_fillers(caption.text).split()}
+            for colour in COLOURS:
+                pixels = int(colour_mask(frames[index], colour).sum())
+                assert (pixels >= 50) if colour in named else (pixels <= 10), (caption, index, colour, pixels)
+
+
+def test_howto_profile_corpus_is_the_long_articles(howto: SynthSummary) -> None:
+    lines = (howto.text_dir / CORPUS_FILE).read_text().split("\n")[:-1]
+    expected = long_articles(HOWTO.seed, HOWTO.articles, HOWTO.words_per_article)
+    assert [line.strip() for line in lines] == expected
+    assert all(line == " " or (line.startswith(" ") and line.endswith(" ")) for line in lines)
+    assert howto.corpus_lines == len(expected)
+
+
+def test_long_articles_are_thousands_of_words_over_sections_with_distinct_titles() -> None:
+    articles = _articles(long_articles(seed=0, articles=4, words_per_article=3000))
+    assert [title for title, _ in articles] == [f"= {article_name(k).capitalize()} =" for k in range(4)]
+    for _, body in articles:
+        paragraphs = [line for line in body if line and not line.startswith("=")]
+        assert 3000 <= sum(len(p.split()) for p in paragraphs) <= 3200
+        assert len([line for line in body if line.startswith("= = ")]) >= 3
+        assert len(paragraphs) >= 20
+        assert body[0] == "" and all(line == "" for line in body[::2]), "content lines alternate with blank lines"
+
+
+def test_every_sentence_of_an_article_begins_with_its_name_and_names_no_other() -> None:
+    for index, (_, body) in enumerate(_articles(long_articles(seed=3, articles=5, words_per_article=500))):
+        paragraphs = [line for line in body if line and not line.startswith("=")]
+        for paragraph in paragraphs:
+            assert articles_in(paragraph) == [index]
+            sentences = [s.strip() for s in paragraph.split(" .") if s.strip()]
+            assert all(s.split()[0] == article_name(index).capitalize() for s in sentences)
+
+
+def test_article_names_are_distinct_words_that_map_back_to_their_index() -> None:
+    names = [article_name(k) for k in range(6000)]
+    assert len(set(names)) == len(names) and all(re.fullmatch(r"[a-z]+", n) for n in names)
+    for k in (0, 1, 69, 70, 4899, 4900, 123_456):
+        assert articles_in(f"So {article_name(k).upper()} moves up , then {article_name(k + 1)} .") == [k, k + 1]
+    assert articles_in("zorba is no article, nor is zorbababa") == []
+
+
+def test_a_tokenized_packed_sequence_says_which_articles_it_mixes() -> None:
+    """What a batching test does: train the text stage's tokenizer on the corpus, pack its paragraphs into
+    sequences, decode each and map it to its articles. Every sequence holding a whole sentence names its one or two
+    articles; one naming none is a paragraph's tail, shorter than a sentence, cut off by packing."""
+    from vlkd.data.text import corpus_lines, pack_sequences, tokenize_lines, train_tokenizer
+
+    lines = list(corpus_lines(long_articles(seed=0, articles=4, words_per_article=1000)))
+    tokenizer = train_tokenizer(lambda: lines, vocab_size=512, min_frequency=1, lowercase=True)
+    sentences = [f"{s} ." for line in lines for s in line.split(" . ")]
+    longest_sentence = max(len(ids) for ids in tokenize_lines(tokenizer, sentences))
+    ids = tokenize_lines(tokenizer, lines)
+    sequences = list(pack_sequences(ids, 128, tokenizer.cls_token_id, tokenizer.sep_token_id, pack=True))
+    mixed = [articles_in(tokenizer.decode(s, skip_special_tokens=True)) for s in sequences]
+    assert all(len(found) <= 2 for found in mixed)
+    assert all(len(s) - 2 < longest_sentence for s, found in zip(sequences, mixed, strict=True) if not found)
+    assert sum(not found for found in mixed) < len(mixed) / 10
+    assert [k for k, _ in itertools.groupby(k for found in mixed for k in found)] == [0, 1, 2, 3]
+
+
+def test_an_unknown_profile_is_one_error_line_listing_the_profiles(vlkd_cli, tmp_path: Path) -> None:
+    result = vlkd_cli("data", "synth", "--profile", "bogus", "--out", str(tmp_path / "out"), "--no-push")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: SynthConfig: unknown profile 'bogus'; available: demo, howto100m-wiki103"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def _frames_at(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
+    """The decoded frames (RGB) of the given indices, decoding no further than the last."""
+    frames = {}
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index in indices:
+                frames[index] = frame.to_ndarray(format="rgb24")
+            if index >= max(indices):
+                break
+    return frames
+
+
+def _without_fillers(text: str) -> str:
+    for filler in sorted(FILLERS, key=len, reverse=True):
+        text = re.sub(rf"\b{filler}\b", " ", text)
+    return " ".join(text.split())
+
+
+def _articles(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """(title line, the lines after it up to the next title) of each article in Wiki103-layout `lines`."""
+    starts = [i for i, line in enumerate(lines) if re.fullmatch(r"= [^=]+ =", line)]
+    return [(lines[a], lines[a + 1 : b]) for a, b in zip(starts, [*starts[1:], len(lines)], strict=True)]
