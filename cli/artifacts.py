@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 import yaml
@@ -129,6 +129,19 @@ def _cost(cost: dict[str, float]) -> str:
     return f"{cost['wall_seconds']:g} s wall, {cost['cpu_hours']:.4g} CPU-hours, {cost['gpu_hours']:.4g} GPU-hours held"
 
 
+def _clips(metrics: dict[str, Any], spec: dict[str, Any]) -> str:
+    """A features artifact's clips at a glance: how many, what `max_frames` trimmed (artifacts made before vlkd
+    counted it do not say) and how many inputs were left out."""
+    facts = [f"{plural(metrics['clips'], 'clip')} from {plural(metrics['videos'], 'video')}"]
+    if "trimmed_clips" in metrics:
+        facts.append(
+            f"{metrics['trimmed_clips']} trimmed to max_frames ({spec['max_frames']}), "
+            f"{metrics['trimmed_seconds']:g} s left out"
+        )
+    facts.append(f"{plural(metrics['skipped'], 'input')} skipped (skipped.jsonl)")
+    return "; ".join(facts)
+
+
 def _print_manifest(manifest: Manifest, tags: list[str]) -> None:
     facts = {
         "created": f"{human_time(manifest.created_at)} (vlkd {manifest.vlkd_version})",
@@ -138,6 +151,8 @@ def _print_manifest(manifest: Manifest, tags: list[str]) -> None:
         "size": f"{plural(len(manifest.files), 'file')}, {human_size(manifest.total_size)}",
         "parents": ", ".join(manifest.parents) or "-",
     }
+    if manifest.kind == "features" and "clips" in manifest.metrics:  # made by preprocess, not pushed
+        facts["clips"] = _clips(manifest.metrics, manifest.spec)
     console.print(f"[bold]{manifest.ref}[/]", highlight=False)
     for key, value in facts.items():
         console.print(f"  {key:<9} {value}", highlight=False, markup=False)

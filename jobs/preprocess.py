@@ -2,8 +2,9 @@
 
 Inputs are listed on the driver; videos are decoded in CPU tasks and encoded (2D + 3D, concatenated) in an
 actor pool sized from the spec's resources, each actor writing a video's features to a run cache in the store;
-the driver then cuts videos into caption clips, writes the Parquet shards and publishes. Bad inputs are
-skipped and listed with the reason; the job fails only when no clip is left.
+the driver then cuts videos into caption clips, writes the Parquet shards and publishes. Every second of a video is
+encoded, however long it is; `max_frames` caps each clip (a training example), and the manifest counts the clips
+it trimmed. Bad inputs are skipped and listed with the reason; the job fails only when no clip is left.
 """
 
 from __future__ import annotations
@@ -73,7 +74,6 @@ def plan_inputs(source: InputSource, captions_path: str) -> tuple[list[VideoInpu
 def sampling_plan(spec: PreprocessSpec) -> SamplingPlan:
     return SamplingPlan(
         fps=spec.fps,
-        max_frames=spec.max_frames,
         size_2d=spec.encoder_2d.image_size,
         size_3d=spec.encoder_3d.image_size,
         input_fps_3d=spec.encoder_3d.input_fps,
@@ -82,8 +82,11 @@ def sampling_plan(spec: PreprocessSpec) -> SamplingPlan:
 
 
 def fingerprint(spec: PreprocessSpec, source: InputSource) -> str:
-    """What determines the features (not the artifact name, shard size or resources)."""
-    keys = ("videos", "captions", "encoder_2d", "encoder_3d", "fps", "max_frames")
+    """The run cache's key: what its per-video features are made from (inputs, encoders, fps) and how they are cut
+    into the cached spans (`span_features`: parts cut two ways must never be joined). Not what is applied when the
+    clips are cut from them at publish time (`captions`, `max_frames`), nor the artifact name, shard size or
+    resources: a rerun that changes only those reuses every encoded video."""
+    keys = ("videos", "encoder_2d", "encoder_3d", "fps", "span_features")
     settings = {k: v for k, v in spec.model_dump(mode="json").items() if k in keys}
     settings.update(source=source.uri, vlkd=__version__)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -249,23 +252,36 @@ def run(spec: PreprocessSpec, context: JobContext) -> list[Manifest]:
     return [manifest]
 
 
+@dataclass
+class Trimmed:
+    """What the cap on a clip's frames cost: the clips longer than `max_frames` and the seconds left out of them."""
+
+    clips: int = 0
+    seconds: float = 0.0
+
+
 def _clips_of(
-    video: VideoInput, features: np.ndarray, spec: PreprocessSpec, skipped: list[dict[str, str]]
+    video: VideoInput, features: np.ndarray, spec: PreprocessSpec, skipped: list[dict[str, str]], trimmed: Trimmed
 ) -> list[fmt.Clip]:
+    """A video's caption clips, wherever they sit in it. A clip longer than `max_frames` keeps its first
+    `max_frames` frames (the paper truncates, Sec. 4.3), not frames spread over it: the teacher also keeps a clip's
+    first `max_frames` (`clip_features`), so a clip trimmed here or at training time gives it the same frames, and
+    kept frames stay 1/fps apart, the spacing the visual encoder's position embeddings learn."""
     clips = []
     for index, caption in enumerate(sorted(video.captions, key=lambda c: (c.start, c.end))):
         frames = fmt.clip_frames(caption.start, caption.end, spec.fps, len(features))
         if frames is None:
-            skipped.append(
-                {
-                    "item": f"{video.video_id}@{caption.start:g}-{caption.end:g}s",
-                    "reason": f"beyond the video's {len(features)} features (max_frames {spec.max_frames})",
-                }
-            )
+            item = f"{video.video_id}@{caption.start:g}-{caption.end:g}s"
+            skipped.append({"item": item, "reason": f"past the video's end (its {len(features)} features)"})
             continue
-        clips.append(
-            fmt.Clip(video.video_id, index, caption.start, caption.end, caption.text, features[frames[0] : frames[1]])
-        )
+        first, end = frames
+        stop = min(end, first + spec.max_frames)
+        if stop < end:
+            trimmed.clips += 1
+            trimmed.seconds += (end - stop) / spec.fps
+        # A copy, not a view: a view would hold the whole video's features until the clip's shard is written.
+        kept = features[first:stop].copy()
+        clips.append(fmt.Clip(video.video_id, index, caption.start, caption.end, caption.text, kept))
     return clips
 
 
@@ -279,12 +295,17 @@ def _write_shards(
     videos: list[VideoInput],
     cached: Cached,
     skipped: list[dict[str, str]],
-) -> None:
-    """Cut each video's features into its caption clips and write them."""
+) -> Trimmed:
+    """Cut each video's features into its caption clips and write them; return what `max_frames` trimmed. The
+    driver holds one video's features at a time (float16 at 1 fps and dim 2560: 18 MB per hour of video) and a
+    shard of clips."""
     cache, spans = cached
+    trimmed = Trimmed()
     for video in sorted(videos, key=lambda v: v.video_id):
         features, duration = cache.read(video.video_id, video.tag, spans[(video.video_id, video.tag)])
-        writer.add_video(video.video_id, duration, len(features), _clips_of(video, features, spec, skipped))
+        clips = _clips_of(video, features, spec, skipped, trimmed)
+        writer.add_video(video.video_id, duration, len(features), clips)
+    return trimmed
 
 
 def publish(
@@ -309,7 +330,7 @@ def publish(
             spec.fps,
             spec.max_frames,
         )
-        _write_shards(writer, spec, videos, cached, skipped)
+        trimmed = _write_shards(writer, spec, videos, cached, skipped)
         counts = writer.counts
         if counts["clips"] == 0:
             reasons = sorted({s["reason"] for s in skipped})[:5]
@@ -318,6 +339,8 @@ def publish(
         metrics = {
             **counts,
             "skipped": len(skipped),
+            "trimmed_clips": trimmed.clips,
+            "trimmed_seconds": round(trimmed.seconds, 3),
             "reused_videos": stats["reused_videos"],
             "seconds": round(stats["seconds"], 2),
             "videos_per_second": round(counts["videos"] / max(stats["seconds"], 1e-9), 3),
@@ -332,7 +355,16 @@ def publish(
             "skipped": skipped[:100],  # all of them are in skipped.jsonl
         }
         manifest = draft.commit(spec=spec, parents=parents, metrics=metrics, attributes=attributes, cost=context.cost())
-    log.info("%s: %d clips from %d videos, %d skipped", manifest.ref, counts["clips"], counts["videos"], len(skipped))
+    log.info(
+        "%s: %d clips from %d videos (%d trimmed to max_frames %d, %g s left out), %d skipped",
+        manifest.ref,
+        counts["clips"],
+        counts["videos"],
+        trimmed.clips,
+        spec.max_frames,
+        metrics["trimmed_seconds"],
+        len(skipped),
+    )
     return manifest
 
 

@@ -1,4 +1,5 @@
-"""The `preprocess` stage on a real local Ray with real mp4s: features, alignment, skipped inputs, resume."""
+"""The `preprocess` stage on a real local Ray with real mp4s: features, alignment, the cap on a clip's frames,
+skipped inputs, resume."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from vlkd.data.captions import Caption, dump_captions, parse_captions
 from vlkd.data.synth import VIDEOS_DIR, corrupt_video, write_audio_only
 from vlkd.data.video import decode_video
 from vlkd.errors import DataError
+from vlkd.inputs import open_input
 from vlkd.jobs import preprocess
 from vlkd.models.frame_encoders import build_2d_encoder
 from vlkd.specs import parse_spec
 
 pytestmark = pytest.mark.timeout(300)
-MAX_FRAMES = 5
+MAX_FRAMES = 2
+"""frames per clip: the synthetic videos (4.4-5.9 s) have clips past it and clips longer than it"""
 
 
 def preprocess_spec(**overrides):
@@ -87,6 +90,21 @@ def load(store, manifest, tmp_path):
     return index, clips, skipped
 
 
+def clip_seconds(video_folder: Path) -> list[tuple[Caption, int, int]]:
+    """Each caption of a synthetic video and the seconds [first, stop) of its video it spans (its frames, uncapped)."""
+    captions, _ = parse_captions((video_folder / "captions.jsonl").read_text().splitlines())
+    spans = []
+    for caption in (c for c in captions if c.video_id.startswith("synth_")):
+        seconds = round(duration_of(video_folder / f"{caption.video_id}.mp4"))
+        spans.append((caption, *fmt.clip_frames(caption.start, caption.end, 1.0, seconds)))
+    return spans
+
+
+def seconds_trimmed(video_folder: Path) -> list[int]:
+    """For each clip longer than MAX_FRAMES, the seconds it loses."""
+    return [stop - first - MAX_FRAMES for _, first, stop in clip_seconds(video_folder) if stop - first > MAX_FRAMES]
+
+
 def test_features_are_published_with_bad_inputs_skipped(published, video_folder, tmp_path):
     store, manifest = published
     index, clips, skipped = load(store, manifest, tmp_path)
@@ -99,31 +117,35 @@ def test_features_are_published_with_bad_inputs_skipped(published, video_folder,
     assert reasons["captionless.mp4"] == "no captions"
     assert reasons["ghost"] == "captions name a missing video (1 clips)"
     assert any(item.startswith("captions.jsonl:") and "not a caption record" in r for item, r in reasons.items())
-
-    captions, _ = parse_captions((video_folder / "captions.jsonl").read_text().splitlines())
-    good = [c for c in captions if c.video_id.startswith("synth_")]
-    beyond = [s for s in skipped if "beyond the video's" in s["reason"]]
-    assert len(clips) + len(beyond) == len(good)
     assert manifest.metrics["clips"] == len(clips) and manifest.metrics["videos"] == 6
     assert index["feature_dim"] == 512 + 2048 and index["dim_2d"] == 512
     assert [s["clips"] for s in index["shards"]][:-1] == [4] * (len(index["shards"]) - 1)
-    for clip in clips:
-        frames = fmt.clip_frames(
-            clip.start, clip.end, 1.0, min(round(duration_of(video_folder / f"{clip.video_id}.mp4")), MAX_FRAMES)
-        )
-        assert clip.features.shape == (frames[1] - frames[0], 2560)
-        assert np.isfinite(clip.features).all()
+    assert all(np.isfinite(clip.features).all() for clip in clips)
 
 
-def test_each_video_has_one_feature_per_second_up_to_max_frames(published, video_folder, tmp_path):
+def test_every_clip_is_kept_wherever_it_sits_in_its_video(published, video_folder, tmp_path):
+    """max_frames caps a clip, not a video: clips that start past max_frames seconds are examples like any other."""
+    store, manifest = published
+    _, clips, skipped = load(store, manifest, tmp_path)
+    expected = clip_seconds(video_folder)
+    assert any(caption.start > MAX_FRAMES for caption, _, _ in expected)  # else this test would show nothing
+
+    assert [s for s in skipped if s["item"].startswith("synth_")] == []
+    kept = {(c.video_id, c.start): c.features.shape for c in clips}
+    assert kept == {(c.video_id, c.start): (min(stop - first, MAX_FRAMES), 2560) for c, first, stop in expected}
+
+
+def test_each_video_has_one_feature_per_second_of_its_whole_length(published, video_folder, tmp_path):
     store, manifest = published
     out = tmp_path / "f"
     store.fetch(manifest.ref, out)
     import pyarrow.parquet as pq
 
-    for row in pq.read_table(out / fmt.VIDEOS).to_pylist():
+    rows = pq.read_table(out / fmt.VIDEOS).to_pylist()
+    assert max(row["frames"] for row in rows) > MAX_FRAMES
+    for row in rows:
         duration = duration_of(video_folder / f"{row['video_id']}.mp4")
-        assert row["frames"] == min(round(duration), MAX_FRAMES)
+        assert row["frames"] == round(duration)
         assert row["duration"] == pytest.approx(duration, abs=0.05)
 
 
@@ -137,6 +159,52 @@ def test_clip_features_are_the_concatenated_2d_and_3d_features_of_its_seconds(pu
     encoder = build_2d_encoder(spec.encoder_2d, None)  # seeded random init: the same weights as the job's
     expected = encoder.encode(torch.from_numpy(decoded.frames_2d[first : first + len(clip.features)])).numpy()
     np.testing.assert_allclose(clip.features[:, :512].astype(np.float32), expected, rtol=1e-2, atol=1e-3)
+
+
+def test_a_clip_longer_than_max_frames_keeps_its_first_max_frames_seconds(published, video_folder, tmp_path):
+    """A clip that starts past max_frames seconds into its video and is longer than max_frames."""
+    spec = preprocess_spec()
+    store, manifest = published
+    _, clips, _ = load(store, manifest, tmp_path)
+    caption, first, _ = next(
+        (c, first, stop)
+        for c, first, stop in clip_seconds(video_folder)
+        if first >= MAX_FRAMES and stop - first > MAX_FRAMES
+    )
+    clip = next(c for c in clips if (c.video_id, c.start) == (caption.video_id, caption.start))
+    assert clip.features.shape == (MAX_FRAMES, 2560)
+    decoded = decode_video(video_folder / f"{caption.video_id}.mp4", preprocess.sampling_plan(spec))
+    frames = torch.from_numpy(decoded.frames_2d[first : first + MAX_FRAMES])
+    expected = build_2d_encoder(spec.encoder_2d, None).encode(frames).numpy()
+    np.testing.assert_allclose(clip.features[:, :512].astype(np.float32), expected, rtol=1e-2, atol=1e-3)
+
+
+def test_the_manifest_counts_the_clips_trimmed_to_max_frames_and_the_seconds_left_out(published, video_folder):
+    _, manifest = published
+    longer = seconds_trimmed(video_folder)
+    assert len(longer) > 1
+    assert manifest.metrics["trimmed_clips"] == len(longer)
+    assert manifest.metrics["trimmed_seconds"] == sum(longer)
+
+
+def test_artifacts_show_says_how_many_clips_max_frames_trimmed(published, video_folder, vlkd_cli, s3_endpoint):
+    store, manifest = published
+    longer = seconds_trimmed(video_folder)
+    env = {"AWS_ENDPOINT_URL": s3_endpoint}
+    shown = vlkd_cli("artifacts", "show", str(manifest.ref), "--store", store.uri, env=env)
+    assert shown.returncode == 0, shown.stderr
+    trimmed = f"{len(longer)} trimmed to max_frames ({MAX_FRAMES}), {sum(longer)} s left out"
+    assert f"  clips     {manifest.metrics['clips']} clips from 6 videos; {trimmed};" in shown.stdout
+
+
+@pytest.mark.parametrize("store_uri", ["file"], indirect=True)
+def test_the_run_cache_is_kept_when_only_how_clips_are_cut_changes(store, dataset):
+    """The cache holds each video's features: max_frames and the captions apply when clips are cut from them."""
+    source = open_input("dataset/videos", store)
+    key = preprocess.fingerprint(preprocess_spec(), source)
+    assert preprocess.fingerprint(preprocess_spec(max_frames=64, captions="other.jsonl"), source) == key
+    for changed in ({"fps": 2.0}, {"span_features": 8}, {"encoder_2d": {"name": "pixels", "image_size": 32}}):
+        assert preprocess.fingerprint(preprocess_spec(**changed), source) != key
 
 
 @pytest.mark.parametrize("store_uri", ["s3"], indirect=True)  # the run cache as a cluster keeps it

@@ -63,10 +63,20 @@ def test_other_frame_rates_are_resampled_to_24_fps(tmp_path):
     assert [frame_index(f) for f in video.clips_3d[0][:6]] == [0, 0, 1, 1, 2, 2]
 
 
-def test_features_are_truncated_at_max_frames(tmp_path):
-    path = write_counter_video(tmp_path / "v.mp4", 6.0, fps=24)
-    video = decode_video(path, SamplingPlan(max_frames=3, size_2d=32, size_3d=16))
-    assert video.frames_2d.shape[0] == 3 and video.clips_3d.shape[0] == 3
+@pytest.mark.parametrize("stated", [True, False], ids=["stated-duration", "unstated-duration"])
+def test_a_video_is_decoded_to_its_end_however_long_it_is(tmp_path, monkeypatch, stated):
+    """Clips sit anywhere in a video (the paper's 512-frame cap is per clip): none may lose its frames for being
+    late in a long one. A video whose duration is unstated is decoded until its last frame."""
+    from vlkd.data import video
+
+    path = write_counter_video(tmp_path / "long.mp4", 530.0, fps=1, width=32, height=32)
+    if not stated:
+        monkeypatch.setattr(video, "_duration", lambda container, stream: None)
+    decoded = decode_video(path, SamplingPlan(size_2d=16, size_3d=16))
+    assert decoded.num_features == len(decoded.clips_3d) == 530
+    assert decoded.duration == pytest.approx(530.0, abs=0.05)
+    # at 1 fps, second i shows frame i
+    assert [frame_index(f) for f in decoded.frames_2d[510:]] == [i % 24 for i in range(510, 530)]
 
 
 def test_frames_are_resized_short_side_then_centre_cropped(tmp_path):
@@ -154,3 +164,24 @@ def test_a_file_without_video_stream_is_a_video_error(tmp_path):
 )
 def test_clip_frames_are_the_seconds_whose_centre_lies_in_the_clip(start, end, count, expected):
     assert clip_frames(start, end, 1.0, count) == expected
+
+
+def test_a_thumbnail_is_the_frame_of_its_feature_decoded_no_further_than_its_span(tmp_path, monkeypatch):
+    """The eval report's retrieval thumbnails: a clip 3 s into a 140 s video decodes one span, not the video."""
+    import vlkd.data.video as video
+
+    path = write_counter_video(tmp_path / "v.mp4", 140.0, fps=2, width=32, height=32)
+    plan = SamplingPlan(size_2d=32, size_3d=16, window=1)
+    whole = decode_video(path, plan).frames_2d
+    spans = []
+
+    def counted(*args, **kwargs):
+        for part in decode_spans(*args, **kwargs):
+            spans.append(part)
+            yield part
+
+    monkeypatch.setattr(video, "decode_spans", counted)
+    np.testing.assert_array_equal(video.frame_at(path, plan, 3), whole[3])
+    assert len(spans) == 1 and len(whole) == 140
+    np.testing.assert_array_equal(video.frame_at(path, plan, 139), whole[139])
+    np.testing.assert_array_equal(video.frame_at(path, plan, 500), whole[-1])  # past the end: the last frame

@@ -65,7 +65,7 @@ class Clip:
 
 def clip_frames(start: float, end: float, fps: float, count: int) -> tuple[int, int] | None:
     """Feature rows [lo, hi) of a clip: the spans whose centre falls inside it. A clip shorter than one span
-    gets the span holding its midpoint; a clip past the video's (truncated) features gets None."""
+    gets the span holding its midpoint; a clip past the end of the video's features gets None."""
     lo = max(0, math.ceil(start * fps - 0.5))
     hi = min(count, math.ceil(end * fps - 0.5))
     if hi > lo:

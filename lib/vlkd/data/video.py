@@ -29,16 +29,19 @@ class VideoError(Exception):
 
 @dataclass(frozen=True)
 class SamplingPlan:
+    """Which frames make a video's features. It has no cap on their number: a video is decoded to its end, in spans
+    of bounded memory, and the cap on frames (`max_frames`, Sec. 4.3) applies to each clip, where preprocessing and
+    the teacher cut them."""
+
     fps: float = 1.0
-    max_frames: int = 512
     size_2d: int = 224
     size_3d: int = 112
     input_fps_3d: float = 24.0
     window: int = 16
 
     def feature_count(self, duration: float) -> int:
-        """Features for a video of `duration` seconds: spans whose centre lies inside it, at most max_frames."""
-        return min(self.max_frames, max(0, math.ceil(duration * self.fps - 0.5)))
+        """Features for a video of `duration` seconds: spans whose centre lies inside it."""
+        return max(0, math.ceil(duration * self.fps - 0.5))
 
     def feature_times(self, stop: int, start: int = 0) -> np.ndarray:
         """Centre times of features [start, stop)."""
@@ -124,9 +127,14 @@ def decode_spans(path: str | Path, plan: SamplingPlan, span: int) -> Iterator[De
             raise VideoError(f"corrupt video data: {exc}") from None
 
 
+_WHOLE_VIDEO_SPAN = 64
+"""features per span when `decode_video` joins them: any span gives the same frames, so this only sets how many
+pieces are joined"""
+
+
 def decode_video(path: str | Path, plan: SamplingPlan) -> DecodedVideo:
     """The features' frames of one whole video (for readers that want it at once; preprocessing uses spans)."""
-    *spans, end = decode_spans(path, plan, plan.max_frames)
+    *spans, end = decode_spans(path, plan, _WHOLE_VIDEO_SPAN)
     return DecodedVideo(
         duration=end.duration,
         frames_2d=np.concatenate([s.frames_2d for s in spans]),
@@ -134,16 +142,33 @@ def decode_video(path: str | Path, plan: SamplingPlan) -> DecodedVideo:
     )
 
 
+def frame_at(path: str | Path, plan: SamplingPlan, feature: int) -> np.ndarray:
+    """The 2D frame of one feature (the video's last when it has fewer), decoding no further than its span: a
+    thumbnail of a clip near the start of an hour-long video costs seconds of decoding, not the hour."""
+    last = None
+    for part in decode_spans(path, plan, _WHOLE_VIDEO_SPAN):
+        if isinstance(part, VideoEnd):
+            break
+        first = part.index * _WHOLE_VIDEO_SPAN
+        if feature < first + len(part.frames_2d):
+            return part.frames_2d[feature - first]
+        last = part.frames_2d[-1]
+    if last is None:
+        raise VideoError("no frame decoded")
+    return last
+
+
 class _SpanDecoder:
     """Assigns decoded frames to the times the features need (the frame shown at a time is the last one stamped
     before it) and hands out each span once all of its times are behind the decoder. It knows the times of two
     spans at a time (a span's last 3D window can reach past the next span's first feature at fps above 1) and holds
-    about two spans' frames, whatever the video's length."""
+    about two spans' frames, whatever the video's length. A video of unstated duration has unbounded `count` and
+    `spans` until its last frame is decoded."""
 
     def __init__(self, plan: SamplingPlan, span: int, duration: float | None) -> None:
         self.plan, self.span, self.duration = plan, span, duration
-        self.count = plan.feature_count(duration) if duration else plan.max_frames
-        self.spans = -(-self.count // span)
+        self.count: float = plan.feature_count(duration) if duration else math.inf
+        self.spans: float = -(-self.count // span) if duration else math.inf
         self.picked: tuple[dict[int, np.ndarray], dict[int, np.ndarray]] = ({}, {})
         self.sizes = (plan.size_2d, plan.size_3d)
         self.reformatters = (VideoReformatter(), VideoReformatter())  # one per size: each keeps one scaler
@@ -203,7 +228,7 @@ class _SpanDecoder:
     def _convert(self, frame: av.VideoFrame, kind: int) -> np.ndarray:
         return _resize_crop(frame, self.sizes[kind], self.reformatters[kind])
 
-    def _span(self, index: int, count: int, fill: tuple[np.ndarray, np.ndarray] | None) -> DecodedSpan:
+    def _span(self, index: int, count: float, fill: tuple[np.ndarray, np.ndarray] | None) -> DecodedSpan:
         """Span `index` from the picked frames (`fill` for times past the last frame); frees what no later span
         needs."""
         first, stop = index * self.span, min((index + 1) * self.span, count)

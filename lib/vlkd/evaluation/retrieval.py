@@ -195,12 +195,12 @@ class Thumbnails:
         if not target.exists():
             import matplotlib.image
 
-            from vlkd.data.video import SamplingPlan, decode_video
+            from vlkd.data.video import SamplingPlan, frame_at
 
             with tempfile.TemporaryDirectory() as tmp:
                 local = self.source.local_path(path) or self.source.fetch(path, Path(tmp) / Path(path).name)
-                frames = decode_video(local, SamplingPlan(size_2d=160, size_3d=16, window=1)).frames_2d
+                plan = SamplingPlan(size_2d=160, size_3d=16, window=1)
+                frame = frame_at(local, plan, int((clip.start + clip.end) / 2))
             self.directory.mkdir(parents=True, exist_ok=True)
-            middle = min(int((clip.start + clip.end) / 2), len(frames) - 1)
-            matplotlib.image.imsave(target, frames[middle])
+            matplotlib.image.imsave(target, frame)
         return name

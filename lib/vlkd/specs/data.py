@@ -90,7 +90,12 @@ class PreprocessSpec(StageSpec):
     encoder_2d: Encoder2DSpec = Encoder2DSpec()
     encoder_3d: Encoder3DSpec = Field(description="needs weights (or init: random): no hub hosts them")
     fps: float = Field(1.0, gt=0, description="feature rate; 1 fps in the paper (Sec. 4.2)")
-    max_frames: int = Field(512, gt=0, description="per video; Sec. 4.3")
+    max_frames: int = Field(
+        512,
+        gt=0,
+        description="frames kept per clip, its first ones (the paper truncates at 512, Sec. 4.3); every second of a "
+        "video is encoded, and the manifest counts the clips trimmed (metrics.trimmed_clips, trimmed_seconds)",
+    )
     shard_size: int = Field(256, gt=0, description="clips per Parquet shard")
     decode_cpus: float = Field(1.0, gt=0, description="CPUs per decoding task")
     span_features: int = Field(
