@@ -1,4 +1,4 @@
-"""The training input path alone (Ray Data shard -> collate -> tensors on the device) against the step it feeds.
+"""The training input path alone (a worker's Ray Data share -> collate -> tensors on the device) against its step.
 
     python -m bench.input_path [--presets tiny bert-6l-512h bert-12l-768h] [--batch 32] [--seq 128] [--cpus 8]
         [--read-tasks 2 8]
@@ -60,13 +60,14 @@ def input_rates(
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir)
     resources, prefetch = Resources(num_workers=0, read_tasks=read_tasks), TrainSpec().prefetch_batches
     configure_ray_data(resources)
-    features, _ = clip_datasets(store, "features/input", 64, 0, resources, batch)
-    corpus, _ = corpus_datasets(store, "corpus/input", resources, batch)
+    window = TrainSpec().shuffle_window
+    features, _ = clip_datasets(store, "features/input", 64, 0, resources, batch, window)
+    corpus, _ = corpus_datasets(store, "corpus/input", resources, batch, window, 0)
     teacher = TeacherTask(teacher_task("tiny", tokenizer, "unmasked").spec, tokenizer, 2560)
     student = DistillTask(distill_task("tiny", tokenizer, {}, None).spec, tokenizer, None, None, None, 1)
     paths = {"teacher": (features["train"], teacher), "student": (corpus["train"], student)}
     return {
-        name: batches_per_second(train_batches(data.iterator(), task, batch, device, prefetch, 0), count, device)
+        name: batches_per_second(train_batches(data.epoch(0), task, batch, device, prefetch, True), count, device)
         for name, (data, task) in paths.items()
     }
 

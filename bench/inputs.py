@@ -45,8 +45,9 @@ class Inputs:
         self.store.publish("tokenizer", TOKENIZER.split("/")[1], collect_files([folder]))
         return folder
 
-    def features(self, name: str, clips: int, frames_per_clip: int = 8) -> None:
-        """`clips` clips of `frames_per_clip` frames, `CLIPS_PER_VIDEO` to a video, each with a caption."""
+    def features(self, name: str, clips: int, frames_per_clip: int = 8, clips_per_video: int = CLIPS_PER_VIDEO) -> None:
+        """`clips` clips of `frames_per_clip` frames, `clips_per_video` to a video (stored together, as preprocessing
+        writes them), each with a caption."""
         folder = self._folder(f"features-{name}")
 
         def put(path: str, local: Path) -> None:
@@ -54,9 +55,9 @@ class Inputs:
             os.replace(local, folder / path)
 
         writer = fmt.FeaturesWriter(put, self._folder("scratch"), 256, DIMS, 1.0, 512)
-        for v in range(-(-clips // CLIPS_PER_VIDEO)):
+        for v in range(-(-clips // clips_per_video)):
             video_id = f"video-{v:07d}"
-            count = min(CLIPS_PER_VIDEO, clips - v * CLIPS_PER_VIDEO)
+            count = min(clips_per_video, clips - v * clips_per_video)
             frames = self.rng.standard_normal((count, frames_per_clip, sum(DIMS)), dtype=np.float32)
             video = [fmt.Clip(video_id, c, 8.0 * c, 8.0 * c + 8, self.sentence(), frames[c]) for c in range(count)]
             writer.add_video(video_id, 8.0 * count, count * frames_per_clip, video)

@@ -277,11 +277,13 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
     context.start_ray(spec.resources, extra_cpus=1)
     configure_ray_data(spec.resources)
-    datasets, info = corpus_datasets(store, spec.corpus, spec.resources, spec.train.batch_size)
+    train = spec.train
+    resources = spec.resources
+    splits, info = corpus_datasets(store, spec.corpus, resources, train.batch_size, train.shuffle_window, spec.seed)
     task = plan_task(spec, store, tokenizer, info.train_sequences)
     final = context.scratch / "final"
     place = RunPlace(store.storage, context.job_id)
-    fit(task, spec.train, spec.optim, spec.resources, datasets, place, spec.seed, f"student/{spec.name}", final)
+    fit(task, train, spec.optim, spec.resources, splits, place, spec.seed, f"student/{spec.name}", final)
     payload = load_final(final)
     model = task.build_model()
     weights, validation = published_weights(payload, spec.train)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
@@ -65,12 +66,16 @@ class TeacherTask:
             "special_tokens_mask": encoded["special_tokens_mask"].bool() | ~encoded["attention_mask"].bool(),
             "features": torch.from_numpy(features),
             "frame_mask": torch.from_numpy(frame_mask),
+            "video": torch.from_numpy(video_codes(batch)),
         }
 
     def tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["attention_mask"].sum())
 
-    def _terms(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def _terms(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """The loss terms, and L_CT's negatives (x' and v' of each example) when it is trained."""
         objectives = set(self.spec.objectives)
         masked = labels = None
         if "mlm" in objectives:
@@ -93,6 +98,7 @@ class TeacherTask:
             contrastive_on_masked=self.spec.contrastive_text == "masked",
         )
         terms: dict[str, torch.Tensor] = {}
+        negatives: list[torch.Tensor] = []
         if with_video:
             size = len(batch["input_ids"])
             negatives = [losses.sample_negatives(size, generator).to(batch["input_ids"].device) for _ in range(2)]
@@ -101,21 +107,40 @@ class TeacherTask:
             )
         if labels is not None:
             terms["mlm"] = losses.mlm_loss(out["mlm_logits"], labels)
-        return terms
+        return terms, negatives
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = self._terms(model, batch, generator)
+        terms, negatives = self._terms(model, batch, generator)
         weights = self.spec.loss_weights.model_dump()
         total = sum(weights[name] * value for name, value in terms.items())
-        return total, {"loss": float(total.detach()), **{name: float(value.detach()) for name, value in terms.items()}}
+        values = {name: float(value.detach()) for name, value in terms.items()}
+        drawn = batch_videos(batch["video"], negatives) if "video" in batch else {}
+        return total, {"loss": float(total.detach()), **values, **drawn}
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
         """Validation losses and text-to-video retrieval, the eval stage's measure (`vlkd.evaluation.retrieval`)."""
         retrieval = Retrieval(model)
         metrics = validation_losses(self, model, batches, each=retrieval.add)
         return metrics | {f"val_{k}": v for k, v in retrieval.metrics().items()}
+
+
+def video_codes(batch: pa.Table) -> np.ndarray:
+    """Each clip's video as a number that only this batch uses, [B] int64: enough to tell clips of one video."""
+    return np.unique(batch.column("video_id").to_numpy(zero_copy_only=False), return_inverse=True)[1].astype(np.int64)
+
+
+def batch_videos(videos: torch.Tensor, negatives: list[torch.Tensor]) -> dict[str, float]:
+    """What a batch shows of how it was drawn: `videos_per_batch`, and `same_video_negatives`, the share of L_CT's
+    negatives (x' and v' of Eq. 3, [B] indices each) that are clips of the anchor's own video. Under a uniform
+    shuffle of the split the share is about (clips per video - 1) / clips; HowTo100M read in stored order puts
+    12-42% there (README: how batches are drawn)."""
+    drawn = {"videos_per_batch": float(len(torch.unique(videos)))}
+    if negatives:
+        same = torch.stack([videos[n.to(videos.device)] == videos for n in negatives])
+        drawn["same_video_negatives"] = float(same.float().mean())
+    return drawn
 
 
 def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
@@ -128,14 +153,15 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
     context.start_ray(spec.resources, extra_cpus=1)
     configure_ray_data(spec.resources)
-    datasets, info = clip_datasets(
-        store, spec.features, spec.train.val_size, spec.seed, spec.resources, spec.train.batch_size
+    train = spec.train
+    splits, info = clip_datasets(
+        store, spec.features, train.val_size, spec.seed, spec.resources, train.batch_size, train.shuffle_window
     )
     feature_dim = info.dim_2d if spec.visual_input == "middle_frame" else info.feature_dim
     task = TeacherTask(spec, tokenizer, feature_dim)
     place = RunPlace(store.storage, context.job_id)
     final = context.scratch / "final"
-    fit(task, spec.train, spec.optim, spec.resources, datasets, place, spec.seed, f"teacher/{spec.name}", final)
+    fit(task, train, spec.optim, spec.resources, splits, place, spec.seed, f"teacher/{spec.name}", final)
     payload = load_final(final)
     model = task.build_model()
     weights, validation = published_weights(payload, spec.train)

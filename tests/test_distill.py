@@ -80,24 +80,34 @@ def test_the_text_only_baseline_comes_from_the_same_job(context, tmp_path):
     assert not any(f.path.startswith("kd_heads/") for f in manifest.files)
 
 
-def test_a_pass_over_a_small_corpus_is_its_sequences_in_order_as_often_as_passes_for_says(context):
+def test_an_epoch_over_a_small_corpus_reads_each_sequence_once_a_pass_in_a_new_seeded_order_each_pass(context):
     from vlkd.data.corpus import corpus_datasets, corpus_info
     from vlkd.data.ingest import MIN_PASS_BATCHES, configure_ray_data, passes_for
-    from vlkd.data.text import INDEX
+    from vlkd.data.text import INDEX, read_shards
     from vlkd.inputs import open_input
 
     spec = distill_spec()
     source = open_input(str(spec.corpus), context.store)
     batch = corpus_info(source).train_sequences // (MIN_PASS_BATCHES // 2)  # about half the batches a pass needs
     configure_ray_data(spec.resources)
-    datasets, info = corpus_datasets(context.store, spec.corpus, spec.resources, batch)
+
+    def epoch_rows(seed: int, epoch: int = 0) -> list[tuple[int, ...]]:
+        splits, _ = corpus_datasets(context.store, spec.corpus, spec.resources, batch, 4096, seed)
+        return [tuple(r["input_ids"]) for r in splits["train"].epoch(epoch).iter_rows()]
+
+    splits, info = corpus_datasets(context.store, spec.corpus, spec.resources, batch, 4096, 0)
     passes = passes_for(info.train_sequences, batch, spec.resources)
-    rows = [list(r["input_ids"]) for r in datasets["train"].iter_rows()]
+    rows = epoch_rows(0)
+    context.store.fetch(spec.corpus, context.scratch / "corpus")
+    stored = sorted(tuple(s) for s in read_shards(context.scratch / "corpus", "train"))
     assert passes > 1 and len(rows) == info.train_sequences * passes
-    first = rows[: info.train_sequences]
-    assert all(rows[i * len(first) : (i + 1) * len(first)] == first for i in range(passes))
+    each = [rows[i * len(stored) : (i + 1) * len(stored)] for i in range(passes)]
+    assert all(sorted(p) == stored for p in each)  # every sequence once a pass
+    assert len(set(map(tuple, each))) == passes  # in a new order every pass
+    assert epoch_rows(0) == rows and epoch_rows(1) != rows  # the same for the same seed and epoch only
+    assert epoch_rows(7) != rows
     index = json.loads(source.read_bytes(INDEX))
-    assert datasets["validation"].count() == index["splits"]["validation"]["sequences"] > 0  # read once
+    assert splits["validation"].epoch(0).count() == index["splits"]["validation"]["sequences"] > 0  # read once
 
 
 def test_the_teacher_is_frozen_and_never_trained(context):
@@ -109,11 +119,11 @@ def test_the_teacher_is_frozen_and_never_trained(context):
     spec = distill_spec()
     context.store.fetch("tokenizer/synth", context.scratch / "tok")
     tokenizer = BertTokenizerFast.from_pretrained(context.scratch / "tok", local_files_only=True)
-    datasets, info = corpus_datasets(context.store, spec.corpus, spec.resources, spec.train.batch_size)
+    splits, info = corpus_datasets(context.store, spec.corpus, spec.resources, spec.train.batch_size, 4096, 0)
     task = distill.plan_task(spec, context.store, tokenizer, info.train_sequences)
     student = task.build_model()
     optimizer = build_optimizer(spec.optim, student)
-    batch = task.collate(next(iter(datasets["train"].iter_batches(batch_size=4, batch_format="pyarrow"))))
+    batch = task.collate(next(iter(splits["train"].epoch(0).iter_batches(batch_size=4, batch_format="pyarrow"))))
     frozen = task._frozen_teacher(torch.device("cpu"))
     before = {k: v.clone() for k, v in frozen.language_model.state_dict().items()}
     for _ in range(2):
@@ -283,8 +293,9 @@ def _nst_distance_to_teacher(context, language_model_dir, tokenizer) -> float:
     task = distill.plan_task(spec, context.store, tokenizer, num_data=1)
     model = task.build_model().eval()
     model.student.language_model.load_state_dict(BertForMaskedLM.from_pretrained(language_model_dir).state_dict())
-    datasets, _ = corpus_datasets(context.store, spec.corpus, spec.resources, spec.train.batch_size)
-    batches = [task.collate(b) for b in datasets["validation"].iter_batches(batch_size=8, batch_format="pyarrow")]
+    splits, _ = corpus_datasets(context.store, spec.corpus, spec.resources, spec.train.batch_size, 4096, 0)
+    rows = splits["validation"].epoch(0).iter_batches(batch_size=8, batch_format="pyarrow")
+    batches = [task.collate(b) for b in rows]
     with torch.no_grad():
         return task.evaluate(model, batches)["val_nst"]
 

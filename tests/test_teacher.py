@@ -270,11 +270,13 @@ def test_a_lost_ray_train_worker_is_replaced_and_resumes(context, tmp_path):
     spec = teacher_spec(resources={"num_workers": 1})
     context.store.fetch(spec.tokenizer, tmp_path / "tok")
     tokenizer = BertTokenizerFast.from_pretrained(tmp_path / "tok", local_files_only=True)
-    datasets, info = clip_datasets(context.store, spec.features, 4, 0, spec.resources, spec.train.batch_size)
+    splits, info = clip_datasets(
+        context.store, spec.features, 4, 0, spec.resources, spec.train.batch_size, spec.train.shuffle_window
+    )
     place = RunPlace(context.store.storage, "lost-worker")
     task = CrashOnce(spec, tokenizer, info.feature_dim, str(tmp_path / "crashed"), place)
     final = tmp_path / "final"
-    fit(task, spec.train, spec.optim, Resources(num_workers=1), datasets, place, 0, "teacher/lost-worker", final)
+    fit(task, spec.train, spec.optim, Resources(num_workers=1), splits, place, 0, "teacher/lost-worker", final)
     state = load_final(final)["state"]
     assert (tmp_path / "crashed").exists()
     assert state["resumed_from"] == [6] and state["step"] == 12

@@ -35,6 +35,7 @@ def a_batch(task: TeacherTask) -> dict:
     frames = [3, 5, 2, 4]
     rows = pa.table(
         {
+            "video_id": ["v0", "v1", "v0", "v2"],
             "text": [" ".join(rng.choice(WORDS, 6)) for _ in frames],
             "num_frames": pa.array(frames, pa.int32()),
             "features": [rng.normal(size=n * 16).astype(np.float16) for n in frames],
@@ -56,7 +57,7 @@ def test_a_compiled_step_computes_the_eager_loss_and_gradients(teacher_task):
         grads = {name: p.grad for name, p in getattr(model, "_orig_mod", model).named_parameters()}
         results.append((loss.detach(), terms, grads))
     (eager_loss, eager_terms, eager_grads), (compiled_loss, compiled_terms, compiled_grads) = results
-    assert set(eager_terms) == set(compiled_terms) == {"loss", "ct", "mlm"}
+    assert set(eager_terms) == set(compiled_terms) == {"loss", "ct", "mlm", "same_video_negatives", "videos_per_batch"}
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-4, atol=1e-5)
     assert eager_grads.keys() == compiled_grads.keys()
     for name, grad in eager_grads.items():

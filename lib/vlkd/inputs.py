@@ -57,6 +57,15 @@ class InputSource:
             raise ChecksumError(f"{self.uri}/{path} does not match its manifest's sha256; re-publish it")
         return data
 
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a file. A part of a file cannot be checked against the file's sha256, so readers
+        of ranges check the format's own structure instead (a Parquet footer, its row counts)."""
+        return self.storage.read_range(self._key(path), start, end)
+
+    def size(self, path: str) -> int:
+        expected = self._expected(path)
+        return expected.size if expected else self.storage.size(self._key(path))
+
     def fetch(self, path: str, local: Path) -> Path:
         """Copy one file to `local` (verified when its checksum is known); return the local path."""
         local.parent.mkdir(parents=True, exist_ok=True)

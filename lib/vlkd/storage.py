@@ -45,6 +45,11 @@ class Storage(Protocol):
 
     def read_bytes(self, key: str) -> bytes: ...
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object: what a reader of a few Parquet row groups of a large file fetches."""
+
+    def size(self, key: str) -> int: ...
+
     def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         """Write a whole object. With `exclusive`, raise `KeyExistsError` if the key already exists,
         atomically: of two concurrent exclusive writers exactly one succeeds."""
@@ -148,6 +153,20 @@ class FileStorage:
     def read_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
         except (FileNotFoundError, NotADirectoryError):
             raise NotFoundError(f"{self.uri}/{key} does not exist") from None
 
@@ -338,6 +357,17 @@ class S3Storage:
     def read_bytes(self, key: str) -> bytes:
         with self._errors(key):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        with self._errors(key):
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}")
+            return response["Body"].read()
+
+    def size(self, key: str) -> int:
+        with self._errors(key):
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
 
     def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         if exclusive:

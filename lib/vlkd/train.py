@@ -20,7 +20,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from vlkd.curves import LOGS, METRICS_FILE
+from vlkd.data.ingest import SplitReader, configure_ray_data
 from vlkd.errors import DataError, VlkdError
 from vlkd.joblog import WORKER_BANNER, report_progress
 from vlkd.optim import build_optimizer, build_scheduler
@@ -232,21 +233,18 @@ def _collate_fn(task: TrainingTask) -> Any:
 
 
 def train_batches(
-    shard: Any, task: TrainingTask, batch_size: int, device: torch.device, prefetch: int, seed: int | None
+    dataset: Any, task: TrainingTask, batch_size: int, device: torch.device, prefetch: int, drop_last: bool
 ) -> Iterable[dict[str, Any]]:
-    """Collated batches of a Ray Data shard on `device`: shuffled (a local buffer of 4 batches, seeded) with the last
-    incomplete batch dropped for training (`seed` given; a training batch of one has no in-batch negative), in
-    order and whole for validation (`seed` None). `prefetch` batches are made ahead in background threads."""
-    shuffle = seed is not None
-    return shard.iter_torch_batches(
+    """Collated batches of a worker's Ray Data dataset (`SplitReader.epoch`) on `device`, in the order it reads
+    (already drawn across the split); training drops the last incomplete batch (a batch of one has no in-batch
+    negative), validation keeps it. `prefetch` batches are made ahead in background threads."""
+    return dataset.iter_torch_batches(
         batch_size=batch_size,
         collate_fn=_collate_fn(task),
         device=device,
         pin_memory=device.type == "cuda",
         prefetch_batches=prefetch,
-        local_shuffle_buffer_size=4 * batch_size if shuffle else None,
-        local_shuffle_seed=seed,
-        drop_last=shuffle,
+        drop_last=drop_last,
     )
 
 
@@ -315,8 +313,10 @@ class Loop:
         self.generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)  # masks and negatives
         self._resume()
         self.metrics = MetricsLog(self.work / LOGS, enabled=self.rank == 0)
-        self.train_shard = ray.train.get_dataset_shard("train")
-        self.val_shard = ray.train.get_dataset_shard("validation")
+        configure_ray_data(config["resources"])  # this process runs its own share's Ray Data pipelines
+        self.splits: dict[str, SplitReader] = config["splits"]
+        validation = self.splits.get("validation")
+        self.validation = None if validation is None or validation.empty else validation.epoch(0)
 
     def _resume(self) -> None:
         restored = self.work / "restored"
@@ -350,9 +350,9 @@ class Loop:
         self._report_progress(rate=None)
         while not self._finished():
             batches = 0
-            seed = self.seed + state.epoch  # the pass's shuffle: the same batches in the same order on a rerun
-            for batch in train_batches(
-                self.train_shard, self.task, train.batch_size, self.device, train.prefetch_batches, seed
+            share = self.splits["train"].epoch(state.epoch, self.rank, self.world)  # the same on a rerun
+            for batch in self._in_step(
+                train_batches(share, self.task, train.batch_size, self.device, train.prefetch_batches, True)
             ):
                 batches += 1
                 if batches <= state.epoch_batches:
@@ -362,7 +362,7 @@ class Loop:
                 if self._finished():
                     break
             if batches == 0:  # every epoch would be empty: without this the loop spins for ever
-                raise DataError(self._short_shard())
+                raise DataError(self._short_share(share))
             if not self._finished():
                 state.epoch, state.epoch_batches = state.epoch + 1, 0
         self._checkpoint(final=True)
@@ -377,11 +377,36 @@ class Loop:
         if self.rank == 0:
             report_progress(self.state.step, self.train.max_steps, "step", rate)
 
-    def _short_shard(self) -> str:
-        rows = sum(len(next(iter(b.values()))) for b in self.train_shard.iter_batches(batch_format="numpy"))
-        whose = f"worker {self.rank}'s shard has" if self.world > 1 else "the training split has"
+    def _in_step(self, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Batches while every worker has one: DDP's collectives need every rank at every step, and workers' shares
+        of an epoch differ by a few rows (held-out clips filtered out of their row groups, a shard's short last
+        group). One flag is all-reduced per batch, where a shared Ray Data split cut every share to the shortest."""
+        if self.world == 1:
+            yield from batches
+            return
+        import torch.distributed as dist
+
+        iterator = iter(batches)
+        while True:
+            batch = next(iterator, None)
+            every = torch.tensor([batch is not None], dtype=torch.int32, device=self.device)
+            dist.all_reduce(every, op=dist.ReduceOp.MIN)
+            if not every.item():
+                return
+            yield batch
+
+    def _short_share(self, share: Any) -> str:
+        rows = share.count()
+        fewest, rank = rows, self.rank
+        if self.world > 1:  # every rank stops when one has no batch: name that one
+            import torch.distributed as dist
+
+            every: list[int] = [0] * self.world
+            dist.all_gather_object(every, rows)
+            fewest, rank = min((r, i) for i, r in enumerate(every))
+        whose = f"worker {rank}'s shard has" if self.world > 1 else "the training split has"
         fix = "lower resources.num_workers or train.batch_size" if self.world > 1 else "lower train.batch_size"
-        return f"{whose} {rows} rows, fewer than train.batch_size {self.train.batch_size}: {fix}"
+        return f"{whose} {fewest} rows, fewer than train.batch_size {self.train.batch_size}: {fix}"
 
     def _finished(self) -> bool:
         return self.state.step >= self.train.max_steps or self.state.stopped_early
@@ -448,7 +473,7 @@ class Loop:
         """Every rank evaluates the whole validation split, so all take the same early-stopping decision."""
         self.model.eval()
         with torch.no_grad(), self.cast:
-            batches = (b for b in train_batches(self.val_shard, self.task, self.train.batch_size, self.device, 1, None))
+            batches = train_batches(self.validation, self.task, self.train.batch_size, self.device, 1, False)
             metrics = self.task.evaluate(_unwrap(self.model), batches)
         self.state.last_metrics = metrics
         if metrics["val_loss"] < self.state.best_val:
@@ -482,7 +507,7 @@ class Loop:
         return every
 
     def _checkpoint(self, final: bool) -> None:
-        if final and self.state.best_step < 0 and self.val_shard is not None:
+        if final and self.state.best_step < 0 and self.validation is not None:
             self._validate()  # a run shorter than eval_every still picks its weights on validation data
         directory = self.work / f"checkpoint-{self.state.step}"
         directory.mkdir(parents=True, exist_ok=True)
@@ -525,7 +550,7 @@ def fit(
     train: TrainSpec,
     optim: OptimSpec,
     resources: Resources,
-    datasets: dict[str, Any],
+    splits: dict[str, SplitReader],
     place: RunPlace,
     seed: int,
     identity: str,
@@ -534,7 +559,7 @@ def fit(
     """Run `task` on Ray Train and put the final checkpoint in the local directory `final` (the job's scratch, so
     it goes with the job). `identity` names what is trained (e.g. `teacher/NAME`): a job id resumes from its
     checkpoints only for the same identity."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     local_mode = resources.num_workers == 0
@@ -550,6 +575,8 @@ def fit(
             "place": place,
             "local_mode": local_mode,
             "identity": identity,
+            "splits": splits,  # each worker reads its own share (`SplitReader.epoch`), not a split of one dataset
+            "resources": resources,
         },
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
@@ -563,8 +590,6 @@ def fit(
             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=train.max_failures),
         ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker validates on the whole split
     )
     try:
         result = trainer.fit()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
-import io
 import itertools
 import json
 import tempfile
@@ -18,14 +17,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.data import features as fmt
-from vlkd.data.ingest import passes_for, shard_dataset
+from vlkd.data.ingest import SplitReader, passes_for
+from vlkd.data.row_groups import read_row_groups
 from vlkd.errors import DataError
 from vlkd.inputs import InputSource, open_input
 from vlkd.refs import ArtifactRef
@@ -155,40 +154,55 @@ def held_out(source: InputSource, info: FeaturesInfo, val_clips: int, seed: int)
     return HeldOut(videos, *_shards_and_clips_of(source, info, videos)) if videos else HeldOut(videos, (), 0)
 
 
-CLIP_COLUMNS = ["text", "num_frames", "features"]
-"""What a training row of a features artifact holds: the caption and its clip's frames, flat float16"""
+CLIP_COLUMNS = ["video_id", "text", "num_frames", "features"]
+"""What a training row of a features artifact holds: its video (for the teacher's batch statistics), the caption and
+its clip's frames, flat float16"""
 
 
-def _shard_clips(path: str, source: InputSource, held: frozenset[str], inside: bool) -> Iterator[pa.Table]:
-    """Ray Data task: a shard's clips inside (or outside) the held-out videos, as Arrow tables a row group at a
-    time. The features stay one flat float16 column: no per-clip object is made before `clip_features`."""
+def _clip_groups(
+    path: str, groups: list[int], source: InputSource, held: frozenset[str], inside: bool
+) -> list[pa.Table]:
+    """Ray Data task: row groups of a shard, each with its clips inside (or outside) the held-out videos, as Arrow
+    tables. The features stay one flat float16 column: no per-clip object is made before `clip_features`."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     held_ids = pa.array(sorted(held), pa.string())
-    shard = pq.ParquetFile(io.BytesIO(source.read_bytes(path)))
-    for batch in shard.iter_batches(batch_size=fmt.READ_ROWS, columns=["video_id", *CLIP_COLUMNS]):
-        member = pc.is_in(batch.column("video_id"), value_set=held_ids)
-        chosen = batch.filter(member if inside else pc.invert(member))
-        if chosen.num_rows:
-            yield pa.Table.from_batches([chosen.select(CLIP_COLUMNS)])
+    tables = read_row_groups(source, path, groups, CLIP_COLUMNS)
+    member = [pc.is_in(t.column("video_id"), value_set=held_ids) for t in tables]
+    chosen = [m if inside else pc.invert(m) for m in member]
+    # A filter copies the frames even when it keeps every row: most row groups hold no held-out clip.
+    return [t if pc.all(c).as_py() else t.filter(c) for t, c in zip(tables, chosen, strict=True)]
 
 
 def clip_datasets(
-    store: ArtifactStore, ref: ArtifactRef | str, val_size: int, seed: int, resources: Resources, batch_size: int
-) -> tuple[dict[str, Any], FeaturesInfo]:
-    """Ray Data datasets {"train", "validation"} of Arrow rows `CLIP_COLUMNS` (`clip_features` pads them); a pass
-    over "train" reads its clips `passes_for` its size and `batch_size` times."""
+    store: ArtifactStore,
+    ref: ArtifactRef | str,
+    val_size: int,
+    seed: int,
+    resources: Resources,
+    batch_size: int,
+    window: int,
+) -> tuple[dict[str, SplitReader], FeaturesInfo]:
+    """The splits {"train", "validation"} of a features artifact, read as rows of `CLIP_COLUMNS` (`clip_features` pads
+    them) in the order `vlkd.data.order` draws: `window` rows mixed at once, a new seeded order every pass. A pass over
+    "train" reads its clips `passes_for` its size and `batch_size` times. Validation is read in its first pass's
+    order every time, so successive evaluations see the same batches, drawn as training's are."""
     source = open_input(str(ref), store)
     info = features_info(source)
     validation = held_out(source, info, val_size, seed)
 
-    def split(shards: tuple[str, ...], inside: bool, passes: int = 1) -> Any:
-        read = partial(_shard_clips, source=source, held=validation.videos, inside=inside)
-        return shard_dataset(shards, read, resources, passes)
+    def split(shards: tuple[str, ...], clips: tuple[int, ...], inside: bool, passes: int) -> SplitReader:
+        read = partial(_clip_groups, source=source, held=validation.videos, inside=inside)
+        groups = tuple(-(-n // fmt.READ_ROWS) for n in clips)
+        return SplitReader(shards, groups, fmt.READ_ROWS, read, resources, window, seed, passes)
 
     passes = passes_for(sum(info.shard_clips) - validation.clips, batch_size, resources)
-    datasets = {"train": split(info.shards, False, passes), "validation": split(validation.shards, True)}
+    shard_clips = dict(zip(info.shards, info.shard_clips, strict=True))
+    held_clips = tuple(shard_clips[s] for s in validation.shards)
+    datasets = {
+        "train": split(info.shards, info.shard_clips, False, passes),
+        "validation": split(validation.shards, held_clips, True, 1),
+    }
     return datasets, info
 
 

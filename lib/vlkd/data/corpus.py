@@ -1,26 +1,23 @@
-"""Reading a `corpus` artifact for training: token sequences as Ray Data datasets, straight from the store."""
+"""Reading a `corpus` artifact for training: token sequences as Ray Data datasets, straight from the store, a few row
+groups at a time (`vlkd.data.ingest.SplitReader`)."""
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from vlkd.artifacts import ArtifactStore
-from vlkd.data.ingest import passes_for, shard_dataset
+from vlkd.data.ingest import SplitReader, passes_for
+from vlkd.data.row_groups import read_row_groups
 from vlkd.data.text import FORMAT, INDEX
 from vlkd.errors import DataError
 from vlkd.inputs import InputSource, open_input
 from vlkd.refs import ArtifactRef
 from vlkd.specs import Resources
-
-READ_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -30,6 +27,10 @@ class CorpusInfo:
     train_sequences: int
     shards: dict[str, tuple[str, ...]]
     """split -> shard paths"""
+    sequences: dict[str, tuple[int, ...]]
+    """split -> sequences in each shard"""
+    group_rows: int
+    """sequences per Parquet row group"""
 
 
 def corpus_info(source: InputSource) -> CorpusInfo:
@@ -38,29 +39,42 @@ def corpus_info(source: InputSource) -> CorpusInfo:
         raise DataError(f"{source.uri} is not a corpus artifact of format {FORMAT}: rerun the text stage")
     splits = index["splits"]
     shards = {name: tuple(s["path"] for s in split["shards"]) for name, split in splits.items()}
-    return CorpusInfo(source.ref, index["max_len"], splits["train"]["sequences"], shards)
+    sequences = {name: tuple(s["sequences"] for s in split["shards"]) for name, split in splits.items()}
+    # Corpora written before row groups were recorded hold a shard in one row group (pyarrow's default cap).
+    group_rows = index.get("row_group_size") or min(index["shard_size"], PYARROW_GROUP_ROWS)
+    return CorpusInfo(source.ref, index["max_len"], splits["train"]["sequences"], shards, sequences, group_rows)
 
 
-def _shard_sequences(path: str, source: InputSource) -> Iterator[pa.Table]:
-    """Ray Data task: one shard's sequences as Arrow tables, a row group's batch at a time."""
-    import pyarrow.parquet as pq
+PYARROW_GROUP_ROWS = 1 << 20
+"""rows of a row group `pq.write_table` writes when not told"""
 
-    shard = pq.ParquetFile(io.BytesIO(source.read_bytes(path)))
-    for batch in shard.iter_batches(batch_size=READ_ROWS, columns=["input_ids"]):
-        yield pa.Table.from_batches([batch])
+
+def _sequence_groups(path: str, groups: list[int], source: InputSource) -> list[pa.Table]:
+    """Ray Data task: row groups of a shard's sequences as Arrow tables."""
+    return read_row_groups(source, path, groups, ["input_ids"])
 
 
 def corpus_datasets(
-    store: ArtifactStore, ref: ArtifactRef | str, resources: Resources, batch_size: int
-) -> tuple[dict[str, Any], CorpusInfo]:
-    """Ray Data datasets {"train", "validation"} of Arrow rows {input_ids list<int32>}, in shard order; a pass over
-    "train" reads its sequences `passes_for` its size and `batch_size` times."""
+    store: ArtifactStore, ref: ArtifactRef | str, resources: Resources, batch_size: int, window: int, seed: int
+) -> tuple[dict[str, SplitReader], CorpusInfo]:
+    """The splits {"train", "validation"} of a corpus, read as rows {input_ids list<int32>} in the order
+    `vlkd.data.order` draws (`window` rows mixed at once, a new seeded order every pass); a pass over "train" reads
+    its sequences `passes_for` its size and `batch_size` times."""
     source = open_input(str(ref), store)
     info = corpus_info(source)
-    read = partial(_shard_sequences, source=source)
+    read = partial(_sequence_groups, source=source)
     passes = passes_for(info.train_sequences, batch_size, resources)
     datasets = {
-        split: shard_dataset(paths, read, resources, passes if split == "train" else 1)
+        split: SplitReader(
+            paths,
+            tuple(-(-n // info.group_rows) for n in info.sequences[split]),
+            info.group_rows,
+            read,
+            resources,
+            window,
+            seed,
+            passes if split == "train" else 1,
+        )
         for split, paths in info.shards.items()
     }
     return datasets, info

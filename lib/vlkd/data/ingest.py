@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
+
+from vlkd.data.order import pass_order, spread, windows
 from vlkd.specs import Resources
 
 # Blocks are what the readers yield (a Parquet row group, a span of a video). Ray's default target (128 MiB) makes it
@@ -14,8 +18,9 @@ BLOCK_BYTES = 16 << 20
 
 
 def configure_ray_data(resources: Resources) -> None:
-    """Rows in input order (a seeded run sees the same batches every time), blocks as the readers yield them, and at
-    most `resources.data_buffer` bytes of blocks in the object store ahead of the reader. Without the cap, Ray Data
+    """Rows in input order (a seeded run sees the same batches every time; `SplitReader` draws the order), blocks as
+    the readers yield them, and at most `resources.data_buffer` bytes of blocks in the object store ahead of the
+    reader. Without the cap, Ray Data
     reads ahead until its share of the object store is full, so a job's memory grows with its data up to that share
     (30% of a node's RAM)."""
     import ray.data
@@ -45,7 +50,7 @@ def shard_dataset(shards: Sequence[str], read: ShardReader, resources: Resources
 
 MIN_PASS_BATCHES = 200
 """Batches a worker trains on per pass over the training dataset, at least: each pass is a Ray Data execution
-(an executor, read tasks, a shuffle buffer filling up), about 0.1 s on a quiet 2-core CPU and seconds on a busy
+(an executor, read tasks, the first windows filling), about 0.1 s on a quiet 2-core CPU and seconds on a busy
 one. A split of a few batches (a toy run's) would pay that every few steps."""
 
 
@@ -60,3 +65,96 @@ def passes_for(rows: int, batch_size: int, resources: Resources) -> int:
 def _read_each(batch: dict[str, Any], read: ShardReader) -> Iterator[Any]:
     for path in batch["path"]:
         yield from read(str(path))
+
+
+GroupReader = Callable[[str, list[int]], list[Any]]
+"""(a shard's path, row groups of it) -> each group's rows to train on as an Arrow table (after any filter, so
+possibly fewer rows, or none), in the order asked."""
+
+WHOLE_WINDOWS = 8
+"""windows an epoch must give each worker before workers read whole windows: below it, one window more for some
+workers than for others would leave a share an eighth or more short (every worker stops when one runs out)"""
+
+WINDOW_SLICE = 256
+"""rows per table a window is handed to Ray Data in (its blocks)"""
+
+
+@dataclass(frozen=True)
+class SplitReader:
+    """A split of Parquet shards read as the paper's random minibatches (`vlkd.data.order`): each pass a new seeded
+    order of its row groups, dealt to the training workers a window at a time, each window's rows spread out. Built
+    on the driver and shipped to the workers, where `epoch` makes each worker's Ray Data dataset of its share."""
+
+    shards: tuple[str, ...]
+    groups: tuple[int, ...]
+    """row groups of each shard"""
+    group_rows: int
+    """rows a row group holds (a shard's last may hold fewer)"""
+    read: GroupReader
+    resources: Resources
+    window: int
+    """rows a read task mixes at once (`train.shuffle_window`): about `window // group_rows` row groups"""
+    seed: int
+    passes: int = 1
+    """passes over the split per epoch (`passes_for`)"""
+
+    @property
+    def per_window(self) -> int:
+        return max(1, self.window // self.group_rows)
+
+    @property
+    def empty(self) -> bool:
+        return not sum(self.groups)
+
+    def epoch(self, epoch: int, rank: int = 0, world: int = 1) -> Any:
+        """Worker `rank`'s Ray Data dataset for `epoch` (passes `epoch * passes` on), read by at most
+        `resources.read_tasks` tasks at once, each holding one window. With at least `WHOLE_WINDOWS` windows a
+        worker, window i of the epoch goes to worker i mod world whole (a paper-sized split: each window is read
+        once); with fewer, every worker reads every window and keeps every world-th of its rows, so a small split
+        still gives each worker an equal share."""
+        import ray.data
+
+        count = sum(self.groups)
+        items = [
+            {"pass": index, "window": w, "groups": groups.tolist(), "keep": 0, "every": 1}
+            for index in range(epoch * self.passes, (epoch + 1) * self.passes)
+            for w, groups in enumerate(windows(pass_order(count, self.seed, index), self.per_window))
+        ]
+        if len(items) >= WHOLE_WINDOWS * world:
+            items = items[rank::world]
+        else:
+            items = [{**item, "keep": rank, "every": world} for item in items]
+        pool = ray.data.TaskPoolStrategy(size=max(1, min(len(items), self.resources.read_tasks)))
+        return ray.data.from_items(items).map_batches(partial(_read_windows, split=self), batch_size=1, compute=pool)
+
+    def window_rows(
+        self, index: int, window: int, groups: Sequence[int], keep: int = 0, every: int = 1
+    ) -> Iterator[Any]:
+        """A window's rows, spread (`vlkd.data.order.spread`, seeded by pass and window), as Arrow tables: every
+        `every`-th from the `keep`-th on."""
+        import pyarrow as pa
+
+        ends = np.cumsum(self.groups)
+        shards = np.searchsorted(ends, groups, side="right")
+        places = [(int(s), int(g - ends[s] + self.groups[s])) for g, s in zip(groups, shards, strict=True)]
+        wanted: dict[int, list[int]] = {}  # shard -> its row groups in the window: read together
+        for shard, group in places:
+            wanted.setdefault(shard, []).append(group)
+        tables = {
+            (shard, group): table
+            for shard, local in wanted.items()
+            for group, table in zip(local, self.read(self.shards[shard], local), strict=True)
+        }
+        parts = [tables[place] for place in places]
+        rng = np.random.default_rng([self.seed, index, window])
+        order = spread([t.num_rows for t in parts], rng)[keep::every]
+        # One contiguous table first: a `take` from a table of many chunks joins them all again on every call.
+        rows = pa.concat_tables(parts).combine_chunks()
+        for start in range(0, len(order), WINDOW_SLICE):
+            yield rows.take(order[start : start + WINDOW_SLICE])
+
+
+def _read_windows(batch: dict[str, Any], split: SplitReader) -> Iterator[Any]:
+    items = zip(batch["pass"], batch["window"], batch["groups"], batch["keep"], batch["every"], strict=True)
+    for index, window, groups, keep, every in items:
+        yield from split.window_rows(int(index), int(window), [int(g) for g in groups], int(keep), int(every))

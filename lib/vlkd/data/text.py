@@ -2,8 +2,8 @@
 sequences of at most `max_len` tokens, [CLS] ... [SEP] -> the `corpus` artifact's token shards.
 
 The `corpus` format: `train/shard-NNNNN.parquet` and `validation/shard-NNNNN.parquet`, one row per sequence
-(`input_ids` list<int32> including [CLS] and [SEP], `length` int32), and `index.json`:
-`{format, max_len, shard_size, seed, splits: {train|validation: {sequences, tokens,
+(`input_ids` list<int32> including [CLS] and [SEP], `length` int32) in row groups of `GROUP_ROWS`, and `index.json`:
+`{format, max_len, shard_size, row_group_size, seed, splits: {train|validation: {sequences, tokens,
 shards: [{path, sequences, tokens}]}}}`, shard paths relative to the corpus folder. `index.json` is the
 authority on which shards exist: readers list shards from it, never from the folder.
 """
@@ -36,6 +36,8 @@ SPLITS = ("train", "validation")
 # BERT's special tokens. A trained vocabulary starts with them, so [PAD] is id 0 as in bert-base-uncased
 # (whose [UNK], [CLS], [SEP], [MASK] sit at 100-103, after its [unusedN] slots).
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+GROUP_ROWS = 1024
+"""sequences per Parquet row group: what training reads at a time from a shard (`vlkd.data.order`)"""
 SHARD_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("length", pa.int32())])
 
 # Wiki103 titles and section headers: " = Title = ", " = = Section = = ".
@@ -235,7 +237,7 @@ class _ShardWriter:
         )
         path = f"{self.split}/shard-{len(self.shards):05d}.parquet"
         (self.out_dir / self.split).mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, self.out_dir / path, compression="zstd")
+        pq.write_table(table, self.out_dir / path, compression="zstd", row_group_size=GROUP_ROWS)
         self.shards.append({"path": path, "sequences": rows, "tokens": len(values)})
         self._values = array("i")
         self._offsets = array("i", [0])
@@ -294,6 +296,7 @@ def write_shards(
         "format": FORMAT,
         "max_len": max_len,
         "shard_size": shard_size,
+        "row_group_size": GROUP_ROWS,
         "seed": seed,
         "splits": {"train": train.summary(), "validation": validation.summary()},
     }

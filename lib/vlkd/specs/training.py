@@ -40,6 +40,13 @@ class TrainSpec(StrictModel):
     val_size: int = Field(10_000, ge=0, description="held-out examples; the paper reserves 10K (Sec. 4.3)")
     max_failures: int = Field(3, ge=0, description="worker failures Ray Train recovers from")
     compile: bool = Field(False, description="torch.compile the model: faster steps, after a compile at the start")
+    shuffle_window: int = Field(
+        4096,
+        gt=0,
+        description="rows a read task mixes at once, from that many rows' worth of row groups drawn across the whole "
+        "split: a batch of up to window/group-size rows takes about one row per row group (README: how batches are "
+        "drawn); memory is one window per read task",
+    )
     prefetch_batches: int = Field(
         4, ge=0, description="batches collated and copied to the device ahead of the step, in background threads"
     )

@@ -1,0 +1,102 @@
+"""Reading chosen row groups of a Parquet file in the store, fetching only their bytes and the file's footer.
+
+Training draws each window of rows from row groups all over its split (`vlkd.data.order`), a few from each shard.
+Reading whole shards for them would fetch every shard once per row group it holds: eight times the bytes for a
+features shard of 256 clips. A part of a file cannot be checked against the file's sha256, so the reader checks what
+Parquet itself can: the footer's magic and the row groups it lists.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlkd.errors import DataError
+from vlkd.inputs import InputSource
+
+FOOTER_GUESS = 64 << 10
+"""bytes fetched from a file's end to find its footer in one request (a shard's footer is a few KB)"""
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only file over ranges of a stored object: ranges fetched up front (`prefetch`) serve the reads inside
+    them; any other read fetches its own range."""
+
+    def __init__(self, size: int, fetch: Callable[[int, int], bytes]) -> None:
+        self._size = size
+        self._fetch = fetch
+        self._pos = 0
+        self._ranges: list[tuple[int, memoryview]] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._pos = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence] + offset
+        return self._pos
+
+    def prefetch(self, start: int, end: int) -> None:
+        self._ranges.append((start, memoryview(self._fetch(start, end))))
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        start, end = self._pos, min(self._pos + len(buffer), self._size)
+        data = self._read(start, end) if end > start else b""
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def _read(self, start: int, end: int) -> bytes | memoryview:
+        for at, data in self._ranges:
+            if at <= start and end <= at + len(data):
+                return data[start - at : end - at]  # a view: the bytes are copied once, into Parquet's buffer
+        return self._fetch(start, end)
+
+
+def _span(metadata: pq.FileMetaData, group: int) -> tuple[int, int]:
+    """Bytes [start, end) of a row group's column chunks."""
+    chunks = [metadata.row_group(group).column(c) for c in range(metadata.num_columns)]
+    starts = [c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset for c in chunks]
+    ends = [start + c.total_compressed_size for start, c in zip(starts, chunks, strict=True)]
+    return min(starts), max(ends)
+
+
+def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans joined where they touch or overlap: adjacent row groups come in one request."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def read_row_groups(source: InputSource, path: str, groups: Sequence[int], columns: list[str]) -> list[pa.Table]:
+    """`columns` of the row groups `groups` of the Parquet file `path`, a table each, in the order asked: one request
+    for the footer, one per run of adjacent groups."""
+    size = source.size(path)
+    file = RangeFile(size, lambda start, end: source.read_range(path, start, end))
+    file.prefetch(max(0, size - FOOTER_GUESS), size)  # a larger footer is fetched when Parquet reads past it
+    try:
+        parquet = pq.ParquetFile(file)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{source.uri}/{path} is not a readable Parquet file ({exc}): re-publish it") from None
+    metadata = parquet.metadata
+    missing = sorted({g for g in groups if not 0 <= g < metadata.num_row_groups})
+    if missing:
+        raise DataError(
+            f"{source.uri}/{path} has {metadata.num_row_groups} row groups, not the {max(missing) + 1} its index "
+            "promises: the artifact is damaged; re-publish it"
+        )
+    for start, end in _merged(_span(metadata, g) for g in set(groups)):
+        file.prefetch(start, end)
+    return [parquet.read_row_group(g, columns=columns) for g in groups]
