@@ -255,3 +255,17 @@ def test_report_show_prints_a_runs_validation_curve_and_plots_it(vlkd_cli, train
     assert lines[1].split() == ["step", "val_loss", "val_r1", "val_r10", "val_median_rank"]
     assert lines[3].split() == ["20", "4.5", "6", "40", "6"]
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_line_written_in_two_pieces_reaches_the_store_whole_whatever_the_other_stream_wrote_between(tmp_path):
+    """stdout and stderr reach the recorder through two pipes: a line of one must not take the other's output into
+    its middle (`print` writes a line's text and its newline apart)."""
+    pieces = (
+        'sys.stderr.write("half a line on stderr"); sys.stderr.flush(); time.sleep(0.03); '
+        'os.write(1, b"a whole line on stdout\\n"); time.sleep(0.03); sys.stderr.write(" and its end\\n"); '
+        "sys.stderr.flush()"
+    )
+    finished, store, _ = run_recorded_job(tmp_path, "pass", before_pause=pieces)
+    assert finished.returncode == 0
+    lines = list(read_log(store.storage, "job-1"))
+    assert "half a line on stderr and its end\n" in lines and "a whole line on stdout\n" in lines, lines

@@ -204,24 +204,40 @@ class JobRecorder:
             self._progress_written = progress
 
     def _tee(self) -> None:
-        """Pass everything on to where the output went before, and keep a copy for the store."""
+        """Pass everything on to where the output went before, and keep a copy for the store a whole line at a time.
+        stdout and stderr are two pipes, and `print` writes a line's text and its newline apart: kept as they came,
+        the other stream's output could land between them (a CI run once stored "from stderrfrom stdout"). A line
+        still unfinished after 0.1 s without output is kept as it is, so a line that never ends still gets there."""
         open_ends = set(self._pipes)
+        unfinished: dict[int, bytes] = {}
         while open_ends:
             # Read the flag before waiting: output written before it was set is then in the pipes and `select`
             # sees it. Read after an empty wait, it could be set (and the last lines written) in between.
             stopping = self._stop.is_set()
             ready, _, _ = select.select(list(open_ends), [], [], 0.1)
-            if not ready and stopping:
-                return  # drained
+            if not ready:
+                self._keep(b"".join(unfinished.values()))
+                unfinished.clear()
+                if stopping:
+                    return  # drained
             for read_end in ready:
                 data = os.read(read_end, 65536)
                 if not data:
                     open_ends.discard(read_end)
+                    self._keep(unfinished.pop(read_end, b""))
                     continue
                 os.write(self._saved[self._pipes[read_end]], data)
-                with self._lock:
-                    self._buffer += data
+                lines, newline, rest = (unfinished.pop(read_end, b"") + data).rpartition(b"\n")
+                self._keep(lines + newline)
+                if rest:
+                    unfinished[read_end] = rest
                 self._record_events(read_end, data)
+
+    def _keep(self, data: bytes) -> None:
+        """Add output to what the next upload writes to the store."""
+        if data:
+            with self._lock:
+                self._buffer += data
 
     def _record_events(self, read_end: int, data: bytes) -> None:
         """Record the progress events among the lines `data` completes; an event line's start may carry Ray's
