@@ -134,8 +134,8 @@ def video_codes(batch: pa.Table) -> np.ndarray:
 def batch_videos(videos: torch.Tensor, negatives: list[torch.Tensor]) -> dict[str, float]:
     """What a batch shows of how it was drawn: `videos_per_batch`, and `same_video_negatives`, the share of L_CT's
     negatives (x' and v' of Eq. 3, [B] indices each) that are clips of the anchor's own video. Under a uniform
-    shuffle of the split the share is about (clips per video - 1) / clips; HowTo100M read in stored order puts
-    12-42% there (README: how batches are drawn)."""
+    shuffle of the split the share is about (clips per video - 1) / clips; HowTo100M-shaped features read in stored
+    order put 26-28% there (`bench/batch_order.py`; README: how training batches are drawn)."""
     drawn = {"videos_per_batch": float(len(torch.unique(videos)))}
     if negatives:
         same = torch.stack([videos[n.to(videos.device)] == videos for n in negatives])

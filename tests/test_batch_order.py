@@ -280,3 +280,34 @@ def test_the_students_batches_mix_as_many_articles_as_a_uniform_shuffle(wiki):
     stored = list(article.values())  # in the order the shards hold them: what training read before
     in_order = [stored[i : i + BATCH] for i in range(0, len(stored) - BATCH + 1, BATCH)]
     assert np.mean([len(set(b)) for b in in_order]) < uniform / 4  # the corpus tells the two apart
+
+
+def test_a_corpus_written_before_row_groups_were_recorded_is_read_a_shard_at_a_time(wiki, tmp_path):
+    """Such a corpus holds each shard in one row group and says nothing of it in index.json: it is still read whole,
+    each sequence once a pass."""
+    import pyarrow.parquet as pq
+
+    from vlkd.artifacts import collect_files
+    from vlkd.data.corpus import corpus_datasets
+    from vlkd.data.ingest import configure_ray_data
+    from vlkd.data.text import INDEX, read_shards
+    from vlkd.specs import Resources
+
+    store, _ = wiki
+    folder = tmp_path / "old"
+    store.fetch("corpus/wiki", folder)
+    index = json.loads((folder / INDEX).read_text())
+    del index["row_group_size"]
+    (folder / INDEX).write_text(json.dumps(index))
+    for split in index["splits"].values():
+        for shard in split["shards"]:
+            pq.write_table(pq.read_table(folder / shard["path"]), folder / shard["path"])  # pyarrow's default groups
+            assert pq.ParquetFile(folder / shard["path"]).num_row_groups == 1
+    store.publish("corpus", "old", collect_files([folder]))
+    resources = Resources(num_workers=0)
+    configure_ray_data(resources)
+    splits, info = corpus_datasets(store, "corpus/old", resources, BATCH, 4096, 0)
+    assert info.group_rows == index["shard_size"] and splits["train"].groups == (1,)
+    stored = [tuple(s) for s in read_shards(folder, "train")]
+    rows = sorted(tuple(r["input_ids"]) for r in splits["train"].epoch(0).iter_rows())
+    assert rows == sorted(stored * splits["train"].passes)

@@ -33,6 +33,10 @@ class CorpusInfo:
     """sequences per Parquet row group"""
 
 
+PYARROW_GROUP_ROWS = 1 << 20
+"""rows of a row group `pq.write_table` writes when not told"""
+
+
 def corpus_info(source: InputSource) -> CorpusInfo:
     index = json.loads(source.read_bytes(INDEX))
     if index.get("format") != FORMAT:
@@ -43,10 +47,6 @@ def corpus_info(source: InputSource) -> CorpusInfo:
     # Corpora written before row groups were recorded hold a shard in one row group (pyarrow's default cap).
     group_rows = index.get("row_group_size") or min(index["shard_size"], PYARROW_GROUP_ROWS)
     return CorpusInfo(source.ref, index["max_len"], splits["train"]["sequences"], shards, sequences, group_rows)
-
-
-PYARROW_GROUP_ROWS = 1 << 20
-"""rows of a row group `pq.write_table` writes when not told"""
 
 
 def _sequence_groups(path: str, groups: list[int], source: InputSource) -> list[pa.Table]:
