@@ -29,6 +29,20 @@ def test_bytes_round_trip_and_missing_key(storage):
         storage.read_bytes("a/c.txt")
 
 
+def test_a_range_of_an_object_and_its_size_are_read_without_the_rest(storage):
+    """What training's row-group reader asks of a store (`vlkd.data.row_groups`)."""
+    data = bytes(range(256)) * 40
+    storage.write_bytes("shards/s.parquet", data)
+    assert storage.size("shards/s.parquet") == len(data)
+    assert storage.read_range("shards/s.parquet", 100, 1100) == data[100:1100]
+    assert storage.read_range("shards/s.parquet", len(data) - 8, len(data)) == data[-8:]
+    assert storage.read_range("shards/s.parquet", 5, 5) == b""
+    with pytest.raises(NotFoundError):
+        storage.read_range("shards/missing.parquet", 0, 10)
+    with pytest.raises(NotFoundError):
+        storage.size("shards/missing.parquet")
+
+
 def test_exclusive_write_refuses_an_existing_key(storage):
     storage.write_bytes("claim", b"first", exclusive=True)
     with pytest.raises(KeyExistsError):
