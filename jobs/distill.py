@@ -278,8 +278,9 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     context.start_ray(spec.resources, extra_cpus=1)
     configure_ray_data(spec.resources)
     train = spec.train
-    resources = spec.resources
-    splits, info = corpus_datasets(store, spec.corpus, resources, train.batch_size, train.shuffle_window, spec.seed)
+    splits, info = corpus_datasets(
+        store, spec.corpus, spec.resources, train.batch_size, train.shuffle_window, spec.seed
+    )
     task = plan_task(spec, store, tokenizer, info.train_sequences)
     final = context.scratch / "final"
     place = RunPlace(store.storage, context.job_id)

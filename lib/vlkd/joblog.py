@@ -51,7 +51,8 @@ _SOURCE = re.compile(r"^\((?P<actor>[\w.]+) pid=(?P<pid>\d+)(?:, ip=[^)]*)?\)\s?
 _BANNER = re.compile(r"vlkd train worker rank (?P<rank>\d+) of \d+")
 PROGRESS_EVENT = "vlkd-progress "
 _EVENT = PROGRESS_EVENT.encode()
-_LONGEST_PARTIAL = 4096  # bytes of an unfinished line kept to find an event in; event lines are far shorter
+# Bytes of an unfinished line held back: to find an event in (events are far shorter) and to store the line whole.
+_LONGEST_PARTIAL = 4096
 
 
 def log_prefix(job_id: str) -> str:
@@ -207,7 +208,8 @@ class JobRecorder:
         """Pass everything on to where the output went before, and keep a copy for the store a whole line at a time.
         stdout and stderr are two pipes, and `print` writes a line's text and its newline apart: kept as they came,
         the other stream's output could land between them (a CI run once stored "from stderrfrom stdout"). A line
-        still unfinished after 0.1 s without output is kept as it is, so a line that never ends still gets there."""
+        still unfinished after 0.1 s without output, or longer than _LONGEST_PARTIAL, is kept as it is: a line that
+        never ends still gets there, and what is held back stays bounded."""
         open_ends = set(self._pipes)
         unfinished: dict[int, bytes] = {}
         while open_ends:
@@ -229,7 +231,9 @@ class JobRecorder:
                 os.write(self._saved[self._pipes[read_end]], data)
                 lines, newline, rest = (unfinished.pop(read_end, b"") + data).rpartition(b"\n")
                 self._keep(lines + newline)
-                if rest:
+                if len(rest) > _LONGEST_PARTIAL:  # output that never ends a line (a progress bar): held no longer
+                    self._keep(rest)
+                elif rest:
                     unfinished[read_end] = rest
                 self._record_events(read_end, data)
 

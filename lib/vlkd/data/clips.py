@@ -168,10 +168,13 @@ def _clip_groups(
 
     held_ids = pa.array(sorted(held), pa.string())
     tables = read_row_groups(source, path, groups, CLIP_COLUMNS)
-    member = [pc.is_in(t.column("video_id"), value_set=held_ids) for t in tables]
-    chosen = [m if inside else pc.invert(m) for m in member]
-    # A filter copies the frames even when it keeps every row: most row groups hold no held-out clip.
-    return [t if pc.all(c).as_py() else t.filter(c) for t, c in zip(tables, chosen, strict=True)]
+    kept = []
+    for table in tables:
+        member = pc.is_in(table.column("video_id"), value_set=held_ids)
+        chosen = member if inside else pc.invert(member)
+        # A filter copies the frames even when it keeps every row: most row groups hold no held-out clip.
+        kept.append(table if pc.all(chosen).as_py() else table.filter(chosen))
+    return kept
 
 
 def clip_datasets(

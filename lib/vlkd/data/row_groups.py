@@ -91,7 +91,7 @@ def read_row_groups(source: InputSource, path: str, groups: Sequence[int], colum
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{source.uri}/{path} is not a readable Parquet file ({exc}): re-publish it") from None
     metadata = parquet.metadata
-    missing = sorted({g for g in groups if not 0 <= g < metadata.num_row_groups})
+    missing = {g for g in groups if not 0 <= g < metadata.num_row_groups}
     if missing:
         raise DataError(
             f"{source.uri}/{path} has {metadata.num_row_groups} row groups, not the {max(missing) + 1} its index "
