@@ -186,6 +186,8 @@ def _follow(job_id: str, pending_notice: float) -> int:
     current = _backend_caught_up(job_id, current)
     stream.finish()
     err_console.print(f"job {job_id}: {current.state.value} {current.message}".rstrip(), highlight=False)
+    for line in current.why_pending:  # e.g. why a job did not start
+        err_console.print(f"  {line}", highlight=False)
     return 0 if current.state == JobState.SUCCEEDED else 1
 
 

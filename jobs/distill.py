@@ -275,7 +275,7 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     tokenizer_dir = context.scratch / "tokenizer"
     store.fetch(tokenizer_ref, tokenizer_dir)
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
-    context.start_ray(spec.resources, extra_cpus=1)
+    context.start_ray(spec.resources, extra_cpus=spec.driver_cpus)
     configure_ray_data(spec.resources)
     train = spec.train
     splits, info = corpus_datasets(

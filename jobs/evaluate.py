@@ -105,7 +105,7 @@ def execute(runs: list[Run], spec: EvalSpec, context: JobContext) -> list[tuple[
             done += [(run, r) for r in finetune_run(store, run, threads)]
             finished(run, i)
         return done
-    context.start_ray(resources)
+    context.start_ray(resources, extra_cpus=spec.driver_cpus)
     import ray
 
     remote = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker)(finetune_run)

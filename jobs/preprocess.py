@@ -185,7 +185,7 @@ def encode_videos(
     """Decode and encode `todo` on Ray; return the videos that failed, with their reasons."""
     resources = spec.resources
     actors = max(1, resources.num_workers)
-    context.start_ray(resources, extra_cpus=spec.decode_cpus)
+    context.start_ray(resources, extra_cpus=spec.driver_cpus)
     configure_ray_data(resources)
     import ray
 

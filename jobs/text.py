@@ -114,7 +114,7 @@ def run(spec: TextSpec, context: JobContext) -> list[Manifest]:
         job_id=context.job_id,
         cost=context.cost(),
     )
-    context.start_ray(extra_cpus=2)  # Ray Data's tokenising tasks and the driver
+    context.start_ray(extra_cpus=spec.driver_cpus)
     configure_ray_data(spec.resources)
     paragraphs = tokenized_paragraphs(source, files, tokenizer_dir, spec.resources)
     sequences = textdata.pack_sequences(

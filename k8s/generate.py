@@ -94,11 +94,8 @@ def gpu_pipeline() -> dict[str, Any]:
 
 
 def _on_gpus(memory: str) -> dict[str, Any]:
-    return {
-        "memory": memory,
-        "node_selector": {"nvidia.com/gpu.present": "true"},
-        "tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
-    }
+    """Tolerating GPU nodes' taint, as k8s/overlays/gpu does: the GPU limit is what places the pods."""
+    return {"memory": memory, "tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]}
 
 
 def pipeline_job(data: dict[str, Any]) -> JobDescription:

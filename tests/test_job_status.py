@@ -1,11 +1,15 @@
 """`vlkd status` when the backend and the job's own record disagree (`vlkd.backends.reconcile`): the driver's
 recorded end says how the job ended, the backend says whether anything still runs, and a driver that stopped beating
 while the backend says it runs is LOST. Each case pairs a recorded RayJob status (as in test_k8s.py) with a
-state.json written to a file:// store, read back as `vlkd status` reads it; no cluster."""
+state.json written to a store (file://, and the moto S3 server where the store's clock matters), read back as
+`vlkd status` reads it; no cluster. How long ago a record was written is the store's word: a test makes the store
+date it (a file's mtime, the S3 server's LastModified) and, apart, the pod's clock (`updated_at`)."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,6 +24,7 @@ from vlkd.backends.k8s_render import render_rayjob
 from vlkd.backends.reconcile import reconcile
 from vlkd.joblog import LOST_AFTER, STATE_KEY, read_state
 from vlkd.jobstate import remember
+from vlkd.storage import FileStorage, Storage
 
 NOW = datetime(2026, 11, 29, 12, 10, 0, tzinfo=timezone.utc)
 GONE = f"RayJob vlkd/{JOB_ID} no longer exists (cancelled or deleted)"  # what the k8s backend says of a deleted one
@@ -41,11 +46,37 @@ def store(tmp_path) -> ArtifactStore:
     return ArtifactStore.open((tmp_path / "store").as_uri())
 
 
-def record(store: ArtifactStore, state: str, at: datetime, **extra: Any) -> dict[str, Any]:
-    """Write the job's state.json as JobRecorder does, and read it back as `vlkd status` does."""
-    written = {"job_id": JOB_ID, "state": state, **extra, "updated_at": at.isoformat()}
-    store.storage.write_bytes(STATE_KEY.format(job_id=JOB_ID), json.dumps(written, indent=2).encode())
-    return read_state(store.storage, JOB_ID)
+def record(
+    store: ArtifactStore,
+    state: str,
+    at: datetime,
+    pod_clock: timedelta = timedelta(0),
+    now: datetime = NOW,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write the job's state.json as JobRecorder does, `now - at` ago by the store's clock, from a pod whose clock is
+    `pod_clock` off, and read it back as `vlkd status` does at `now`."""
+    key = STATE_KEY.format(job_id=JOB_ID)
+    written = {"job_id": JOB_ID, "state": state, **extra, "updated_at": (at + pod_clock).isoformat()}
+    store.storage.write_bytes(key, json.dumps(written, indent=2).encode())
+    written_ago(store.storage, key, now - at)
+    return read_state(store.storage, JOB_ID, now)
+
+
+def written_ago(storage: Storage, key: str, ago: timedelta) -> None:
+    """Make the store date the object `key` `ago` before its own now: a file's mtime, or the moto S3 server's record
+    of the object (the server runs in this process: tests/conftest.py)."""
+    if isinstance(storage, FileStorage):
+        then = time.time() - ago.total_seconds()
+        os.utime(storage.root / key, (then, then))
+        return
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    bucket = s3_backends[DEFAULT_ACCOUNT_ID]["global"].buckets[storage.bucket]
+    bucket.keys["/".join(p for p in (storage.prefix, key) if p)].last_modified = (
+        datetime.now(timezone.utc).replace(tzinfo=None) - ago
+    )
 
 
 def at(hh_mm: str) -> datetime:
@@ -166,7 +197,7 @@ def test_a_driver_waiting_for_resources_makes_the_job_pending_and_says_why(store
 
 def test_a_heartbeat_is_silent_for_lost_after_before_the_driver_is_lost(store):
     running = rayjob(**RUNNING)
-    just_in_time = record(store, "running", NOW - LOST_AFTER)
+    just_in_time = record(store, "running", NOW - LOST_AFTER + timedelta(seconds=1))  # the store dates to the second
     assert reconcile(running, just_in_time, NOW).state == JobState.RUNNING
     too_late = record(store, "running", NOW - LOST_AFTER - timedelta(seconds=1))
     assert reconcile(running, too_late, NOW).state == JobState.LOST
@@ -200,22 +231,36 @@ class RecordedBackend:
         return self.current
 
 
-@pytest.fixture
-def submitted(store, monkeypatch, tmp_path):
-    """The teacher job as if submitted from here to the k8s backend at 12:00 today, whose RayJob says Running."""
-    monkeypatch.setenv("VLKD_HOME", str(tmp_path / "home"))
+def submit_running(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch, home: Any) -> ArtifactStore:
+    """The teacher job as if submitted from here to the k8s backend 10 minutes ago, whose RayJob says Running."""
+    monkeypatch.setenv("VLKD_HOME", str(home))
     remember(JOB_ID, {"backend": "k8s", "options": {}, "record": {}, "stage": "teacher", "store": store.uri})
-    entry = json.loads((tmp_path / "home" / "jobs" / f"{JOB_ID}.json").read_text())
+    entry = json.loads((home / "jobs" / f"{JOB_ID}.json").read_text())
     entry["submitted_at"] = (datetime.now(timezone.utc) - timedelta(minutes=10)).isoformat()
-    (tmp_path / "home" / "jobs" / f"{JOB_ID}.json").write_text(json.dumps(entry))
+    (home / "jobs" / f"{JOB_ID}.json").write_text(json.dumps(entry))
     monkeypatch.setattr(submission, "get_backend", lambda name, **options: RecordedBackend(rayjob(**RUNNING)))
     return store
+
+
+@pytest.fixture
+def submitted(store, monkeypatch, tmp_path):
+    return submit_running(store, monkeypatch, tmp_path / "home")
+
+
+@pytest.fixture
+def submitted_to_any_store(store_uri, monkeypatch, tmp_path):
+    """As `submitted`, with its store on each backend (tests/conftest.py's `store_uri`: file, and S3)."""
+    return submit_running(ArtifactStore.open(store_uri), monkeypatch, tmp_path / "home")
+
+
+def ago(minutes: float) -> datetime:
+    return datetime.now(timezone.utc) - timedelta(minutes=minutes)
 
 
 def test_status_prints_a_lost_driver_and_what_the_rayjob_says(submitted, capsys):
     from vlkd.cli.jobs import status
 
-    record(submitted, "running", datetime.now(timezone.utc) - timedelta(minutes=7))
+    record(submitted, "running", ago(7), now=datetime.now(timezone.utc))
 
     status(JOB_ID, None)
 
@@ -226,13 +271,54 @@ def test_status_prints_a_lost_driver_and_what_the_rayjob_says(submitted, capsys)
 
 
 def test_status_ignores_the_record_an_earlier_attempt_left(submitted):
-    record(submitted, "ended", datetime.now(timezone.utc) - timedelta(hours=3), exit_code=1)  # before resubmitting
+    record(submitted, "ended", ago(180), now=datetime.now(timezone.utc), exit_code=1)  # before resubmitting
 
     assert submission.job_status(JOB_ID) == rayjob(**RUNNING)
 
 
 def test_status_of_a_job_whose_driver_ended_while_kuberay_says_running(submitted):
-    record(submitted, "ended", datetime.now(timezone.utc) - timedelta(minutes=1), exit_code=1)
+    record(submitted, "ended", ago(1), now=datetime.now(timezone.utc), exit_code=1)
+
+    current = submission.job_status(JOB_ID)
+
+    assert current.state == JobState.FAILED
+    assert current.message.endswith("(RayJob still says Running: KubeRay has not noticed)")
+
+
+# --- A pod's clock off the laptop's ----------------------------------------------------------------------------------
+
+SKEW = timedelta(minutes=6)  # more than LOST_AFTER: a pod on a node whose clock drifted, or a laptop's
+
+
+@pytest.mark.parametrize("pod_clock", [-SKEW, SKEW], ids=["pod-behind", "pod-ahead"])
+def test_a_beating_driver_on_a_pod_whose_clock_is_off_is_not_lost(submitted_to_any_store, pod_clock):
+    now = datetime.now(timezone.utc)
+    record(submitted_to_any_store, "running", now, pod_clock=pod_clock, now=now)  # written just now
+
+    assert submission.job_status(JOB_ID) == rayjob(**RUNNING)
+
+
+def test_a_silent_driver_is_lost_by_the_stores_clock_whatever_its_pods_clock_said(submitted_to_any_store):
+    now = datetime.now(timezone.utc)
+    record(submitted_to_any_store, "running", now - timedelta(minutes=7), pod_clock=SKEW, now=now)  # "1 minute ago"
+
+    current = submission.job_status(JOB_ID)
+
+    assert current.state == JobState.LOST
+    assert current.message.endswith(", 7 minutes ago (no heartbeat for over 5 minutes); RayJob says Running")
+
+
+def test_the_end_a_pod_whose_clock_is_behind_recorded_after_the_submission_counts(submitted_to_any_store):
+    """Its `updated_at` is older than the submission (10 minutes ago), the store's date is not."""
+    now = datetime.now(timezone.utc)
+    record(
+        submitted_to_any_store,
+        "ended",
+        now - timedelta(minutes=1),
+        pod_clock=-timedelta(minutes=15),
+        now=now,
+        exit_code=1,
+    )
 
     current = submission.job_status(JOB_ID)
 
@@ -246,7 +332,13 @@ def test_wait_gives_the_backend_time_to_notice_the_end_its_driver_recorded(monke
     sees its exit once Ray has shut down); with a backend that never notices, it says they disagree."""
     from vlkd.cli import jobs
 
-    ended = {"job_id": JOB_ID, "state": "ended", "exit_code": 0, "updated_at": NOW.isoformat()}
+    ended = {
+        "job_id": JOB_ID,
+        "state": "ended",
+        "exit_code": 0,
+        "updated_at": NOW.isoformat(),
+        "stored_at": NOW.isoformat(),
+    }
     behind = reconcile(JobStatus(JOB_ID, JobState.RUNNING, backend="local"), ended, NOW)
     agreed = JobStatus(JOB_ID, JobState.SUCCEEDED, backend="local")
     asked = []

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from vlkd.joblog import (
     ENDED,
     HEARTBEAT_SECONDS,
     LOST_AFTER,
+    STATE_KEY,
     WORKER_BANNER,
     JobRecorder,
     read_log,
@@ -149,7 +151,8 @@ def test_a_running_job_refreshes_its_heartbeat_and_nothing_else(tmp_path):
 
     first, later = beats
     assert later["updated_at"] > first["updated_at"]
-    assert later | {"updated_at": None} == first | {"updated_at": None}  # still running, nothing else changed
+    beat = {"updated_at": None, "stored_at": None}
+    assert later | beat == first | beat  # still running, nothing else changed
     assert LOST_AFTER.total_seconds() >= 10 * HEARTBEAT_SECONDS  # a few missed beats (a store's hiccup) are not lost
 
 
@@ -269,3 +272,17 @@ def test_a_line_written_in_two_pieces_reaches_the_store_whole_whatever_the_other
     assert finished.returncode == 0
     lines = list(read_log(store.storage, "job-1"))
     assert "half a line on stderr and its end\n" in lines and "a whole line on stdout\n" in lines, lines
+
+
+def test_the_state_is_dated_by_the_stores_clock_not_by_the_clock_that_wrote_it(store):
+    """A pod whose clock is a year off writes `updated_at` by it; `stored_at` is when the store got the state (its
+    own clock: the file's mtime, S3's LastModified against its Date), on the reader's clock."""
+    written = {"job_id": "job-1", "state": "running", "updated_at": "2025-11-29T12:00:00+00:00"}
+    store.storage.write_bytes(STATE_KEY.format(job_id="job-1"), json.dumps(written).encode())
+    now = datetime.now(timezone.utc)
+
+    state = read_state(store.storage, "job-1", now)
+
+    assert state["updated_at"] == written["updated_at"]
+    assert now - timedelta(seconds=2) <= datetime.fromisoformat(state["stored_at"]) <= now
+    assert read_state(store.storage, "job-2", now) is None

@@ -7,7 +7,6 @@
 - Committed RayJob templates equal a fresh rendering (golden files).
 - The API requests are checked on the wire: a local HTTP server replays recorded Kubernetes API responses under a
   kubeconfig written by the test, and records every request.
-- The Dockerfile is linted by parsing it.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -214,9 +212,10 @@ def test_workers_are_sized_from_the_spec_resources(crd_validator):
     assert group["groupName"] == "gpu1-cpu1500m"  # named after the shape of its pods
     assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (4, 4, 4)
     resources = group["template"]["spec"]["containers"][0]["resources"]
+    # One more CPU for the driver's tasks (the head offers Ray none), and a fraction of a GPU is a whole one.
     assert resources == {
-        "requests": {"cpu": "1500m", "memory": "48Gi"},
-        "limits": {"cpu": "1500m", "memory": "48Gi", "nvidia.com/gpu": 1},  # a fraction of a GPU is a whole one
+        "requests": {"cpu": "2500m", "memory": "48Gi", "ephemeral-storage": "20Gi"},
+        "limits": {"cpu": "2500m", "memory": "48Gi", "nvidia.com/gpu": 1},
     }
     assert crd_errors(crd_validator, rayjob) == []
 
@@ -232,7 +231,9 @@ def test_in_process_training_gets_no_worker_group_and_a_head_with_the_workers_gp
     cluster = rayjob["spec"]["rayClusterSpec"]
     assert "workerGroupSpecs" not in cluster
     head = cluster["headGroupSpec"]["template"]["spec"]
-    assert head["containers"][0]["resources"]["limits"] == {"cpu": "8", "memory": "8Gi", "nvidia.com/gpu": 1}
+    # The worker's 8 CPUs and the driver's 1 for its tasks: the head is the only node, and offers Ray its CPUs.
+    assert head["containers"][0]["resources"]["limits"] == {"cpu": "9", "memory": "8Gi", "nvidia.com/gpu": 1}
+    assert "rayStartParams" not in cluster["headGroupSpec"]
     assert head["nodeSelector"] == {"gpu": "a100"}
     assert head["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert crd_errors(crd_validator, rayjob) == []
@@ -244,7 +245,7 @@ def test_placement_and_lifetime_come_from_the_spec(crd_validator):
     job.spec = job.spec.model_copy(update={"kubernetes": kubernetes})
     spec = render_rayjob(job, "vlkd")["spec"]
     assert (spec["submissionMode"], spec["shutdownAfterJobFinishes"]) == ("K8sJobMode", True)
-    assert (spec["ttlSecondsAfterFinished"], spec["activeDeadlineSeconds"], spec["backoffLimit"]) == (3600, 86400, 2)
+    assert (spec["ttlSecondsAfterFinished"], spec["activeDeadlineSeconds"], spec["backoffLimit"]) == (60, 86400, 2)
     assert worker_pod(render_rayjob(job, "vlkd"))["nodeSelector"] == {"pool": "gpu"}
     assert "activeDeadlineSeconds" not in render_rayjob(paper_job("distill"), "vlkd")["spec"]
 
@@ -417,7 +418,10 @@ TAINT_HINT = "nodes carry a taint the pods do not tolerate: add the toleration i
 SELECTOR_HINT = "no node has the labels of resources.node_selector: fix them, or label the nodes"
 QUOTA_HINT = "raise the namespace's ResourceQuota or ask for less"
 IMAGE_HINT = "check the image name (kubernetes.image, else --image) and the registry's pull secret"
-SECRET_HINT = "create the Secret (k8s/base/s3-secret.yaml), or name yours in kubernetes.s3_secret"
+SECRET_HINT = (
+    'create the Secret (k8s/README.md, "Credentials"), name yours in kubernetes.s3_secret, or use workload identity '
+    "(kubernetes.s3_secret: null)"
+)
 
 
 def unschedulable_pod(name: str, message: str, created: str = "2026-11-29T04:12:05Z") -> dict[str, Any]:
@@ -627,7 +631,8 @@ def test_overlay_built_in_objects_are_valid_kubernetes_objects(overlay, version)
     objects = kustomize(overlay)
     builtins = [o for o in objects if o["kind"] != "RayJob"]
     kinds = {o["kind"] for o in builtins}
-    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap"} <= kinds
+    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "ConfigMap"} <= kinds
+    assert ("Secret" in kinds) == (overlay == "dev")  # only the dev MinIO's placeholder keys: real ones are never here
     for obj in builtins:
         assert kubernetes_problems(obj, version) == [], f"{obj['kind']}/{obj['metadata']['name']}"
         assert obj["kind"] == "Namespace" or obj["metadata"].get("namespace") == "vlkd"
@@ -665,11 +670,11 @@ def test_dev_overlay_is_a_small_cpu_only_cluster_with_minio():
         assert group["replicas"] == 1
         assert group["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     (minio,) = [o for o in objects if o["kind"] == "Deployment"]
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in minio["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env == {
-        "MINIO_ROOT_USER": {"name": "vlkd-s3", "key": "AWS_ACCESS_KEY_ID"},
-        "MINIO_ROOT_PASSWORD": {"name": "vlkd-s3", "key": "AWS_SECRET_ACCESS_KEY"},
-    }
+    spec = minio["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    assert env["MINIO_ROOT_USER_FILE"] == "/run/secrets/vlkd-s3/AWS_ACCESS_KEY_ID"  # the jobs' keys, as files
+    assert env["MINIO_ROOT_PASSWORD_FILE"] == "/run/secrets/vlkd-s3/AWS_SECRET_ACCESS_KEY"
+    assert [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v] == ["vlkd-s3"]
     (store,) = [o for o in objects if o["kind"] == "ConfigMap"]
     assert store["data"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert any(o["kind"] == "Service" and o["metadata"]["name"] == "minio" for o in objects)
@@ -684,9 +689,10 @@ def test_gpu_overlay_puts_every_gpu_worker_on_tainted_gpu_nodes():
         pod = worker_pod(rayjob)
         if stage in gpu_stages:
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-            assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         else:
-            assert "tolerations" not in pod and "nodeSelector" not in pod
+            assert "tolerations" not in pod
+        # No node label: none is common to EKS and GKE; the nvidia.com/gpu limit is what places a pod.
+        assert "nodeSelector" not in pod and "affinity" not in pod
 
 
 def test_the_image_tag_is_set_once_and_is_the_cli_default():
@@ -708,11 +714,18 @@ def test_overlays_only_patch_and_say_their_purpose(overlay):
     assert kustomization.get("namespace", "vlkd") == yaml.safe_load(BASE.read_text())["namespace"]
 
 
-def test_the_job_service_account_has_no_api_rights():
-    (account,) = yaml.safe_load_all((ROOT / "k8s" / "base" / "rbac-job.yaml").read_text())
-    assert account["automountServiceAccountToken"] is False
+def test_the_job_service_accounts_mount_no_token_and_none_is_bound_here():
+    """KubeRay binds the autoscaler's Role to vlkd-autoscaler itself, per cluster (common/rbac.go): nothing in k8s/
+    grants any of them rights."""
+    from vlkd.specs import KubernetesSpec
+
+    accounts = list(yaml.safe_load_all((ROOT / "k8s" / "base" / "rbac-job.yaml").read_text()))
+    defaults = KubernetesSpec()
+    names = {defaults.service_account, defaults.autoscaler_service_account, defaults.submitter_service_account}
+    assert {a["metadata"]["name"] for a in accounts} == names
+    assert all(a["automountServiceAccountToken"] is False for a in accounts)
     bindings = yaml.safe_load_all((ROOT / "k8s" / "base" / "rbac-submitter.yaml").read_text())
-    assert all(s.get("name") != "vlkd-job" for b in bindings if b["kind"] == "RoleBinding" for s in b["subjects"])
+    assert all(s.get("name") not in names for b in bindings if b["kind"] == "RoleBinding" for s in b["subjects"])
 
 
 def test_the_store_configmap_name_is_the_one_the_backend_reads():
@@ -1086,58 +1099,3 @@ def test_a_tiny_stage_runs_on_a_real_cluster(tmp_path):
     backend.cancel(job.job_id, record)
     assert current.state == JobState.SUCCEEDED, f"{current.message}\n{log[-3000:]}"
     assert "published tokenizer/tiny" in log
-
-
-# --- The Dockerfile ----------------------------------------------------------------------------------------------
-
-
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of each instruction, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
-
-
-def test_the_image_is_built_on_the_official_ray_image_of_the_pinned_version():
-    (version,) = re.findall(r'"ray\[[^\]]*\]==([^"]+)"', (ROOT / "pyproject.toml").read_text())
-    (base,) = [args for op, args in dockerfile() if op == "FROM"]
-    assert re.fullmatch(rf"rayproject/ray:{re.escape(version)}-py311-cu\d{{3}}", base), base
-
-
-def test_the_image_runs_as_a_non_root_user():
-    users = [args for op, args in dockerfile() if op == "USER"]
-    assert users and users[-1] not in ("root", "0", "0:0")
-
-
-def test_the_image_bakes_in_no_credentials():
-    secret_name = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
-    for op, args in dockerfile():
-        if op in ("ENV", "ARG"):
-            assert not secret_name.search(args), f"{op} {args}"
-        if op in ("COPY", "ADD"):
-            sources = [a for a in args.split() if not a.startswith("--")][:-1]
-            assert not any(re.search(r"\.aws|\.kube|\.env|credential|secret|\.pem|id_rsa", s) for s in sources)
-
-
-def test_vlkd_is_installed_from_the_source_tree_not_editable():
-    installs = [args for op, args in dockerfile() if op == "RUN" and re.search(r"pip install\b.* \.(\s|&|$)", args)]
-    assert installs and not any(re.search(r"\s(-e|--editable)\b", args) for args in installs)
-    assert not any("[dev]" in args for op, args in dockerfile())
-
-
-def test_dockerignore_sends_only_the_sources():
-    rules = [r.strip() for r in (ROOT / ".dockerignore").read_text().splitlines() if r.strip() and r[0] != "#"]
-
-    def excluded(path: str) -> bool:
-        verdict = False
-        for rule in rules:  # the last matching rule wins, as in Docker
-            negated, pattern = rule.startswith("!"), rule.lstrip("!").rstrip("/")
-            if fnmatch(path, pattern) or fnmatch(path, pattern.removeprefix("**/")) or path.startswith(pattern + "/"):
-                verdict = not negated
-        return verdict
-
-    for path in (".git", ".venv", ".pytest_cache", ".ruff_cache", "build", "dist", "data", "tests", ".env", "s3.env"):
-        assert excluded(path), path
-    for path in ("pyproject.toml", "README.md", "lib/vlkd/storage.py", "cli/main.py", "jobs/teacher.py"):
-        assert not excluded(path), path
-    assert excluded("lib/vlkd/__pycache__")

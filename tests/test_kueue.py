@@ -375,7 +375,7 @@ def test_a_queued_job_on_a_cluster_without_kueue_says_nothing_will_start_it(api_
     assert (current.state, current.message) == (JobState.PENDING, "Suspended: waiting for Kueue (LocalQueue team-a)")
     assert current.why_pending == [
         "its Kueue Workload could not be read: Kueue is not installed (no workloads.kueue.x-k8s.io), so nothing will "
-        "start a queued job: install Kueue, or cancel and submit without kubernetes.queue"
+        "start a queued job: install Kueue (v0.14 or later), or cancel and submit without kubernetes.queue"
     ]
 
 

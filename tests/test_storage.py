@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 import socket
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -180,7 +182,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_endpoint_is_one_clear_error():
+def test_unreachable_endpoint_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(storage_module, "S3_MAX_ATTEMPTS", 2)  # not ten attempts' backoff, up to 25 s in all
     storage = S3Storage("some-bucket", "p", endpoint_url=f"http://127.0.0.1:{_free_port()}")
     with pytest.raises(StorageError, match=r"cannot reach the S3 endpoint http://127\.0\.0\.1:\d+"):
         storage.read_bytes("k")
@@ -205,8 +208,6 @@ def test_storages_unpickled_in_a_process_share_its_session_until_its_credentials
     """Every Ray task reading a shard unpickles a storage without a client; each new boto3 session loads S3's
     service model again (70-200 ms of CPU), so the process keeps one session, and a fresh one once the variables
     that choose credentials change."""
-    import pickle
-
     bucket = new_bucket()
     first = S3Storage(bucket, "p", endpoint_url=s3_endpoint)
     first.write_bytes("k", b"v")
@@ -248,3 +249,79 @@ def test_file_store_never_shows_temporary_files(tmp_path):
     Path(tmp_path, "d", ".vlkd-tmp-123-partial").write_bytes(b"half")
     assert [i.key for i in store.list("d")] == ["d/real"]
     assert store.children("d") == ["real"]
+
+
+def _bucket_in(endpoint: str, region: str) -> str:
+    name = f"vlkd-test-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
+    return name
+
+
+def _count_requests(storage: S3Storage, operation: str) -> list:
+    sent: list = []
+    storage.client.meta.events.register(f"before-send.s3.{operation}", lambda request, **_: sent.append(request))
+    return sent
+
+
+def test_a_store_asks_s3_for_its_buckets_region_once_and_checkpoints_use_it(s3_endpoint, monkeypatch):
+    """pyarrow (Ray Train's checkpoints) does not follow S3's redirects and assumes us-east-1 unless told."""
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    storage = S3Storage(_bucket_in(s3_endpoint, "eu-west-1"), "p", endpoint_url=s3_endpoint)
+    asked = _count_requests(storage, "HeadBucket")
+    assert storage.bucket_region() == storage.bucket_region() == "eu-west-1"
+    path, filesystem = storage.pyarrow_location("checkpoints")
+    assert filesystem.region == "eu-west-1" and len(asked) == 1
+    with filesystem.open_output_stream(f"{path}/probe") as out:
+        out.write(b"written by pyarrow")
+    assert storage.read_bytes("checkpoints/probe") == b"written by pyarrow"
+    shipped = pickle.loads(pickle.dumps(storage))  # as Ray ships it to a worker: the answer travels with it
+    asked_again = _count_requests(shipped, "HeadBucket")
+    assert shipped.bucket_region() == "eu-west-1" and asked_again == []
+
+
+def test_the_buckets_answer_wins_over_the_machines_region_and_a_given_one_over_both(s3_endpoint, monkeypatch):
+    """A laptop's AWS_REGION (`aws configure` suggests us-east-1) says where it works, not where the bucket is."""
+    bucket = _bucket_in(s3_endpoint, "eu-west-1")
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    assert S3Storage(bucket, "p", endpoint_url=s3_endpoint).bucket_region() == "eu-west-1"
+    given = S3Storage(bucket, "p", endpoint_url=s3_endpoint, region="sa-east-1")
+    asked = _count_requests(given, "HeadBucket")
+    assert given.bucket_region() == "sa-east-1" and asked == []
+
+
+def test_an_endpoint_that_names_no_bucket_region_gets_the_clients_region(s3_endpoint, monkeypatch):
+    """Some S3-compatible servers send no `x-amz-bucket-region`; there the client's region (us-east-1 unless
+    configured) is the only answer."""
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    storage = S3Storage(_bucket_in(s3_endpoint, "eu-west-1"), "p", endpoint_url=s3_endpoint)
+
+    def drop_region(response_dict, **_):
+        del response_dict["headers"]["x-amz-bucket-region"]
+
+    storage.client.meta.events.register("before-parse.s3.HeadBucket", drop_region)
+    assert storage.bucket_region() == "us-east-1"
+
+
+def test_the_region_of_a_missing_bucket_is_a_clear_error(s3_endpoint, monkeypatch):
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-here' does not exist"):
+        S3Storage("no-such-bucket-here", "p", endpoint_url=s3_endpoint).bucket_region()
+
+
+def test_a_pod_with_a_workload_identity_needs_no_static_keys(s3_endpoint, new_bucket, monkeypatch, tmp_path):
+    """EKS IRSA gives a pod a web identity token and a role (Pod Identity and GKE do the same through other
+    variables); boto3's default credential chain trades them for temporary keys at STS (here moto's)."""
+    bucket = new_bucket()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    (tmp_path / "token").write_text("eyJhbGciOiJSUzI1NiJ9.e30.signature")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/vlkd-job")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", s3_endpoint)  # the moto server answers STS too
+    storage = S3Storage(bucket, "p", endpoint_url=s3_endpoint)
+    sent = _count_requests(storage, "PutObject")
+    storage.write_bytes("k", b"v")
+    assert storage.read_bytes("k") == b"v"
+    authorization = sent[0].headers["Authorization"].decode()
+    assert "Credential=ASIA" in authorization and "x-amz-security-token" in authorization  # temporary keys

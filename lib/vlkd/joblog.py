@@ -5,8 +5,10 @@ read from the cluster is gone with it. Every job therefore copies its output (th
 workers' lines as Ray forwards them) to the store while it runs, in chunks written every few seconds: a crash
 loses at most the last few seconds. The state says whether the job runs, waits for resources (and why), or ended
 (and how): what `vlkd status` and `vlkd logs` fall back on once the cluster is gone. While the job runs or waits,
-its `updated_at` is refreshed every HEARTBEAT_SECONDS, so a driver that died without recording its end (killed, its
-node lost) shows as one that stopped beating: after LOST_AFTER, `vlkd status` calls it lost.
+its state is rewritten every HEARTBEAT_SECONDS, so a driver that died without recording its end (killed, its node
+lost) shows as one that stopped beating: after LOST_AFTER, `vlkd status` calls it lost. How long ago the state was
+written is the store's word (`read_state`), not the `updated_at` the job's clock put in it: a pod's clock a few
+minutes off must not make a healthy job lost, nor its record look older than the submission that started it.
 
 The state also says how far the job is (`progress`: done, total, unit, rate, ETA), what progress bars read. A job
 reports it with `report_progress`, which prints one event line (PROGRESS_EVENT and a JSON object); the recorder
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from vlkd.errors import NotFoundError
 from vlkd.storage import Storage
 
 log = logging.getLogger("vlkd.joblog")
@@ -59,16 +62,25 @@ def log_prefix(job_id: str) -> str:
     return LOG_PREFIX.format(job_id=job_id)
 
 
-def read_state(storage: Storage, job_id: str) -> dict[str, Any] | None:
+def read_state(storage: Storage, job_id: str, now: datetime | None = None) -> dict[str, Any] | None:
+    """The job's state as it last recorded it, None before it has, with `stored_at`: when the store got it, on the
+    reader's clock (`now`, an aware datetime; default this machine's), from how long ago the store's own clock says
+    it was written (`Storage.age`)."""
     key = STATE_KEY.format(job_id=job_id)
-    return json.loads(storage.read_bytes(key)) if storage.exists(key) else None
+    try:
+        state = json.loads(storage.read_bytes(key))
+        age = storage.age(key)  # after the read: a write in between makes the state look newer, never older
+    except NotFoundError:
+        return None
+    age = timedelta(seconds=round(age.total_seconds()))  # to the second, as S3 dates objects, whatever the store
+    return {**state, "stored_at": ((now or datetime.now(timezone.utc)) - age).isoformat()}
 
 
 def read_progress(storage: Storage, job_id: str) -> dict[str, Any] | None:
     """How far the job is, as it last recorded: `done` of `total` `unit`s, `rate` per second and `eta_seconds`
     (None while unknown); None before its first report."""
-    state = read_state(storage, job_id)
-    return state.get("progress") if state else None
+    key = STATE_KEY.format(job_id=job_id)
+    return json.loads(storage.read_bytes(key)).get("progress") if storage.exists(key) else None
 
 
 def report_progress(done: int, total: int, unit: str, rate: float | None = None) -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -30,6 +33,18 @@ MULTIPART_THRESHOLD = 64 << 20
 # Where an S3 store checks, once, that its endpoint honours conditional writes (deleted right after).
 PROBE_PREFIX = ".vlkd/conditional-write-probe"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Attempts of every S3 request (pyarrow's for checkpoints too), of every read of an object's body and of every
+# download's part: a multi-day run meets S3's transient 503 SlowDown and reset connections, and one of them must not
+# end it. Requests use botocore's "standard" retry mode: exponential backoff with full jitter (in botocore 1.44 from
+# 1 s for throttling such as SlowDown and from 50 ms for other transient errors, doubling, at most 20 s) and a retry
+# quota per client that stops retrying once an endpoint is down for good. Not "adaptive": it adds a client-side rate
+# limiter that holds back every request of a client after a throttle, but each Ray worker has its own client, so it
+# cannot pace the cluster; the AWS SDKs' reference guide recommends standard and keeps adaptive for special cases.
+S3_MAX_ATTEMPTS = 10
+# Backoff between attempts to read a body: full jitter over BASE * 2**(attempt - 1) seconds, at most MAX, as
+# botocore waits between attempts of a request that failed for a reason other than throttling.
+BODY_RETRY_BASE_SECONDS = 0.05
+BODY_RETRY_MAX_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,10 @@ class Storage(Protocol):
 
     def pyarrow_location(self, prefix: str) -> tuple[str, Any]:
         """(path, pyarrow filesystem or None for local) of `prefix`, for libraries that speak pyarrow."""
+
+    def age(self, key: str) -> timedelta:
+        """How long ago the object was last written, by the store's own clock: a writer's clock (a pod's) may be
+        off, so how long a job has been silent is judged by this (`vlkd.joblog.read_state`)."""
 
 
 def default_store_uri() -> str:
@@ -225,6 +244,13 @@ class FileStorage:
         shutil.rmtree(self._dir(prefix), ignore_errors=True)
         return count
 
+    def age(self, key: str) -> timedelta:
+        try:
+            modified = self._path(key).stat().st_mtime  # this machine's clock, or a file server's
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
+        return timedelta(seconds=max(time.time() - modified, 0.0))
+
 
 def _copy(src: Any, dst: Any, progress: Progress | None) -> None:
     while chunk := src.read(_CHUNK):
@@ -269,6 +295,7 @@ class S3Storage:
         # endpoint whatever that worker's environment says.
         self._endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self._region = region
+        self._bucket_region: str | None = None
         self._client: Any = None
         self._lock = threading.Lock()
         self._conditional_writes_checked = False
@@ -294,7 +321,7 @@ class S3Storage:
         config = Config(
             connect_timeout=5,
             read_timeout=60,
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
             # A custom endpoint (MinIO, Ceph, a test server) rarely has wildcard DNS for virtual-hosted buckets.
             s3={"addressing_style": "path" if self._endpoint_url else "auto"},
         )
@@ -317,13 +344,26 @@ class S3Storage:
     def _unkey(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
+    def _where(self, key: str) -> str:
+        """`key` as an s3:// URI for messages: never validated, so naming the place cannot itself fail."""
+        return f"s3://{self.bucket}/{'/'.join(p for p in (self.prefix, key) if p)}"
+
+    def _missing_bucket(self) -> StorageError:
+        return StorageError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it or fix the store URI")
+
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
-        """Turn botocore's exceptions into vlkd errors that say what to do."""
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+        """Turn botocore's and boto3's exceptions into vlkd errors that say what to do."""
+        from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            EndpointConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+        )
 
-        # Only for messages: never validated, so naming the place cannot itself fail.
-        where = f"s3://{self.bucket}/{'/'.join(p for p in (self.prefix, key) if p)}"
+        where = self._where(key)
         try:
             yield
         except ClientError as exc:
@@ -335,35 +375,71 @@ class S3Storage:
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFoundError(f"{where} does not exist") from None
             if code == "NoSuchBucket":
-                raise StorageError(
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it or fix the store URI"
-                ) from None
+                raise self._missing_bucket() from None
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 raise StorageError(
-                    f"access denied to {where} ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+                    f"access denied to {where} ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE "
+                    "or the role of the pod's workload identity, and that it may use this bucket"
+                ) from None
+            if isinstance(status, int) and status >= 500:
+                attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) + 1
+                raise StorageError(
+                    f"S3 request on {where} failed {attempts} times, last with {code} {err.get('Message', '')}; "
+                    "the service is throttling or unavailable: try again later"
                 ) from None
             raise StorageError(f"S3 request on {where} failed: {code} {err.get('Message', '')}".strip()) from None
         except NoCredentialsError:
             raise StorageError(
-                "no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+                "no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or on "
+                "Kubernetes give the pod a workload identity (EKS IRSA or Pod Identity)"
             ) from None
         except EndpointConnectionError:
             raise StorageError(
                 f"cannot reach the S3 endpoint {self.endpoint}; check AWS_ENDPOINT_URL and the network"
             ) from None
-        except BotoCoreError as exc:
+        except (HTTPClientError, RetriesExceededError) as exc:  # a connection that kept breaking, retries spent
+            last = getattr(exc, "last_exception", None) or exc  # boto3's download error wraps the last one
+            raise StorageError(
+                f"S3 request on {where} failed despite retries, last with: {last}; check the network to {self.endpoint}"
+            ) from None
+        except (BotoCoreError, S3UploadFailedError) as exc:
             raise StorageError(f"S3 request on {where} failed: {exc}") from None
 
     def read_bytes(self, key: str) -> bytes:
-        with self._errors(key):
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        return self._get_body(key)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         if end <= start:
             return b""
-        with self._errors(key):
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}")
-            return response["Body"].read()
+        return self._get_body(key, Range=f"bytes={start}-{end - 1}")
+
+    def _get_body(self, key: str, **extra: Any) -> bytes:
+        """The body of a GET of `key` (`extra`: a Range), asked for again when reading it breaks off. botocore
+        retries a request until an answer's headers arrive, never a body that then fails to stream in (a reset
+        connection, a read timeout, a body cut short), so without this one such failure ends a multi-day run.
+        Errors that S3 answers (NoSuchKey, AccessDenied) are not retried."""
+        from botocore.exceptions import FlexibleChecksumError, HTTPClientError, IncompleteReadError
+        from urllib3.exceptions import HTTPError
+
+        # HTTPClientError: ResponseStreamingError (a broken connection) and ReadTimeoutError; IncompleteReadError:
+        # fewer bytes than Content-Length; FlexibleChecksumError: bytes changed on the way; HTTPError: urllib3's
+        # SSLError, which botocore's body lets through.
+        transient = (HTTPClientError, IncompleteReadError, FlexibleChecksumError, HTTPError)
+        broken: BaseException | None = None
+        for attempt in range(S3_MAX_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, min(BODY_RETRY_MAX_SECONDS, BODY_RETRY_BASE_SECONDS * 2 ** (attempt - 1))))
+            with self._errors(key):
+                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)["Body"]
+                try:  # only the body's read: botocore has already retried the request itself
+                    with body:
+                        return body.read()
+                except transient as exc:
+                    broken = exc
+        raise StorageError(
+            f"reading {self._where(key)} broke off {S3_MAX_ATTEMPTS} times, last with: {broken}; check the network "
+            f"to {self.endpoint}"
+        )
 
     def size(self, key: str) -> int:
         with self._errors(key):
@@ -399,9 +475,16 @@ class S3Storage:
         )
 
     def _transfer_config(self) -> Any:
+        """How boto3 moves whole files. A download re-sends the GET of a part whose body breaks off (s3transfer
+        0.19's `GetObjectTask._main` retries its `S3_RETRYABLE_DOWNLOAD_ERRORS`: socket errors, read timeouts, short
+        and broken bodies), up to `num_download_attempts` times without backoff; we give it our number of attempts."""
         from boto3.s3.transfer import TransferConfig
 
-        return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
+        return TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_THRESHOLD,
+            num_download_attempts=S3_MAX_ATTEMPTS,
+        )
 
     def upload(self, key: str, local_path: Path, progress: Progress | None = None) -> None:
         with self._errors(key):
@@ -449,12 +532,43 @@ class S3Storage:
                 names.add(obj["Key"].rsplit("/", 1)[-1])
         return sorted(names)
 
+    def bucket_region(self) -> str:
+        """The region of the bucket, for clients that do not follow S3's redirects (pyarrow, which Ray Train
+        checkpoints through, would otherwise assume us-east-1) and for the pods of a job. A region given to the
+        store (the spec's `storage.region`) wins; otherwise S3's answer to HeadBucket names it
+        (`x-amz-bucket-region`, sent even with a 301 or 403, so no permission on the bucket is needed), over
+        AWS_REGION / AWS_DEFAULT_REGION, which say where a machine works (`aws configure` sets us-east-1), not
+        where the bucket is. A custom endpoint (MinIO, Ceph RGW) that sends no such header gets those, else the
+        client's region, else us-east-1. Asked once per storage; a storage pickled to a Ray worker keeps the
+        answer."""
+        if self._bucket_region is None:
+            self._bucket_region = self._region or self._region_from_head_bucket()
+        return self._bucket_region
+
+    def _region_from_head_bucket(self) -> str:
+        from botocore.exceptions import ClientError
+
+        with self._errors(""):
+            try:
+                headers = self.client.head_bucket(Bucket=self.bucket)["ResponseMetadata"]["HTTPHeaders"]
+            except ClientError as exc:
+                headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                missing = exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket")
+                if missing and "x-amz-bucket-region" not in headers:
+                    raise self._missing_bucket() from None
+        machine = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return headers.get("x-amz-bucket-region") or machine or self.client.meta.region_name or "us-east-1"
+
     def pyarrow_location(self, prefix: str) -> tuple[str, Any]:
         """Where Ray Train (which speaks pyarrow filesystems) should write under `prefix`: the same bucket,
-        endpoint and region as this store; credentials from the same environment."""
+        endpoint and region as this store, as many attempts per request; credentials from the same environment
+        (pyarrow's default chain, which includes workload identities: IRSA's web identity token, Pod Identity)."""
         from pyarrow import fs
 
-        options: dict[str, Any] = {"region": self.client.meta.region_name}
+        options: dict[str, Any] = {
+            "region": self.bucket_region(),
+            "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+        }
         if self._endpoint_url:
             parsed = urlparse(self._endpoint_url)
             options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
@@ -473,3 +587,12 @@ class S3Storage:
                     f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".strip()
                 )
         return len(keys)
+
+    def age(self, key: str) -> timedelta:
+        """S3 stamps an object's LastModified and a response's Date header with its own clock."""
+        from email.utils import parsedate_to_datetime
+
+        with self._errors(key):
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        now = parsedate_to_datetime(head["ResponseMetadata"]["HTTPHeaders"]["date"])
+        return max(now - head["LastModified"], timedelta(0))  # both to the second

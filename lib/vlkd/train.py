@@ -16,7 +16,9 @@ import copy
 import json
 import logging
 import math
+import pickle
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -322,7 +324,7 @@ class Loop:
         restored = self.work / "restored"
         if not self.checkpoints.restore(restored):
             return
-        saved = torch.load(restored / STATE_FILE, map_location="cpu", weights_only=False)
+        saved = load_payload(restored / STATE_FILE, f"the latest checkpoint of job {self.checkpoints.place.job_id}")
         if saved.get("identity") != self.identity:
             raise VlkdError(
                 f"the checkpoints of job {self.checkpoints.place.job_id} belong to {saved.get('identity')}, not "
@@ -615,9 +617,28 @@ def _worker_user_error(failure: Exception) -> VlkdError | None:
     return None
 
 
+def load_payload(path: Path, checkpoint: str) -> dict[str, Any]:
+    """A checkpoint's payload, read with torch's weights-only unpickler: tensors, Python's plain values and NumPy's
+    random state (an array) only. Anyone who can write to the store can write a checkpoint; one that names anything
+    else (a function to call while unpickling) is refused, so reading it never runs its code."""
+    # NumPy's random state holds its MT19937 keys as a uint32 array; an array unpickles with numpy's _reconstruct,
+    # which numpy 1 and 2 keep in different modules.
+    numpy_random_state = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.empty(0).__reduce__()[0]]
+    try:
+        with torch.serialization.safe_globals(numpy_random_state):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)|got <class '([^']+)'>", str(error))
+        held = next(name for name in found.groups() if name) if found else "an object"
+        raise VlkdError(
+            f"refused to load {checkpoint}: it holds {held}, not only tensors and plain data, so vlkd did not write "
+            "it; find out who can write to the store, and delete the checkpoint"
+        ) from None
+
+
 def load_final(directory: Path) -> dict[str, Any]:
     """The final checkpoint's payload: `model` (last weights), `best_weights`, `state`."""
-    return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    return load_payload(directory / STATE_FILE, f"the checkpoint in {directory}")
 
 
 def published_weights(payload: dict[str, Any], train: TrainSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

@@ -38,7 +38,8 @@ class JobStatus:
     why_pending: list[str] = field(default_factory=list)
     """for a PENDING job, one or two lines on what it waits for (resources it asks for that no node offers,
     unschedulable pods, image pulls, a queue's quota), so that a pending job is never silent; for a job held stopped
-    (deactivated in its queue), how to let it run"""
+    (deactivated in its queue), how to let it run; for a job that failed without starting (past its start deadline,
+    refused by KubeRay's validation), why it could not start"""
     backend_behind: bool = False
     """the driver recorded its end while the backend still says the job runs (`vlkd.backends.reconcile`): the
     state is the driver's, and the backend has not caught up yet (a local job shutting its Ray down) or never will

@@ -2,8 +2,9 @@
 `vlkd.backends.k8s_render`, whose docstring states the choices), sent with the official `kubernetes` client under the
 user's kubeconfig context.
 
-- `status` reads the RayJob; while it is pending, what its pods and events say (`k8s_pending`), and for a job queued
-  through Kueue, its Workload (`kueue`).
+- `status` reads the RayJob; while it is pending, or once it did not start in time, what its pods and events say
+  (`k8s_pending`), and for a job queued through Kueue, its Workload (`kueue`).
+- `submit` turns the API server's refusals into one line each, an admission webhook's (Kueue's) included.
 - `cancel` deletes the RayJob: KubeRay's finalizer stops the Ray job, garbage collection removes the RayCluster and
   the submitter Job, and the name becomes free, so submitting the same job id again resumes from its checkpoints.
   Suspending (`spec.suspend`) would keep the name taken.
@@ -24,7 +25,7 @@ import yaml
 
 from vlkd.backends import kueue
 from vlkd.backends.base import JobDescription, JobState, JobStatus
-from vlkd.backends.k8s_pending import explain_pending
+from vlkd.backends.k8s_pending import did_not_start, explain_pending, one_line
 from vlkd.backends.k8s_render import (
     GROUP,
     HEAD_CONTAINER,
@@ -47,31 +48,39 @@ INSTALL_KUBERAY = (
 _TIMEOUT = (10, 60)  # seconds to connect, to read
 
 
-# What KubeRay's deployment states mean to a user while the Ray job itself has no say.
+# KubeRay's deployment states (`JobDeploymentStatus`, ray-operator/apis/ray/v1/rayjob_types.go, the same from v1.5.1 to
+# v1.7.0), in words for a user while the Ray job itself has no say. "Waiting" is InteractiveMode's, which vlkd never
+# renders; a state not listed here (a KubeRay newer than this vlkd) counts as pending and is named as it is.
 _DEPLOYMENT_DETAILS = {
     "New": "waiting for the KubeRay operator",
     "Initializing": "RayCluster starting",
+    "Waiting": "waiting for a Ray job to be submitted to it",
     "Retrying": "starting a new RayCluster after a failure (backoffLimit)",
     "Suspending": "releasing the RayCluster",
     "Suspended": "the RayCluster is released",
-    "Scheduling": "waiting for its schedule",
-    "Scheduled": "waiting for its schedule",
+    "ValidationFailed": "KubeRay refused the RayJob",
 }
+# KubeRay re-validates a RayJob on every reconcile and has no way out of ValidationFailed (rayjob_controller.go
+# v1.6.2 and v1.7.0, Reconcile: validateRayJob, then no case of the switch handles the state): it never runs.
+_REFUSED = "ValidationFailed"
+_REFUSED_HINT = (
+    "KubeRay never runs a RayJob it refused: `vlkd render` shows what was sent; cancel the job to free its name"
+)
 
 
 def rayjob_status(rayjob: dict[str, Any]) -> JobStatus:
     """A RayJob's `status.jobDeploymentStatus` (KubeRay's lifecycle) and `status.jobStatus` (the Ray job's own),
     read as one job state with a message such as "Initializing: RayCluster starting". A queued RayJob that Kueue
-    holds suspended is pending, not stopped."""
+    holds suspended is pending, not stopped; one KubeRay refused (ValidationFailed) has failed."""
     metadata, status = rayjob.get("metadata") or {}, rayjob.get("status") or {}
     deployment = status.get("jobDeploymentStatus") or "New"
     ray_state = status.get("jobStatus") or ""
-    queue, detail = kueue.queue_name(rayjob), None
+    queue, detail, why = kueue.queue_name(rayjob), None, []
     if metadata.get("deletionTimestamp"):
         state, deployment = JobState.STOPPED, "Deleting"
     elif deployment == "Complete":
         state = {"SUCCEEDED": JobState.SUCCEEDED, "STOPPED": JobState.STOPPED}.get(ray_state, JobState.FAILED)
-    elif deployment == "Failed":
+    elif deployment in ("Failed", _REFUSED):
         state = JobState.FAILED
     elif deployment in ("New", "Suspending", "Suspended") and queue:
         state, detail = JobState.PENDING, f"waiting for Kueue (LocalQueue {queue})"
@@ -79,11 +88,16 @@ def rayjob_status(rayjob: dict[str, Any]) -> JobStatus:
         state = JobState.STOPPED
     elif deployment == "Running" and ray_state not in ("", "PENDING"):
         state = JobState.RUNNING  # a finished Ray job stays Running until KubeRay has seen its submitter end
-    else:
+    else:  # New, Initializing, Waiting, Retrying, Running before the Ray job runs, and states newer than this vlkd
         state = JobState.PENDING
     if detail is None:
         detail = _DEPLOYMENT_DETAILS.get(deployment, f"Ray job {ray_state}" if ray_state else "Ray job not submitted")
     parts = [deployment, detail, status.get("reason"), status.get("message")]
+    if did_not_start(rayjob):
+        parts = [deployment, _not_started(rayjob, deployment)]
+    elif deployment == _REFUSED:
+        parts = [deployment, detail, status.get("message")]  # its reason repeats the state
+        why = [_REFUSED_HINT]
     annotations, labels = metadata.get("annotations") or {}, metadata.get("labels") or {}
     return JobStatus(
         job_id=annotations.get(JOB_ID_ANNOTATION) or metadata.get("name", ""),
@@ -91,7 +105,22 @@ def rayjob_status(rayjob: dict[str, Any]) -> JobStatus:
         message=": ".join(p for p in parts if p),
         stage=labels.get(STAGE_LABEL, ""),
         backend="k8s",
+        why_pending=why,
     )
+
+
+def _not_started(rayjob: dict[str, Any], deployment: str) -> str:
+    """That the job's cluster did not start in time (`did_not_start`), which attempt, and whether KubeRay tries
+    again; the deadline is the RayJob's (KubeRay sets this reason only when it has one), from
+    `kubernetes.start_deadline_seconds`."""
+    spec, status = rayjob.get("spec") or {}, rayjob.get("status") or {}
+    told = f"did not start within {spec.get('preRunningDeadlineSeconds')} s (kubernetes.start_deadline_seconds)"
+    attempts = (spec.get("backoffLimit") or 0) + 1
+    if attempts > 1:
+        told = f"attempt {status.get('failed') or 1} of {attempts} {told}"
+    if deployment == "Retrying":
+        told += "; KubeRay tries again on a new RayCluster (kubernetes.backoff_limit)"
+    return told
 
 
 class KubernetesBackend:
@@ -145,7 +174,8 @@ class KubernetesBackend:
         current = rayjob_status(rayjob)
         if kueue.is_queued(rayjob) and not current.state.finished:
             current = self._queue_status(context, namespace, rayjob, current)
-        if current.state == JobState.PENDING and not (rayjob.get("spec") or {}).get("suspend"):
+        waits = current.state == JobState.PENDING and not (rayjob.get("spec") or {}).get("suspend")
+        if waits or did_not_start(rayjob):
             pods_say = self._why_pending(context, namespace, rayjob)  # a suspended job has no pods to ask
             current = replace(current, why_pending=[*current.why_pending, *pods_say])
         return current
@@ -179,8 +209,8 @@ class KubernetesBackend:
                 cluster_queue = self._cluster_queue(context, namespace, version, queue)
             return workload, cluster_queue
         raise VlkdError(
-            f"Kueue is not installed (no workloads.{kueue.GROUP}), so nothing will start a queued job: install Kueue, "
-            "or cancel and submit without kubernetes.queue"
+            f"Kueue is not installed (no workloads.{kueue.GROUP}), so nothing will start a queued job: install Kueue "
+            f"({kueue.SUPPORTED_KUEUE} or later), or cancel and submit without kubernetes.queue"
         )
 
     def _cluster_queue(self, context: str, namespace: str, version: str, queue: str) -> str | None:
@@ -195,8 +225,9 @@ class KubernetesBackend:
         return (local.get("spec") or {}).get("clusterQueue")
 
     def _why_pending(self, context: str, namespace: str, rayjob: dict[str, Any]) -> list[str]:
-        """What the job's pods and the namespace's Warning events say (see `explain_pending`). Reading them is
-        extra to the status, so a refusal (e.g. no right to list events) becomes a line, never an error."""
+        """What the job's pods and the namespace's Warning events say (see `explain_pending`), also of a job that
+        did not start in time. Reading them is extra to the status, so a refusal (e.g. no right to list events)
+        becomes a line, never an error."""
         name, core = rayjob["metadata"]["name"], self._core(context)
         # The RayCluster's pods carry the job's label (render_rayjob); the submitter Job's carry the Job's name.
         selectors = (f"{JOB_ID_LABEL}={name}", f"batch.kubernetes.io/job-name={name}")
@@ -208,7 +239,7 @@ class KubernetesBackend:
                 context, namespace, "events", core.list_namespaced_event, field_selector="type=Warning"
             )
         except (VlkdError, ValueError) as exc:
-            return [f"why it is pending could not be read: {exc}"]
+            return [f"why it {'did not start' if did_not_start(rayjob) else 'is pending'} could not be read: {exc}"]
         return explain_pending(rayjob, pods, events)
 
     def _list_json(
@@ -350,6 +381,10 @@ def _api_error(exc: Any, verb: str, resource: str, namespace: str, name: str | N
     said = (body.get("message") or exc.reason or "").strip()
     target = f"{resource} {namespace}/{name}" if name else f"{resource} in namespace {namespace}"
     details = body.get("details") or {}
+    if denial := _WEBHOOK_DENIAL.search(said):  # a 403 too, but no missing right: checked first
+        return _webhook_denial(
+            denial["hook"], one_line(denial["said"] or "without explanation"), verb, target, namespace
+        )
     if exc.status == 404 and details.get("kind") == "namespaces":
         return VlkdError(f"namespace {namespace!r} does not exist: apply k8s/ (kubectl apply -k k8s/overlays/...)")
     if exc.status == 404 and resource == PLURAL and not details.get("name"):
@@ -370,6 +405,24 @@ def _api_error(exc: Any, verb: str, resource: str, namespace: str, name: str | N
             f"RayJob {namespace}/{name} already exists: cancel that job first, or submit with a new job id"
         )
     return VlkdError(f"the API server refused to {verb} {target} (HTTP {exc.status}): {said}")
+
+
+# How the API server words an admission webhook's refusal, with the webhook's status code (403 from a
+# controller-runtime webhook: pkg/webhook/admission/response.go ValidationResponse, v0.24.1): kubernetes'
+# staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/errors/statuserror.go ToStatusErr, which newer API servers
+# (kubernetes/kubernetes@3d78487) prefix with `<resource> "<name>" is forbidden: ` and older ones
+# (kubernetes/kubernetes@5f18afd) do not.
+_WEBHOOK_DENIAL = re.compile(r'admission webhook "(?P<hook>[^"]+)" denied the request(?:: (?P<said>.*))?', re.DOTALL)
+
+
+def _webhook_denial(hook: str, said: str, verb: str, target: str, namespace: str) -> VlkdError:
+    """One line for an admission webhook's refusal: whose, what it said, and what to do."""
+    if kueue_said := kueue.refusal(hook, said, namespace):
+        return VlkdError(kueue_said)
+    return VlkdError(
+        f"admission webhook {hook!r} refused to {verb} {target}: {said}; change what it names (`vlkd render` shows "
+        "what is sent), or ask the cluster's admin about that webhook"
+    )
 
 
 def _status_body(text: str | None) -> dict[str, Any]:

@@ -5,6 +5,13 @@ condition that is False, a container waiting on its image or a Secret) and in th
 ResourceQuota that refused the pods, so no pod exists to carry a condition). `explain_pending` reads those objects as
 the API server returns them (camelCase JSON), keeps what concerns this job, and says what to do where the cause is
 clear. It is pure, so every case is tested on recorded objects without a cluster.
+
+The same reading says why a job did not start at all: once a RayJob's cluster has not run for
+`preRunningDeadlineSeconds`, KubeRay fails it (status.reason PreRunningDeadlineExceeded) and deletes the cluster, at
+once to retry or `ttlSecondsAfterFinished` later. Its pods may then be gone, but the events about them outlive them
+(the API server keeps an event an hour after its last occurrence, kube-apiserver's --event-ttl), so the events of
+the cluster's pods count whether or not the pod is still there. Once those expired too, the RayJob still holds the
+RayCluster status KubeRay last copied into it, which says whether the head's container was stuck.
 """
 
 from __future__ import annotations
@@ -15,6 +22,15 @@ from typing import Any
 
 MAX_CAUSES = 2  # with the hint line, at most three lines under the status message
 MAX_MESSAGE = 400  # an image pull error can run to a page; its start names the image and the registry's answer
+# KubeRay's `status.reason` for a job whose cluster did not run `spec.preRunningDeadlineSeconds` after it started it
+# (ray-operator/controllers/ray/rayjob_controller.go v1.6.2 and v1.7.0, checkPreRunningDeadlineAndUpdateStatusIfNeeded).
+# Unlike DeadlineExceeded it is retried under backoffLimit (checkBackoffLimitAndUpdateStatusIfNeeded), each attempt on
+# a new RayCluster.
+NOT_STARTED = "PreRunningDeadlineExceeded"
+NOTHING_LEFT = "its pods and events no longer say why (Kubernetes keeps events for an hour)"
+# KubeRay names a pod after its cluster (and worker group), cut to 50 characters, then "-head-"/"-worker-" and 5
+# random ones (ray-operator/controllers/ray/utils/util.go v1.6.2, PodName).
+_POD_PREFIX_LENGTH = 50
 
 # Waiting reasons that keep a container from ever starting; others (ContainerCreating, PodInitializing) pass.
 STUCK_REASONS = (
@@ -47,7 +63,8 @@ HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (
         re.compile(r'secret "[^"]+" not found'),
-        "create the Secret (k8s/base/s3-secret.yaml), or name yours in kubernetes.s3_secret",
+        'create the Secret (k8s/README.md, "Credentials"), name yours in kubernetes.s3_secret, or use workload '
+        "identity (kubernetes.s3_secret: null)",
     ),
 )
 
@@ -75,11 +92,16 @@ def explain_pending(rayjob: dict[str, Any], pods: list[dict[str, Any]], events: 
     it concerns, then one line on what to do when the cause is clear; [] when nothing is wrong with them.
 
     `pods` are the job's pods (RayCluster and submitter Job), `events` the namespace's Warning events; events about
-    other objects, or about pods that are gone or already running (so stale), are ignored."""
+    other objects, or about pods already running (so stale), are ignored, and so are those of pods that are gone
+    unless KubeRay gave up on the job before it started (see the module's docstring)."""
     pending = {_name(p) for p in pods if (p.get("status") or {}).get("phase", "Pending") == "Pending"}
+    running = {_name(p) for p in pods} - pending
+    gave_up = did_not_start(rayjob)
     findings = [f for p in pods for f in _pod_findings(p)]
-    about_job = [e for e in events if e.get("type") == "Warning" and _about_job(e, rayjob, pending)]
+    about_job = [e for e in events if e.get("type") == "Warning" and _about_job(e, rayjob, pending, running, gave_up)]
     findings += [f for f in map(_event_finding, about_job) if f is not None]
+    if gave_up and not findings:
+        findings = _head_as_kuberay_saw_it(rayjob)
     findings.sort(key=lambda f: f.when[:19], reverse=True)
     # One report per object and cause (a pod's condition and its FailedScheduling event say the same thing), then
     # one line per cause, naming the newest object and counting the others (four workers short of the same GPUs).
@@ -95,7 +117,14 @@ def explain_pending(rayjob: dict[str, Any], pods: list[dict[str, Any]], events: 
         more = f" (and {len(others)} more)" if others else ""
         lines.append(f"{newest.subject}{more}: {newest.label}: {newest.message}")
         hints += [hint for hint in newest.hints if hint not in hints]
+    if gave_up and not lines:
+        return [NOTHING_LEFT]
     return lines + (["; ".join(hints)] if hints else [])
+
+
+def did_not_start(rayjob: dict[str, Any]) -> bool:
+    """Whether KubeRay gave up on the job because its cluster did not run in time (`NOT_STARTED`)."""
+    return (rayjob.get("status") or {}).get("reason") == NOT_STARTED
 
 
 def _pod_findings(pod: dict[str, Any]) -> list[_Finding]:
@@ -114,17 +143,37 @@ def _pod_findings(pod: dict[str, Any]) -> list[_Finding]:
     return found
 
 
-def _about_job(event: dict[str, Any], rayjob: dict[str, Any], pending_pods: set[str]) -> bool:
+def _head_as_kuberay_saw_it(rayjob: dict[str, Any]) -> list[_Finding]:
+    """The head's container stuck, as KubeRay last copied the RayCluster's status into the RayJob (its HeadPodReady
+    condition carries the head container's waiting reason: ray-operator/controllers/ray/utils/util.go v1.6.2
+    FindHeadPodReadyCondition): what is left once the pods are gone and their events expired."""
+    status = rayjob.get("status") or {}
+    subject = f"raycluster {status.get('rayClusterName') or _name(rayjob)}"
+    return [
+        # "containers with unready status: [ray-head]; ray-head: <the waiting message>"
+        _Finding(
+            c.get("lastTransitionTime") or "", subject, c["reason"], one_line(c.get("message", "").split("; ", 1)[-1])
+        )
+        for c in (status.get("rayClusterStatus") or {}).get("conditions") or []
+        if c.get("type") == "HeadPodReady" and c.get("status") == "False" and c.get("reason") in STUCK_REASONS
+    ]
+
+
+def _about_job(
+    event: dict[str, Any], rayjob: dict[str, Any], pending_pods: set[str], running_pods: set[str], gave_up: bool
+) -> bool:
     """Whether an event concerns the job: its RayJob, its submitter Job (KubeRay names it after the RayJob), its
-    RayCluster, or one of its pods still pending (a running pod's old FailedScheduling is stale)."""
+    RayCluster, or one of its pods still pending (a running pod's old FailedScheduling is stale); once KubeRay gave
+    up on the job, also a pod of its cluster that is gone."""
     involved, job = event.get("involvedObject") or {}, _name(rayjob)
     kind, name = involved.get("kind"), involved.get("name", "")
+    # KubeRay records the RayCluster's name in the RayJob's status; before that, it is the RayJob's name, a dash and
+    # 5 characters.
+    cluster = (rayjob.get("status") or {}).get("rayClusterName")
     if kind == "Pod":
-        return name in pending_pods
+        of_cluster = bool(cluster) and name.startswith(f"{cluster[:_POD_PREFIX_LENGTH]}-")
+        return name in pending_pods or (gave_up and of_cluster and name not in running_pods)
     if kind == "RayCluster":
-        # KubeRay records the RayCluster's name in the RayJob's status; before that, it is the RayJob's name, a
-        # dash and 5 characters.
-        cluster = (rayjob.get("status") or {}).get("rayClusterName")
         return name == cluster if cluster else re.fullmatch(rf"{re.escape(job)}-[a-z0-9]{{5}}", name) is not None
     return kind in ("RayJob", "Job") and name == job
 
@@ -135,7 +184,15 @@ def _event_finding(event: dict[str, Any]) -> _Finding | None:
     if re.fullmatch(r"Error: \w+", message):
         return None
     involved = event.get("involvedObject") or {}
-    when = event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or ""
+    # Events of the events.k8s.io API (the scheduler's) have no lastTimestamp: a repeated one counts in `series`.
+    series = event.get("series") or {}
+    times = (
+        event.get("lastTimestamp"),
+        series.get("lastObservedTime"),
+        event.get("eventTime"),
+        event.get("firstTimestamp"),
+    )
+    when = next((t for t in times if t), "")
     subject = f"{str(involved.get('kind', '')).lower()} {involved.get('name', '?')}"
     return _Finding(when, subject, "unschedulable" if reason == "FailedScheduling" else reason, message)
 

@@ -5,29 +5,45 @@ from it.
 Rendering choices, stated once:
 - `submissionMode: K8sJobMode` (KubeRay's default): once the cluster is up, KubeRay runs `ray job submit` in a
   Kubernetes Job named after the RayJob. That pod follows the driver's output, so its log is the job's log, and it
-  outlives the RayCluster (deleted `ttlSecondsAfterFinished` after the end), so logs stay readable.
+  outlives the RayCluster (deleted `ttlSecondsAfterFinished` after the end), so logs stay readable. Its pod is
+  rendered (`submitterPodTemplate`, `vlkd.backends.k8s_pods`), and the Job retries it `kubernetes.
+  submitter_backoff_limit` times (KubeRay's default is 2: rayjob_controller.go createNewK8sJob): a retried submitter
+  follows the Ray job already submitted instead of submitting it again (common/job.go BuildJobSubmitCommand), so a
+  dropped log stream or an evicted submitter no longer fails a healthy run.
 - Name: the job id as a DNS-1035 label of at most 47 characters, KubeRay's limit (it appends 6 characters for the
   RayCluster, whose Services must fit in 63). An id that had to change gets a hash suffix, so two ids never collide.
 - Worker groups are named after the shape of their pods (`gpu1-cpu8`, `cpu1500m`): what a pod asks for is what Ray
   places work by, and the name tells one group from another in `kubectl get pods` and in Kueue's pod sets.
+- The head offers Ray no CPU (`num-cpus: 0`) when the cluster has workers: no task lands on the pod that holds the
+  GCS, whose loss ends the cluster. What the driver asks for beyond its workers (`driver_cpus` of the stage: its Ray
+  Data tasks) comes with the worker pods instead, spread over them (KubeRay gives Ray a pod's CPU limit rounded up,
+  common/pod.go, so each pod gets a whole share).
 - A stage job: one worker group of `num_workers` pods, fixed. With `num_workers: 0`, no worker group (the CRD makes
   `workerGroupSpecs` optional): the trainer runs in-process in the driver, which runs on the head, so the head gets
-  the worker's GPUs, node selector and tolerations, and the larger of the head's and the worker's CPUs and memory.
+  the worker's GPUs, node selector and tolerations, the larger of the head's and the worker's memory, and the CPUs
+  of both the worker and the driver's tasks.
 - A pipeline job (`vlkd pipeline submit`, `_pipeline_cluster`): its driver submits each stage as a Ray job of its own
   to the same cluster, one after another. The head (`kubernetes.head_cpus/head_memory`, no GPU) runs that driver and
   the drivers of stages with workers: neither asks Ray for resources, and Ray runs such an entrypoint on the head. A
   stage with `num_workers: 0` trains in its entrypoint, which asks for one worker's CPUs and GPUs
-  (`RayBackend.request`); Ray runs it on any node that has them free, the head included when it has the CPUs, so
-  such a stage needs one worker of its shape, and a GPU one always does. One worker group per shape of worker, of as
+  (`RayBackend.request`), so such a stage needs one worker of its shape. One worker group per shape of worker, of as
   many pods as the stage asking most of that shape needs (stages run one after another). Ray places work by CPUs
   and GPUs only (vlkd's stages ask for no memory or node label), so stages of the same CPUs and GPUs share one group
   with the largest memory among them, and must agree on node selector and tolerations: Ray could not keep them
   apart. Unqueued, Ray's in-tree autoscaler (v2, which drains a node before removing it) sizes each group from none
   up to that need, so GPUs are held only while a stage uses them. Worker pods are never restarted (`restartPolicy:
-  Never`): the autoscaler stops an idle worker's Ray, and a restarted container would bring it back.
-- Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY by reference to the Secret `kubernetes.s3_secret`. The
+  Never`): the autoscaler stops an idle worker's Ray, and a restarted container would bring it back. The autoscaler
+  runs in the head pod under `kubernetes.autoscaler_service_account`: KubeRay binds its Role (common/rbac.go
+  BuildRole: pods get/list/watch/patch, rayclusters get/patch) to the head's ServiceAccount
+  (raycluster_controller.go reconcileAutoscalerRoleBinding), and that account must exist (k8s/base/rbac-job.yaml).
+- Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY by reference to the Secret `kubernetes.s3_secret`, or none
+  (`s3_secret: null`): the SDK's default chain then finds the pods' workload identity (IRSA, EKS Pod Identity). The
   optional ConfigMap `vlkd-store` (k8s/base) carries cluster-wide settings such as AWS_ENDPOINT_URL; `job.env`
-  overrides it.
+  (which carries the bucket's AWS_REGION, resolved at submission) overrides it.
+- Ray's token auth (`authOptions`, KubeRay >= 1.5 with Ray >= 2.52: utils/validation.go): KubeRay makes a token
+  Secret per cluster and gives it to the head, workers, autoscaler and submitter (common/pod.go
+  configureTokenAuth, rayjob_controller.go configureSubmitterContainer), so a pod of another job cannot submit code
+  to this head. The NetworkPolicy of k8s/base keeps other pods off its ports altogether.
 - `kubernetes.queue`: the RayJob carries the label `kueue.x-k8s.io/queue-name` and is created suspended, so Kueue
   starts it once the queue admits it (what Kueue's webhook would set anyway; rendered, so the dry run is what the
   server stores). Kueue's conditions for RayJobs hold: a cluster of its own, `shutdownAfterJobFinishes`, no
@@ -44,12 +60,15 @@ Rendering choices, stated once:
   published). `spec.jobId` is that id too, so the Ray job goes by the vlkd id on every attempt (`ray job logs ID`):
   Ray keeps submission ids per cluster and each attempt has a new one, and within an attempt KubeRay's submitter
   follows a submission id already taken instead of submitting it twice. Nothing rendered is per attempt: KubeRay names
-  each attempt's cluster. A job past `activeDeadlineSeconds` is not retried.
+  each attempt's cluster. A job past `activeDeadlineSeconds` is not retried. The default, 3, outlives a few
+  preemptions of a spot node or a consolidation.
+- `kubernetes.start_deadline_seconds` (`preRunningDeadlineSeconds`, KubeRay >= 1.6): a RayJob whose cluster is not
+  running that long after KubeRay starts it (after Kueue admits it, when queued) fails, and releases what it held,
+  instead of sitting in Initializing for ever (rayjob_controller.go checkPreRunningDeadlineAndUpdateStatusIfNeeded).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import re
@@ -57,16 +76,21 @@ from typing import Any
 
 from vlkd.backends import kueue
 from vlkd.backends.base import JobDescription
+from vlkd.backends.k8s_pods import HEAD_CONTAINER, STORE_CONFIGMAP, PodTemplates, cpu_quantity
+from vlkd.backends.k8s_pods import larger_memory as _larger
 from vlkd.errors import VlkdError
-from vlkd.specs import KubernetesSpec, PipelineSpec, Resources, quantity_bytes
+from vlkd.specs import PipelineSpec, Resources, StageSpec
+
+# HEAD_CONTAINER and STORE_CONFIGMAP are named here too: what the backend looks for in what it rendered.
+__all__ = ["HEAD_CONTAINER", "STORE_CONFIGMAP", "rayjob_name", "render_rayjob"]
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 MANAGED_BY_LABEL, JOB_ID_LABEL, STAGE_LABEL = "app.kubernetes.io/managed-by", "vlkd.io/job-id", "vlkd.io/stage"
 JOB_ID_ANNOTATION, SPEC_URI_ANNOTATION, STORE_URI_ANNOTATION = "vlkd.io/job-id", "vlkd.io/spec-uri", "vlkd.io/store-uri"
-STORE_CONFIGMAP = "vlkd-store"
 S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-GPU_RESOURCE = "nvidia.com/gpu"
-HEAD_CONTAINER, WORKER_CONTAINER = "ray-head", "ray-worker"
+# The Ray of the vlkd image (Dockerfile FROM, the pin in pyproject.toml; tests/test_k8s_hardening.py checks all
+# three agree): KubeRay's token auth refuses a cluster that does not name one of at least 2.52.0.
+RAY_VERSION = "2.60.0"
 MAX_NAME_LENGTH = 47
 # Longer than the pipeline driver's gap between two stages (it polls every 5 s, then submits), so the next stage of
 # the same shape finds the last one's nodes; short against a GPU node's start-up and a stage's hours. KubeRay's default.
@@ -91,11 +115,11 @@ def render_rayjob(job: JobDescription, namespace: str) -> dict[str, Any]:
     k8s = job.spec.kubernetes
     name = rayjob_name(job.job_id)
     labels = {MANAGED_BY_LABEL: "vlkd", JOB_ID_LABEL: name, STAGE_LABEL: job.stage}
-    pods = _PodFactory(labels, k8s.image or job.image, _env(job.environment, k8s.s3_secret), k8s)
+    pods = PodTemplates(labels, k8s.image or job.image, _env(job.environment, k8s.s3_secret), k8s)
     if isinstance(job.spec, PipelineSpec):
         cluster = _pipeline_cluster(job.spec, pods)
     else:
-        cluster = _stage_cluster(job.spec.resources, k8s, pods)
+        cluster = _stage_cluster(job.spec, pods)
     spec: dict[str, Any] = {
         "entrypoint": job.entrypoint_line,
         "jobId": job.job_id,
@@ -103,12 +127,16 @@ def render_rayjob(job: JobDescription, namespace: str) -> dict[str, Any]:
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": k8s.ttl_seconds_after_finished,
         "backoffLimit": k8s.backoff_limit,
+        "submitterConfig": {"backoffLimit": k8s.submitter_backoff_limit},
+        "submitterPodTemplate": pods.submitter(),
     }
+    if k8s.start_deadline_seconds:
+        spec["preRunningDeadlineSeconds"] = k8s.start_deadline_seconds
     if k8s.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = k8s.active_deadline_seconds
     if k8s.queue:
         spec["suspend"] = True  # Kueue unsuspends it on admission
-    spec["rayClusterSpec"] = cluster
+    spec["rayClusterSpec"] = {"rayVersion": RAY_VERSION, "authOptions": {"mode": "token"}, **cluster}
     annotations = {
         JOB_ID_ANNOTATION: job.job_id,
         SPEC_URI_ANNOTATION: job.spec_uri,
@@ -120,21 +148,30 @@ def render_rayjob(job: JobDescription, namespace: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RayJob", "metadata": metadata, "spec": spec}
 
 
-def _stage_cluster(worker: Resources, k8s: KubernetesSpec, pods: _PodFactory) -> dict[str, Any]:
-    """One stage's cluster: a head and its workers; without workers, a head that trains in-process."""
+def _stage_cluster(stage: StageSpec, pods: PodTemplates) -> dict[str, Any]:
+    """One stage's cluster: a head and its workers, which also carry the driver's tasks; without workers, a head
+    that trains in-process and runs those tasks itself."""
+    worker, k8s = stage.resources, stage.kubernetes
     if worker.num_workers:
-        head = pods.head(k8s.head_cpus, k8s.head_memory)
-        return {"headGroupSpec": {"template": head}, "workerGroupSpecs": [pods.group(worker, worker.num_workers)]}
-    cpus, memory = max(k8s.head_cpus, worker.cpus_per_worker), _larger(k8s.head_memory, worker.memory)
-    return {"headGroupSpec": {"template": pods.head(cpus, memory, worker.gpus_per_worker, worker)}}
+        head = pods.head(k8s.head_cpus, k8s.head_memory, autoscaled=False)
+        share = math.ceil(stage.driver_cpus / worker.num_workers)
+        group = _worker_group(pods, worker, share, worker.num_workers)
+        return {"headGroupSpec": _head_group(head, offers_cpus=False), "workerGroupSpecs": [group]}
+    cpus = max(k8s.head_cpus, worker.cpus_per_worker + stage.driver_cpus)
+    head = pods.head(cpus, _larger(k8s.head_memory, worker.memory), worker.gpus_per_worker, worker, autoscaled=False)
+    return {"headGroupSpec": _head_group(head, offers_cpus=True)}
 
 
-def _pipeline_cluster(pipeline: PipelineSpec, pods: _PodFactory) -> dict[str, Any]:
+def _head_group(template: dict[str, Any], offers_cpus: bool) -> dict[str, Any]:
+    return {"template": template} if offers_cpus else {"rayStartParams": {"num-cpus": "0"}, "template": template}
+
+
+def _pipeline_cluster(pipeline: PipelineSpec, pods: PodTemplates) -> dict[str, Any]:
     """A pipeline's cluster: a head for the drivers and a worker group per shape its stages need, autoscaled unless
     queued (the module's docstring says why)."""
     k8s = pipeline.kubernetes
     autoscaled = k8s.queue is None
-    groups = [pods.group(worker, most, autoscaled) for worker, most in _worker_shapes(pipeline)]
+    groups = [_worker_group(pods, w, share, most, autoscaled) for w, share, most in _worker_shapes(pipeline)]
     if not autoscaled and len(groups) > kueue.MAX_WORKER_GROUPS:
         raise VlkdError(
             f"pipeline {pipeline.name}: its stages need {len(groups)} shapes of worker "
@@ -145,110 +182,81 @@ def _pipeline_cluster(pipeline: PipelineSpec, pods: _PodFactory) -> dict[str, An
     cluster: dict[str, Any] = {}
     if autoscaled:
         cluster["enableInTreeAutoscaling"] = True
-        cluster["autoscalerOptions"] = {"version": "v2", "idleTimeoutSeconds": AUTOSCALER_IDLE_SECONDS}
-    cluster["headGroupSpec"] = {"template": pods.head(k8s.head_cpus, k8s.head_memory)}
+        cluster["autoscalerOptions"] = {
+            "version": "v2",
+            "idleTimeoutSeconds": AUTOSCALER_IDLE_SECONDS,
+            **pods.autoscaler_options(),
+        }
+    head = pods.head(k8s.head_cpus, k8s.head_memory, autoscaled=autoscaled)
+    cluster["headGroupSpec"] = _head_group(head, offers_cpus=False)
     cluster["workerGroupSpecs"] = groups
     return cluster
 
 
-def _worker_shapes(pipeline: PipelineSpec) -> list[tuple[Resources, int]]:
-    """One worker per shape of CPUs and GPUs the stages ask for (with the largest memory among them), and the most
-    workers any stage asks of it: its `num_workers`, or 1 for a stage that trains in its entrypoint."""
-    shapes: dict[tuple[int, float], tuple[str, Resources, int]] = {}
+def _worker_group(
+    pods: PodTemplates, worker: Resources, share: int, most: int, autoscaled: bool = False
+) -> dict[str, Any]:
+    """A group of pods shaped like `worker`, named after that shape, with `share` more CPUs for drivers' tasks: `most`
+    of them, or from none up to `most` as the autoscaler sees fit, on pods never restarted (the module's docstring
+    says why)."""
+    least = 0 if autoscaled else most
+    cpus = worker.cpus_per_worker + share
+    template = pods.worker(cpus, worker.memory, worker.gpus_per_worker, worker)
+    if autoscaled:
+        template["spec"]["restartPolicy"] = "Never"
+    return {
+        "groupName": _shape_name(worker.gpus_per_worker, worker.cpus_per_worker),
+        "replicas": least,
+        "minReplicas": least,
+        "maxReplicas": most,
+        "template": template,
+    }
+
+
+def _worker_shapes(pipeline: PipelineSpec) -> list[tuple[Resources, int, int]]:
+    """One worker per shape of CPUs and GPUs the stages ask for (with the largest memory among them), the CPUs
+    for drivers' tasks each of its pods needs (the largest share of any stage), and the most workers any stage
+    asks of it: its `num_workers`, or 1 for a stage that trains in its entrypoint."""
+    shapes: dict[tuple[int, float], tuple[str, Resources, int, int]] = {}
     for key, stage in pipeline.stages():
         worker, need = stage.resources, max(stage.resources.num_workers, 1)
+        share = math.ceil(stage.driver_cpus / need)
         shape = (math.ceil(worker.gpus_per_worker), worker.cpus_per_worker)
         if shape not in shapes:
-            shapes[shape] = (key, worker, need)
+            shapes[shape] = (key, worker, share, need)
             continue
-        first, seen, most = shapes[shape]
+        first, seen, most_share, most = shapes[shape]
         if (seen.node_selector, seen.tolerations) != (worker.node_selector, worker.tolerations):
             raise VlkdError(
-                f"pipeline {pipeline.name}: stages {first} and {key} ask for workers of {_shape_name(worker)} on "
-                "different nodes (resources.node_selector, resources.tolerations); Ray places work by CPUs and GPUs "
-                "only, so one cluster cannot keep them apart: give them the same node_selector and tolerations, or "
-                "different CPUs, or run the stages as jobs of their own (`vlkd pipeline run --backend k8s`)"
+                f"pipeline {pipeline.name}: stages {first} and {key} ask for workers of "
+                f"{_shape_name(worker.gpus_per_worker, worker.cpus_per_worker)} on different nodes "
+                "(resources.node_selector, resources.tolerations); Ray places work by CPUs and GPUs only, so one "
+                "cluster cannot keep them apart: give them the same node_selector and tolerations, or different "
+                "CPUs, or run the stages as jobs of their own (`vlkd pipeline run --backend k8s`)"
             )
         memory = _larger(seen.memory, worker.memory)
-        shapes[shape] = (first, seen.model_copy(update={"memory": memory}), max(most, need))
-    return [(worker, most) for _, worker, most in shapes.values()]
+        shapes[shape] = (first, seen.model_copy(update={"memory": memory}), max(most_share, share), max(most, need))
+    return [(worker, share, most) for _, worker, share, most in shapes.values()]
 
 
-def _shape_name(worker: Resources) -> str:
-    """`gpu1-cpu8`, `cpu1500m`: a pod's whole GPUs and its CPUs, as a DNS label (Kueue names a pod set after it)."""
-    gpus = math.ceil(worker.gpus_per_worker)
-    return f"gpu{gpus}-cpu{_cpu(worker.cpus_per_worker)}" if gpus else f"cpu{_cpu(worker.cpus_per_worker)}"
+def _shape_name(gpus: float, cpus: float) -> str:
+    """`gpu1-cpu8`, `cpu1500m`: a worker's whole GPUs and its CPUs, as a DNS label (Kueue names a pod set after
+    it)."""
+    whole = math.ceil(gpus)
+    return f"gpu{whole}-cpu{cpu_quantity(cpus)}" if whole else f"cpu{cpu_quantity(cpus)}"
 
 
-def _larger(memory: str | None, other: str | None) -> str | None:
-    """The larger of two memory quantities; None counts as no request."""
-    if memory is None or (other is not None and quantity_bytes(other) > quantity_bytes(memory)):
-        return other
-    return memory
-
-
-def _env(env: dict[str, str], secret: str) -> list[dict[str, Any]]:
+def _env(env: dict[str, str], secret: str | None) -> list[dict[str, Any]]:
     leaked = [key for key in env if _CREDENTIAL_NAME.search(key)]
     if leaked:
+        source = f"the Secret {secret!r} (kubernetes.s3_secret)" if secret else "the pods' workload identity"
         raise VlkdError(
             f"job environment {', '.join(leaked)}: credentials never travel inline; the k8s backend reads "
-            f"{' and '.join(S3_CREDENTIAL_KEYS)} from the Secret {secret!r} (kubernetes.s3_secret)"
+            f"S3 credentials from {source}"
         )
     plain = [{"name": key, "value": value} for key, value in env.items()]
+    if secret is None:
+        return plain
     return plain + [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}} for key in S3_CREDENTIAL_KEYS
     ]
-
-
-def _cpu(cpus: float) -> str:
-    return str(int(cpus)) if cpus == int(cpus) else f"{round(cpus * 1000)}m"
-
-
-class _PodFactory:
-    """Head and worker pod templates, and worker groups, that share labels, image, environment, service account and
-    priority."""
-
-    def __init__(self, labels: dict[str, str], image: str, env: list[dict[str, Any]], k8s: KubernetesSpec) -> None:
-        self.labels, self.image, self.env = labels, image, env
-        self.service_account, self.priority_class = k8s.service_account, k8s.priority_class
-
-    def head(self, cpus: float, memory: str | None, gpus: float = 0, placement: Resources | None = None) -> dict:
-        return self._template(HEAD_CONTAINER, cpus, memory, gpus, placement)
-
-    def group(self, worker: Resources, most: int, autoscaled: bool = False) -> dict[str, Any]:
-        """A worker group of pods shaped like `worker`, named after that shape: `most` of them, or from none up to
-        `most` as the autoscaler sees fit, on pods never restarted (the module's docstring says why)."""
-        least = 0 if autoscaled else most
-        template = self._template(
-            WORKER_CONTAINER, worker.cpus_per_worker, worker.memory, worker.gpus_per_worker, worker
-        )
-        if autoscaled:
-            template["spec"]["restartPolicy"] = "Never"
-        return {
-            "groupName": _shape_name(worker),
-            "replicas": least,
-            "minReplicas": least,
-            "maxReplicas": most,
-            "template": template,
-        }
-
-    def _template(self, name: str, cpus: float, memory: str | None, gpus: float, placement: Resources | None) -> dict:
-        amounts: dict[str, Any] = {"cpu": _cpu(cpus)}
-        if memory:
-            amounts["memory"] = memory
-        limits = {**amounts, GPU_RESOURCE: math.ceil(gpus)} if gpus > 0 else dict(amounts)
-        container = {
-            "name": name,
-            "image": self.image,
-            "env": copy.deepcopy(self.env),  # one copy per container: no YAML anchors in what we render
-            "envFrom": [{"configMapRef": {"name": STORE_CONFIGMAP, "optional": True}}],
-            "resources": {"requests": amounts, "limits": limits},
-        }
-        spec: dict[str, Any] = {"serviceAccountName": self.service_account, "containers": [container]}
-        if self.priority_class:
-            spec["priorityClassName"] = self.priority_class
-        if placement is not None and placement.node_selector:
-            spec["nodeSelector"] = dict(placement.node_selector)
-        if placement is not None and placement.tolerations:
-            spec["tolerations"] = [t.model_dump(exclude_none=True) for t in placement.tolerations]
-        return {"metadata": {"labels": dict(self.labels)}, "spec": spec}

@@ -6,7 +6,8 @@ the LocalQueue's ClusterQueue, then unsuspends it. Meanwhile KubeRay only says "
 Workload: its conditions `QuotaReserved` (False while it waits, with the scheduler's reason), `Admitted`, `Evicted`
 (preempted, or pods not ready in time), and `spec.active` (false once deactivated). `queue_status` reads a Workload as
 the API server returns it (in either version Kueue serves: the fields read here are the same in both) and refines the
-RayJob's status. It is pure, so every case is tested on recorded objects without a cluster.
+RayJob's status. It is pure, so every case is tested on recorded objects without a cluster. `refusal` says what
+Kueue's admission webhook means when it refuses a RayJob vlkd sent.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from vlkd.backends.base import JobState, JobStatus
 from vlkd.backends.k8s_pending import one_line
 
 GROUP = "kueue.x-k8s.io"
-VERSIONS = ("v1beta2", "v1beta1")  # v1beta2 is Kueue's storage version; v1beta1 (deprecated) for an older Kueue
+# The Kueue releases vlkd reads: v0.14 and later, recorded in tests/data/kueue/ (kubernetes-sigs/kueue,
+# config/components/crd/bases). Workloads and LocalQueues are read in v1beta2, served since v0.15 and Kueue's storage
+# version since v0.16, else in v1beta1, the only version before v0.15 (deprecated since v0.16, still served in v0.19).
+# The fields read here are the same in both.
+SUPPORTED_KUEUE = "v0.14"
+VERSIONS = ("v1beta2", "v1beta1")
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # Kueue labels a Workload with its job's uid; its name carries a hash
 # A Workload held at most 8 pod sets until 2026 (kubernetes-sigs/kueue#11388 raised it to 10, #12819 to 18), and a
@@ -29,8 +35,8 @@ JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # Kueue labels a Workload with its job
 # what every Kueue it reads (v1beta1 and v1beta2) admits.
 MAX_WORKER_GROUPS = 6
 
-# One clause of the scheduler's "couldn't assign flavors to pod set ...: ..." per resource and flavor. Kueue 0.14
-# split "request > maximum capacity (A > B)" into what the earlier pod sets and this one ask for.
+# One clause of the scheduler's "couldn't assign flavors to pod set ...: ..." per resource and flavor. Kueue v0.14.2
+# (and v0.13.9) split "request > maximum capacity (A > B)" into what the earlier pod sets and this one ask for.
 _SHORTAGE = re.compile(
     r"insufficient (?P<unused>unused )?quota for (?P<resource>[^\s,]+) in flavor [^\s,]+, (?:"
     r"(?P<needed>[^\s,.]+) more needed"
@@ -44,6 +50,30 @@ _ASK_LESS = {
     "cpu": "resources.cpus_per_worker, kubernetes.head_cpus",
     "memory": "resources.memory, kubernetes.head_memory",
 }
+
+
+# Kueue's validating webhook for RayJobs (pkg/controller/jobs/rayjob/rayjob_webhook.go, v0.13 to v0.19 and main)
+# checks a RayJob Kueue manages: one with a queue label, which Kueue's mutating webhook gives every RayJob of a
+# namespace with a LocalQueue named "default" (pkg/controller/jobframework/defaults.go ApplyDefaultLocalQueue), or any
+# RayJob under its manageJobsWithoutQueueName. It refuses the in-tree autoscaler (pkg/controller/jobs/raycluster/
+# common.go ValidateCreate) unless the job is elastic: the ElasticJobsViaWorkloadSlices feature gate (on by default
+# since v0.18) and the annotation kueue.x-k8s.io/elastic-job: "true", which vlkd does not render. An unqueued
+# pipeline's cluster is autoscaled (`k8s_render`); a queued one has fixed worker groups, which Kueue admits.
+RAYJOB_WEBHOOK = "vrayjob.kb.io"
+_REFUSES_AUTOSCALING = "spec.rayClusterSpec.enableInTreeAutoscaling: Invalid value: true"
+
+
+def refusal(webhook: str, said: str, namespace: str) -> str | None:
+    """What Kueue's refusal of a RayJob (`said` by admission webhook `webhook`) means and what to do, for the
+    refusal vlkd can cause; None for any other."""
+    if webhook != RAYJOB_WEBHOOK or _REFUSES_AUTOSCALING not in said:
+        return None
+    return (
+        f"Kueue manages RayJobs in namespace {namespace} (it has a LocalQueue named default, or Kueue manages jobs "
+        f"without a queue name) and refuses an autoscaled cluster (admission webhook {webhook!r}: {said}): submit "
+        "with kubernetes.queue: <a LocalQueue of the namespace> (the pipeline then gets fixed worker groups), or in a "
+        "namespace Kueue does not manage"
+    )
 
 
 def queue_name(rayjob: dict[str, Any]) -> str | None:
@@ -172,7 +202,7 @@ def _shortage(resource: str, clauses: list[re.Match[str]], requested: dict[str, 
         return _Shortage(resource, f"{_amount(resource, asked)} {noun} requested, {free} free")
     if (
         asked is None
-    ):  # the scheduler's sum: its "request" before Kueue 0.14, the earlier pod sets' and this one's since
+    ):  # the scheduler's sum: its "request" before Kueue v0.14.2, the earlier pod sets' and this one's since
         first = clauses[0]
         asked = sum((_quantity(first[part] or "0") for part in ("request", "earlier", "this")), Decimal(0))
     most = _amount(resource, max(_quantity(c["maximum"] or c["capacity"]) for c in clauses))

@@ -12,6 +12,9 @@ lost the job (RayJob deleted, cluster gone) cannot say how it ended. So each wit
   only cut off from the store, it records its end when it can, and `vlkd status` says so from then on.
 Where they disagree, the message says which witness said what. A record older than the submission is an earlier
 attempt's (a resubmitted job id) and says nothing of this one (`of_this_attempt`).
+
+Times are the record's `stored_at` (`vlkd.joblog.read_state`): when the store got it, by the store's clock, read on
+the reader's. The job's own `updated_at` is its pod's clock, which may be minutes off the laptop's that submitted it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ _SOME_BACKEND = ("the backend", "the backend")
 def of_this_attempt(recorded: dict[str, Any], submitted_at: str | None) -> bool:
     """Whether the record was written since the job was (last) submitted from here; without a submission time, it
     is taken as current."""
-    return submitted_at is None or _time(recorded["updated_at"]) >= _time(submitted_at)
+    return submitted_at is None or _time(recorded["stored_at"]) >= _time(submitted_at)
 
 
 def reconcile(current: JobStatus, recorded: dict[str, Any] | None, now: datetime) -> JobStatus:
@@ -47,7 +50,7 @@ def reconcile(current: JobStatus, recorded: dict[str, Any] | None, now: datetime
 def _ended(current: JobStatus, recorded: dict[str, Any], now: datetime) -> JobStatus:
     code = recorded["exit_code"]
     outcome = JobState.SUCCEEDED if code == 0 else JobState.FAILED
-    driver = f"driver ended with exit code {code} at {_clock(recorded['updated_at'], now)}"
+    driver = f"driver ended with exit code {code} at {_clock(recorded['stored_at'], now)}"
     job, watcher = _WITNESSES.get(current.backend, _SOME_BACKEND)
     if current.state == JobState.PENDING:  # a new attempt is on its way (a retry, a requeue): it has not ended
         return replace(current, message=f"{current.message}; the last attempt's {driver}")
@@ -67,8 +70,8 @@ def _ended(current: JobStatus, recorded: dict[str, Any], now: datetime) -> JobSt
 
 def _alive(current: JobStatus, recorded: dict[str, Any], now: datetime) -> JobStatus:
     """The record says the driver runs (or waits for resources): believe it while it beats and the backend agrees."""
-    silent = now - _time(recorded["updated_at"])
-    driver = f"driver last recorded itself {recorded['state']} at {_clock(recorded['updated_at'], now)}"
+    silent = now - _time(recorded["stored_at"])
+    driver = f"driver last recorded itself {recorded['state']} at {_clock(recorded['stored_at'], now)}"
     job, _ = _WITNESSES.get(current.backend, _SOME_BACKEND)
     if current.state.finished:  # e.g. the RayJob was deleted or its cluster lost: the driver could not say so
         return replace(current, message=f"{current.message}; the {driver} and recorded no end")

@@ -68,10 +68,21 @@ def prepare(
             )
     # A Kubernetes job gets its endpoint from the cluster's own config (k8s/: ConfigMap vlkd-store); a laptop's
     # endpoint (often a port-forward on localhost) would be wrong inside the cluster.
-    env = {} if backend == "k8s" else {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env = _bucket_region(store) if backend == "k8s" else forwarded
     return JobDescription(
         job_id, stage, spec, spec_uri, store.uri, image or spec.kubernetes.image or DEFAULT_IMAGE, env
     )
+
+
+def _bucket_region(store: ArtifactStore) -> dict[str, str]:
+    """AWS_REGION for the pods of a Kubernetes job: the bucket's region, which no pod's environment names (pyarrow,
+    which Ray Train checkpoints through, would assume us-east-1, and SDKs use it for their regional endpoints). A
+    store this machine cannot reach leaves it to the pods, whose stores ask the bucket themselves."""
+    try:
+        return {"AWS_REGION": store.storage.bucket_region()}
+    except VlkdError:
+        return {}
 
 
 def upload_spec(job: JobDescription, spec_text: str, store: ArtifactStore) -> bool:
@@ -118,8 +129,9 @@ def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
     waits for resources (and why), how it ended (also once the backend has forgotten it: cluster deleted, head gone),
     or that its driver stopped beating while the backend still says it runs."""
     entry, backend = _entry(job_id, store_uri)
+    now = datetime.now().astimezone()
     try:
-        recorded = read_state(_job_storage(entry, store_uri), job_id)
+        recorded = read_state(_job_storage(entry, store_uri), job_id, now)
     except VlkdError:
         if backend is None:
             raise
@@ -134,16 +146,16 @@ def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
         if recorded is None or recorded["state"] != ENDED:
             raise
         return _from_record(job_id, recorded, f"{backend.name} backend: {exc}")
-    return reconcile(current, recorded, datetime.now().astimezone())
+    return reconcile(current, recorded, now)
 
 
 def _from_record(job_id: str, recorded: dict[str, Any] | None, why_not_live: str) -> JobStatus:
     if recorded is None or recorded["state"] != ENDED:
-        last = f"; it last recorded itself {recorded['state']} at {recorded['updated_at']}" if recorded else ""
+        last = f"; it last recorded itself {recorded['state']} at {recorded['stored_at']}" if recorded else ""
         raise NotFoundError(f"job {job_id}: {why_not_live}, and it has not recorded an end in the store{last}")
     code = recorded["exit_code"]
     state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
-    message = f"exit code {code} at {recorded['updated_at']} (recorded in the store; {why_not_live})"
+    message = f"exit code {code} at {recorded['stored_at']} (recorded in the store; {why_not_live})"
     return JobStatus(job_id, state, message)
 
 

@@ -141,6 +141,19 @@ class Toleration(StrictModel):
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
+    @model_validator(mode="after")
+    def _as_the_api_server_checks(self) -> Toleration:
+        """The API server's own rules (core validation's `validateTolerations`), which the RayJob CRD's schema does
+        not carry: a RayJob breaking them is accepted, and only its pods are refused, so the job never starts."""
+        if self.operator == "Exists" and self.value:
+            raise ValueError(
+                f"operator Exists tolerates every value of the taint {self.key!r}: remove value {self.value!r}, "
+                "or use operator: Equal"
+            )
+        if self.operator == "Equal" and not self.key:
+            raise ValueError("operator Equal needs a key: name the taint's key, or use operator: Exists")
+        return self
+
 
 # A Kubernetes object name (a DNS-1123 subdomain); how long it may be depends on where it goes.
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -163,11 +176,59 @@ class KubernetesSpec(StrictModel):
 
     image: str | None = Field(None, description="container image; default: the CLI's --image")
     namespace: str | None = Field(None, description="default: the kubeconfig context's namespace")
-    service_account: str = "vlkd-job"
-    s3_secret: str = Field("vlkd-s3", description="Secret holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
-    ttl_seconds_after_finished: int = Field(3600, ge=0, description="keep the finished RayCluster this long")
+    service_account: str = Field(
+        "vlkd-job", description="ServiceAccount of the workers, and of the head unless autoscaled: no API rights"
+    )
+    autoscaler_service_account: str = Field(
+        "vlkd-autoscaler",
+        description="ServiceAccount of an autoscaled head (`vlkd pipeline submit` without a queue): KubeRay binds "
+        "its autoscaler Role to it, and only the autoscaler container gets its token",
+    )
+    submitter_service_account: str = Field(
+        "vlkd-job-submitter", description="ServiceAccount of KubeRay's submitter pod (runs `ray job submit`)"
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets to pull the image with, on every pod of the job"
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None,
+        description="default: Always for an image by tag (a re-pushed tag is pulled again), IfNotPresent for one "
+        "by digest; IfNotPresent for images loaded into kind or minikube",
+    )
+    s3_secret: str | None = Field(
+        "vlkd-s3",
+        description="Secret holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; null: the pods' workload identity "
+        "(IRSA, EKS Pod Identity, web identity) through the SDK's default credential chain",
+    )
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="annotations of every pod of the job, e.g. karpenter.sh/do-not-disrupt: 'true'",
+    )
+    ttl_seconds_after_finished: int = Field(
+        60, ge=0, description="keep the finished RayCluster this long (the job's log is in the store)"
+    )
+    start_deadline_seconds: int | None = Field(
+        1800,
+        gt=0,
+        description="fail the job when its RayCluster is not running this long after KubeRay starts it (after Kueue "
+        "admits it, when queued): an image that cannot be pulled, a pod no node takes, a quota; null: wait forever",
+    )
     active_deadline_seconds: int | None = Field(None, gt=0, description="fail the job after this long")
-    backoff_limit: int = Field(0, ge=0, description="resubmissions of a failed job (resume from checkpoints)")
+    backoff_limit: int = Field(
+        3,
+        ge=0,
+        description="new RayClusters after a failure (a preempted or lost node); the same job id resumes from its "
+        "checkpoints",
+    )
+    submitter_backoff_limit: int = Field(
+        6,
+        ge=0,
+        description="new submitter pods after one fails (an eviction, a dropped log stream): each reattaches to "
+        "the running Ray job, so only a lost submitter beyond this fails the RayJob",
+    )
+    ephemeral_storage: Annotated[str, AfterValidator(_check_quantity)] = Field(
+        "20Gi", description="local disk each pod requests (Ray's session and spilled objects, model caches)"
+    )
     head_cpus: float = Field(2, gt=0)
     head_memory: Annotated[str, AfterValidator(_check_quantity)] = "8Gi"
     # 63: the queue's name travels as the label kueue.x-k8s.io/queue-name; a PriorityClass name is a DNS subdomain.
@@ -262,3 +323,9 @@ class StageSpec(StrictModel):
     resources: Resources = Field(default_factory=Resources)
     storage: StorageConfig | None = Field(None, description="default: the store of the submitting command")
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+
+    @property
+    def driver_cpus(self) -> float:
+        """CPUs the job's driver asks Ray for beyond its workers' own, for its Ray Data tasks. The job counts them
+        (`JobContext.start_ray`), and on Kubernetes they come with the worker pods: the head offers Ray no CPU."""
+        return 1.0

@@ -105,6 +105,11 @@ class PreprocessSpec(StageSpec):
         "row each, so a row's memory is bounded whatever the video's length",
     )
 
+    @property
+    def driver_cpus(self) -> float:
+        """One decoding task at a time beside the encoders (`decode_cpus`)."""
+        return self.decode_cpus
+
 
 class TokenizerSpec(StrictModel):
     """Which BERT uncased WordPiece vocabulary to use: train one on the corpus (default), load a given
@@ -139,3 +144,8 @@ class TextSpec(StageSpec):
         description="held-out sequences (the paper holds out 10K clips of HowTo100M; it gives no size for text)",
     )
     shard_size: int = Field(100_000, gt=0, description="sequences per shard")
+
+    @property
+    def driver_cpus(self) -> float:
+        """Ray Data's tokenising tasks and the driver: the text stage has no workers of its own."""
+        return 2.0

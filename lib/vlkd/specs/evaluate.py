@@ -108,6 +108,11 @@ class EvalSpec(StageSpec):
         default_factory=list, description="ablation tables (Tables 3, 5, 6), each a section of the report"
     )
 
+    @property
+    def driver_cpus(self) -> float:
+        """None: every finetuning run is a Ray task of a worker's shape, and the driver only waits for them."""
+        return 0.0
+
     @model_validator(mode="before")
     @classmethod
     def _expand(cls, data: Any) -> Any:
