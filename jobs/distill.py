@@ -298,6 +298,7 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     model.save(export, tokenizer_dir, description)
     export_logs(final, export)
     metrics = run_summary(payload["state"], validation, time.monotonic() - started)
+    metrics["published_step"] = metrics["best_step"] if weights is payload["best_weights"] else metrics["steps"]
     parents = [p for p in (task.teacher, info.ref, tokenizer_ref) if p is not None]
     attributes = {
         "kd": spec.kd or "none (text-only baseline)",

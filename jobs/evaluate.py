@@ -136,7 +136,7 @@ def reference_rows(spec: EvalSpec, store: ArtifactStore, scratch: Path) -> dict[
 
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for task in map(get_task, sources):
-        for name in (n for n in spec.references if task.kind in REFERENCES[n].kinds):
+        for name in (n for n in spec.references if REFERENCES[n].applies_to(task)):
             if (name, task.trained_on) not in fitted:
                 fitted[name, task.trained_on] = fit_reference(name, get_task(task.trained_on), folder(task.trained_on))
             scored = score_reference(fitted[name, task.trained_on], task, folder(task.name))
@@ -153,7 +153,24 @@ def lineage_of(manifest: Manifest) -> dict[str, Any]:
             "features": next((p for p in manifest.parents if p.startswith("features/")), None),
         }
     attributes = manifest.attributes
-    return {"teacher": attributes.get("teacher"), "kd": attributes.get("kd"), "corpus": attributes.get("corpus")}
+    return {
+        "teacher": attributes.get("teacher"),
+        "kd": attributes.get("kd"),
+        "corpus": attributes.get("corpus"),
+        "published_step": published_step(manifest),
+        "steps": manifest.metrics.get("steps"),
+    }
+
+
+def published_step(manifest: Manifest) -> int | None:
+    """The training step of a student's published weights. A manifest from before students recorded it says it
+    through its spec: the best step when training stopped on validation (`patience`), else the last
+    (`train.published_weights`)."""
+    metrics = manifest.metrics
+    if "published_step" in metrics:
+        return metrics["published_step"]
+    patience = (manifest.spec or {}).get("train", {}).get("patience")
+    return metrics.get("best_step" if patience is not None else "steps")
 
 
 def cost_of(manifest: Manifest, store: ArtifactStore) -> dict[str, float]:

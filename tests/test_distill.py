@@ -80,6 +80,14 @@ def test_the_text_only_baseline_comes_from_the_same_job(context, tmp_path):
     assert not any(f.path.startswith("kd_heads/") for f in manifest.files)
 
 
+def test_a_student_records_the_step_of_the_weights_it_publishes(context):
+    (last,) = distill.run(distill_spec(name="last", kd={}, teacher=None), context)
+    assert last.metrics["published_step"] == last.metrics["steps"] == 8  # a fixed budget: the last weights
+    patient = distill_spec(name="patient", kd={}, teacher=None, train={**SHORT_TRAINING, "patience": 5})
+    (best,) = distill.run(patient, JobContext(f"{context.job_id}-patient", context.store, context.scratch / "patient"))
+    assert best.metrics["published_step"] == best.metrics["best_step"]  # early stopping: the best weights
+
+
 def test_an_epoch_over_a_small_corpus_reads_each_sequence_once_a_pass_in_a_new_seeded_order_each_pass(context):
     from vlkd.data.corpus import corpus_datasets, corpus_info
     from vlkd.data.ingest import MIN_PASS_BATCHES, configure_ray_data, passes_for

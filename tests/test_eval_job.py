@@ -62,7 +62,7 @@ def test_eval_publishes_a_report_comparing_students_with_the_baseline(context, t
     assert accuracy["seeds"] == 2 and accuracy["mean"] == pytest.approx(sum(per_seed) / 2)
     report = (out / "report.md").read_text()
     table, differences = parse_tables(report)[:2]
-    assert table[0] == ["Model", "SST-2 Acc", "Avg."]
+    assert table[0] == ["Model", "SST-2 Acc", "Avg. (1 of 7)"]
     assert [row[0] for row in table[1:]] == [
         "s-kd",
         "baseline",
@@ -88,11 +88,13 @@ def test_eval_publishes_a_report_comparing_students_with_the_baseline(context, t
     page = (out / "retrieval" / "index.html").read_text()
     assert page.count("<h3>") == 3 and "thumbs/" in page
     assert any("synthetic" in note for note in results["notes"]) and any("demo encoders" in n for n in results["notes"])
-    assert results["models"][0]["lineage"] == {
+    lineage = results["models"][0]["lineage"]
+    assert {key: lineage[key] for key in ("teacher", "kd", "corpus")} == {
         "teacher": "teacher/t:v1",
         "kd": {"nst": 1.0, "crd": 1.0},
         "corpus": "corpus/synth:v1",
     }
+    assert lineage["published_step"] == lineage["steps"] > 0  # a student publishes its last weights
     cost = results["models"][0]["cost"]  # the student's, and its teacher's from the teacher's manifest
     assert cost["gpu_hours"] == cost["teacher_gpu_hours"] == 0 and cost["cpu_hours"] > 0 and cost["wall_seconds"] > 0
     assert cost["teacher_cpu_hours"] == context.store.manifest("teacher/t").cost["cpu_hours"] > 0

@@ -1,12 +1,14 @@
-"""The paired bootstrap behind every difference from the baseline, on constructed outcomes whose answer is known."""
+"""The interval behind every difference from the baseline: on constructed outcomes whose answer is known, and its
+calibration on simulated null experiments (rows that do not differ) against the seed bootstrap it replaced."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
-from vlkd.evaluation.bootstrap import Interval, paired_bootstrap
+from vlkd.evaluation.bootstrap import Interval, difference_interval, seed_parts, t_interval
 
 
 def _outcomes(right: int, wrong: int) -> str:
@@ -21,14 +23,14 @@ def _shuffled(outcome: str, seed: int) -> str:
 
 def test_identical_predictions_differ_by_zero_within_noise() -> None:
     runs = [_shuffled(_outcomes(60, 40), seed) for seed in range(3)]
-    interval = paired_bootstrap([(runs, list(runs))])
+    interval = difference_interval([(runs, list(runs))])
     assert interval.difference == 0.0
     assert interval.low <= 0.0 <= interval.high and interval.within_noise
 
 
 def test_a_model_right_everywhere_against_a_baseline_right_on_half_excludes_zero() -> None:
-    model, baseline = [_outcomes(100, 0)] * 2, [_shuffled(_outcomes(50, 50), s) for s in range(2)]
-    interval = paired_bootstrap([(model, baseline)])
+    model, baseline = [_outcomes(100, 0)] * 2, [_shuffled(_outcomes(50 + s, 50 - s), s) for s in (-3, 3)]
+    interval = difference_interval([(model, baseline)])
     assert interval.difference == pytest.approx(50.0)
     assert 30.0 < interval.low < 50.0 < interval.high < 70.0  # 100 examples: about +-10 points at 95%
     assert not interval.within_noise
@@ -38,7 +40,7 @@ def test_pairing_cancels_what_both_rows_share() -> None:
     """Model and baseline agree on all but 5 of 200 examples, where the model is right: unpaired resampling
     would see two accuracies near 50%, their difference +-10 points at 95%; paired, the interval stays above 0."""
     shared = _shuffled(_outcomes(100, 95), 0)
-    interval = paired_bootstrap([([shared + "11111"], [shared + "00000"])])
+    interval = difference_interval([([shared + "11111"], [shared + "00000"])])
     assert interval.difference == pytest.approx(2.5)
     assert interval.low > 0.0 and interval.high <= 5.0
 
@@ -48,29 +50,129 @@ def test_a_gain_carried_by_one_lucky_seed_is_within_noise() -> None:
     40%. Resampling the seeds, not only the examples, is what keeps one seed's luck from looking like a gain."""
     model = [_outcomes(100, 0), _outcomes(0, 100)]
     baseline = [_shuffled(_outcomes(40, 60), s) for s in range(2)]
-    interval = paired_bootstrap([(model, baseline)])
+    interval = difference_interval([(model, baseline)])
     assert interval.difference == pytest.approx(10.0)
     assert interval.within_noise and interval.low < -30.0 and interval.high > 40.0
+
+
+def test_an_interval_never_reaches_past_what_a_difference_of_scores_can_be() -> None:
+    """Two seeds give a t quantile of 12.7: the half-width alone can pass 100 points."""
+    model = [_outcomes(100, 0), _outcomes(0, 100)]
+    baseline = [_outcomes(0, 100), _outcomes(100, 0)]
+    interval = difference_interval([(model, baseline)])
+    assert (interval.low, interval.high) == (-100.0, 100.0)
 
 
 def test_the_average_over_tasks_is_the_mean_of_their_differences() -> None:
     better = ([_outcomes(80, 20)], [_outcomes(60, 40)])
     same = ([_outcomes(70, 30)], [_outcomes(70, 30)])
-    interval = paired_bootstrap([better, same])
+    interval = difference_interval([better, same])
     assert interval.difference == pytest.approx(10.0)
     assert interval.low > 0.0  # the gain on one task, halved, is still clear of 0
 
 
 def test_the_interval_is_reproducible() -> None:
     pair = ([_shuffled(_outcomes(55, 45), 1)], [_shuffled(_outcomes(50, 50), 2)])
-    assert paired_bootstrap([pair]) == paired_bootstrap([pair])
+    assert difference_interval([pair]) == difference_interval([pair])
 
 
 def test_different_dev_sets_are_refused() -> None:
     with pytest.raises(ValueError, match="different dev sets: 3, 4"):
-        paired_bootstrap([(["101"], ["1010"])])
+        difference_interval([(["101"], ["1010"])])
 
 
 @pytest.mark.parametrize(("low", "high", "within"), [(-1.0, 2.0, True), (0.0, 2.0, True), (0.5, 2.0, False)])
 def test_within_noise_when_the_interval_contains_zero(low: float, high: float, within: bool) -> None:
     assert Interval(1.0, low, high).within_noise is within
+
+
+def test_one_seed_falls_back_to_examples_only_and_says_so() -> None:
+    pair = ([_shuffled(_outcomes(55, 45), 1)], [_shuffled(_outcomes(50, 50), 2), _shuffled(_outcomes(50, 50), 3)])
+    assert difference_interval([pair]).over_seeds is False
+    assert difference_interval([([pair[0][0]] * 2, pair[1])]).over_seeds is True
+
+
+# --- calibration: null experiments -------------------------------------------------------------------------------
+
+SEEDS = (2, 3, 5, 10)
+SEED_SDS = (0.3, 1.0, 2.0, 3.5)
+EXAMPLES = 500
+REPS = 1000  # the binomial SD of a rate near 5% is 0.7 points
+
+
+def _runs(rng: np.random.Generator, seeds: int, seed_sd: float, examples: int, accuracy: float) -> np.ndarray:
+    """[seeds, examples] 0/1 outcomes: each run scores accuracy + a seed effect (SD in points), example by example."""
+    per_run = np.clip(accuracy + rng.normal(0.0, seed_sd / 100, (seeds, 1)), 0.0, 1.0)
+    return (rng.random((seeds, examples)) < per_run).astype(np.uint8)
+
+
+def _strings(runs: np.ndarray) -> list[str]:
+    return [(row + ord("0")).tobytes().decode("ascii") for row in runs]
+
+
+def _rate(seeds: int, seed_sd: float, shift: float = 0.0, reps: int = REPS) -> float:
+    """How often the interval excludes 0 over `reps` simulated pairs of rows, the model `shift` points better."""
+    rng = np.random.default_rng([seeds, int(seed_sd * 10)])
+    excluded = 0
+    for _ in range(reps):
+        model = _runs(rng, seeds, seed_sd, EXAMPLES, 0.85 + shift / 100)
+        baseline = _runs(rng, seeds, seed_sd, EXAMPLES, 0.85)
+        excluded += not difference_interval([(_strings(model), _strings(baseline))]).within_noise
+    return excluded / reps
+
+
+@pytest.mark.parametrize("seeds", SEEDS)
+def test_under_the_null_the_interval_excludes_zero_about_5_percent_of_the_time(seeds: int) -> None:
+    """Both rows from one distribution. Welch's degrees of freedom do not assume the rows' seed spreads equal, and
+    at 2 seeds of equal spread they make it conservative (2.4% on normal scores): hence the lower bound there."""
+    rates = {seed_sd: _rate(seeds, seed_sd) for seed_sd in SEED_SDS}
+    print(f"\n{seeds} seeds: % excluding 0 by seed SD", {sd: f"{rate:.1%}" for sd, rate in rates.items()})
+    assert all((0.02 if seeds == 2 else 0.03) <= rate <= 0.07 for rate in rates.values()), rates
+    power = {shift: _rate(seeds, 1.0, shift, reps=200) for shift in (1.0, 2.0)}
+    print(f"{seeds} seeds, seed SD 1: power against +1 / +2 points", power)
+
+
+def _old_seed_bootstrap(model: np.ndarray, baseline: np.ndarray, rng: np.random.Generator) -> bool:
+    """Whether the interval vlkd reported before excludes 0: the percentile bootstrap drawing the dev examples
+    (paired) and each row's seeds with replacement (500 resamples here, for speed)."""
+    resamples, examples = 500, model.shape[1]
+    picked = rng.integers(0, examples, (resamples, examples)) + examples * np.arange(resamples)[:, None]
+    weights = np.bincount(picked.ravel(), minlength=resamples * examples).reshape(resamples, examples) / examples
+    replicates = np.zeros(resamples)
+    for runs, sign in ((model, 1.0), (baseline, -1.0)):
+        drawn = rng.integers(0, len(runs), (resamples, len(runs)))
+        replicates += sign * np.take_along_axis(weights @ runs.T, drawn, axis=1).mean(axis=1)
+    low, high = np.quantile(replicates, [0.025, 0.975])
+    return not low <= 0.0 <= high
+
+
+def test_the_seed_bootstrap_it_replaced_excludes_zero_too_often() -> None:
+    """3 seeds, seed SD 3.5 points, 2,000 examples (the audit found 15-17%): the check above can fail. 200
+    repetitions: 9% is 2.6 binomial SDs above a calibrated 5%."""
+    rng = np.random.default_rng(7)
+    reps, excluded = 200, 0
+    for _ in range(reps):
+        model, baseline = (_runs(rng, 3, 3.5, 2000, 0.85).astype(float) for _ in range(2))
+        excluded += _old_seed_bootstrap(model, baseline, rng)
+    print(f"\nthe old seed bootstrap: {excluded / reps:.1%} excluding 0")
+    assert excluded / reps > 0.09
+
+
+def test_rows_equally_good_but_right_on_different_examples_stay_within_noise() -> None:
+    """On each fresh dev set, 10% of examples favour the model (97% against 30%), 10% the baseline, the rest are
+    alike (70% easy at 97%, 10% hard at 10%), so runs of a row mostly agree, as finetuned runs do: the rows are
+    equally good, yet on a given dev set they differ. The seeds alone miss that (each run's spread holds only its
+    own noise); the examples' part of the interval brings the rate back to about 5%."""
+    rng, reps, seeds = np.random.default_rng(3), 1000, 3
+    with_examples = seeds_only = 0
+    for _ in range(reps):
+        kind = rng.choice(4, EXAMPLES, p=[0.1, 0.1, 0.7, 0.1])
+        p_model, p_baseline = np.array([0.97, 0.3, 0.97, 0.1])[kind], np.array([0.3, 0.97, 0.97, 0.1])[kind]
+        model = (rng.random((seeds, EXAMPLES)) < p_model + rng.normal(0, 0.003, (seeds, 1))).astype(np.uint8)
+        baseline = (rng.random((seeds, EXAMPLES)) < p_baseline + rng.normal(0, 0.003, (seeds, 1))).astype(np.uint8)
+        with_examples += not difference_interval([(_strings(model), _strings(baseline))]).within_noise
+        difference = model.mean() - baseline.mean()
+        low, high = t_interval(difference, seed_parts(model.mean(axis=1), baseline.mean(axis=1)))
+        seeds_only += not low <= 0.0 <= high
+    print(f"\nexcluding 0: {with_examples / reps:.1%} with the examples' part, {seeds_only / reps:.1%} seeds only")
+    assert 0.03 <= with_examples / reps <= 0.07 and seeds_only / reps > 0.09

@@ -39,7 +39,7 @@ def test_results_json_holds_each_difference_with_its_interval() -> None:
     good = differences["GOOD"]
     assert good["sst2"]["difference"] == pytest.approx(40.0) and good["sst2"]["low"] > 0
     assert good["sst2"]["within_noise"] is False
-    assert good["qnli"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "within_noise": True}
+    assert good["qnli"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "within_noise": True, "over_seeds": True}
     assert good["average"]["tasks"] == ["sst2", "qnli"]
     assert good["average"]["difference"] == pytest.approx(20.0) and not good["average"]["within_noise"]
     assert differences["SAME"]["qnli"]["within_noise"] is True
@@ -48,7 +48,7 @@ def test_results_json_holds_each_difference_with_its_interval() -> None:
 
 def test_report_md_marks_a_difference_within_noise() -> None:
     header, good, same = parse_tables(render_markdown(_results()))[1]
-    assert header == ["Model", "SST-2 Acc", "QNLI Acc", "Avg."]
+    assert header == ["Model", "SST-2 Acc", "QNLI Acc", "Avg. (2 of 7)"]
     assert good[1].startswith("+40.0 [+") and NOISE not in good[1]
     assert good[2] == f"+0.0 [+0.0, +0.0] {NOISE}"
     assert same[2].startswith("+1.0 [-") and same[2].endswith(NOISE)
@@ -59,7 +59,7 @@ def test_the_terminal_table_marks_it_too() -> None:
     differences = text.split("Difference from BASE\n", 1)[1].splitlines()
     same = next(line for line in differences if line.startswith("SAME"))
     assert same.count(NOISE) == 3  # SST-2 identical, QNLI one example, and so their average
-    assert "paired bootstrap over dev examples and seeds" in text
+    assert "over finetuning seeds" in text and "pretraining" in text
 
 
 def test_compare_recomputes_intervals_with_the_same_rule() -> None:

@@ -8,11 +8,13 @@ import pytest
 from vlkd.evaluation.flags import at_or_below_majority, did_not_learn, one_class
 from vlkd.evaluation.report import parse_tables, render_markdown, render_table, report_notes
 from vlkd.evaluation.results import RunRecord, build_results
+from vlkd.evaluation.scoring import answer_counts
 from vlkd.evaluation.tasks import get_task
 
 FLAT = [[step, 0.695 + (0.004 if step % 2 else -0.004)] for step in range(1, 41)]
 FALLING = [[step, 0.7 * 0.97**step] for step in range(1, 41)]
-SST2, SWAG = get_task("sst2"), get_task("swag")
+SST2, SWAG, SQUAD2 = get_task("sst2"), get_task("swag"), get_task("squad_v2")
+SAME_SPAN = "answers one and the same span for 93% of dev"
 
 
 def test_a_flat_loss_did_not_learn() -> None:
@@ -45,6 +47,10 @@ def test_too_short_a_curve_says_nothing() -> None:
         ({"0": 11, "1": 89}, SST2, None),
         ({"0": 95, "1": 2, "2": 2, "3": 1}, SWAG, "predicts choice 0 for 95% of dev"),
         (None, get_task("squad_v1"), None),
+        ({"no answer": 95, "most frequent span": 3, "other spans": 2}, SQUAD2, "abstains on 95% of dev"),
+        ({"no answer": 5, "most frequent span": 93, "other spans": 2}, SQUAD2, SAME_SPAN),
+        ({"no answer": 50, "most frequent span": 1, "other spans": 49}, SQUAD2, None),
+        ({"no answer": 2, "most frequent span": 1, "other spans": 97}, SQUAD2, None),  # many spans: no one answer
     ],
 )
 def test_one_class_for_ninety_percent_of_dev(predicted: dict | None, task, flag: str | None) -> None:
@@ -110,6 +116,20 @@ def test_the_notes_say_which_run_and_why_with_the_thresholds() -> None:
     )
     assert notes[1:] == [flagged]
     assert f"- {flagged}" in render_markdown(results).split("## Notes")[1]
+
+
+def test_a_qa_run_that_abstains_on_nearly_all_of_dev_is_flagged_in_the_report() -> None:
+    abstains = answer_counts([""] * 46 + ["Paris", "Paris", "1912", "a cat"])
+    records = [
+        RunRecord("A", "student/a:v1", "squad_v2", 0, {"exact_match": 60.0}, predicted=answer_counts(["x", "y", ""])),
+        RunRecord("B", "student/b:v1", "squad_v2", 0, {"exact_match": 50.0}, predicted=abstains),
+    ]
+    results = build_results(records, "A")
+    assert results["summary"]["B"]["squad_v2"]["exact_match"]["flags"] == [
+        {"seed": 0, "flags": ["abstains on 92% of dev"]}
+    ]
+    assert parse_tables(render_markdown(results))[0][2] == ["B", "50.0 !", "50.0"]
+    assert "! B, SQuAD v2.0, seed 0: abstains on 92% of dev" in report_notes(results)
 
 
 def test_no_flags_no_flag_notes() -> None:

@@ -1,9 +1,11 @@
-"""Reference rows: the majority class and a bag-of-words logistic regression, on the synthetic tasks and in the
-report, where they are labelled as references and never averaged nor compared."""
+"""Reference rows: the majority class, a bag-of-words logistic regression and always no answer (SQuAD v2.0), on
+the synthetic tasks and in the report, where they are labelled as references and never averaged nor compared."""
 
 from __future__ import annotations
 
+import json
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ from vlkd.evaluation.readers import MultipleChoice, TextPair
 from vlkd.evaluation.references import REFERENCES, fit_reference, majority_class, score_reference
 from vlkd.evaluation.report import parse_tables, render_markdown, render_table
 from vlkd.evaluation.results import RunRecord, build_results
-from vlkd.evaluation.tasks import get_task, read_eval
+from vlkd.evaluation.tasks import TASKS, get_task, read_eval
 from vlkd.specs.evaluate import ReferenceName
 
 SMALL = SynthConfig(num_videos=1, corpus_paragraphs=5, task_train_examples=120, task_dev_examples=40)
@@ -93,7 +95,7 @@ def _results() -> dict:
 def test_reference_rows_follow_the_models_and_are_never_averaged() -> None:
     values, differences = parse_tables(render_markdown(_results()))[:2]
     assert values == [
-        ["Model", "SST-2 Acc", "QNLI Acc", "Avg."],
+        ["Model", "SST-2 Acc", "QNLI Acc", "Avg. (2 of 7)"],
         ["A", "80.0", "60.0", "70.0"],
         ["B", "82.0", "62.0", "72.0"],
         ["majority class (reference)", "50.0", "51.0", "-"],
@@ -113,3 +115,37 @@ def test_reference_rows_are_in_the_terminal_table_and_every_metric_table() -> No
 def test_no_references_no_reference_rows() -> None:
     results = build_results([RunRecord("A", "student/a:v1", "sst2", 0, {"accuracy": 80.0})])
     assert "(reference)" not in render_markdown(results)
+
+
+def _squad_file(folder: Path, name: str, answers: list[list[str]]) -> None:
+    """A SQuAD file of one passage, a question per entry of `answers` (none: unanswerable, v2.0's is_impossible)."""
+    context = "Paris is the capital of France."
+    qas = [
+        {"id": str(i), "question": "q?", "is_impossible": not texts,
+         "answers": [{"text": t, "answer_start": context.index(t)} for t in texts]}
+        for i, texts in enumerate(answers)
+    ]  # fmt: skip
+    (folder / name).write_text(json.dumps({"data": [{"paragraphs": [{"context": context, "qas": qas}]}]}))
+
+
+def test_always_no_answer_scores_the_unanswerable_share_of_squad_v2(tmp_path: Path) -> None:
+    task = get_task("squad_v2")
+    _squad_file(tmp_path, "train-v2.0.json", [["Paris"], []])
+    _squad_file(tmp_path, "dev-v2.0.json", [["Paris"], [], [], ["France"]])
+    scored = score_reference(fit_reference("no_answer", task, tmp_path), task, tmp_path)
+    assert scored.metrics["exact_match"] == 50.0 and scored.metrics["no_answer_exact_match"] == 100.0
+    assert scored.metrics["has_answer_exact_match"] == 0.0 and scored.correct == "0110"
+    assert scored.predicted == {"no answer": 4, "most frequent span": 0, "other spans": 0}
+
+
+def test_always_no_answer_is_a_reference_of_squad_v2_only() -> None:
+    applies = [name for name, task in TASKS.items() if REFERENCES["no_answer"].applies_to(task)]
+    assert applies == ["squad_v2"]
+    assert not REFERENCES["majority"].applies_to(get_task("squad_v2"))
+
+
+def test_the_no_answer_row_is_in_the_qa_column_and_never_averaged() -> None:
+    records = [RunRecord("A", "student/a:v1", task, 0, {"exact_match": 60.0}) for task in ("squad_v1", "squad_v2")]
+    references = {"squad_v2": {"no_answer": {"metrics": {"exact_match": 50.1}, "correct": None, "predicted": None}}}
+    values = parse_tables(render_markdown(build_results(records, references=references)))[0]
+    assert values[-1] == ["always no answer (reference)", "n/a", "50.1", "-"]

@@ -12,6 +12,7 @@ import pytest
 from vlkd.errors import DataError
 from vlkd.evaluation.report import parse_tables, render_markdown, render_table, write_report
 from vlkd.evaluation.results import RunRecord, build_results, load_results, merge
+from vlkd.evaluation.tasks import TASKS
 
 BASE = {"teacher": None, "kd_objectives": [], "corpus": "corpus/wiki103:v1"}
 NST = {"teacher": "teacher/howto:v2", "kd_objectives": ["nst", "crd"], "corpus": "corpus/wiki103:v1"}
@@ -85,14 +86,14 @@ def test_results_list_models_tasks_and_every_run() -> None:
 def test_table1_layout_with_average_and_spread() -> None:
     tables = parse_tables(render_markdown(_results()))
     header, base, nst = tables[0]
-    assert header == ["Model", "SST-2 Acc", "MNLI Acc", "Avg."]
+    assert header == ["Model", "SST-2 Acc", "MNLI Acc", "Avg. (2 of 7)"]
     assert base == ["BERT", "82.0 ± 2.0 (median 82.0)", "70.0 ± 0.0 (median 70.0)", "76.0"]
     assert nst == ["+ KD-NST", "84.0 ± 1.3 (median 83.5)", "71.0 ± 0.0 (median 71.0)", "77.5"]
 
 
 def test_differences_from_the_baseline() -> None:
     tables = parse_tables(render_markdown(_results()))
-    assert tables[1] == [["Model", "SST-2 Acc", "MNLI Acc", "Avg."], ["+ KD-NST", "+2.0", "+1.0", "+1.5"]]
+    assert tables[1] == [["Model", "SST-2 Acc", "MNLI Acc", "Avg. (2 of 7)"], ["+ KD-NST", "+2.0", "+1.0", "+1.5"]]
     # Table 7 layout: only the diagnostic categories that were measured; -0.5 and +4.6 as in the paper's style.
     assert tables[3] == [["Model", "Diag. Logic R3", "Diag. Knowledge R3"], ["+ KD-NST", "-0.5", "+4.6"]]
 
@@ -107,9 +108,20 @@ def test_one_seed_shows_no_spread_and_a_missing_task_no_average() -> None:
     records = _runs("A", "student/a:v1", {}, {"sst2": [{"accuracy": 90.0}], "qnli": [{"accuracy": 80.0}]})
     records += _runs("B", "student/b:v1", {}, {"sst2": [{"accuracy": 91.0}]})
     header, a, b = parse_tables(render_markdown(build_results(records, "A")))[0]
-    assert header == ["Model", "SST-2 Acc", "QNLI Acc", "Avg."]
+    assert header == ["Model", "SST-2 Acc", "QNLI Acc", "Avg. (2 of 7)"]
     assert a == ["A", "90.0", "80.0", "85.0"]
     assert b == ["B", "91.0", "n/a", "n/a"]
+
+
+def test_the_average_of_every_table1_task_is_the_papers_avg_and_a_partial_one_says_how_many_it_covers() -> None:
+    seven = {"sst2": 90.0, "qnli": 80.0, "qqp": 70.0, "mnli": 60.0, "squad_v1": 50.0, "squad_v2": 40.0, "swag": 30.0}
+    records = [
+        RunRecord("A", "student/a:v1", task, 0, {TASKS[task].main_metric: value}) for task, value in seven.items()
+    ]
+    header, row = parse_tables(render_markdown(build_results(records)))[0]
+    assert header[-1] == "Avg." and row[-1] == "60.0"
+    header, row = parse_tables(render_markdown(build_results(records[:2])))[0]
+    assert header[-1] == "Avg. (2 of 7)" and row[-1] == "85.0"
 
 
 def test_every_markdown_table_parses_with_equal_column_counts() -> None:
@@ -177,9 +189,9 @@ def test_terminal_table() -> None:
     assert "Downstream tasks (Table 1)" in text and "Difference from BERT" in text
     lines = text.splitlines()
     assert lines[1:4] == [
-        "Model                    SST-2 Acc                  MNLI Acc  Avg.",
-        "BERT      82.0 ± 2.0 (median 82.0)  70.0 ± 0.0 (median 70.0)  76.0",
-        "+ KD-NST  84.0 ± 1.3 (median 83.5)  71.0 ± 0.0 (median 71.0)  77.5",
+        "Model                    SST-2 Acc                  MNLI Acc  Avg. (2 of 7)",
+        "BERT      82.0 ± 2.0 (median 82.0)  70.0 ± 0.0 (median 70.0)           76.0",
+        "+ KD-NST  84.0 ± 1.3 (median 83.5)  71.0 ± 0.0 (median 71.0)           77.5",
     ]
     assert "teacher/howto:v2" in text
 
@@ -348,7 +360,7 @@ def test_each_ablation_table_is_a_section_of_its_rows_under_their_labels_in_its_
     assert markdown.index("## Downstream tasks (Table 1)") < markdown.index("## KD objectives (Table 5)")
     assert markdown.index("## KD objectives (Table 5)") < markdown.index("## Teacher objectives (Table 3)")
     table5, table5_differences = parse_tables(_section(markdown, "## KD objectives (Table 5)"))
-    assert table5 == [["Model", "SST-2 Acc", "Avg."], ["B", "50.0", "50.0"], ["+ KD-CRD", "55.0", "55.0"],
+    assert table5 == [["Model", "SST-2 Acc", "Avg. (1 of 7)"], ["B", "50.0", "50.0"], ["+ KD-CRD", "55.0", "55.0"],
                       ["+ KD-NST", "75.0", "75.0"]]  # fmt: skip
     assert [row[0] for row in table5_differences[1:]] == ["+ KD-CRD", "+ KD-NST"]
     table3, _ = parse_tables(_section(markdown, "## Teacher objectives (Table 3)"))

@@ -248,7 +248,7 @@ def test_the_tiny_table5_report_has_the_baseline_then_a_row_per_kd_objective(tab
     ]
     section = (tmp_path / "eval" / "report.md").read_text().split("## KD objectives (Table 5)\n", 1)[1]
     table, differences = parse_tables(section.split("\n## ", 1)[0])
-    assert table[0] == ["Model", "SST-2 Acc", "Avg."]
+    assert table[0] == ["Model", "SST-2 Acc", "Avg. (1 of 7)"]
     assert [row[0] for row in table[1:8]] == [BASELINE, *TABLE5_ROWS]  # then the reference rows
     assert [row[0] for row in differences[1:]] == TABLE5_ROWS
     shown = vlkd_cli("report", "show", "eval/tiny-ablations", "--store", store.uri, env=env)

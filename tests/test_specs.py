@@ -140,6 +140,33 @@ def test_distillation_needs_a_teacher_but_the_baseline_does_not():
     assert isinstance(baseline, DistillSpec) and baseline.kd == {} and baseline.teacher is None
 
 
+def test_a_students_patience_is_the_same_with_or_without_a_train_block():
+    base = {"stage": "distill", "name": "s", "corpus": "corpus/c", "kd": {}}
+    written = parse_spec({**base, "train": {"max_steps": 300}})
+    assert written.train.patience is None and parse_spec(base).train.patience is None
+    assert parse_spec({**base, "train": {"patience": 2}}).train.patience == 2
+
+
+def test_the_teacher_keeps_early_stopping_by_default():
+    written = parse_spec({**TEACHER, "train": {"max_steps": 300}})
+    assert parse_spec(TEACHER).train.patience == written.train.patience == 5
+
+
+def _students(spec) -> list[DistillSpec]:
+    if isinstance(spec, DistillSpec):
+        return [spec]
+    if isinstance(spec, PipelineSpec):
+        return [student for key, student in spec.stages() if key.startswith("distill:")]
+    return []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_example_students_train_a_fixed_budget(path):
+    spec = load_spec(path)
+    for student in _students(spec):
+        assert student.train.patience is None, f"{path}: {student.name} would publish its best, not its last, weights"
+
+
 def test_unknown_kd_objective_is_rejected():
     (problem,) = problems(
         {"stage": "distill", "name": "s", "corpus": "corpus/c", "teacher": "teacher/t", "kd": {"nts": 1}}

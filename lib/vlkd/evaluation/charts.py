@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _BAR, _BASELINE = "#8fb3d9", "#2f5f8f"
-_REFERENCE_STYLES = {"majority": "#b03a2e", "bag_of_words": "#7d6608"}
+_REFERENCE_STYLES = {"majority": "#b03a2e", "bag_of_words": "#7d6608", "no_answer": "#6c3483"}
 CURVES = {"loss_curve": ("Training loss", "training_loss.png"), "dev_curve": ("Dev metric per epoch", "dev_curves.png")}
 """A run's curve -> (its chart's title in the report, its file)."""
 

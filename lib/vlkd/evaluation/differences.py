@@ -1,6 +1,6 @@
-"""Each model row's difference from the baseline row with its interval (`bootstrap`): per task, on the task's
-main metric, and over the averaged layout's columns (Table 1's Avg.). What results.json's `differences` holds and
-the report's difference tables show beside each number."""
+"""Each model row's difference from the baseline row with its interval (`bootstrap.difference_interval`): per
+task, on the task's main metric, and over the averaged layout's columns (Table 1's Avg.). What results.json's
+`differences` holds and the report's difference tables show beside each number."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vlkd.evaluation.bootstrap import Outcomes, paired_bootstrap
+from vlkd.evaluation.bootstrap import Outcomes, difference_interval
 from vlkd.evaluation.layouts import LAYOUTS
 
 AVERAGE = "average"
@@ -17,7 +17,7 @@ _AVERAGED = next(layout for layout in LAYOUTS if layout.average)
 
 
 def differences(runs: Sequence[Mapping[str, Any]], baseline: str | None) -> dict[str, dict[str, dict[str, Any]]]:
-    """row -> task (or `AVERAGE`) -> {"difference", "low", "high", "within_noise"}, for every row but the
+    """row -> task (or `AVERAGE`) -> {"difference", "low", "high", "within_noise", "over_seeds"}, for every row but the
     baseline and every task both rows kept per-example outcomes of (results.json runs' `correct`) on the same
     dev set; the average only where the row has every column of the averaged layout that some row has."""
     if baseline is None:
@@ -49,10 +49,11 @@ def _pair(
 
 
 def _entry(pairs: list[tuple[Outcomes, Outcomes]]) -> dict[str, Any]:
-    interval = paired_bootstrap(pairs)
+    interval = difference_interval(pairs)
     return {
         "difference": round(interval.difference, 4) + 0.0,  # + 0.0: never -0.0
         "low": round(interval.low, 4) + 0.0,
         "high": round(interval.high, 4) + 0.0,
         "within_noise": interval.within_noise,
+        "over_seeds": interval.over_seeds,
     }

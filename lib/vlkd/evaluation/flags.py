@@ -1,11 +1,13 @@
 """Flags on finetuning runs whose number alone would mislead: a run that did not learn, one that answers one
-class for (nearly) all of dev, one no better than always answering the training split's majority class.
+class for (nearly) all of dev (extractive QA: abstains, or answers one span), one no better than always answering
+the training split's majority class.
 
 Thresholds (stated in the report beside the flags):
 - did not learn: the mean training loss over the last tenth of the logged points stays above `LOSS_FRACTION`
   (90%) of its mean over the first tenth. Means over a tenth, not single points: one lucky batch of a run that
   learnt nothing dips well below 90% of a two-class start (ln 2 = 0.693) on a batch of 16.
-- one class: `ONE_CLASS_SHARE` (90%) or more of the main dev file gets one label (or choice index).
+- one class: `ONE_CLASS_SHARE` (90%) or more of the main dev file gets one label (or choice index); for extractive
+  QA, no answer, or one and the same span (`scoring.answer_counts`).
 - majority: the run's main metric is at or below the majority-class reference row's.
 """
 
@@ -15,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vlkd.evaluation.scoring import NO_ANSWER, ONE_SPAN
 from vlkd.evaluation.tasks import Task
 
 LOSS_FRACTION = 0.9
@@ -23,8 +26,8 @@ ONE_CLASS_SHARE = 0.9
 
 THRESHOLDS = (
     f"did not learn: training loss over the last {LOSS_SPAN:.0%} of the run above {LOSS_FRACTION:.0%} of its "
-    f"first {LOSS_SPAN:.0%}; one class: one answer for {ONE_CLASS_SHARE:.0%} or more of dev; majority: main "
-    "metric at or below the majority-class reference"
+    f"first {LOSS_SPAN:.0%}; one class: one answer (extractive QA: no answer, or one span) for "
+    f"{ONE_CLASS_SHARE:.0%} or more of dev; majority: main metric at or below the majority-class reference"
 )
 
 
@@ -45,11 +48,15 @@ def one_class(predicted: Mapping[str, int] | None, task: Task) -> str | None:
     total = sum((predicted or {}).values())
     if not total:
         return None
-    answer, count = max(predicted.items(), key=lambda item: item[1])
+    answers = {k: predicted.get(k, 0) for k in (NO_ANSWER, ONE_SPAN)} if task.kind == "extractive_qa" else predicted
+    answer, count = max(answers.items(), key=lambda item: item[1])
     if count / total < ONE_CLASS_SHARE:
         return None
+    share = f"{math.floor(100 * count / total)}% of dev"
+    if task.kind == "extractive_qa":
+        return f"abstains on {share}" if answer == NO_ANSWER else f"answers one and the same span for {share}"
     what = f"choice {answer}" if task.kind == "multiple_choice" else repr(answer)
-    return f"predicts {what} for {math.floor(100 * count / total)}% of dev"
+    return f"predicts {what} for {share}"
 
 
 def at_or_below_majority(value: float | None, majority: float | None, task: Task) -> str | None:

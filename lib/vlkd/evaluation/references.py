@@ -6,6 +6,8 @@ than the label prior or word counts.
   the premise and the same word in the hypothesis are different features) and a LogisticRegression, fit on the
   training split. Sentence (pair) classification only: multiple choice and extractive QA have no such cheap
   counterpart.
+- `no_answer`: the empty answer to every question, extractive QA with unanswerable questions (SQuAD v2.0) only:
+  what abstaining scores (about half of v2.0's dev questions have no answer), the floor a QA run must beat.
 
 Both are scored on the dev files with the task's own scorer, so a reference cell reads like a model's. A task
 scored with another task's model (GLUE's diagnostic) is referenced from that task's training split.
@@ -38,6 +40,11 @@ def majority_class(task: Task, train: Sequence[Example]) -> Predict:
     return lambda examples: [majority] * len(examples)
 
 
+def always_no_answer(task: Task, train: Sequence[Example]) -> Predict:
+    """The empty answer ("", as `qa.predict` abstains) to every question; nothing to fit."""
+    return lambda examples: [""] * len(examples)
+
+
 def bag_of_words(task: Task, train: Sequence[Example]) -> Predict:
     """A logistic regression over word counts of each text, fit on `train` (sklearn's defaults: L2, lbfgs)."""
     import numpy as np
@@ -59,16 +66,22 @@ def bag_of_words(task: Task, train: Sequence[Example]) -> Predict:
 
 @dataclass(frozen=True)
 class Reference:
-    """A kind of reference row: its label in the report, how it is fit, and the task kinds it applies to."""
+    """A kind of reference row: its label in the report, how it is fit, and the tasks it applies to: their kinds
+    and, with `unanswerable_only`, only those with unanswerable questions."""
 
     label: str
     fit: Callable[[Task, Sequence[Example]], Predict]
     kinds: tuple[Kind, ...]
+    unanswerable_only: bool = False
+
+    def applies_to(self, task: Task) -> bool:
+        return task.kind in self.kinds and (task.unanswerable or not self.unanswerable_only)
 
 
 REFERENCES: dict[str, Reference] = {
     "majority": Reference("majority class", majority_class, ("classification", "multiple_choice")),
     "bag_of_words": Reference("bag-of-words LR", bag_of_words, ("classification",)),
+    "no_answer": Reference("always no answer", always_no_answer, ("extractive_qa",), unanswerable_only=True),
 }
 """By the names `EvalSpec.references` lists."""
 

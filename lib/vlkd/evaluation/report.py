@@ -1,9 +1,11 @@
 """The comparison report of an eval run: Markdown (`report.md`) and a plain-text rendering for a terminal.
 
 Tables follow the paper's layouts (`layouts`); a table holds only the columns that were measured, and a row's
-average only when it has every column. A cell is the mean over seeds, `± std` when there were several, its
-median from three seeds on, and `!` when one of its runs is flagged (`flags`; the notes say which and why).
-Reference rows (majority class, bag-of-words LR) follow the models', labelled as references and never averaged.
+average only when it has every column (headed `Avg. (2 of 7)` when the table lacks some of the paper's columns).
+Under a table, a line names each row whose model is published at another training step than the baseline's. A
+cell is the mean over seeds, `± std` when there were several, its median from three seeds on, and `!` when one of
+its runs is flagged (`flags`; the notes say which and why). Reference rows (majority class, bag-of-words LR,
+always no answer) follow the models', labelled as references and never averaged.
 Each row's difference from the baseline row comes with its 95% interval (`bootstrap`), marked `(noise)` when
 the interval contains 0. The ablation tables (Tables 3, 5, 6) follow the main ones, each laid out alike: the
 baseline, then its cells under their labels. Then: every metric per task, each row's artifact ref and lineage,
@@ -20,7 +22,7 @@ from typing import Any
 
 from vlkd.ablation_table import table_results
 from vlkd.errors import DataError
-from vlkd.evaluation.bootstrap import LEVEL, RESAMPLES
+from vlkd.evaluation.bootstrap import EXAMPLES_ONLY_NOTE, LEVEL, NOT_COVERED_NOTE, SEED_INTERVAL_NOTE
 from vlkd.evaluation.differences import AVERAGE
 from vlkd.evaluation.flags import THRESHOLDS
 from vlkd.evaluation.layouts import LAYOUTS, Column, Layout
@@ -36,10 +38,6 @@ NOISE = "(noise)"
 CELL_NOTE = (
     f"Mean over seeds ± sample std (median from three seeds on); {FLAG}: a run of the cell is flagged (see the "
     "notes). Reference rows are never averaged."
-)
-INTERVAL_NOTE = (
-    f"[{LEVEL:.0%} interval]: paired bootstrap over dev examples and seeds ({RESAMPLES} resamples); {NOISE}: the "
-    "interval contains 0, the difference is within noise."
 )
 CURVES_NOTE = (
     "Each run's training loss (mean over windows of steps) and its main metric on dev after every epoch: a panel "
@@ -81,6 +79,14 @@ def _means(results: Mapping[str, Any], row: str, layout: Layout, columns: Sequen
     return means
 
 
+def average_header(layout: Layout, columns: Sequence[Column]) -> str:
+    """The average column's header: the paper's `Avg.` over all the layout's columns, else how many it covers
+    (`Avg. (2 of 7)`), so a mean of the tasks that ran is not read as the paper's."""
+    if len(columns) == len(layout.columns):
+        return "Avg."
+    return f"Avg. ({len(columns)} of {len(layout.columns)})"
+
+
 def table_rows(results: Mapping[str, Any], layout: Layout) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """(header, value rows, difference rows) of one layout: only the columns some model row has a value for;
     the model rows, then the reference rows; differences of the model rows against the baseline row (none
@@ -88,7 +94,7 @@ def table_rows(results: Mapping[str, Any], layout: Layout) -> tuple[list[str], l
     columns = [c for c in layout.columns if any(_stat(results, m["row"], c) for m in results["models"])]
     if not columns:
         return [], [], []
-    header = ["Model", *(c.header for c in columns), *(["Avg."] if layout.average else [])]
+    header = ["Model", *(c.header for c in columns), *([average_header(layout, columns)] if layout.average else [])]
     rows, differences = [], []
     baseline = results.get("baseline")
     reference = _means(results, baseline, layout, columns) if baseline else None
@@ -143,6 +149,8 @@ class Comparison:
     rows: list[list[str]]
     differences: list[list[str]]
     baseline: str | None
+    unequal_training: list[str]
+    """a line per row whose model is published at another training step than the baseline's"""
 
 
 def comparisons(results: Mapping[str, Any]) -> list[Comparison]:
@@ -154,8 +162,25 @@ def comparisons(results: Mapping[str, Any]) -> list[Comparison]:
         cut = table_results(results, [tuple(row) for row in table["rows"]])
         headings = [table["title"], *(f"{table['title']}: {layout.title}" for layout in LAYOUTS[1:])]
         shown += [(heading, layout, cut) for heading, layout in zip(headings, LAYOUTS, strict=True)]
-    tables = [Comparison(heading, *table_rows(part, layout), part.get("baseline")) for heading, layout, part in shown]
+    tables = [
+        Comparison(heading, *table_rows(part, layout), part.get("baseline"), unequal_training(part))
+        for heading, layout, part in shown
+    ]
     return [table for table in tables if table.header]
+
+
+def unequal_training(results: Mapping[str, Any]) -> list[str]:
+    """A line per model row published at another training step than the baseline (its lineage's
+    `published_step`): its difference mixes what it adds with a longer or shorter training."""
+    baseline = results.get("baseline")
+    steps = {model["row"]: model.get("lineage", {}).get("published_step") for model in results["models"]}
+    if steps.get(baseline) is None:
+        return []
+    return [
+        f"{row} is published at step {step}, its baseline {baseline} at step {steps[baseline]}: not equal training"
+        for row, step in steps.items()
+        if row != baseline and step is not None and step != steps[baseline]
+    ]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -172,6 +197,7 @@ def render_markdown(
     parts = ["# Evaluation report", *legend(results)]
     for table in comparisons(results):
         parts += [f"## {table.heading}", markdown_table(table.header, table.rows)]
+        parts += table.unequal_training
         if table.differences:
             parts += [f"Difference from **{table.baseline}**:", markdown_table(table.header, table.differences)]
     if results["tasks"]:
@@ -193,14 +219,22 @@ def render_markdown(
 
 
 def legend(results: Mapping[str, Any]) -> list[str]:
-    """What the tables' marks mean: the cells', and the intervals' when some difference has one."""
+    """What the tables' marks mean: the cells', and the intervals' when some difference has one: what they cover
+    (seeds, dev examples) and not (pretraining), and the one-seed fallback's gap where some interval used it."""
     if not results["summary"]:
         return []
-    return [CELL_NOTE, *([INTERVAL_NOTE] if results.get("differences") else [])]
+    differences = results.get("differences", {})
+    methods = {entry.get("over_seeds", True) for tasks in differences.values() for entry in tasks.values()}
+    if not methods:
+        return [CELL_NOTE]
+    how = [SEED_INTERVAL_NOTE] * (True in methods) + [EXAMPLES_ONLY_NOTE] * (False in methods)
+    noise = f"{NOISE}: the interval contains 0, the difference is within noise."
+    return [CELL_NOTE, " ".join([f"[{LEVEL:.0%} interval]:", *how, NOT_COVERED_NOTE, noise])]
 
 
 def report_notes(results: Mapping[str, Any]) -> list[str]:
-    """The results' notes, then every flagged run with what flagged it."""
+    """The results' notes, how many per-task intervals exclude 0 against how many would by chance (with many
+    comparisons some exclude 0 by luck), then every flagged run with what flagged it."""
     flagged = [
         f"{FLAG} {row}, {TASKS[task].title}, seed {run['seed']}: {'; '.join(run['flags'])}"
         for row, tasks in results["summary"].items()
@@ -209,7 +243,13 @@ def report_notes(results: Mapping[str, Any]) -> list[str]:
     ]
     if flagged:
         flagged.insert(0, f"{FLAG} Flagged runs ({THRESHOLDS}):")
-    return [*results.get("notes", []), *flagged]
+    per_task = [e for tasks in results.get("differences", {}).values() for t, e in tasks.items() if t != "average"]
+    excluding = sum(not entry["within_noise"] for entry in per_task)
+    chance = f"by chance alone, with no real difference, about {len(per_task) * (1 - LEVEL):.1f} would"
+    multiplicity = (
+        [f"{excluding} of {len(per_task)} per-task intervals exclude 0; {chance}."] if len(per_task) > 1 else []
+    )
+    return [*results.get("notes", []), *multiplicity, *flagged]
 
 
 def _all_metrics(results: Mapping[str, Any]) -> list[str]:
@@ -273,7 +313,7 @@ def render_table(results: Mapping[str, Any]) -> str:
     `report_notes`)."""
     blocks = []
     for table in comparisons(results):
-        blocks.append(f"{table.heading}\n{_aligned(table.header, table.rows)}")
+        blocks.append("\n".join([table.heading, _aligned(table.header, table.rows), *table.unequal_training]))
         if table.differences:
             blocks.append(f"Difference from {table.baseline}\n{_aligned(table.header, table.differences)}")
     if key := legend(results):

@@ -10,12 +10,12 @@
  "runs": [{"row", "ref", "lineage", "task", "seed", "metrics": {name: percent}, "examples", "seconds",
            "worker": "host:pid",        # the process that finetuned: a Ray task's, or the job's own
            "loss_curve": [[step, mean loss]], "dev_curve": [[epoch, main metric]],    # how it trained
-           "predicted": {label: count},  # main dev file (classification, multiple choice)
+           "predicted": {label: count},  # main dev file (extractive QA: `scoring.answer_counts`)
            "correct": "0110..."}],      # main dev file, per example: right for the main metric (not for R3)
- "references": {task: {"majority" | "bag_of_words": {"metrics", "correct", "predicted"}}},   # never averaged
+ "references": {task: {"majority" | "bag_of_words" | "no_answer": {"metrics", "correct", "predicted"}}},  # not averaged
  "summary": {row: {task: {metric: {"mean", "std", "median", "seeds"}}}},   # std: sample std over seeds, 0 for one
                           # the main metric's also has "flags": [{"seed", "flags": ["did not learn: ..."]}]
- "differences": {row: {task | "average": {"difference", "low", "high", "within_noise"}}},   # from the baseline
+ "differences": {row: {task | "average": {"difference", "low", "high", "within_noise", "over_seeds"}}},  # vs baseline
  "retrieval": {teacher label: {"r1", "r5", "r10", "median_rank", "queries"}},
  "notes": ["..."],
  "tables": [{"name", "title", "rows": [[row, label]]}]}   # ablation tables (Tables 3, 5, 6): rows in their order

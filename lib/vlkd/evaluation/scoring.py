@@ -26,7 +26,7 @@ class Scored:
     is no mean over examples (GLUE diagnostic's correlation)"""
     predicted: dict[str, int] | None
     """main evaluation file: how many examples got each label (classification) or choice index (multiple
-    choice), every possible one listed; None for extractive QA"""
+    choice), every possible one listed; extractive QA: `answer_counts`"""
 
 
 def score_predictions(
@@ -48,11 +48,22 @@ def main_score(task: Task, predictions: Sequence[object], examples: Sequence[Exa
     return prefixed(task.main_eval, task.score(predictions, examples))[task.main_metric]
 
 
+NO_ANSWER, ONE_SPAN, OTHER_SPANS = "no answer", "most frequent span", "other spans"
+
+
+def answer_counts(answers: Sequence[object]) -> dict[str, int]:
+    """How many questions got no answer, the most frequent span, and any other span: three counts however large
+    dev is, enough to show a run abstaining or answering one span everywhere."""
+    spans = Counter(str(a) for a in answers if a)
+    top = spans.most_common(1)[0][1] if spans else 0
+    return {NO_ANSWER: len(answers) - spans.total(), ONE_SPAN: top, OTHER_SPANS: spans.total() - top}
+
+
 def prediction_counts(task: Task, predictions: Sequence[object], examples: Sequence[Example]) -> dict[str, int] | None:
     """How many times each label (or choice index) was predicted, zero counts included: the histogram that shows
     a model answering one class for everything."""
     if task.kind == "extractive_qa":
-        return None
+        return answer_counts(predictions)
     if task.kind == "classification":
         possible = list(task.labels)
     else:

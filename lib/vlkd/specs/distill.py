@@ -48,6 +48,15 @@ class KDOptions(StrictModel):
     voken: VokenOptions = VokenOptions()
 
 
+class DistillTrainSpec(TrainSpec):
+    """A student's training: a fixed budget by default, so the last weights are published and a student and its
+    baseline compare at equal steps (the teacher trains "until it converges", Sec. 4.3)."""
+
+    patience: int | None = Field(
+        None, gt=0, description="stop after this many evaluations without improvement; null trains to max_steps"
+    )
+
+
 class DistillSpec(StageSpec):
     """`kd` weights the KD objectives added to MLM (Eq. 4); `kd: {}` is the text-only baseline."""
 
@@ -63,7 +72,7 @@ class DistillSpec(StageSpec):
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     max_len: int = Field(128, gt=2, description="Sec. 4.3")
     optim: OptimSpec = OptimSpec()
-    train: TrainSpec = TrainSpec(patience=None)
+    train: DistillTrainSpec = DistillTrainSpec()
 
     @model_validator(mode="after")
     def _teacher_when_distilling(self) -> DistillSpec:

@@ -9,7 +9,7 @@ from pydantic import Field, GetJsonSchemaHandler, model_validator
 from vlkd.specs.base import DataSource, FeaturesRef, ModelRef, StageSpec, StrictModel, TeacherRef
 
 TaskName = Literal["sst2", "qnli", "qqp", "mnli", "squad_v1", "squad_v2", "swag", "piqa", "tracie", "glue_diagnostic"]
-ReferenceName = Literal["majority", "bag_of_words"]
+ReferenceName = Literal["majority", "bag_of_words", "no_answer"]
 
 
 class FinetuneSpec(StrictModel):
@@ -98,10 +98,10 @@ class EvalSpec(StageSpec):
     finetune: FinetuneSpec = FinetuneSpec()
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="finetuning seeds, averaged")
     references: list[ReferenceName] = Field(
-        ["majority", "bag_of_words"],
-        description="reference rows per task, never averaged: the training split's majority class, and a "
+        ["majority", "bag_of_words", "no_answer"],
+        description="reference rows per task, never averaged: the training split's majority class, a "
         "bag-of-words logistic regression (sentence-pair classification only; minutes of the job's CPU on MNLI or "
-        "QQP before finetuning starts: leave it out to save them)",
+        "QQP before finetuning starts: leave it out to save them), and always answering no answer (SQuAD v2.0)",
     )
     retrieval: RetrievalSpec | None = None
     tables: list[EvalTable] = Field(

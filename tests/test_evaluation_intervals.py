@@ -1,0 +1,36 @@
+"""What the report says about its intervals: what they cover, the one-seed fallback's gap, and how many would
+exclude 0 by chance among many comparisons."""
+
+from __future__ import annotations
+
+from vlkd.evaluation.report import legend, report_notes
+from vlkd.evaluation.results import RunRecord, build_results
+
+
+def _results(seeds: tuple[int, ...]) -> dict:
+    """BASE at 60 of 100 on SST-2 and QNLI; GOOD right everywhere on SST-2, equal on QNLI."""
+
+    def run(row: str, task: str, seed: int, right: int) -> RunRecord:
+        correct = "1" * (right + seed) + "0" * (100 - right - seed)
+        return RunRecord(row, f"student/{row}:v1", task, seed, {"accuracy": float(right + seed)}, correct=correct)
+
+    records = [run("BASE", task, s, 60) for task in ("sst2", "qnli") for s in seeds]
+    records += [run("GOOD", "sst2", s, 95) for s in seeds] + [run("GOOD", "qnli", s, 60) for s in seeds]
+    return build_results(records, "BASE")
+
+
+def test_the_legend_says_what_an_interval_covers_and_what_not() -> None:
+    text = " ".join(legend(_results((0, 1, 2))))
+    assert "finetuning seeds" in text and "dev examples" in text
+    assert "Not covered: pretraining" in text
+    assert "one seed" not in text  # every row had three
+
+
+def test_with_one_seed_the_legend_says_seed_noise_is_not_covered() -> None:
+    text = " ".join(legend(_results((0,))))
+    assert "paired bootstrap over dev examples" in text and "does not cover seed noise" in text
+
+
+def test_the_notes_count_intervals_excluding_zero_against_chance() -> None:
+    notes = report_notes(_results((0, 1, 2)))
+    assert "1 of 2 per-task intervals exclude 0; by chance alone, with no real difference, about 0.1 would." in notes
