@@ -13,10 +13,11 @@ from vlkd.data.synth import SynthConfig, SynthSummary, generate
 from vlkd.data.text import corpus_lines, save_tokenizer, train_tokenizer
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.evaluation import qa
-from vlkd.evaluation.finetune import evaluate, finetune, load_tokenizer, run_fields, train
+from vlkd.evaluation.finetune import evaluate, finetune, finetune_optim, load_tokenizer, run_fields, train
 from vlkd.evaluation.flags import did_not_learn
 from vlkd.evaluation.readers import Question
 from vlkd.evaluation.tasks import TASKS, get_task, read_train
+from vlkd.optim import build_optimizer
 from vlkd.specs.evaluate import FinetuneSpec
 
 SMALL = SynthConfig(num_videos=1, corpus_paragraphs=5, task_train_examples=40, task_dev_examples=20)
@@ -273,3 +274,11 @@ def test_a_checkpoint_missing_encoder_weights_is_refused(model_dir: Path, synth:
     lost = len(weights) - len(kept)
     with pytest.raises(VlkdError, match=rf"lacks {lost} of the encoder's weights \(bert\.encoder\.layer\.1\."):
         train(damaged, "sst2", synth.tasks_dir / "sst2", SMOKE, seed=0)
+
+
+def test_finetuning_takes_adams_epsilon_and_weight_decay_from_the_spec():
+    """The authors' finetuning scripts use eps 1e-6 and no weight decay (README, Fidelity): a spec can ask for both."""
+    optimizer = build_optimizer(finetune_optim(FinetuneSpec(eps=1e-6, weight_decay=0.0)), torch.nn.Linear(4, 2))
+    assert {group["eps"] for group in optimizer.param_groups} == {1e-6}
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {0.0}
+    assert finetune_optim(FinetuneSpec()).eps == 1e-8

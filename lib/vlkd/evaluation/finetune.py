@@ -196,6 +196,11 @@ class _LossWindows:
             self._sum, self._steps = 0.0, 0
 
 
+def finetune_optim(hp: FinetuneSpec) -> OptimSpec:
+    """The optimizer settings of a finetuning run: AdamW with `hp`'s lr, weight decay, epsilon and warm-up."""
+    return OptimSpec(lr=hp.lr, weight_decay=hp.weight_decay, eps=hp.eps, warmup_fraction=hp.warmup_fraction)
+
+
 def _fit(
     model: nn.Module,
     loader: DataLoader,
@@ -207,7 +212,7 @@ def _fit(
     """Train; call `after_epoch` with the epoch reached after each one (and where `max_steps` stops); return
     the logged training loss."""
     total = min(hp.epochs * len(loader), hp.max_steps or math.inf)
-    optim = OptimSpec(lr=hp.lr, weight_decay=hp.weight_decay, warmup_fraction=hp.warmup_fraction)
+    optim = finetune_optim(hp)
     optimizer = build_optimizer(optim, model)
     scheduler = build_scheduler(optim, optimizer, total)
     losses = _LossWindows(total)

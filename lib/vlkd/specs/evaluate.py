@@ -22,7 +22,8 @@ class FinetuneSpec(StrictModel):
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(32, gt=0)
     max_len: int = Field(128, gt=2)
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, description="the authors' finetuning scripts use 0.0")
+    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon (the authors' finetuning scripts use 1e-6)")
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
 
 
