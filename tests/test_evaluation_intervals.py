@@ -3,20 +3,23 @@ exclude 0 by chance among many comparisons."""
 
 from __future__ import annotations
 
-from vlkd.evaluation.report import legend, report_notes
+from vlkd.evaluation.report import comparisons, legend, render_markdown, render_table, report_notes
 from vlkd.evaluation.results import RunRecord, build_results
 
 
-def _results(seeds: tuple[int, ...]) -> dict:
-    """BASE at 60 of 100 on SST-2 and QNLI; GOOD right everywhere on SST-2, equal on QNLI."""
+def _records(seeds: tuple[int, ...]) -> list[RunRecord]:
+    """BASE at 60 of 100 on SST-2 and QNLI; GOOD right on 95 on SST-2, equal on QNLI."""
 
     def run(row: str, task: str, seed: int, right: int) -> RunRecord:
         correct = "1" * (right + seed) + "0" * (100 - right - seed)
         return RunRecord(row, f"student/{row}:v1", task, seed, {"accuracy": float(right + seed)}, correct=correct)
 
     records = [run("BASE", task, s, 60) for task in ("sst2", "qnli") for s in seeds]
-    records += [run("GOOD", "sst2", s, 95) for s in seeds] + [run("GOOD", "qnli", s, 60) for s in seeds]
-    return build_results(records, "BASE")
+    return records + [run("GOOD", "sst2", s, 95) for s in seeds] + [run("GOOD", "qnli", s, 60) for s in seeds]
+
+
+def _results(seeds: tuple[int, ...]) -> dict:
+    return build_results(_records(seeds), "BASE")
 
 
 def test_the_legend_says_what_an_interval_covers_and_what_not() -> None:
@@ -31,6 +34,17 @@ def test_with_one_seed_the_legend_says_seed_noise_is_not_covered() -> None:
     assert "paired bootstrap over dev examples" in text and "does not cover seed noise" in text
 
 
-def test_the_notes_count_intervals_excluding_zero_against_chance() -> None:
-    notes = report_notes(_results((0, 1, 2)))
-    assert "1 of 2 per-task intervals exclude 0; by chance alone, with no real difference, about 0.1 would." in notes
+def test_each_table_counts_its_intervals_excluding_zero_against_chance() -> None:
+    """Per table, not per report: an ablation section repeats rows of Table 1, whose intervals would count twice."""
+    results = _results((0, 1, 2))
+    (table1,) = [t for t in comparisons(results) if t.differences]
+    line = "1 of these 2 per-task intervals exclude 0; with no real difference, about 0.1 would by chance alone."
+    assert table1.multiplicity == [line]
+    assert line in render_table(results) and line in render_markdown(results)
+    assert not any("intervals exclude 0" in note for note in report_notes(results))
+
+
+def test_a_table_of_one_comparison_has_no_multiplicity_line() -> None:
+    records = [r for r in _records((0, 1, 2)) if r.task == "sst2"]
+    (table1,) = [t for t in comparisons(build_results(records, "BASE")) if t.differences]
+    assert table1.multiplicity == []

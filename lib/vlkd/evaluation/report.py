@@ -151,6 +151,8 @@ class Comparison:
     baseline: str | None
     unequal_training: list[str]
     """a line per row whose model is published at another training step than the baseline's"""
+    multiplicity: list[str]
+    """how many of the table's per-task intervals exclude 0, against how many would by chance (two or more)"""
 
 
 def comparisons(results: Mapping[str, Any]) -> list[Comparison]:
@@ -163,10 +165,39 @@ def comparisons(results: Mapping[str, Any]) -> list[Comparison]:
         headings = [table["title"], *(f"{table['title']}: {layout.title}" for layout in LAYOUTS[1:])]
         shown += [(heading, layout, cut) for heading, layout in zip(headings, LAYOUTS, strict=True)]
     tables = [
-        Comparison(heading, *table_rows(part, layout), part.get("baseline"), unequal_training(part))
+        Comparison(
+            heading,
+            *table_rows(part, layout),
+            part.get("baseline"),
+            unequal_training(part),
+            multiplicity(part, layout),
+        )
         for heading, layout, part in shown
     ]
     return [table for table in tables if table.header]
+
+
+def multiplicity(results: Mapping[str, Any], layout: Layout) -> list[str]:
+    """With many comparisons some intervals exclude 0 by luck alone (Table 5 has 30): the line that says how many
+    of a table's per-task intervals (its main metrics, not the average) exclude 0, against the number expected
+    when no difference is real; none for fewer than two."""
+    baseline = results.get("baseline")
+    shown = {c.task for c in layout.columns if c.metric == TASKS[c.task].main_metric}
+    entries = [
+        entry
+        for model in results["models"]
+        if model["row"] != baseline
+        for task, entry in results.get("differences", {}).get(model["row"], {}).items()
+        if task in shown
+    ]
+    if len(entries) < 2:
+        return []
+    excluding = sum(not entry["within_noise"] for entry in entries)
+    chance = len(entries) * (1 - LEVEL)
+    return [
+        f"{excluding} of these {len(entries)} per-task intervals exclude 0; with no real difference, about "
+        f"{chance:.1f} would by chance alone."
+    ]
 
 
 def unequal_training(results: Mapping[str, Any]) -> list[str]:
@@ -200,6 +231,7 @@ def render_markdown(
         parts += table.unequal_training
         if table.differences:
             parts += [f"Difference from **{table.baseline}**:", markdown_table(table.header, table.differences)]
+            parts += table.multiplicity
     if results["tasks"]:
         parts += ["## All metrics", *_all_metrics(results)]
     if results["models"]:
@@ -233,8 +265,7 @@ def legend(results: Mapping[str, Any]) -> list[str]:
 
 
 def report_notes(results: Mapping[str, Any]) -> list[str]:
-    """The results' notes, how many per-task intervals exclude 0 against how many would by chance (with many
-    comparisons some exclude 0 by luck), then every flagged run with what flagged it."""
+    """The results' notes, then every flagged run with what flagged it."""
     flagged = [
         f"{FLAG} {row}, {TASKS[task].title}, seed {run['seed']}: {'; '.join(run['flags'])}"
         for row, tasks in results["summary"].items()
@@ -243,13 +274,7 @@ def report_notes(results: Mapping[str, Any]) -> list[str]:
     ]
     if flagged:
         flagged.insert(0, f"{FLAG} Flagged runs ({THRESHOLDS}):")
-    per_task = [e for tasks in results.get("differences", {}).values() for t, e in tasks.items() if t != "average"]
-    excluding = sum(not entry["within_noise"] for entry in per_task)
-    chance = f"by chance alone, with no real difference, about {len(per_task) * (1 - LEVEL):.1f} would"
-    multiplicity = (
-        [f"{excluding} of {len(per_task)} per-task intervals exclude 0; {chance}."] if len(per_task) > 1 else []
-    )
-    return [*results.get("notes", []), *multiplicity, *flagged]
+    return [*results.get("notes", []), *flagged]
 
 
 def _all_metrics(results: Mapping[str, Any]) -> list[str]:
@@ -315,7 +340,8 @@ def render_table(results: Mapping[str, Any]) -> str:
     for table in comparisons(results):
         blocks.append("\n".join([table.heading, _aligned(table.header, table.rows), *table.unequal_training]))
         if table.differences:
-            blocks.append(f"Difference from {table.baseline}\n{_aligned(table.header, table.differences)}")
+            difference = [f"Difference from {table.baseline}", _aligned(table.header, table.differences)]
+            blocks.append("\n".join([*difference, *table.multiplicity]))
     if key := legend(results):
         blocks.append("\n".join(key))
     if results.get("retrieval"):
