@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 from kuberay_pods import pods_of
-from test_k8s import ROOT, STAGES, crd_errors, crd_schema, paper_job, schema_validator
+from test_k8s import ROOT, STAGES, crd_errors, crd_schema, generate_module, paper_job, schema_validator
 
 from vlkd.backends.base import JobDescription
-from vlkd.backends.k8s_pods import SERVICE_ACCOUNT_DIR
+from vlkd.backends.k8s_pods import SERVICE_ACCOUNT_DIR, cpu_quantity
 from vlkd.backends.k8s_render import RAY_VERSION, render_rayjob
 from vlkd.specs import KubernetesSpec, load_spec
 
@@ -227,7 +227,7 @@ def test_the_head_offers_ray_no_cpu_and_the_workers_hold_what_the_job_asks(stage
 
 @pytest.mark.parametrize("golden", ["pipeline-gpu", "pipeline-tiny"])
 def test_each_stage_of_a_pipeline_fits_its_worker_group(golden):
-    generate = __import__("test_k8s").generate_module()
+    generate = generate_module()
     data = (
         generate.gpu_pipeline()
         if golden == "pipeline-gpu"
@@ -240,7 +240,7 @@ def test_each_stage_of_a_pipeline_fits_its_worker_group(golden):
     for _, stage in job.spec.stages():
         resources = stage.resources
         gpus, cpus = math.ceil(resources.gpus_per_worker), resources.cpus_per_worker
-        name = (f"gpu{gpus}-" if gpus else "") + f"cpu{int(cpus) if cpus == int(cpus) else f'{round(cpus * 1000)}m'}"
+        name = (f"gpu{gpus}-" if gpus else "") + f"cpu{cpu_quantity(cpus)}"
         group = groups[name]
         asked = max(1, resources.num_workers) * cpus + stage.driver_cpus
         assert group["maxReplicas"] * ray_cpus(group["template"]) >= asked, (stage.name, name)

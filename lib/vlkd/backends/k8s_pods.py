@@ -24,7 +24,7 @@ import copy
 import math
 from typing import Any
 
-from vlkd.specs import KubernetesSpec, Resources, quantity_bytes
+from vlkd.specs import KubernetesSpec, Resources
 
 GPU_RESOURCE = "nvidia.com/gpu"
 STORE_CONFIGMAP = "vlkd-store"  # k8s/base/store-configmap.yaml: settings every vlkd container reads
@@ -209,10 +209,3 @@ def autoscaler_volume() -> dict[str, Any]:
 def _memory_for(cpus: float) -> str:
     mebibytes = math.ceil(cpus * MEMORY_PER_CPU / 2**20)
     return f"{mebibytes // 1024}Gi" if mebibytes % 1024 == 0 else f"{mebibytes}Mi"
-
-
-def larger_memory(memory: str | None, other: str | None) -> str | None:
-    """The larger of two memory quantities; None counts as no request."""
-    if memory is None or (other is not None and quantity_bytes(other) > quantity_bytes(memory)):
-        return other
-    return memory

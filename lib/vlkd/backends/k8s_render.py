@@ -77,9 +77,8 @@ from typing import Any
 from vlkd.backends import kueue
 from vlkd.backends.base import JobDescription
 from vlkd.backends.k8s_pods import HEAD_CONTAINER, STORE_CONFIGMAP, PodTemplates, cpu_quantity
-from vlkd.backends.k8s_pods import larger_memory as _larger
 from vlkd.errors import VlkdError
-from vlkd.specs import PipelineSpec, Resources, StageSpec
+from vlkd.specs import PipelineSpec, Resources, StageSpec, quantity_bytes
 
 # HEAD_CONTAINER and STORE_CONFIGMAP are named here too: what the backend looks for in what it rendered.
 __all__ = ["HEAD_CONTAINER", "STORE_CONFIGMAP", "rayjob_name", "render_rayjob"]
@@ -244,6 +243,13 @@ def _shape_name(gpus: float, cpus: float) -> str:
     it)."""
     whole = math.ceil(gpus)
     return f"gpu{whole}-cpu{cpu_quantity(cpus)}" if whole else f"cpu{cpu_quantity(cpus)}"
+
+
+def _larger(memory: str | None, other: str | None) -> str | None:
+    """The larger of two memory quantities; None counts as no request."""
+    if memory is None or (other is not None and quantity_bytes(other) > quantity_bytes(memory)):
+        return other
+    return memory
 
 
 def _env(env: dict[str, str], secret: str | None) -> list[dict[str, Any]]:
