@@ -24,7 +24,16 @@ from vlkd import losses
 from vlkd.artifacts import ArtifactStore, Manifest, collect_files
 from vlkd.data.corpus import corpus_datasets, pad_sequences
 from vlkd.data.ingest import configure_ray_data
-from vlkd.distillation import USES_HEAD, USES_LOGITS, Distillation, Widths, weighted_total
+from vlkd.distillation import (
+    SAME_WIDTH,
+    USES_HEAD,
+    USES_LOGITS,
+    Distillation,
+    Widths,
+    gradient_norms,
+    kd_balance,
+    weighted_total,
+)
 from vlkd.errors import DataError
 from vlkd.models.bert import token_states
 from vlkd.refs import ArtifactRef
@@ -146,6 +155,8 @@ class DistillTask:
     num_data: int
     bank: VideoBank | None = None
     """the voken objective's video bank"""
+    init: ArtifactRef | None = None
+    """the language model LM^S starts from (`DistillSpec.init`), pinned"""
     _frozen: FrozenTeacher | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -160,6 +171,15 @@ class DistillTask:
         return False
 
     def build_model(self) -> Distillation:
+        """The model training starts from: LM^S from `init`'s weights when the spec names one (the distillation
+        head and the objectives' modules start fresh either way)."""
+        model = self.new_model()
+        if self.init is not None:
+            model.student.language_model.load_state_dict(_language_model_weights(self.store, self.init))
+        return model
+
+    def new_model(self) -> Distillation:
+        """The model's architecture, randomly initialised: what trained weights are loaded into."""
         spec = self.spec
         kd_dim = self.teacher_dim if self.uses_head else spec.model.hidden_size
         widths = Widths(kd_dim, self.teacher_dim or kd_dim, self.num_data, len(self.bank.videos) if self.bank else 0)
@@ -182,7 +202,10 @@ class DistillTask:
             self._frozen = load_frozen_teacher(self.store, self.teacher, device, self.bank)
         return self._frozen
 
-    def _terms(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def _terms(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(the loss terms, the student's last hidden states): `Distillation.forward` on the masked batch."""
         ids, attention = batch["input_ids"], batch["attention_mask"]
         masked, labels = losses.mask_tokens(
             ids.cpu(), batch["special_tokens_mask"].cpu(), self.tokenizer.mask_token_id, len(self.tokenizer),
@@ -201,7 +224,19 @@ class DistillTask:
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = self._terms(model, batch, generator)
+        terms, _ = self._terms(model, batch, generator)
+        return self._total(terms)
+
+    def loss_and_probes(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+        """`loss`, and each term's gradient norm at the student's last hidden states (`gradient_norms`): what the
+        manifest's `kd_balance` reports, measured on the steps the loop logs only."""
+        terms, hidden = self._terms(model, batch, generator)
+        return *self._total(terms), gradient_norms(terms, hidden, self.spec.kd)
+
+    def _total(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """L^S (Eq. 4), and it and every term as numbers for the log."""
         total = weighted_total(terms["mlm"], terms, self.spec.kd)
         return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
 
@@ -220,27 +255,71 @@ def _tokenizer_of(store: ArtifactStore, ref: ArtifactRef | str) -> ArtifactRef:
     return ArtifactRef.parse(parent)
 
 
-def _check_same_vocabulary(store: ArtifactStore, teacher: ArtifactRef, corpus_tokenizer: ArtifactRef) -> None:
-    """Teacher and student read the same token ids (Sec. 3.4): their tokenizers must have the same vocabulary."""
-    teacher_tokenizer = _tokenizer_of(store, teacher)
+def _check_same_vocabulary(store: ArtifactStore, model: ArtifactRef, corpus_tokenizer: ArtifactRef) -> None:
+    """The teacher (or the model LM^S starts from) and the student read the same token ids (Sec. 3.4): their
+    tokenizers must have the same vocabulary."""
+    model_tokenizer = _tokenizer_of(store, model)
 
     def vocab(ref: ArtifactRef) -> str | None:
         return next((f.sha256 for f in store.manifest(ref).files if f.path == "vocab.txt"), None)
 
-    if teacher_tokenizer != corpus_tokenizer and vocab(teacher_tokenizer) != vocab(corpus_tokenizer):
+    if model_tokenizer != corpus_tokenizer and vocab(model_tokenizer) != vocab(corpus_tokenizer):
         raise DataError(
-            f"the teacher {teacher} was trained with {teacher_tokenizer} but the corpus is tokenised with "
-            f"{corpus_tokenizer}: rerun the text stage with `tokenizer: {{artifact: {teacher_tokenizer}}}`"
+            f"{model} was trained with {model_tokenizer} but the corpus is tokenised with {corpus_tokenizer}: "
+            f"rerun the text stage with `tokenizer: {{artifact: {model_tokenizer}}}`"
         )
 
 
-def _teacher_width(store: ArtifactStore, teacher: ArtifactRef) -> int:
+def _language_model_config(store: ArtifactStore, model: ArtifactRef) -> dict[str, Any]:
     import json
 
     from vlkd.inputs import open_input
     from vlkd.models.bert import LANGUAGE_MODEL
 
-    return json.loads(open_input(str(teacher), store).read_bytes(f"{LANGUAGE_MODEL}/config.json"))["hidden_size"]
+    return json.loads(open_input(str(model), store).read_bytes(f"{LANGUAGE_MODEL}/config.json"))
+
+
+def _teacher_width(store: ArtifactStore, teacher: ArtifactRef) -> int:
+    return _language_model_config(store, teacher)["hidden_size"]
+
+
+# The BertConfig fields that make a checkpoint's weights fit LM^S, with the spec's name for each.
+_SHAPE_FIELDS = {
+    "num_hidden_layers": "num_layers",
+    "hidden_size": "hidden_size",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+}
+
+
+def _check_init_shape(store: ArtifactStore, init: ArtifactRef, spec: DistillSpec, vocab_size: int) -> None:
+    """LM^S can start from `init` only if every weight has the student's shape: say which field differs."""
+    config = _language_model_config(store, init)
+    wanted = {key: getattr(spec.model, field) for key, field in _SHAPE_FIELDS.items()} | {"vocab_size": vocab_size}
+    differ = [
+        f"{key} {config.get(key)} (the student's {value})" for key, value in wanted.items() if config.get(key) != value
+    ]
+    if differ:
+        raise DataError(
+            f"init: {init}'s language model does not have the student's shape: {', '.join(differ)}; give the "
+            "student its model (`model:`) or start from another"
+        )
+
+
+def _language_model_weights(store: ArtifactStore, model: ArtifactRef) -> dict[str, torch.Tensor]:
+    """The state dict of an artifact's language model (`transformers` loads it, tied weights and all)."""
+    from transformers import BertForMaskedLM
+
+    from vlkd.inputs import open_input
+    from vlkd.models.bert import LANGUAGE_MODEL
+
+    source = open_input(str(model), store)
+    with tempfile.TemporaryDirectory(prefix="vlkd-init-") as tmp:
+        for item in source.files():
+            if item.path.startswith(f"{LANGUAGE_MODEL}/"):
+                source.fetch(item.path, Path(tmp) / item.path)
+        return BertForMaskedLM.from_pretrained(Path(tmp) / LANGUAGE_MODEL).state_dict()
 
 
 def plan_task(spec: DistillSpec, store: ArtifactStore, tokenizer: Any, num_data: int) -> DistillTask:
@@ -249,11 +328,17 @@ def plan_task(spec: DistillSpec, store: ArtifactStore, tokenizer: Any, num_data:
     teacher_dim = _teacher_width(store, teacher) if teacher else None
     if teacher is not None:
         _check_same_vocabulary(store, teacher, _tokenizer_of(store, spec.corpus))
-    if not spec.distill_head and teacher_dim not in (None, spec.model.hidden_size) and {"regression"} & set(spec.kd):
+    same_width = sorted(SAME_WIDTH & set(spec.kd))
+    if not spec.distill_head and teacher_dim not in (None, spec.model.hidden_size) and same_width:
         raise DataError(
-            f"regression compares the student's states ({spec.model.hidden_size}-d) with the teacher's "
-            f"({teacher_dim}-d) directly: keep distill_head: true, or give the student the teacher's width"
+            f"{', '.join(same_width)}: the student's states ({spec.model.hidden_size}-d) are compared with the "
+            f"teacher's ({teacher_dim}-d) vector by vector: keep distill_head: true, or give the student the "
+            "teacher's width"
         )
+    init = store.resolve(spec.init) if spec.init else None
+    if init is not None:
+        _check_same_vocabulary(store, init, _tokenizer_of(store, spec.corpus))
+        _check_init_shape(store, init, spec, len(tokenizer))
     bank = None
     if "voken" in spec.kd:
         from vlkd.data.clips import sample_videos
@@ -263,7 +348,7 @@ def plan_task(spec: DistillSpec, store: ArtifactStore, tokenizer: Any, num_data:
         videos = sample_videos(open_input(features, store), spec.kd_options.voken.bank_size, spec.seed)
         trained = trained_with(store.manifest(teacher))
         bank = VideoBank(features, tuple(videos), trained.max_frames, trained.visual_input == "middle_frame")
-    return DistillTask(spec, tokenizer, store, teacher, teacher_dim, num_data, bank)
+    return DistillTask(spec, tokenizer, store, teacher, teacher_dim, num_data, bank, init)
 
 
 def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
@@ -286,7 +371,7 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     place = RunPlace(store.storage, context.job_id)
     fit(task, train, spec.optim, spec.resources, splits, place, spec.seed, f"student/{spec.name}", final)
     payload = load_final(final)
-    model = task.build_model()
+    model = task.new_model()
     weights, validation = published_weights(payload, spec.train)
     model.load_state_dict(weights)
     export = context.scratch / "student"
@@ -299,11 +384,15 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     export_logs(final, export)
     metrics = run_summary(payload["state"], validation, time.monotonic() - started)
     metrics["published_step"] = metrics["best_step"] if weights is payload["best_weights"] else metrics["steps"]
-    parents = [p for p in (task.teacher, info.ref, tokenizer_ref) if p is not None]
+    if spec.kd:
+        state = payload["state"]
+        metrics["kd_balance"] = kd_balance(state["first_logged"], state["last_logged"], spec.kd)
+    parents = list(dict.fromkeys(p for p in (task.teacher, task.init, info.ref, tokenizer_ref) if p is not None))
     attributes = {
         "kd": spec.kd or "none (text-only baseline)",
         "teacher": description["teacher"],
         "corpus": str(info.ref),
+        **({"init": str(task.init)} if task.init else {}),
     }
     manifest = store.publish(
         "student", spec.name, collect_files([export]), spec=spec, parents=parents, metrics=metrics,

@@ -16,6 +16,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from vlkd.artifacts import ArtifactStore, LineageNode, Manifest, collect_files
 from vlkd.evaluation.results import RunRecord, build_results
 from vlkd.inputs import open_input
 from vlkd.joblog import report_progress
-from vlkd.models.bert import LANGUAGE_MODEL
+from vlkd.models.bert import LANGUAGE_MODEL, randomize_language_model
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import EvalSpec, TaskSpec
@@ -41,6 +42,8 @@ class Run:
     seed: int
     diagnostic: TaskSpec | None = None
     """scored with this run's model (an MNLI run)"""
+    random_init: bool = False
+    """finetune the model's architecture from a random init (`EvalModel.init`), not its weights"""
 
 
 def fetch_task_data(source: str, store: ArtifactStore, dest: Path) -> Path:
@@ -66,6 +69,8 @@ def finetune_run(store: ArtifactStore, run: Run, threads: int) -> list[dict[str,
         for entry in manifest.files:
             if entry.path.startswith(f"{LANGUAGE_MODEL}/"):
                 source.fetch(entry.path, model_dir / entry.path[len(LANGUAGE_MODEL) + 1 :])
+        if run.random_init:
+            randomize_language_model(model_dir, run.seed)
         data = fetch_task_data(run.task.data, store, Path(tmp) / "task")
         finetuned = train(model_dir, run.task.name, data, run.task.finetune, run.seed, device)
         results = [run_fields(finetuned, evaluate(finetuned, run.task.name, data), run.task.name)]
@@ -81,7 +86,14 @@ def plan_runs(spec: EvalSpec, store: ArtifactStore) -> list[Run]:
     diagnostic = next((t for t in spec.tasks if t.name == "glue_diagnostic"), None)
     trained = [t for t in spec.tasks if t.name != "glue_diagnostic"]
     return [
-        Run(model.row, str(store.resolve(model.ref)), task, seed, diagnostic if task.name == "mnli" else None)
+        Run(
+            model.row,
+            str(store.resolve(model.ref)),
+            task,
+            seed,
+            diagnostic if task.name == "mnli" else None,
+            model.init == "random",
+        )
         for model in spec.models
         for task in trained
         for seed in spec.seeds
@@ -145,20 +157,27 @@ def reference_rows(spec: EvalSpec, store: ArtifactStore, scratch: Path) -> dict[
     return table
 
 
-def lineage_of(manifest: Manifest) -> dict[str, Any]:
-    """What a report row says about where its model came from."""
+def lineage_of(manifest: Manifest, random_init: bool = False) -> dict[str, Any]:
+    """What a report row says about where its model came from; a randomly initialised row, only whose
+    architecture and tokenizer it takes."""
+    if random_init:
+        return {"model": "random init, no pretraining", "architecture": f"{manifest.kind}'s, {manifest.ref}"}
     if manifest.kind == "teacher":
         return {
             "model": "teacher LM",
             "features": next((p for p in manifest.parents if p.startswith("features/")), None),
+            "pretrained_max_len": (manifest.spec or {}).get("max_text_len"),
         }
     attributes = manifest.attributes
     return {
         "teacher": attributes.get("teacher"),
         "kd": attributes.get("kd"),
         "corpus": attributes.get("corpus"),
+        **({"init": attributes["init"]} if attributes.get("init") else {}),
         "published_step": published_step(manifest),
         "steps": manifest.metrics.get("steps"),
+        "kd_balance": manifest.metrics.get("kd_balance"),
+        "pretrained_max_len": (manifest.spec or {}).get("max_len"),
     }
 
 
@@ -212,6 +231,29 @@ def provenance_notes(store: ArtifactStore, refs: list[str]) -> list[str]:
     return notes
 
 
+def untrained_position_notes(runs: list[Run], lineages: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Say where a task is finetuned on longer inputs than a model was pretrained on (its lineage's
+    `pretrained_max_len`): the position embeddings past that length start finetuning as they were initialised."""
+    from vlkd.evaluation.tasks import get_task
+
+    short: dict[tuple[str, int, int], dict[str, None]] = {}
+    for run in runs:
+        window, pretrained = run.task.finetune.max_len, lineages[run.row].get("pretrained_max_len")
+        if pretrained is not None and window > pretrained:
+            short.setdefault((run.task.name, window, pretrained), {})[run.row] = None
+    notes = []
+    for (name, window, pretrained), rows in short.items():
+        task = get_task(name)
+        unit = "window" if task.kind == "extractive_qa" else "input"  # QA passages fill their windows
+        notes.append(
+            f"{task.title} is finetuned on {window}-token {unit}s; {', '.join(rows)} "
+            f"{'was' if len(rows) == 1 else 'were'} pretrained on at most {pretrained} tokens, so positions "
+            f"{pretrained}-{window - 1} ({(window - pretrained) / window:.0%} of each {unit}) never got a gradient "
+            "in pretraining."
+        )
+    return notes
+
+
 def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
     from vlkd.evaluation.report import write_report
     from vlkd.evaluation.retrieval import teacher_retrieval
@@ -228,8 +270,9 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
     )
     manifests = {run.ref: store.manifest(run.ref) for run in runs}
     references = reference_rows(spec, store, context.scratch / "references")
+    lineages = {run.row: lineage_of(manifests[run.ref], run.random_init) for run in runs}
     records = [
-        RunRecord(row=run.row, ref=run.ref, seed=run.seed, lineage=lineage_of(manifests[run.ref]), **r)
+        RunRecord(row=run.row, ref=run.ref, seed=run.seed, lineage=lineages[run.row], **r)
         for run, r in execute(runs, spec, context)
     ]
     out = context.scratch / "report"
@@ -239,10 +282,11 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
         retrieval[str(teacher)] = teacher_retrieval(store, spec.retrieval, out / "retrieval")
         parents.append(teacher)
     parents += [store.resolve(t.data) for t in spec.tasks if "://" not in t.data]
-    notes = provenance_notes(store, [str(p) for p in parents])
+    notes = provenance_notes(store, [str(p) for p in parents]) + untrained_position_notes(runs, lineages)
     costs = {row: cost_of(manifests[ref], store) for row, ref in {run.row: run.ref for run in runs}.items()}
     tables = [
-        {"name": t.name, "title": t.title or t.name, "rows": [(r.row, r.shown) for r in t.rows]} for t in spec.tables
+        {"name": t.name, "title": t.title or t.name, "rows": [(r.row, r.shown) for r in t.rows], "tasks": t.tasks}
+        for t in spec.tables
     ]
     results = build_results(records, spec.baseline, retrieval, notes, costs, references, tables)
     write_report(results, out)

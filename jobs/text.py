@@ -1,8 +1,10 @@
-"""Stage `text`: a plain-text corpus -> a `tokenizer` artifact and a `corpus` artifact of token shards
-(Sec. 4.1, 4.3), with Ray Data tokenising the input files in parallel.
+"""Stage `text`: a plain-text corpus, or the captions of a videos folder (`format: captions`, Table 2) -> a
+`tokenizer` artifact and a `corpus` artifact of token shards (Sec. 4.1, 4.3), with Ray Data tokenising the input
+files in parallel.
 
 Parallelism is per input file (a Wikipedia dump comes as many files; split a single huge file to use more
-workers). Rows come back in corpus order, so packing consecutive sentences stays deterministic.
+workers: a captions corpus is one file, so one task). Rows come back in corpus order, so packing consecutive
+sentences stays deterministic.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pyarrow as pa
 from vlkd.artifacts import ArtifactStore, Manifest, collect_files
 from vlkd.data import text as textdata
 from vlkd.data.ingest import configure_ray_data, shard_dataset
-from vlkd.errors import VlkdError
+from vlkd.errors import DataError, NotFoundError, VlkdError
 from vlkd.inputs import InputSource, fetch_weights, open_input
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
@@ -31,23 +33,41 @@ log = logging.getLogger("vlkd.text")
 TOKENIZE_LINES = 4096
 
 
-def corpus_files(source: InputSource) -> list[str]:
+def corpus_files(source: InputSource, corpus_format: str, captions: str) -> list[str]:
+    """The files to read: every file of a plain-text corpus, or only the captions file of a videos folder (found
+    without listing the folder, which for HowTo100M holds 1.2M videos)."""
+    if corpus_format == "captions":
+        try:
+            source.size(captions)
+        except NotFoundError:
+            raise DataError(
+                f"{source.uri}/{captions} not found: format: captions reads the captions file (JSON Lines of "
+                f"video_id, start, end, text) of a videos folder; set `captions:` to its name in {source.uri}, or "
+                "use format: lines for a plain-text corpus"
+            ) from None
+        return [captions]
     files = sorted(f.path for f in source.files() if not Path(f.path).name.startswith("."))
     if not files:
         raise VlkdError(f"the corpus {source.uri} holds no files")
     return files
 
 
-def _file_lines(source: InputSource, path: str) -> Iterator[str]:
-    """The corpus paragraphs of one file, streamed from a local copy: a Wikipedia dump need not fit in memory."""
+def _file_paragraphs(source: InputSource, path: str, corpus_format: str) -> Iterator[str]:
+    """The corpus paragraphs of one file (`textdata.PARAGRAPHS`), streamed from a local copy: a Wikipedia dump or
+    HowTo100M's captions need not fit in memory."""
     with tempfile.TemporaryDirectory(prefix="vlkd-text-") as tmp:
         local = source.local_path(path) or source.fetch(path, Path(tmp) / "part")
         with open(local, encoding="utf-8", errors="replace") as lines:
-            yield from textdata.corpus_lines(lines)
+            yield from textdata.PARAGRAPHS[corpus_format](lines)
 
 
 def build_tokenizer(
-    spec: TokenizerSpec, source: InputSource, files: list[str], store: ArtifactStore, scratch: Path
+    spec: TokenizerSpec,
+    source: InputSource,
+    files: list[str],
+    corpus_format: str,
+    store: ArtifactStore,
+    scratch: Path,
 ) -> tuple[Any, ArtifactRef | None]:
     """The tokenizer and the artifact it came from (None when trained on this corpus)."""
     if spec.artifact is not None:
@@ -60,15 +80,15 @@ def build_tokenizer(
         return textdata.load_vocab_tokenizer(Path(vocab), spec.lowercase), parent
 
     def lines() -> Iterator[str]:  # read twice (see train_tokenizer), a file at a time
-        return (line for path in files for line in _file_lines(source, path))
+        return (line for path in files for line in _file_paragraphs(source, path, corpus_format))
 
     return textdata.train_tokenizer(lines, spec.vocab_size, spec.min_frequency, spec.lowercase), None
 
 
-def tokenize_file(path: str, source: InputSource, tokenizer_dir: str) -> Iterator[pa.Table]:
+def tokenize_file(path: str, source: InputSource, corpus_format: str, tokenizer_dir: str) -> Iterator[pa.Table]:
     """Ray Data task: one input file -> a row of token ids per paragraph, tokenised `TOKENIZE_LINES` at a time."""
     tokenizer = _cached_tokenizer(tokenizer_dir)
-    lines = _file_lines(source, path)
+    lines = _file_paragraphs(source, path, corpus_format)
     while chunk := list(itertools.islice(lines, TOKENIZE_LINES)):
         yield pa.table({"input_ids": pa.array(textdata.tokenize_lines(tokenizer, chunk), pa.list_(pa.int32()))})
 
@@ -86,9 +106,10 @@ def _cached_tokenizer(directory: str) -> Any:
 
 
 def tokenized_paragraphs(
-    source: InputSource, files: list[str], tokenizer_dir: Path, resources: Resources
+    source: InputSource, files: list[str], corpus_format: str, tokenizer_dir: Path, resources: Resources
 ) -> Iterator[list[int]]:
-    dataset = shard_dataset(files, partial(tokenize_file, source=source, tokenizer_dir=str(tokenizer_dir)), resources)
+    tokenize = partial(tokenize_file, source=source, corpus_format=corpus_format, tokenizer_dir=str(tokenizer_dir))
+    dataset = shard_dataset(files, tokenize, resources)
     for row in dataset.iter_rows():
         yield [int(t) for t in row["input_ids"]]
 
@@ -97,9 +118,9 @@ def run(spec: TextSpec, context: JobContext) -> list[Manifest]:
     started = time.monotonic()
     store = context.store
     source = open_input(spec.corpus, store)
-    files = corpus_files(source)
+    files = corpus_files(source, spec.format, spec.captions)
     work = Path(tempfile.mkdtemp(prefix="text-", dir=context.scratch))
-    tokenizer, tokenizer_parent = build_tokenizer(spec.tokenizer, source, files, store, work)
+    tokenizer, tokenizer_parent = build_tokenizer(spec.tokenizer, source, files, spec.format, store, work)
     tokenizer_dir = work / "tokenizer"
     textdata.save_tokenizer(tokenizer, tokenizer_dir)
     inputs = [p for p in (source.ref, tokenizer_parent) if p is not None]
@@ -116,7 +137,7 @@ def run(spec: TextSpec, context: JobContext) -> list[Manifest]:
     )
     context.start_ray(extra_cpus=spec.driver_cpus)
     configure_ray_data(spec.resources)
-    paragraphs = tokenized_paragraphs(source, files, tokenizer_dir, spec.resources)
+    paragraphs = tokenized_paragraphs(source, files, spec.format, tokenizer_dir, spec.resources)
     sequences = textdata.pack_sequences(
         paragraphs, spec.max_len, tokenizer.cls_token_id, tokenizer.sep_token_id, spec.pack
     )

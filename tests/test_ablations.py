@@ -22,7 +22,7 @@ from vlkd.specs import load_spec, parse_spec
 EXAMPLES = Path(__file__).parent.parent / "examples"
 PAPER = EXAMPLES / "paper" / "ablations.yaml"
 TINY = EXAMPLES / "tiny" / "ablations.yaml"
-TABLE5_ROWS = ["+ KD-Soft label", "+ KD-Regression", "+ KD-Voken", "+ KD-NST", "+ KD-CRD", "+ KD-NST+CRD"]
+TABLE5_ROWS = ["+ KD-Soft label", "+ KD-Regression", "+ KD-Vid Voken", "+ KD-NST", "+ KD-CRD", "+ KD-NST+CRD"]
 
 
 def raw(path: Path) -> dict[str, Any]:
@@ -52,6 +52,7 @@ def test_table5_is_a_student_per_kd_objective_beside_the_baseline():
         "text",
         "teacher",
         "distill:tiny-ablations-baseline",
+        "distill:tiny-two-stage",  # Table 4's
         "distill:tiny-kd-soft_label",
         "distill:tiny-kd-regression",
         "distill:tiny-kd-voken",
@@ -85,8 +86,10 @@ def test_a_voken_cell_builds_its_bank_from_its_teachers_features():
 
 def test_the_eval_has_the_baseline_then_a_row_per_cell_in_the_papers_words():
     spec = load_spec(TINY)
-    assert [m.row for m in spec.eval.models] == ["tiny-ablations-baseline", *TABLE5_ROWS]
-    assert str(spec.eval.models[4].ref) == "student/tiny-kd-nst:latest"
+    rows = ["tiny-ablations-baseline", "tiny-two-stage", *TABLE5_ROWS, "tiny (teacher LM)"]  # Table 4's Video PT last
+    assert [m.row for m in spec.eval.models] == rows
+    assert str(spec.eval.models[5].ref) == "student/tiny-kd-nst:latest"
+    assert str(spec.eval.models[-1].ref) == "teacher/tiny:latest"
     assert spec.eval.baseline == "tiny-ablations-baseline"
 
 
@@ -101,7 +104,7 @@ def test_an_eval_that_lists_its_models_must_list_every_cells_student():
     data = raw(TINY)
     data["eval"]["models"] = ["student/tiny-ablations-baseline", "student/tiny-kd-nst", "student/tiny-kd-crd"]
     (problem,) = problems(data)
-    assert problem.startswith("eval.models: the ablation cells + KD-Soft label, + KD-Regression, + KD-Voken, ")
+    assert problem.startswith("eval.models: the ablation cells + KD-Soft label, + KD-Regression, + KD-Vid Voken, ")
 
 
 def test_cells_that_agree_are_one_stage_whichever_tables_they_are_in():
@@ -114,12 +117,15 @@ def test_cells_that_agree_are_one_stage_whichever_tables_they_are_in():
         "teacher:howto100m-6l-ct",
         "teacher:howto100m-6l-middle_frame",
     ]
-    assert len([k for k in keys if k.startswith("distill:")]) == 11  # 13 cells and the baseline, 3 cells shared
+    # the baseline, Table 2's captions baseline, Table 4's two-stage, then the 15 cells of Tables 3, 5, 6 and the
+    # appendix's as 11 students (NST is in all four tables, Vid Voken in Tables 5 and 6)
+    assert len([k for k in keys if k.startswith("distill:")]) == 3 + 11
     tables = {t.name: t for t in spec.ablation_tables()}
     shared = [
-        tables["table3"].cells[2],  # + KD from T^{CT+MLM}: the pipeline's teacher
+        tables["table3"].cells[2],  # + KD from T^{MLM+CT}: the pipeline's teacher
         tables["table5"].cells[3],  # + KD-NST
         tables["table6"].cells[3],  # + KD-NST (Video)
+        tables["head"].cells[1],  # + KD-NST (distillation head)
     ]
     assert {cell.stages for cell in shared} == {("teacher", "distill:wiki103-6l-kd-nst")}
     assert len({cell.row for cell in shared}) == 1  # one eval row, finetuned once
@@ -139,19 +145,19 @@ def test_a_cell_that_changes_a_teacher_field_distils_from_a_teacher_of_its_own()
 
 def test_each_table_labels_its_rows_by_its_own_axes_after_the_baseline():
     tables = {t.name: t for t in load_spec(PAPER).ablation_tables()}
-    baseline = ("wiki103-6l-baseline", "wiki103-6l-baseline")
+    baseline = ("wiki103-6l-baseline", "BERT6L/512H")  # the paper's label for it
     assert tables["table3"].rows() == [
         baseline,
         ("+ KD-NST from T^{MLM}", "+ KD from T^{MLM}"),
         ("+ KD-NST from T^{CT}", "+ KD from T^{CT}"),
-        ("+ KD-NST", "+ KD from T^{CT+MLM}"),
+        ("+ KD-NST", "+ KD from T^{MLM+CT}"),
     ]
     # two axes: a row per cell, the teacher's axis outermost, so each teacher's cells form a block (Table 6)
     assert tables["table6"].rows() == [
         baseline,
         ("+ KD-Voken (Image)", "+ KD-Voken (Image)"),
         ("+ KD-NST (Image)", "+ KD-NST (Image)"),
-        ("+ KD-Voken", "+ KD-Voken (Video)"),
+        ("+ KD-Vid Voken", "+ KD-Voken (Video)"),
         ("+ KD-NST", "+ KD-NST (Video)"),
     ]
     assert tables["table5"].axes == ("student.kd",)
@@ -166,6 +172,7 @@ def test_a_table_that_only_varies_the_teacher_names_its_students_for_the_teacher
         "teacher",
         "teacher:tiny-mlm",
         "distill:tiny-ablations-baseline",
+        "distill:tiny-two-stage",
         "distill:tiny-mlm",
         "distill:tiny",  # T^{CT+MLM} is the pipeline's teacher: the template itself
     ]
@@ -204,7 +211,7 @@ def test_a_table_needs_an_axis_and_a_cell_sets_neither_its_name_nor_its_teacher(
     data = raw(TINY)
     data["ablations"] = {"empty": {"title": "nothing"}, "bad": {"student": {"teacher": ["teacher/x"]}}}
     assert problems(data) == [
-        "ablations.empty: give an axis: teacher: {FIELD: [values]} or student: {...}",
+        "ablations.empty: give an axis (teacher: {FIELD: [values]} or student: {...}) or rows",
         "ablations.bad.student.teacher: a cell distils from its own teacher: vary the teacher's fields under "
         "`teacher:`",
     ]
@@ -301,12 +308,12 @@ def test_a_tables_results_are_its_rows_in_its_order_under_its_labels():
     (table3,) = [t for t in load_spec(PAPER).ablation_tables() if t.name == "table3"]
     rows = {"+ KD-NST": 91.1, "wiki103-6l-baseline": 88.8, "+ KD-CRD": 90.0, "+ KD-NST from T^{MLM}": 88.1}
     cut = table_results(results_of(rows, "wiki103-6l-baseline"), table3.rows())
-    assert [m["row"] for m in cut["models"]] == ["wiki103-6l-baseline", "+ KD from T^{MLM}", "+ KD from T^{CT+MLM}"]
-    assert cut["baseline"] == "wiki103-6l-baseline"
-    assert cut["summary"]["+ KD from T^{CT+MLM}"]["sst2"]["accuracy"]["mean"] == 91.1
+    assert [m["row"] for m in cut["models"]] == ["BERT6L/512H", "+ KD from T^{MLM}", "+ KD from T^{MLM+CT}"]
+    assert cut["baseline"] == "BERT6L/512H"
+    assert cut["summary"]["+ KD from T^{MLM+CT}"]["sst2"]["accuracy"]["mean"] == 91.1
     assert cut["differences"] == {
         "+ KD from T^{MLM}": {"sst2": {"difference": pytest.approx(-0.7)}},
-        "+ KD from T^{CT+MLM}": {"sst2": {"difference": pytest.approx(2.3)}},
+        "+ KD from T^{MLM+CT}": {"sst2": {"difference": pytest.approx(2.3)}},
     }
     assert {run["row"] for run in cut["runs"]} == set(cut["summary"])  # + KD-CRD is not in Table 3; T^{CT} not run
 
@@ -359,4 +366,4 @@ def test_the_tiny_tables_share_the_quickstarts_data_and_teacher_and_none_of_its_
     ours, quickstart = dict(load_spec(TINY).stages()), dict(load_spec(pipeline_file("tiny")).stages())
     assert all(ours[key] == quickstart[key] for key in ("preprocess", "text", "teacher"))
     students = {key for key in ours if key.startswith("distill:")}
-    assert len(students) == 7 and students.isdisjoint(quickstart)
+    assert len(students) == 8 and students.isdisjoint(quickstart)

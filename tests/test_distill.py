@@ -187,6 +187,41 @@ def test_a_corpus_with_another_vocabulary_is_refused(context):
         distill.run(distill_spec(corpus="corpus/other"), context)
 
 
+def _planned(context, **overrides):
+    from transformers import BertTokenizerFast
+
+    spec = distill_spec(**overrides)
+    tokenizer_dir = context.scratch / "tokenizer"
+    context.store.fetch("tokenizer/synth", tokenizer_dir)
+    return distill.plan_task(spec, context.store, BertTokenizerFast.from_pretrained(tokenizer_dir), 100)
+
+
+def test_a_student_initialised_from_the_teacher_starts_from_its_language_model(context, tmp_path):
+    from transformers import BertForMaskedLM
+
+    context.store.fetch("teacher/t", tmp_path / "teacher")
+    teacher = BertForMaskedLM.from_pretrained(tmp_path / "teacher" / "language_model").state_dict()
+    task = _planned(context, name="two-stage", kd={}, teacher=None, init="teacher/t")
+    assert task.init == context.store.resolve("teacher/t")  # pinned, as lineage records it
+    started = task.build_model().student.language_model.state_dict()
+    assert started.keys() == teacher.keys()
+    assert all(torch.equal(started[name], teacher[name]) for name in teacher)
+    fresh = task.new_model().student.language_model.state_dict()  # what trained weights are loaded into
+    assert not torch.equal(
+        fresh["bert.embeddings.word_embeddings.weight"], teacher["bert.embeddings.word_embeddings.weight"]
+    )
+
+
+def test_a_student_of_another_shape_than_its_init_is_refused_saying_which_field(context):
+    shape = {"preset": "tiny", "hidden_size": 48, "num_heads": 4}
+    with pytest.raises(
+        DataError,
+        match=r"init: teacher/t:v1's language model does not have the student's shape: "
+        r"hidden_size \d+ \(the student's 48\)",
+    ):
+        _planned(context, name="wide", kd={}, teacher=None, init="teacher/t", model=shape)
+
+
 def test_a_killed_distillation_resumes(context, monkeypatch):
     original = Loop._micro_step
 
@@ -387,3 +422,34 @@ def test_a_training_job_records_its_progress_in_the_store_step_by_step_to_the_la
     assert all(e["total"] == 8 and e["unit"] == "step" for e in events)
     assert all(e["rate"] is None if e["done"] == 0 else e["rate"] > 0 for e in events)  # unknown before a step
     assert read_progress(store.storage, job_id) == {**events[-1], "eta_seconds": 0.0}
+
+
+def test_token_level_crd_and_the_authors_nt_xent_train_a_student_that_records_every_terms_balance(context, tmp_path):
+    """Both other readings of CRD in one student; its manifest's `kd_balance` holds every term of Eq. 4, read
+    from the training log's first and last logged steps (the only ones whose records carry gradient norms)."""
+    from vlkd.curves import METRICS_PATH
+
+    kd = {"nst": 1.0, "crd": 1.0, "crd_nt_xent": 2.0}
+    options = {"crd": {"level": "token", "buffer_size": 64, "num_negatives": 16}}
+    (manifest,) = distill.run(distill_spec(name="s-token-crd", kd=kd, kd_options=options), context)
+    assert {"val_crd", "val_crd_nt_xent"} <= manifest.metrics.keys()
+    balance = manifest.metrics["kd_balance"]
+    assert list(balance) == ["mlm", "nst", "crd", "crd_nt_xent"]
+    context.store.fetch(manifest.ref, tmp_path / "student")
+    records = [json.loads(line) for line in (tmp_path / "student" / METRICS_PATH).read_text().splitlines()]
+    training = [r for r in records if "loss" in r]
+    assert [r["step"] for r in training] == [4, 8]  # log_every 4 of 8 steps
+    for name, weight in {"mlm": 1.0, **kd}.items():
+        first, last = (r[f"hidden_grad_norm/{name}"] for r in training)
+        assert balance[name]["grad_norm_init"] == pytest.approx(first, rel=1e-3) and first > 0
+        assert balance[name]["grad_norm"] == pytest.approx(last, rel=1e-3) and last > 0
+        assert balance[name]["loss"] == pytest.approx(weight * training[-1][name], rel=1e-3)
+        assert balance[name]["loss_init"] == pytest.approx(weight * training[0][name], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_two_workers_record_the_kd_balance(store, submitted_job):
+    """The gradient norms are taken under DDP too (each worker's own batch; rank 0's are logged)."""
+    balance = store.manifest("student/submitted").metrics["kd_balance"]
+    assert list(balance) == ["mlm", "voken"]
+    assert all(term["grad_norm"] > 0 and term["grad_norm_init"] > 0 for term in balance.values())

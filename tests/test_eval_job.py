@@ -6,13 +6,15 @@ import json
 import math
 import os
 import socket
+from datetime import UTC, datetime
 
 import pytest
 
+from vlkd.artifacts import Manifest
 from vlkd.evaluation.report import NOISE, parse_tables
 from vlkd.jobs import evaluate
 from vlkd.runtime import JobContext
-from vlkd.specs import parse_spec
+from vlkd.specs import TaskSpec, parse_spec
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -95,6 +97,8 @@ def test_eval_publishes_a_report_comparing_students_with_the_baseline(context, t
         "corpus": "corpus/synth:v1",
     }
     assert lineage["published_step"] == lineage["steps"] > 0  # a student publishes its last weights
+    assert lineage["pretrained_max_len"] == 24  # tests/conftest.py's students; finetuned at 32 here:
+    assert "s-kd, baseline were pretrained on at most 24 tokens, so positions 24-31" in report.split("## Notes")[1]
     cost = results["models"][0]["cost"]  # the student's, and its teacher's from the teacher's manifest
     assert cost["gpu_hours"] == cost["teacher_gpu_hours"] == 0 and cost["cpu_hours"] > 0 and cost["wall_seconds"] > 0
     assert cost["teacher_cpu_hours"] == context.store.manifest("teacher/t").cost["cpu_hours"] > 0
@@ -108,7 +112,7 @@ def test_an_ablation_table_of_the_spec_is_a_section_of_the_published_report(cont
     (manifest,) = evaluate.run(spec, context)
     context.store.fetch(manifest.ref, tmp_path / "r")
     results = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert results["tables"] == [{**table, "rows": [["baseline", "baseline"], ["s-kd", "+ KD"]]}]
+    assert results["tables"] == [{**table, "rows": [["baseline", "baseline"], ["s-kd", "+ KD"]], "tasks": None}]
     section = (tmp_path / "r" / "report.md").read_text().split("## KD objectives (Table 5)\n", 1)[1]
     assert [row[0] for row in parse_tables(section)[0][1:3]] == ["baseline", "+ KD"]
 
@@ -179,3 +183,30 @@ def test_report_show_prints_the_table_and_the_notes(context, vlkd_cli, s3_endpoi
     assert curves.returncode == 0 and {"step", "val_mlm", "val_loss"} <= set(curves.stdout.splitlines()[1].split())
     wrong = report("show", "corpus/synth")
     assert wrong.returncode == 1 and "reads eval artifacts" in wrong.stderr
+
+
+def _manifest(kind: str, spec: dict) -> Manifest:
+    return Manifest(kind=kind, name="m", version=1, created_at=datetime.now(UTC), vlkd_version="0", spec=spec)
+
+
+def test_a_models_lineage_says_how_long_its_pretraining_inputs_were():
+    assert evaluate.lineage_of(_manifest("student", {"max_len": 128}))["pretrained_max_len"] == 128
+    assert evaluate.lineage_of(_manifest("teacher", {"max_text_len": 64}))["pretrained_max_len"] == 64
+
+
+def test_a_note_names_the_positions_that_pretraining_never_trained():
+    """SQuAD at 384 tokens on models pretrained on 128; SST-2 at 128 needs no note, nor a randomly initialised row
+    (no pretraining at all)."""
+    squad = TaskSpec(name="squad_v1", data="dataset/squad", finetune={"max_len": 384})
+    sst2 = TaskSpec(name="sst2", data="dataset/sst2")
+    runs = [
+        evaluate.Run(row, f"student/{row}:v1", task, seed)
+        for row in ("a", "b", "c")
+        for task in (squad, sst2)
+        for seed in (0, 1)
+    ]
+    lineages = {"a": {"pretrained_max_len": 128}, "b": {"pretrained_max_len": 128}, "c": {"model": "random init"}}
+    assert evaluate.untrained_position_notes(runs, lineages) == [
+        "SQuAD v1.1 is finetuned on 384-token windows; a, b were pretrained on at most 128 tokens, so positions "
+        "128-383 (67% of each window) never got a gradient in pretraining."
+    ]

@@ -1,5 +1,6 @@
 """The interval behind every difference from the baseline: on constructed outcomes whose answer is known, and its
-calibration on simulated null experiments (rows that do not differ) against the seed bootstrap it replaced."""
+calibration on simulated null experiments (rows that do not differ) against the seed bootstrap it replaced, with
+independent dev examples and with examples in clusters (SQuAD's paragraphs)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from vlkd.evaluation.bootstrap import Interval, difference_interval, seed_parts, t_interval
+from vlkd.evaluation.bootstrap import Interval, cluster_labels, difference_interval, seed_parts, t_interval
 
 
 def _outcomes(right: int, wrong: int) -> str:
@@ -90,6 +91,45 @@ def test_one_seed_falls_back_to_examples_only_and_says_so() -> None:
     pair = ([_shuffled(_outcomes(55, 45), 1)], [_shuffled(_outcomes(50, 50), 2), _shuffled(_outcomes(50, 50), 3)])
     assert difference_interval([pair]).over_seeds is False
     assert difference_interval([([pair[0][0]] * 2, pair[1])]).over_seeds is True
+
+
+def _disagreeing_runs(seeds: int, examples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """[seeds, examples] outcomes of two rows right on different examples (each run flips a few), so that the
+    examples' part of the interval is not 0."""
+    rng = np.random.default_rng(seed)
+    model, baseline = (rng.random(examples) < 0.7 for _ in range(2))
+    flip = rng.random((2, seeds, examples)) < 0.02
+    return (model ^ flip[0]).astype(np.uint8), (baseline ^ flip[1]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_a_question_asked_five_times_on_one_paragraph_counts_once(seeds: int) -> None:
+    """Every question of a dev set repeated 5 times, the copies one cluster: the interval is the one of the dev set
+    asked once (t over seeds, or the one-seed bootstrap). Taken as independent, the copies narrow it by about
+    the root of 5, a precision the repeated questions do not have."""
+    model, baseline = _disagreeing_runs(seeds, 300, seed=seeds)
+    once = difference_interval([(_strings(model), _strings(baseline))])
+    repeated = (_strings(model.repeat(5, axis=1)), _strings(baseline.repeat(5, axis=1)))
+    clustered = difference_interval([repeated], [cluster_labels(np.arange(300).repeat(5).tolist())])
+    independent = difference_interval([repeated])
+    assert (clustered.low, clustered.high) == pytest.approx((once.low, once.high))
+    assert clustered.difference == pytest.approx(once.difference) and clustered.over_seeds is (seeds > 1)
+    assert (independent.high - independent.low) < 0.6 * (once.high - once.low)
+
+
+def test_every_example_its_own_cluster_is_the_independent_interval() -> None:
+    model, baseline = (_strings(runs) for runs in _disagreeing_runs(3, 200, seed=0))
+    singletons = cluster_labels([f"paragraph {i}" for i in range(200)])
+    assert difference_interval([(model, baseline)], [singletons]) == difference_interval([(model, baseline)])
+
+
+def test_clusters_are_numbered_in_order_of_first_appearance() -> None:
+    assert cluster_labels(["b", "b", "a", "c", "a"]) == "0 0 1 2 1"
+
+
+def test_clusters_of_another_dev_set_are_refused() -> None:
+    with pytest.raises(ValueError, match="clusters number 2 dev examples, the runs scored 3"):
+        difference_interval([(["101"], ["100"])], ["0 1"])
 
 
 # --- calibration: null experiments -------------------------------------------------------------------------------
@@ -176,3 +216,22 @@ def test_rows_equally_good_but_right_on_different_examples_stay_within_noise() -
         seeds_only += not low <= 0.0 <= high
     print(f"\nexcluding 0: {with_examples / reps:.1%} with the examples' part, {seeds_only / reps:.1%} seeds only")
     assert 0.03 <= with_examples / reps <= 0.07 and seeds_only / reps > 0.09
+
+
+def test_under_a_clustered_null_drawing_paragraphs_whole_keeps_5_percent() -> None:
+    """200 paragraphs x 10 questions, a fresh dev set each time: a fifth of the paragraphs read better by the model
+    (its questions right at 90% against 50%), a fifth by the baseline, the rest alike (75%), 3 seeds a row. The
+    rows are equally good, but a dev set's draw of paragraphs moves their difference 10 questions at a time: taken
+    as independent examples the interval excludes 0 far more often than 5%; over paragraphs it stays near 5%."""
+    rng, reps, seeds, paragraphs, questions = np.random.default_rng(11), 1000, 3, 200, 10
+    clusters = cluster_labels(np.arange(paragraphs).repeat(questions).tolist())
+    over_paragraphs = independent = 0
+    for _ in range(reps):
+        kind = rng.choice(3, paragraphs, p=[0.2, 0.2, 0.6]).repeat(questions)
+        p_model, p_baseline = np.array([0.9, 0.5, 0.75])[kind], np.array([0.5, 0.9, 0.75])[kind]
+        model = _strings((rng.random((seeds, paragraphs * questions)) < p_model).astype(np.uint8))
+        baseline = _strings((rng.random((seeds, paragraphs * questions)) < p_baseline).astype(np.uint8))
+        over_paragraphs += not difference_interval([(model, baseline)], [clusters]).within_noise
+        independent += not difference_interval([(model, baseline)]).within_noise
+    print(f"\nexcluding 0: {over_paragraphs / reps:.1%} over paragraphs, {independent / reps:.1%} as independent")
+    assert 0.03 <= over_paragraphs / reps <= 0.07 and independent / reps > 0.10

@@ -1,5 +1,6 @@
 """Differences from the baseline with their intervals, on constructed runs: in results.json, report.md, the
-terminal table, and recomputed the same way when `vlkd report compare` merges documents."""
+terminal table, and recomputed the same way when `vlkd report compare` merges documents; over the paragraphs of a
+task whose dev examples come in clusters."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from vlkd.errors import DataError
+from vlkd.evaluation.bootstrap import cluster_labels
 from vlkd.evaluation.report import NOISE, parse_tables, render_markdown, render_table
-from vlkd.evaluation.results import RunRecord, build_results, load_results, merge
+from vlkd.evaluation.results import RunRecord, build_results, load_results, merge, write_results
 
 DEV = 100
 
@@ -99,3 +102,61 @@ def test_a_v1_document_loads_without_intervals(tmp_path: Path) -> None:
     assert results["summary"]["B"]["sst2"]["accuracy"]["mean"] == 90.0
     assert results["models"][0]["cost"] == {"cpu_hours": 1.0} and results["notes"] == ["old"]
     assert parse_tables(render_markdown(results))[1][1] == ["B", "+10.0", "+10.0"]
+
+
+PARAGRAPHS = cluster_labels([question // 5 for question in range(DEV)])  # 20 paragraphs of 5 questions
+
+
+def _squad(row: str, seed: int, right: range | list[int], clusters: str | None = PARAGRAPHS) -> RunRecord:
+    """A SQuAD run right on every question of the paragraphs `right`, wrong on the others."""
+    correct = "".join(("1" if paragraph in right else "0") * 5 for paragraph in range(20))
+    metrics = {"exact_match": correct.count("1") / DEV * 100}
+    return RunRecord(row, f"student/{row}:v1", "squad_v1", seed, metrics, correct=correct, clusters=clusters)
+
+
+def _squad_results(clusters: str | None = PARAGRAPHS) -> dict:
+    """GOOD right on 12 paragraphs, BASE on 9 (8 of them GOOD's): +15 points, carried by 4 paragraphs."""
+    records = [_squad("BASE", s, [*range(4, 12), 19], clusters) for s in (0, 1)]
+    return build_results(records + [_squad("GOOD", s, range(12), clusters) for s in (0, 1)], "BASE")
+
+
+def test_results_json_keeps_a_tasks_clusters_once_not_per_run() -> None:
+    results = _squad_results()
+    assert results["clusters"] == {"squad_v1": PARAGRAPHS}
+    assert all("clusters" not in run for run in results["runs"])
+
+
+def test_a_gain_carried_by_a_few_paragraphs_is_within_noise() -> None:
+    """60 questions right against 45, but they are 12 paragraphs against 9: counted as 100 independent questions
+    the gain would look clear of 0."""
+    clustered = _squad_results()["differences"]["GOOD"]["squad_v1"]
+    independent = _squad_results(clusters=None)["differences"]["GOOD"]["squad_v1"]
+    assert clustered["difference"] == independent["difference"] == pytest.approx(15.0)
+    assert clustered["within_noise"] and not independent["within_noise"]
+
+
+def test_a_results_file_from_before_clusters_reads_as_independent_examples(tmp_path: Path) -> None:
+    document = _squad_results()
+    del document["clusters"]
+    write_results(document, tmp_path / "results.json")
+    loaded = load_results(tmp_path / "results.json")
+    assert merge([loaded])["differences"] == _squad_results(clusters=None)["differences"]
+
+
+def test_compare_keeps_each_tasks_clusters() -> None:
+    results = _squad_results()
+    merged = merge([results, results])
+    assert merged["clusters"] == results["clusters"] and merged["differences"] == results["differences"]
+
+
+def test_runs_that_cluster_one_task_differently_are_refused() -> None:
+    records = [_squad("BASE", 0, [1]), _squad("GOOD", 0, [2], clusters=cluster_labels(range(DEV)))]
+    with pytest.raises(DataError, match=r"runs on squad_v1 group its dev examples differently \(row 'GOOD', seed 0\)"):
+        build_results(records, "BASE")
+
+
+def test_runs_on_another_dev_set_than_the_clusters_get_no_interval() -> None:
+    """A document from before clusters, on a 120-question dev set, compared with one on this 100-question one."""
+    old = [RunRecord(row, f"student/{row}:v0", "squad_v1", 0, {}, correct="10" * 60) for row in ("BASE", "OLD")]
+    results = build_results([*old, _squad("NEW", 0, range(10))], "BASE")
+    assert results["clusters"] == {"squad_v1": PARAGRAPHS} and results["differences"] == {}

@@ -13,6 +13,7 @@ from vlkd.data.synth import SynthConfig, SynthSummary, generate
 from vlkd.data.text import corpus_lines, save_tokenizer, train_tokenizer
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.evaluation import qa
+from vlkd.evaluation.bootstrap import cluster_count
 from vlkd.evaluation.finetune import evaluate, finetune, finetune_optim, load_tokenizer, run_fields, train
 from vlkd.evaluation.flags import did_not_learn
 from vlkd.evaluation.readers import Question
@@ -157,6 +158,9 @@ def test_every_kind_of_task_finetunes_and_scores(model_dir: Path, synth: SynthSu
     assert 100 * result["correct"].count("1") / len(result["correct"]) == pytest.approx(result["metrics"][main])
     assert len(result["dev_curve"]) == 1 and result["loss_curve"]
     assert sum(result["predicted"].values()) == len(result["correct"])  # extractive QA: `answer_counts`
+    clusters = result["clusters"]  # each dev example's paragraph or story; the other tasks' examples stand alone
+    assert (clusters is not None) == (task in ("squad_v1", "squad_v2", "tracie"))
+    assert clusters is None or cluster_count(clusters) == len(result["correct"])
 
 
 def test_mnli_model_scores_both_dev_sets_and_the_diagnostic(model_dir: Path, synth: SynthSummary) -> None:
@@ -168,12 +172,11 @@ def test_mnli_model_scores_both_dev_sets_and_the_diagnostic(model_dir: Path, syn
     assert scored.correct is None and sum(scored.predicted.values()) == 20  # R3 is no mean over examples
     fields = run_fields(mnli, scored, "glue_diagnostic")
     assert fields["loss_curve"] == fields["dev_curve"] == []  # the MNLI run's curves are MNLI's
-    assert {"r3", "r3_average"} <= set(diagnostic)
-    assert set(diagnostic) - {"r3", "r3_average"} <= {
-        "r3_lexical_semantics",
-        "r3_predicate_argument_structure",
-        "r3_logic",
-        "r3_knowledge",
+    assert {"r3", "accuracy", "r3_average"} <= set(diagnostic)
+    assert set(diagnostic) - {"r3", "accuracy", "r3_average"} <= {
+        f"{measure}_{category}"
+        for measure in ("r3", "acc")
+        for category in ("lexical_semantics", "predicate_argument_structure", "logic", "knowledge")
     }
     assert _in_range(diagnostic, low=-100.0)
 

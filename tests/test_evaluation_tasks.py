@@ -10,10 +10,13 @@ import pytest
 
 from vlkd.data.synth import SynthConfig, SynthSummary, generate
 from vlkd.errors import DataError, NotFoundError, VlkdError
+from vlkd.evaluation.layouts import LAYOUTS
 from vlkd.evaluation.readers import MultipleChoice, Question, TextPair
 from vlkd.evaluation.scoring import score_predictions
 from vlkd.evaluation.tasks import (
+    DIAGNOSTIC_CATEGORIES,
     TASKS,
+    example_clusters,
     get_task,
     read_eval,
     read_train,
@@ -67,6 +70,36 @@ def test_reads_every_synthetic_file_with_all_its_examples(synth: SynthSummary, n
     assert {prefix: len(examples) for prefix, examples in evaluation.items()} == {
         prefix: counts[file] for prefix, file in eval_files.items()
     }
+
+
+def test_only_squad_and_tracie_have_clustered_examples() -> None:
+    """SQuAD asks several questions per paragraph, TRACIE several statements per story; GLUE, SWAG and PIQA
+    examples each stand alone."""
+    assert [name for name, task in TASKS.items() if task.example_cluster] == ["squad_v1", "squad_v2", "tracie"]
+    assert example_clusters(get_task("sst2"), [TextPair("a", None, "0")]) is None
+
+
+@pytest.mark.parametrize(("name", "file"), [("squad_v1", "dev-v1.1.json"), ("squad_v2", "dev-v2.0.json")])
+def test_squad_questions_are_clustered_by_their_paragraph(synth: SynthSummary, name: str, file: str) -> None:
+    squad = json.loads((synth.tasks_dir / name / file).read_text())
+    sizes = [len(paragraph["qas"]) for article in squad["data"] for paragraph in article["paragraphs"]]
+    questions = read_eval(get_task(name), synth.tasks_dir / name)[""]
+    assert example_clusters(get_task(name), questions) == " ".join(
+        str(paragraph) for paragraph, size in enumerate(sizes) for _ in range(size)
+    )
+    assert max(sizes) > 1
+
+
+def test_tracie_statements_are_clustered_by_their_story(synth: SynthSummary) -> None:
+    """Two statements share a cluster exactly when they are about one story, wherever they sit in the file."""
+    statements = read_eval(get_task("tracie"), synth.tasks_dir / "tracie")[""]
+    clusters = example_clusters(get_task("tracie"), statements).split()
+    assert all(
+        (clusters[i] == clusters[j]) == (statements[i].text_a == statements[j].text_a)
+        for i in range(len(statements))
+        for j in range(len(statements))
+    )
+    assert len(set(clusters)) < len(statements) // 2
 
 
 def test_glue_pairs_keep_their_labels_in_the_vocabulary(synth: SynthSummary) -> None:
@@ -253,16 +286,21 @@ def test_tracie_scores_as_its_official_evaluator() -> None:
     assert scores == {"accuracy": 75.0, "start_accuracy": 100.0, "end_accuracy": 50.0, "story_exact_match": 50.0}
 
 
-def test_diagnostic_scores_r3_per_category() -> None:
-    def example(label: str, logic: str = "", knowledge: str = "") -> TextPair:
-        tags = {"Lexical Semantics": "", "Predicate-Argument Structure": "", "Logic": logic, "Knowledge": knowledge}
-        return TextPair("p", "h", label, tags)
+_CATEGORY = dict(zip(("lexical", "predicate", "logic", "knowledge"), DIAGNOSTIC_CATEGORIES, strict=True))
 
+
+def _diagnostic(label: str, **tags: str) -> TextPair:
+    """A diagnostic example with the given tags (`logic="Negation"`), untagged in the other categories."""
+    meta = {c: "" for c in DIAGNOSTIC_CATEGORIES} | {_CATEGORY[k]: v for k, v in tags.items()}
+    return TextPair("p", "h", label, meta)
+
+
+def test_diagnostic_scores_r3_per_category() -> None:
     examples = [
-        example("entailment", logic="Negation"),
-        example("contradiction", logic="Negation"),
-        example("neutral", knowledge="Common sense"),
-        example("entailment", knowledge="World knowledge"),
+        _diagnostic("entailment", logic="Negation"),
+        _diagnostic("contradiction", logic="Negation"),
+        _diagnostic("neutral", knowledge="Common sense"),
+        _diagnostic("entailment", knowledge="World knowledge"),
     ]
     predictions = ["entailment", "contradiction", "entailment", "neutral"]
     scores = score_diagnostic(predictions, examples)
@@ -272,6 +310,43 @@ def test_diagnostic_scores_r3_per_category() -> None:
     assert scores["r3_average"] == pytest.approx(0.0)
     # all four: confusion [[1,0,1],[0,1,0],[1,0,0]] (e, c, n): t = (2,1,1), p = (2,1,1), c = 2, s = 4 -> (8-6)/(16-6)
     assert scores["r3"] == pytest.approx(20.0)
+
+
+def test_diagnostic_scores_accuracy_per_category_over_the_examples_tagged_with_it() -> None:
+    examples = [
+        _diagnostic("entailment", lexical="Lexical entailment"),  # right
+        _diagnostic("contradiction", lexical="Morphological negation", logic="Negation"),  # wrong
+        _diagnostic("neutral", logic="Negation"),  # right
+        _diagnostic("entailment", logic="Universal", knowledge="World knowledge"),  # wrong
+        _diagnostic("neutral", knowledge="Common sense"),  # right
+    ]
+    predictions = ["entailment", "neutral", "neutral", "contradiction", "neutral"]
+    scores = score_diagnostic(predictions, examples)
+    # Lexical: 1 of 2 right; Logic: 1 of 3 (an example with two tags counts in both); Knowledge: 1 of 2; all: 3 of 5.
+    assert scores["acc_lexical_semantics"] == pytest.approx(50.0)
+    assert scores["acc_logic"] == pytest.approx(100 / 3)
+    assert scores["acc_knowledge"] == pytest.approx(50.0)
+    assert scores["accuracy"] == pytest.approx(60.0)
+    assert "acc_predicate_argument_structure" not in scores  # no example tagged with it
+    assert get_task("glue_diagnostic").main_metric == "r3_average"  # R3 stays GLUE's official measure
+
+
+def test_table7_shows_each_diagnostic_category_as_r3_with_its_accuracy_beside_it() -> None:
+    (table7,) = [layout for layout in LAYOUTS if "Table 7" in layout.title]
+    diagnostic = [(c.metric, c.header) for c in table7.columns if c.task == "glue_diagnostic"]
+    assert diagnostic == [
+        ("r3_lexical_semantics", "Diag. Lexicon R3"),
+        ("acc_lexical_semantics", "Diag. Lexicon Acc"),
+        ("r3_predicate_argument_structure", "Diag. Predicate R3"),
+        ("acc_predicate_argument_structure", "Diag. Predicate Acc"),
+        ("r3_logic", "Diag. Logic R3"),
+        ("acc_logic", "Diag. Logic Acc"),
+        ("r3_knowledge", "Diag. Knowledge R3"),
+        ("acc_knowledge", "Diag. Knowledge Acc"),
+    ]
+    tagged = _diagnostic("neutral", lexical="x", predicate="x", logic="x", knowledge="x")
+    scores = score_diagnostic(["neutral", "entailment"], [tagged, _diagnostic("entailment")])
+    assert {metric for metric, _ in diagnostic} <= set(scores)  # the columns name what the scorer reports
 
 
 def test_squad_v2_scores_answerable_and_unanswerable_questions_apart() -> None:

@@ -357,6 +357,15 @@ def test_tracie_lines_follow_the_released_format(dataset: SynthSummary) -> None:
             assert positive[1] == negative[1] and positive[3] != negative[3] and positive[5] == negative[5]
 
 
+def test_tracie_asks_about_each_story_several_times_over_the_file(dataset: SynthSummary) -> None:
+    """As the released files do (4,248 test statements about 342 stories, a story's pairs apart), which is what
+    makes TRACIE's outcomes cluster by story (`tasks.story_of`)."""
+    lines = (dataset.tasks_dir / "tracie" / "tracie_train.txt").read_text().splitlines()
+    stories = [line.split(" story: ")[1].split("\t")[0] for line in lines[::2]]  # one per statement and its flip
+    assert max(Counter(stories).values()) >= 3
+    assert len([story for story, _ in itertools.groupby(stories)]) > len(set(stories))  # some story's pairs apart
+
+
 def test_sst2_labels_are_learnable_from_the_words(dataset: SynthSummary) -> None:
     """A bag-of-words naive Bayes fit on train beats chance on dev: the words carry the label."""
     train, dev = (read_tsv(dataset.tasks_dir / "sst2" / name)[1:] for name in ("train.tsv", "dev.tsv"))
@@ -415,12 +424,14 @@ def _by_video(captions: list[Caption]) -> dict[str, list[Caption]]:
 
 def test_the_demo_profile_writes_the_text_it_wrote_before_profiles_existed(dataset: SynthSummary) -> None:
     """sha256 of every file but the mp4s (their bytes depend on the x264 build), recorded from the generator before
-    `SynthConfig.profile` existed: the default profile, and so the quickstart, must not change."""
+    `SynthConfig.profile` existed: the default profile, and so the quickstart, must not change. Recorded again when
+    TRACIE's stories got several statements each, scattered over the file as released (the quickstart reads no
+    TRACIE)."""
     digest = hashlib.sha256()
     for name, data in all_files(dataset.root).items():
         if not name.endswith(".mp4"):
             digest.update(name.encode() + data)
-    assert digest.hexdigest() == "ed3f40bb56adbbae0fc69e2128cf40303874b59d0591a94ec989f2b982d71692"
+    assert digest.hexdigest() == "cab31d7e2b505dd4d10238872eb102250358d9b6e1306fead62e8079907e80cf"
 
 
 def test_howto_videos_have_the_clips_asked_for_and_last_minutes() -> None:

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, BertTokenizerFast
 
 from vlkd.data.text import (
     ALPHABET_SIZE,
+    caption_paragraphs,
     corpus_lines,
     load_vocab_tokenizer,
     pack_sequences,
@@ -72,6 +73,57 @@ def test_lines_that_only_contain_equals_signs_inside_are_kept():
 def test_wiki103_split_markers_are_joined_back():
     line = " a state @-@ of @-@ the @-@ art system for 1 @,@ 000 users at 3 @.@ 5 GHz "
     assert list(corpus_lines([line])) == ["a state-of-the-art system for 1,000 users at 3.5 GHz"]
+
+
+# Captions
+
+
+def caption_line(video_id: str, start: float, text: str) -> str:
+    return json.dumps({"video_id": video_id, "start": start, "end": start + 2.5, "text": text}) + "\n"
+
+
+def test_each_videos_captions_make_one_paragraph_in_time_order():
+    lines = [
+        caption_line("v1", 4.0, "then fold it"),
+        caption_line("v1", 0.5, "um so first"),
+        caption_line("v1", 2.0, "take the paper"),
+        caption_line("v2", 1.0, "alright welcome back"),
+    ]
+    assert list(caption_paragraphs(lines)) == ["um so first take the paper then fold it", "alright welcome back"]
+
+
+def test_a_video_whose_captions_are_not_contiguous_gives_a_paragraph_per_run():
+    lines = [caption_line("v1", 0.0, "a"), caption_line("v2", 0.0, "b"), caption_line("v1", 3.0, "c")]
+    assert list(caption_paragraphs(lines)) == ["a", "b", "c"]
+
+
+def test_caption_paragraphs_hold_one_video_at_a_time():
+    read = []
+
+    def lines():
+        for video in range(1000):
+            for second in range(3):
+                read.append(video)
+                yield caption_line(f"v{video}", second, f"video {video} caption {second}")
+
+    paragraphs = caption_paragraphs(lines())
+    assert next(paragraphs) == "video 0 caption 0 video 0 caption 1 video 0 caption 2"
+    assert read == [0, 0, 0, 1]  # the next video's first line ends the paragraph; the rest is not read yet
+
+
+def test_lines_preprocess_would_skip_are_skipped_with_one_warning(caplog):
+    lines = [
+        caption_line("v1", 0.0, "first"),
+        "not json\n",
+        "\n",
+        json.dumps({"video_id": "v1", "start": 3.0, "end": 3.0, "text": "no time"}) + "\n",
+        caption_line("v1", 5.0, "   "),
+        caption_line("v1", 6.0, "last"),
+    ]
+    with caplog.at_level("WARNING", logger="vlkd.text"):
+        assert list(caption_paragraphs(lines)) == ["first last"]
+    (warning,) = caplog.messages
+    assert warning.startswith("3 caption lines are no usable caption and were skipped; the first, line 2: not a")
 
 
 # Tokenizer

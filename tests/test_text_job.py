@@ -6,8 +6,11 @@ import pytest
 from transformers import BertTokenizerFast
 
 from vlkd.artifacts import collect_files
-from vlkd.data.synth import TEXT_DIR
+from vlkd.data.captions import dump_captions
+from vlkd.data.synth import CAPTIONS_FILE, TEXT_DIR
+from vlkd.data.synth_asr import HowToVideo, howto_videos
 from vlkd.data.text import read_shards
+from vlkd.errors import DataError, SpecError
 from vlkd.jobs import text as text_job
 from vlkd.specs import parse_spec
 
@@ -77,7 +80,56 @@ def test_text_stage_reuses_a_given_vocab_and_a_tokenizer_artifact(
 
 
 def test_a_hold_out_larger_than_the_corpus_is_a_clear_error(ray_session, job_context, corpus_dataset):
-    from vlkd.errors import DataError
-
     with pytest.raises(DataError, match="val_size"):
         text_job.run(text_spec(val_size=10**6), job_context)
+
+
+@pytest.fixture
+def howto_dataset(store, tmp_path) -> tuple[str, list[HowToVideo]]:
+    """A videos folder shaped like HowTo100M's: many overlapping, noisy ASR captions per video in one captions.jsonl,
+    each video's lines together but last-first (time order is the stage's to restore), beside a video file that is
+    no text."""
+    videos = howto_videos(seed=0, videos=3, clips_per_video=20)
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "howto_0000.mp4").write_bytes(bytes(range(256)))
+    (folder / CAPTIONS_FILE).write_text(dump_captions(c for video in videos for c in reversed(video.captions)))
+    return str(store.publish("dataset", "howto-videos", collect_files([folder])).ref), videos
+
+
+def test_a_captions_corpus_is_each_videos_captions_in_time_order_in_the_vocabulary_of_another_corpus(
+    ray_session, store, job_context, corpus_dataset, howto_dataset, tmp_path
+):
+    wiki_tokenizer, _ = text_job.run(text_spec(), job_context)
+    videos_ref, videos = howto_dataset
+    spec = text_spec(
+        name="howto-captions",
+        corpus=videos_ref,
+        format="captions",
+        tokenizer={"artifact": str(wiki_tokenizer.ref)},
+        max_len=1024,
+        pack=False,  # a sequence per paragraph, so the test sees where paragraphs end
+        val_size=0,
+    )
+    tokenizer_manifest, corpus_manifest = text_job.run(spec, job_context)
+
+    assert tokenizer_manifest.parents == [videos_ref, str(wiki_tokenizer.ref)]
+    vocab = {f.path: f.sha256 for f in wiki_tokenizer.files}["vocab.txt"]
+    assert {f.path: f.sha256 for f in tokenizer_manifest.files}["vocab.txt"] == vocab
+    assert corpus_manifest.metrics["files"] == 1  # the captions file, not the video
+    store.fetch(wiki_tokenizer.ref, tmp_path / "tok")
+    tokenizer = BertTokenizerFast.from_pretrained(tmp_path / "tok", local_files_only=True)
+    store.fetch(corpus_manifest.ref, tmp_path / "corpus")
+    expected = [tokenizer(" ".join(c.text for c in video.captions))["input_ids"] for video in videos]
+    assert list(read_shards(tmp_path / "corpus", "train")) == expected
+
+
+def test_a_captions_corpus_without_its_captions_file_says_which_path_and_what_to_set(job_context, corpus_dataset):
+    spec = text_spec(corpus=str(corpus_dataset), format="captions")
+    with pytest.raises(DataError, match=r"dataset/synth-text:v1/captions.jsonl not found: .* set `captions:`"):
+        text_job.run(spec, job_context)
+
+
+def test_a_captions_file_named_without_format_captions_is_a_spec_error():
+    with pytest.raises(SpecError, match="captions: is read only with format: captions"):
+        text_spec(corpus="s3://bucket/howto100m/videos", captions="asr.jsonl")

@@ -1,5 +1,4 @@
-"""An ablation table of a pipeline (Tables 3, 5 and 6 of the paper): which stages make each cell, and how its row
-reads.
+"""An ablation table of a pipeline (Tables 2-7 of the paper): which stages make each cell, and how its row reads.
 
 The same description serves the pipeline's progress (`vlkd pipeline status`: cells done per axis value, each
 cell's state, from its stages' states) and the report (`table_results`: the eval results cut down to the table's
@@ -35,17 +34,26 @@ class AblationTable:
     title: str
     axes: tuple[str, ...]
     baseline: str | None
-    """the eval row every table starts with (the text-only student), if the pipeline evaluates one"""
+    """the eval row every table starts with (the text-only student), if the pipeline evaluates one and the table
+    does not list it among its rows"""
     cells: tuple[TableCell, ...]
+    baseline_label: str | None = None
+    """the baseline's label in the table, as the paper's (`BERT6L/512H`); default: its eval row"""
+    tasks: tuple[str, ...] | None = None
+    """the tasks whose columns the table shows; None: all"""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AblationTable:
         cells = tuple(TableCell(**{**c, "stages": tuple(c["stages"])}) for c in data["cells"])
-        return cls(data["name"], data["title"], tuple(data["axes"]), data["baseline"], cells)
+        tasks = tuple(data["tasks"]) if data.get("tasks") is not None else None
+        return cls(
+            data["name"], data["title"], tuple(data["axes"]), data["baseline"], cells, data.get("baseline_label"), tasks
+        )
 
     def rows(self) -> list[tuple[str, str]]:
-        """(eval row, label in this table), the baseline first."""
-        first = [(self.baseline, self.baseline)] if self.baseline else []
+        """(eval row, label in this table), the baseline first unless the table lists it."""
+        listed = self.baseline is None or self.baseline in {cell.row for cell in self.cells}
+        first = [] if listed else [(self.baseline, self.baseline_label or self.baseline)]
         return first + [(cell.row, cell.label) for cell in self.cells]
 
 

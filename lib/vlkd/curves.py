@@ -15,6 +15,9 @@ METRICS_PATH = f"{LOGS}/{METRICS_FILE}"
 
 # Not curves: bookkeeping, and figures on another scale than the losses.
 _NOT_PLOTTED = {"step", "time", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "best_val_loss", "val_queries"}
+_NOT_PLOTTED_PREFIX = "hidden_grad_norm/"
+"""the KD-term balance probes (`vlkd.distillation.GRADIENT_NORM`): gradient norms, not losses; the eval report's
+balance table shows them"""
 
 
 def read_curves(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -29,7 +32,8 @@ def _series(records: Sequence[dict[str, Any]], keep: Any) -> dict[str, tuple[lis
     series: dict[str, tuple[list[int], list[float]]] = {}
     for record in records:
         for key, value in record.items():
-            if key not in _NOT_PLOTTED and keep(key) and isinstance(value, int | float):
+            plotted = key not in _NOT_PLOTTED and not key.startswith(_NOT_PLOTTED_PREFIX)
+            if plotted and keep(key) and isinstance(value, int | float):
                 steps, values = series.setdefault(key, ([], []))
                 steps.append(record["step"])
                 values.append(float(value))

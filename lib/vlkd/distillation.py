@@ -4,6 +4,7 @@ L^S = L_MLM + sum_k w_k L_k over the objectives the spec lists (Eq. 4 for `{nst:
 compares the student's KD output (the distillation head's, or its last hidden states without a head) or its
 logits with the teacher's, over all valid positions of the same masked input. Each is defined once, in
 `KD_OBJECTIVES`: its loss (from `vlkd.losses`), what it reads, and the trainable module it brings, if any.
+`gradient_norms` and `kd_balance` measure how much each term steers the student (the manifest's `kd_balance`).
 
 Saved layout, beside the student's: `kd_heads/` keeps the distillation head and the objectives' modules with their
 config, for continuing or inspecting a distillation.
@@ -71,6 +72,8 @@ class KDObjective:
     """compares the teacher's MLM logits"""
     module: Callable[[KDOptions, Widths], nn.Module] | None = None
     """the trainable module the objective brings, trained with the student"""
+    same_width: bool = False
+    """compares the KD output with the teacher's states vector by vector, so they need one width"""
 
 
 def _crd_memory(options: KDOptions, widths: Widths) -> nn.Module:
@@ -82,9 +85,19 @@ def _crd_memory(options: KDOptions, widths: Widths) -> nn.Module:
 
 
 def _crd(batch: KDBatch, options: KDOptions, module: nn.Module | None) -> torch.Tensor:
-    """Eq. 8 on the sentences' mean KD outputs and the teacher's mean hidden states."""
-    student, teacher = (losses.mean_pool(h, batch.mask) for h in (batch.student["kd"], batch.teacher_hidden))
-    return module(student, teacher, batch.generator)
+    """Eq. 8 between the student's KD outputs and the teacher's hidden states, at `kd_options.crd.level`: each
+    sentence's means over its valid tokens, or every valid token (the paper's "all hidden states", Sec. 3.4) with
+    the teacher's state at its position as its positive and past teacher tokens in the memory as negatives.
+    Padded tokens are left out of both the loss and the memory. M (`num_data`) stays the number of sequences at
+    the token level: through CRD's normalising constant it cancels from h, so it need not count tokens. Costs of
+    the token level: each of a batch's valid tokens scores the whole memory (at 128 sentences of 128 tokens and
+    the default 16,384 entries, a [16384, 16384] score matrix, 1 GiB in fp32), the default memory holds about one
+    batch's tokens, and selecting the valid tokens gives a shape only the mask knows: one wait for the GPU per
+    step, and a graph break under torch.compile."""
+    student, teacher = batch.student["kd"], batch.teacher_hidden
+    if options.crd.level == "token":
+        return module(student[batch.mask], teacher[batch.mask], batch.generator)
+    return module(losses.mean_pool(student, batch.mask), losses.mean_pool(teacher, batch.mask), batch.generator)
 
 
 KD_OBJECTIVES: dict[str, KDObjective] = {
@@ -93,12 +106,18 @@ KD_OBJECTIVES: dict[str, KDObjective] = {
         reads_head=False,
         reads_logits=True,
     ),
-    "regression": KDObjective(lambda b, o, _: losses.regression_loss(b.student["kd"], b.teacher_hidden, b.mask)),
+    "regression": KDObjective(
+        lambda b, o, _: losses.regression_loss(b.student["kd"], b.teacher_hidden, b.mask), same_width=True
+    ),
     "nst": KDObjective(
         lambda b, o, _: losses.nst_loss(b.student["kd"], b.teacher_hidden, b.mask, o.nst.sigma, o.nst.normalize)
     ),
     "nst_poly": KDObjective(lambda b, o, _: losses.nst_poly_loss(b.student["kd"], b.teacher_hidden, b.mask)),
     "crd": KDObjective(_crd, module=_crd_memory),
+    "crd_nt_xent": KDObjective(
+        lambda b, o, _: losses.crd_nt_xent_loss(b.student["kd"], b.teacher_hidden, b.mask, o.crd_nt_xent.temperature),
+        same_width=True,
+    ),
     "voken": KDObjective(
         lambda b, o, classifier: losses.voken_loss(classifier(b.student["kd"]), b.vokens, b.mask),
         module=lambda o, widths: nn.Linear(widths.kd, widths.bank_size),
@@ -106,6 +125,7 @@ KD_OBJECTIVES: dict[str, KDObjective] = {
 }
 USES_HEAD = frozenset(name for name, objective in KD_OBJECTIVES.items() if objective.reads_head)
 USES_LOGITS = frozenset(name for name, objective in KD_OBJECTIVES.items() if objective.reads_logits)
+SAME_WIDTH = frozenset(name for name, objective in KD_OBJECTIVES.items() if objective.same_width)
 
 
 class Distillation(nn.Module):
@@ -138,18 +158,19 @@ class Distillation(nn.Module):
         teacher_logits: torch.Tensor | None = None,
         vokens: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The loss terms of a masked batch: `mlm` (`labels` [B, L]) and, given the teacher's states of the same
-        input [B, L, D_t] (and its logits, and vokens, for the objectives that read them), each KD objective's."""
+        input [B, L, D_t] (and its logits, and vokens, for the objectives that read them), each KD objective's; and
+        the student's last hidden states [B, L, D_s], where every term's gradient passes (`gradient_norms`)."""
         student = self.student(input_ids, attention_mask)
         terms = {"mlm": losses.mlm_loss(student["logits"], labels)}
         if teacher_hidden is None:
-            return terms
+            return terms, student["hidden"]
         batch = KDBatch(student, teacher_hidden, teacher_logits, attention_mask.bool(), vokens, generator)
         modules = dict(self.objectives.items())
         for name in self.kd:
             terms[name] = KD_OBJECTIVES[name].loss(batch, self.options, modules.get(name))
-        return terms
+        return terms, student["hidden"]
 
     def save(self, directory: Path, tokenizer_dir: Path, description: dict) -> None:
         """The student's LM (`Student.save`), and in `kd_heads/` what else distillation trained, with `description`."""
@@ -170,3 +191,46 @@ class Distillation(nn.Module):
 def weighted_total(mlm: torch.Tensor, terms: dict[str, torch.Tensor], kd: dict[str, float]) -> torch.Tensor:
     """L^S = L_MLM + sum_k w_k L_k (Eq. 4)."""
     return mlm + sum((kd[name] * terms[name] for name in kd), torch.zeros_like(mlm))
+
+
+GRADIENT_NORM = "hidden_grad_norm/"
+"""The prefix of a term's logged gradient norm at the student's last hidden states (`gradient_norms`)."""
+
+
+def term_weights(kd: dict[str, float]) -> dict[str, float]:
+    """Each term's weight in Eq. 4: L_MLM's 1, then the KD objectives'."""
+    return {"mlm": 1.0, **kd}
+
+
+def gradient_norms(terms: dict[str, torch.Tensor], hidden: torch.Tensor, kd: dict[str, float]) -> dict[str, float]:
+    """For each term w_k L_k of Eq. 4, the L2 norm of its gradient at the student's last hidden states `hidden`
+    [B, L, D_s]: the one tensor every term's gradient passes through (MLM and soft labels through the LM head, the
+    others through the distillation head), so the norms say which term steers the student. `torch.autograd.grad`
+    keeps the graph for the step's own backward and leaves the parameters' gradients alone."""
+    norms = {}
+    for name, weight in term_weights(kd).items():
+        (gradient,) = torch.autograd.grad(weight * terms[name], hidden, retain_graph=True)
+        norms[f"{GRADIENT_NORM}{name}"] = float(gradient.float().norm())
+    return norms
+
+
+def kd_balance(first: dict[str, float], last: dict[str, float], kd: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per term of Eq. 4: `loss`, w_k L_k over the last logged window of steps (its mean), and `grad_norm`, its
+    `gradient_norms` on the last micro-batch of that window (rank 0's, under data parallelism); `loss_init` and
+    `grad_norm_init` alike at the first logged step, near the initialisation. `first` and `last` are the logged
+    metrics of those steps; {} when no step was logged. Rounded to 4 significant digits."""
+    if not first:
+        return {}
+
+    def rounded(value: float) -> float:
+        return float(f"{value:.4g}")
+
+    return {
+        name: {
+            "loss": rounded(weight * last[name]),
+            "grad_norm": rounded(last[GRADIENT_NORM + name]),
+            "loss_init": rounded(weight * first[name]),
+            "grad_norm_init": rounded(first[GRADIENT_NORM + name]),
+        }
+        for name, weight in term_weights(kd).items()
+    }

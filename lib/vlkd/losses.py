@@ -216,10 +216,11 @@ def crd_nce_loss(
 class CRDLoss(nn.Module):
     """Contrastive Representation Distillation, Eq. 8, with its memory of negatives.
 
-    forward(student_repr [B, D_s], teacher_repr [B, D_t]) takes sentence representations: the caller pools
-    token states with `mean_pool` (the student's distillation-head output and the teacher's last hidden states,
-    over the valid tokens), so this module knows nothing of tokens. f1, f2 (linear, then L2 normalisation) map
-    both into a shared `dim`-sized space; a score is the dot product there, divided by `temperature`.
+    forward(student_repr [B, D_s], teacher_repr [B, D_t]) takes one row per anchor: the caller passes sentence
+    representations (`mean_pool` of the student's KD output and of the teacher's last hidden states over the
+    valid tokens) or token states (each valid token a row, padded ones left out), so this module knows nothing of
+    tokens; "example" below is a row. f1, f2 (linear, then L2 normalisation) map both into a shared `dim`-sized
+    space; a score is the dot product there, divided by `temperature`.
 
     Direction: the student's embedding is the anchor; its positive is its own teacher's embedding f2(t_b), its N
     negatives are past teacher embeddings from the memory. CRD's original is symmetric (a second memory of
@@ -328,6 +329,47 @@ class CRDLoss(nn.Module):
         self.memory = self.memory.index_put((slots,), kept.to(self.memory.dtype))
         self.num_written += len(teacher)
         self._empty = False
+
+
+def crd_nt_xent_loss(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """The authors' released "CRD" (zinengtang/VidLanKD: `CoLwithBert.forward` in vlm/model.py calls
+    `contrastive_loss_item` of vteacher/loss.py once per position, passing temperature 1.0 over its default 0.5;
+    real CRD is a TODO there),
+    for comparison with Eq. 8: SimCLR's NT-Xent at every position, in-batch, without memory or NCE bound.
+
+    At position i, the n_i examples valid there give 2n_i vectors, their student's s_bi and teacher's t_bi. Each is
+    an anchor (symmetric: teacher anchors too, whose terms reach the student through their scores); its positive
+    is its counterpart (s_bi <-> t_bi), its 2n_i - 2 negatives the other examples' vectors of both models; a score
+    is the cosine divided by `temperature`, and an anchor's term the cross-entropy of its positive among them.
+    l_i = sum of the anchors' terms / (2n_i)^2: as theirs, F.cross_entropy's mean over the anchors then divided by
+    their number again. The result is the mean of l_i over the positions where some example is valid.
+    No projection on the teacher's side (their `kd2_teacher_head` is built but never used); the student's vectors
+    are its KD output (theirs: a head of its own for this objective, ending in an L2 normalisation that the cosine
+    makes moot).
+
+    student_hidden [B, L, D], teacher_hidden [B, L, D], mask [B, L] -> scalar. Departures, for padding invariance:
+    their code scores every position of the padded batch (padded states as anchors and negatives), uses 2B where
+    this uses 2n_i, and averages over the padded length; here padded positions are neither anchors nor negatives
+    and the mean runs over positions holding a valid token. On a batch without padding the two agree exactly."""
+    valid = mask.bool().transpose(0, 1)  # [L, B]
+    batch_size = valid.shape[1]
+
+    def unit_vectors(hidden: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [L, B, D], padding zeroed
+        return F.normalize(torch.where(mask.bool().unsqueeze(-1), hidden, 0), dim=-1).transpose(0, 1)
+
+    vectors = torch.cat([unit_vectors(student_hidden), unit_vectors(teacher_hidden)], dim=1)  # [L, 2B, D]
+    present = torch.cat([valid, valid], dim=1)  # [L, 2B]
+    scores = vectors @ vectors.transpose(1, 2) / temperature  # [L, 2B, 2B]
+    itself = torch.eye(2 * batch_size, dtype=torch.bool, device=scores.device)
+    # The lowest finite value, not -inf: a position without any valid token must still give finite gradients.
+    logits = scores.masked_fill(itself | ~present.unsqueeze(1), torch.finfo(scores.dtype).min)
+    counterpart = torch.arange(2 * batch_size, device=scores.device).roll(batch_size)
+    positive = scores.gather(2, counterpart.expand(len(scores), -1).unsqueeze(-1)).squeeze(-1)  # [L, 2B]
+    cross_entropy = torch.where(present, torch.logsumexp(logits, -1) - positive, 0)
+    per_position = cross_entropy.sum(-1) / (2 * valid.sum(-1)).pow(2).clamp(min=1)
+    return per_position.sum() / valid.any(-1).sum().clamp(min=1)
 
 
 def assign_vokens(teacher_hidden: torch.Tensor, video_bank: torch.Tensor) -> torch.Tensor:

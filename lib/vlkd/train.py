@@ -48,7 +48,9 @@ _COMPLETE = ".complete"
 
 class TrainingTask(Protocol):
     """What a stage gives the loop. Built on the driver and shipped to every worker, so keep it light (specs,
-    refs, a tokenizer); the model is built on the worker."""
+    refs, a tokenizer); the model is built on the worker. A task may also have `loss_and_probes`: `loss` plus
+    measurements too costly for every step (a term's gradient norm), which the loop calls instead on the last
+    micro-batch of each logged step, with the model outside `torch.compile` (`_eager`), and logs as measured."""
 
     def build_model(self) -> nn.Module: ...
 
@@ -100,6 +102,9 @@ class TrainState:
     window_micro: int = 0
     window_terms: dict[str, float] = field(default_factory=dict)
     """micro-steps and summed loss terms since the last logged step (what the next log line averages)"""
+    first_logged: dict[str, float] = field(default_factory=dict)
+    last_logged: dict[str, float] = field(default_factory=dict)
+    """the terms and probes of the first and the latest logged step, for the run's summary"""
 
 
 def autocast(precision: str, device: torch.device) -> tuple[AbstractContextManager[Any], bool]:
@@ -214,6 +219,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     """The model itself, under `torch.compile`'s and DDP's wrappers."""
     model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _eager(model: nn.Module) -> nn.Module:
+    """The model without `torch.compile`'s wrapper, DDP's kept (its forward sets up the gradients' all-reduce): a
+    compiled forward is one node of the autograd graph, so a loss cannot be differentiated by a tensor inside it."""
+    return getattr(model, "_orig_mod", model)
 
 
 def compile_model(model: nn.Module) -> nn.Module:
@@ -418,8 +429,14 @@ class Loop:
         sync = self.state.window_micro % self.train.grad_accum_steps == 0
         no_sync = self.model.no_sync if (self.world > 1 and not sync) else nullcontext
         self.model.train()
+        logged = sync and (self.state.step + 1) % self.train.log_every == 0
+        probed = getattr(self.task, "loss_and_probes", None) if logged else None
+        probes: dict[str, float] = {}
         with no_sync(), self.cast:
-            loss, terms = self.task.loss(self.model, batch, self.generator)
+            if probed is None:
+                loss, terms = self.task.loss(self.model, batch, self.generator)
+            else:
+                loss, terms, probes = probed(_eager(self.model), batch, self.generator)
         self.scaler.scale(loss / self.train.grad_accum_steps).backward()
         window["tokens"] += self.task.tokens(batch)
         window["samples"] += examples_in(batch)
@@ -434,14 +451,14 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state.step += 1
-        if self.state.step % self.train.log_every == 0:
-            self._log(window, float(grad_norm))
+        if logged:
+            self._log(window, float(grad_norm), probes)
         if self.state.step % self.train.eval_every == 0:
             self._validate()
         if self.state.step % self.train.checkpoint_every == 0 and not self._finished():
             self._checkpoint(final=False)
 
-    def _log(self, window: dict[str, float], grad_norm: float) -> None:
+    def _log(self, window: dict[str, float], grad_norm: float, probes: dict[str, float]) -> None:
         seconds = max(time.monotonic() - window["time"], 1e-9)
         count = self.state.window_micro
         terms = {k: v / count for k, v in self.state.window_terms.items()}
@@ -449,7 +466,9 @@ class Loop:
             "tokens_per_s": window["tokens"] * self.world / seconds,
             "samples_per_s": window["samples"] * self.world / seconds,
         }
-        metrics = {**terms, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, **throughput}
+        self.state.last_logged = {**terms, **probes}
+        self.state.first_logged = self.state.first_logged or self.state.last_logged
+        metrics = {**terms, **probes, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, **throughput}
         for key, value in throughput.items():
             self.state.peak[key] = max(self.state.peak.get(key, 0.0), value)
         self.metrics.write(self.state.step, metrics)

@@ -1,5 +1,6 @@
-"""The text stage's steps (Sec. 4.1, 4.3): Wiki103-layout lines -> BERT uncased WordPiece -> token ids ->
-sequences of at most `max_len` tokens, [CLS] ... [SEP] -> the `corpus` artifact's token shards.
+"""The text stage's steps (Sec. 4.1, 4.3): paragraphs (Wiki103-layout lines, or a videos folder's captions, Table 2)
+-> BERT uncased WordPiece -> token ids -> sequences of at most `max_len` tokens, [CLS] ... [SEP] -> the `corpus`
+artifact's token shards.
 
 The `corpus` format: `train/shard-NNNNN.parquet` and `validation/shard-NNNNN.parquet`, one row per sequence
 (`input_ids` list<int32> including [CLS] and [SEP], `length` int32) in row groups of `GROUP_ROWS`, and `index.json`:
@@ -10,12 +11,15 @@ authority on which shards exist: readers list shards from it, never from the fol
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import random
 import re
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +27,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlkd.data.captions import Caption, read_captions
 from vlkd.errors import DataError, NotFoundError
 
 if TYPE_CHECKING:
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
+
+log = logging.getLogger("vlkd.text")
 
 FORMAT = "vlkd.corpus/v1"
 INDEX = "index.json"
@@ -58,6 +65,37 @@ def corpus_lines(lines: Iterable[str]) -> Iterator[str]:
         text = line.strip()
         if text and not _HEADER.match(text):
             yield _WIKI103_SPLIT.sub(r"\1", text)
+
+
+def caption_paragraphs(lines: Iterable[str]) -> Iterator[str]:
+    """Paragraphs of a captions file in HowTo100M's layout (`vlkd.data.captions`): each video's caption texts in
+    time order, joined by spaces, the "HowTo100M captions" corpus of the paper's text-only pretraining (Table 2).
+
+    Streamed, holding one video's captions at a time: HowTo100M's release stores its 136M captions in one file,
+    video after video. A video whose lines are not contiguous gives a paragraph per run of consecutive lines
+    (gathering them would mean holding the whole file). Lines `preprocess` would skip (not a caption record, an
+    empty or negative segment, no text) are skipped here too, with one warning counting them.
+    """
+    skipped, first = 0, ""
+
+    def usable() -> Iterator[Caption]:
+        nonlocal skipped, first
+        for number, parsed in read_captions(lines):
+            if isinstance(parsed, Caption):
+                yield parsed
+            else:
+                skipped += 1
+                first = first or f"line {number}: {parsed}"
+
+    for _, run in itertools.groupby(usable(), key=attrgetter("video_id")):
+        yield " ".join(caption.text.strip() for caption in sorted(run, key=attrgetter("start", "end")))
+    if skipped:
+        log.warning("%d caption lines are no usable caption and were skipped; the first, %s", skipped, first)
+
+
+Paragraphs = Callable[[Iterable[str]], Iterator[str]]
+PARAGRAPHS: dict[str, Paragraphs] = {"lines": corpus_lines, "captions": caption_paragraphs}
+"""How each `TextSpec.format` turns the lines of a corpus file into paragraphs."""
 
 
 ALPHABET_SIZE = 1000

@@ -35,8 +35,9 @@ from torch.utils.data import DataLoader
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.evaluation import choice, classification, qa
 from vlkd.evaluation.batches import Feature, collate
+from vlkd.evaluation.bootstrap import Clusters
 from vlkd.evaluation.scoring import Scored, main_score, score_predictions
-from vlkd.evaluation.tasks import Kind, Task, get_task, read_eval, read_train
+from vlkd.evaluation.tasks import Kind, Task, example_clusters, get_task, read_eval, read_train
 from vlkd.optim import build_optimizer, build_scheduler
 from vlkd.specs import OptimSpec
 from vlkd.specs.evaluate import FinetuneSpec
@@ -95,6 +96,9 @@ class Finetuned:
     seconds: float
     """training time, with the per-epoch scoring of dev"""
     curves: Curves
+    dev_clusters: Clusters | None
+    """the main dev file's examples in clusters (`tasks.example_clusters`), which its run record keeps for the
+    comparisons' intervals; None where they are independent"""
 
 
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
@@ -175,7 +179,9 @@ def train(
         collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
     )
     curves.loss = _fit(model, loader, hp, device, progress, score_dev)
-    return Finetuned(task, model, tokenizer, hp, device, len(examples), time.perf_counter() - started, curves)
+    seconds = time.perf_counter() - started
+    clusters = example_clusters(definition, dev)
+    return Finetuned(task, model, tokenizer, hp, device, len(examples), seconds, curves, clusters)
 
 
 class _LossWindows:
@@ -260,8 +266,9 @@ def evaluate(finetuned: Finetuned, task: str, data_dir: Path) -> Scored:
 
 def run_fields(finetuned: Finetuned, scored: Scored, task: str) -> dict[str, Any]:
     """What a run record keeps of `finetuned` scored on `task`. A task scored with another task's model (GLUE's
-    diagnostic) has no curves of its own: they are that task's run's."""
-    curves = finetuned.curves if task == finetuned.task else Curves([], [])
+    diagnostic) has no curves of its own (they are that task's run's), nor clusters (it keeps no outcomes)."""
+    own = task == finetuned.task
+    curves = finetuned.curves if own else Curves([], [])
     return {
         "task": task,
         "metrics": scored.metrics,
@@ -271,6 +278,7 @@ def run_fields(finetuned: Finetuned, scored: Scored, task: str) -> dict[str, Any
         "dev_curve": curves.dev,
         "predicted": scored.predicted,
         "correct": scored.correct,
+        "clusters": finetuned.dev_clusters if own else None,
     }
 
 

@@ -7,9 +7,10 @@ cell is the mean over seeds, `± std` when there were several, its median from t
 its runs is flagged (`flags`; the notes say which and why). Reference rows (majority class, bag-of-words LR,
 always no answer) follow the models', labelled as references and never averaged.
 Each row's difference from the baseline row comes with its 95% interval (`bootstrap`), marked `(noise)` when
-the interval contains 0. The ablation tables (Tables 3, 5, 6) follow the main ones, each laid out alike: the
-baseline, then its cells under their labels. Then: every metric per task, each row's artifact ref and lineage,
-the teacher retrieval table, the cost, the charts (a bar chart per task; training curves) and the notes.
+the interval contains 0. The ablation tables (Tables 2-7) follow the main ones, each laid out alike: the baseline,
+then its rows under their labels, the table's tasks only and no average. Then: every metric per task, each row's
+artifact ref and lineage, the KD terms' balance, the teacher retrieval table, the cost, the charts (a bar chart per
+task; training curves) and the notes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from vlkd.ablation_table import table_results
 from vlkd.errors import DataError
+from vlkd.evaluation.balance import BALANCE_NOTE, balance_table
 from vlkd.evaluation.bootstrap import EXAMPLES_ONLY_NOTE, LEVEL, NOT_COVERED_NOTE, SEED_INTERVAL_NOTE
 from vlkd.evaluation.differences import AVERAGE
 from vlkd.evaluation.flags import THRESHOLDS
@@ -158,23 +160,35 @@ class Comparison:
 def comparisons(results: Mapping[str, Any]) -> list[Comparison]:
     """Every comparison table of the results, in the report's order: one per layout with values, then the same
     per ablation table (results.json's `tables`: its rows under their labels, `ablation_table.table_results`),
-    headed by its title (and, past the first layout, the layout's)."""
-    shown = [(layout.title, layout, results) for layout in LAYOUTS]
+    headed by its title (and, past its first layout, the layout's). An ablation table shows the tasks it names
+    (all by default) and no average: the paper's Tables 2-7 have none."""
+    shown = _comparisons_of(results, LAYOUTS, None)
     for table in results.get("tables", []):
         cut = table_results(results, [tuple(row) for row in table["rows"]])
-        headings = [table["title"], *(f"{table['title']}: {layout.title}" for layout in LAYOUTS[1:])]
-        shown += [(heading, layout, cut) for heading, layout in zip(headings, LAYOUTS, strict=True)]
-    tables = [
+        tasks = table.get("tasks")
+        layouts = [
+            Layout(layout.title, tuple(c for c in layout.columns if tasks is None or c.task in tasks), average=False)
+            for layout in LAYOUTS
+        ]
+        shown += _comparisons_of(cut, layouts, table["title"])
+    return shown
+
+
+def _comparisons_of(results: Mapping[str, Any], layouts: Sequence[Layout], title: str | None) -> list[Comparison]:
+    """The layouts that have values, each a comparison headed by the layout's title or, in an ablation table's
+    section (`title`), by the table's title first and then `title: layout`."""
+    built = [(layout, table_rows(results, layout)) for layout in layouts]
+    built = [(layout, rows) for layout, rows in built if rows[0]]
+    return [
         Comparison(
-            heading,
-            *table_rows(part, layout),
-            part.get("baseline"),
-            unequal_training(part),
-            multiplicity(part, layout),
+            layout.title if title is None else title if i == 0 else f"{title}: {layout.title}",
+            *rows,
+            results.get("baseline"),
+            unequal_training(results),
+            multiplicity(results, layout),
         )
-        for heading, layout, part in shown
+        for i, (layout, rows) in enumerate(built)
     ]
-    return [table for table in tables if table.header]
 
 
 def multiplicity(results: Mapping[str, Any], layout: Layout) -> list[str]:
@@ -222,7 +236,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def render_markdown(
     results: Mapping[str, Any], charts: Mapping[str, str] | None = None, curves: Mapping[str, str] | None = None
 ) -> str:
-    """report.md: the tables, differences, all metrics, lineage, retrieval, notes and the charts: given
+    """report.md: the tables, differences, all metrics, lineage, KD term balance, retrieval, notes and the charts: given
     `charts` (task -> PNG path relative to the report), the bar charts; given `curves` (title -> PNG path), the
     training curves."""
     parts = ["# Evaluation report", *legend(results)]
@@ -236,6 +250,8 @@ def render_markdown(
         parts += ["## All metrics", *_all_metrics(results)]
     if results["models"]:
         parts += ["## Models", "\n".join(_lineage_line(model) for model in results["models"])]
+    if balance := balance_table(results["models"]):
+        parts += ["## KD term balance", BALANCE_NOTE, markdown_table(*balance)]
     if results.get("retrieval"):
         table = markdown_table(*retrieval_rows(results["retrieval"]))
         parts += ["## Teacher text-to-video retrieval", RETRIEVAL_NOTE, table]
@@ -289,7 +305,9 @@ def _all_metrics(results: Mapping[str, Any]) -> list[str]:
 
 
 def _lineage_line(model: Mapping[str, Any]) -> str:
-    details = "; ".join(f"{key.replace('_', ' ')}: {_plain(value)}" for key, value in model["lineage"].items())
+    """The model's ref and lineage, less the KD-term balance (a table of its own)."""
+    shown = {key: value for key, value in model["lineage"].items() if key != "kd_balance"}
+    details = "; ".join(f"{key.replace('_', ' ')}: {_plain(value)}" for key, value in shown.items())
     return f"- **{model['row']}**: `{model['ref']}`" + (f"; {details}" if details else "")
 
 
@@ -344,6 +362,8 @@ def render_table(results: Mapping[str, Any]) -> str:
             blocks.append("\n".join([*difference, *table.multiplicity]))
     if key := legend(results):
         blocks.append("\n".join(key))
+    if balance := balance_table(results["models"]):
+        blocks.append("KD term balance\n" + _aligned(*balance))
     if results.get("retrieval"):
         blocks.append("Teacher text-to-video retrieval\n" + _aligned(*retrieval_rows(results["retrieval"])))
     if any(model.get("cost") for model in results["models"]):

@@ -12,6 +12,7 @@
            "loss_curve": [[step, mean loss]], "dev_curve": [[epoch, main metric]],    # how it trained
            "predicted": {label: count},  # main dev file (extractive QA: `scoring.answer_counts`)
            "correct": "0110..."}],      # main dev file, per example: right for the main metric (not for R3)
+ "clusters": {task: "0 0 0 1 1 ..."},   # main dev file, per example: its paragraph (SQuAD) or story (TRACIE)
  "references": {task: {"majority" | "bag_of_words" | "no_answer": {"metrics", "correct", "predicted"}}},  # not averaged
  "summary": {row: {task: {metric: {"mean", "std", "median", "seeds"}}}},   # std: sample std over seeds, 0 for one
                           # the main metric's also has "flags": [{"seed", "flags": ["did not learn: ..."]}]
@@ -20,9 +21,11 @@
  "notes": ["..."],
  "tables": [{"name", "title", "rows": [[row, label]]}]}   # ablation tables (Tables 3, 5, 6): rows in their order
 ```
-`summary` and `differences` are derived from `runs` and `references` (`flags`, `differences`); `merge`
-recomputes them, and keeps no tables (they name one eval's rows). A v1 document (before runs kept curves and
-outcomes) loads with no flags nor intervals; a v2 one from before ablation tables, with none.
+`summary` and `differences` are derived from `runs`, `clusters` and `references` (`flags`, `differences`);
+`merge` recomputes them, and keeps no tables (they name one eval's rows). `clusters` (`bootstrap.Clusters`) is
+stored once per task, not per run; a task without one has independent dev examples. A v1 document (before runs
+kept curves and outcomes) loads with no flags nor intervals; a v2 one from before ablation tables, with none; one
+from before clusters, with every dev example its own cluster.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vlkd.errors import DataError
+from vlkd.evaluation.bootstrap import Clusters
 from vlkd.evaluation.differences import differences
 from vlkd.evaluation.flags import run_flags
 from vlkd.evaluation.tasks import TASKS
@@ -68,6 +72,9 @@ class RunRecord:
     """main dev file: how many examples got each label or choice index"""
     correct: str | None = None
     """main dev file: "1" per example right for the main metric, "0" per one wrong"""
+    clusters: Clusters | None = None
+    """main dev file: each example's cluster, where the task's examples come in clusters; results.json keeps it
+    once per task (`clusters`), not in the run"""
 
 
 def build_results(
@@ -113,7 +120,8 @@ def build_results(
             raise DataError(
                 f"table {table['name']!r} shows rows with no runs: {', '.join(unknown)}; rows: {', '.join(models)}"
             )
-    runs = [asdict(record) for record in records]
+    runs = [{key: value for key, value in asdict(record).items() if key != "clusters"} for record in records]
+    clusters = _task_clusters(records)
     references = {
         task: {name: dict(scores) for name, scores in refs.items()} for task, refs in (references or {}).items()
     }
@@ -123,9 +131,10 @@ def build_results(
         "models": list(models.values()),
         "tasks": [task for task in TASKS if any(r.task == task for r in records)],
         "runs": runs,
+        "clusters": clusters,
         "references": references,
         "summary": summarize(records, references),
-        "differences": differences(runs, baseline),
+        "differences": differences(runs, baseline, clusters),
         "retrieval": {label: dict(values) for label, values in (retrieval or {}).items()},
         "notes": list(notes),
         "tables": [{**table, "rows": [list(row) for row in table["rows"]]} for table in tables],
@@ -185,8 +194,23 @@ def _sample_std(numbers: Sequence[float]) -> float:
     return math.sqrt(math.fsum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1))
 
 
+def _task_clusters(records: Sequence[RunRecord]) -> dict[str, Clusters]:
+    """task -> the clusters of its dev examples, as its runs recorded them (results.json's `clusters`), in the
+    registry's order. Runs of one task that cluster its dev set differently were scored on different dev files."""
+    found: dict[str, Clusters] = {}
+    for record in records:
+        if record.clusters is not None and found.setdefault(record.task, record.clusters) != record.clusters:
+            raise DataError(
+                f"runs on {record.task} group its dev examples differently (row {record.row!r}, seed {record.seed}):"
+                " were they scored on different dev files? Compare runs on the same ones"
+            )
+    return {task: found[task] for task in TASKS if task in found}
+
+
 def records_of(results: Mapping[str, Any]) -> list[RunRecord]:
-    return [RunRecord(**run) for run in results["runs"]]
+    """The document's runs, each with its task's clusters again."""
+    clusters = results.get("clusters", {})
+    return [RunRecord(**run, clusters=clusters.get(run["task"])) for run in results["runs"]]
 
 
 def merge(results_list: Sequence[Mapping[str, Any]], baseline: str | None = None) -> dict[str, Any]:

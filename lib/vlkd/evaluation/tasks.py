@@ -5,7 +5,8 @@ Every metric is a percentage, as in the paper's tables (a Matthews correlation R
 several evaluation files prefixes its metrics with the file's role (MNLI: `matched_accuracy`,
 `mismatched_accuracy`). `main_metric` is the number a report's table shows for the task; `example_correct` says
 whether one example counts as right for it, when it is a mean over examples (accuracy, exact match), which is what
-lets the report compare two models example by example.
+lets the report compare two models example by example; `example_cluster` says which examples share what makes
+their outcomes move together (SQuAD's paragraph, TRACIE's story), which the comparison's interval draws whole.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Literal
 
 from vlkd.errors import VlkdError
 from vlkd.evaluation import metrics
+from vlkd.evaluation.bootstrap import Clusters, cluster_labels
 from vlkd.evaluation.readers import (
     Example,
     Question,
@@ -39,6 +41,8 @@ Scorer = Callable[[Sequence[object], Sequence[Example]], dict[str, float]]
 """(predictions: a label for classification, a choice index, an answer text; the examples) -> metrics."""
 ExampleCorrect = Callable[[object, Example], bool]
 """(one prediction, its example) -> whether it counts as right for the task's main metric."""
+ExampleCluster = Callable[[Example], str]
+"""(one example) -> the key of its cluster: what it shares with the examples whose outcomes move with its own."""
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 DIAGNOSTIC_CATEGORIES = ("Lexical Semantics", "Predicate-Argument Structure", "Logic", "Knowledge")
@@ -63,6 +67,8 @@ class Task:
     trained_as: str | None = None
     unanswerable: bool = False
     """extractive QA: questions may have no answer in the passage (SQuAD 2.0)"""
+    example_cluster: ExampleCluster | None = None
+    """None when the examples are independent (each its own cluster)"""
 
     @property
     def trained_on(self) -> str:
@@ -92,6 +98,16 @@ def label_matches(prediction: object, example: Example) -> bool:
 def answer_matches(prediction: str, question: Question) -> bool:
     """An answer is right when it matches a gold answer exactly after SQuAD's normalisation (exact match's unit)."""
     return metrics.squad_exact_match(prediction, [text for text, _ in question.answers]) == 1.0
+
+
+def paragraph_of(question: Question) -> str:
+    """A SQuAD question's cluster: its paragraph, by its text (v1.1's dev set asks 5.1 questions per paragraph)."""
+    return question.context
+
+
+def story_of(statement: TextPair) -> str:
+    """A TRACIE statement's cluster: its story, the premise (the test file has 12.4 statements per story)."""
+    return statement.text_a
 
 
 def score_accuracy(predictions: Sequence[object], examples: Sequence[Example]) -> dict[str, float]:
@@ -134,7 +150,7 @@ def score_tracie(predictions: Sequence[str], examples: Sequence[TextPair]) -> di
     starts = [("starts before" in e.text_b or "starts after" in e.text_b) for e in examples]
     stories: dict[str, bool] = defaultdict(lambda: True)
     for ok, example in zip(right, examples, strict=True):
-        stories[example.text_a] &= ok
+        stories[story_of(example)] &= ok
     scores = {"accuracy": _percent(sum(right) / len(right))}
     for name, wanted in (("start_accuracy", True), ("end_accuracy", False)):
         chosen = [ok for ok, start in zip(right, starts, strict=True) if start == wanted]
@@ -144,21 +160,36 @@ def score_tracie(predictions: Sequence[str], examples: Sequence[TextPair]) -> di
     return scores
 
 
-def category_key(category: str) -> str:
-    """`Predicate-Argument Structure` -> `r3_predicate_argument_structure`."""
-    return "r3_" + re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_")
+DiagnosticMeasure = Literal["r3", "acc"]
+"""what the diagnostic reports per category: R3 (GLUE's official measure) and accuracy"""
+
+
+def category_key(measure: DiagnosticMeasure, category: str) -> str:
+    """(`r3`, `Predicate-Argument Structure`) -> `r3_predicate_argument_structure`."""
+    return f"{measure}_" + re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_")
+
+
+def _r3_and_accuracy(predictions: Sequence[str], labels: Sequence[str]) -> dict[DiagnosticMeasure, float]:
+    return {
+        "r3": _percent(metrics.matthews_corrcoef(predictions, labels)),
+        "acc": _percent(metrics.accuracy(predictions, labels)),
+    }
 
 
 def score_diagnostic(predictions: Sequence[str], examples: Sequence[TextPair]) -> dict[str, float]:
-    """GLUE's diagnostic: R3 over all examples (`r3`, GLUE's headline number) and per coarse category over the
-    examples tagged with it; `r3_average` is the mean of the categories present (the paper's Table 7 columns)."""
+    """GLUE's diagnostic: R3 and accuracy over all examples (`r3`, GLUE's headline number, and `accuracy`) and per
+    coarse category over the examples tagged with it (`r3_<category>`, `acc_<category>`). The main metric,
+    `r3_average`, is the mean R3 of the categories present: R3 is GLUE's official measure. The accuracies are
+    there because the paper's Table 7 most likely reports accuracy (the reasons are in `vlkd.evaluation.layouts`)."""
     labels = [e.label for e in examples]
-    scores = {"r3": _percent(metrics.matthews_corrcoef(predictions, labels))}
+    overall = _r3_and_accuracy(predictions, labels)
+    scores = {"r3": overall["r3"], "accuracy": overall["acc"]}
     for category in DIAGNOSTIC_CATEGORIES:
         chosen = [(p, g) for p, g, e in zip(predictions, labels, examples, strict=True) if e.meta[category].strip()]
         if chosen:
-            scores[category_key(category)] = _percent(metrics.matthews_corrcoef(*zip(*chosen, strict=True)))
-    present = [scores[category_key(c)] for c in DIAGNOSTIC_CATEGORIES if category_key(c) in scores]
+            for measure, value in _r3_and_accuracy(*zip(*chosen, strict=True)).items():
+                scores[category_key(measure, category)] = value
+    present = [scores[category_key("r3", c)] for c in DIAGNOSTIC_CATEGORIES if category_key("r3", c) in scores]
     scores["r3_average"] = sum(present) / len(present) if present else scores["r3"]
     return scores
 
@@ -205,6 +236,7 @@ def _squad(name: str, title: str, suffix: str, unanswerable: bool) -> Task:
         metric_label="EM",
         example_correct=answer_matches,
         unanswerable=unanswerable,
+        example_cluster=paragraph_of,
     )
 
 
@@ -272,6 +304,7 @@ TASKS: dict[str, Task] = {
             metric_label="Acc",
             example_correct=label_matches,
             labels=("positive", "negative"),
+            example_cluster=story_of,
         ),
     )
 }
@@ -287,6 +320,13 @@ def get_task(name: str) -> Task:
 def read_eval(task: Task, folder: Path) -> dict[str, list[Example]]:
     """The task's evaluation examples by metric prefix, each label checked against the task's vocabulary."""
     return {prefix: check_labels(task, reader(folder), folder) for prefix, reader in task.evals.items()}
+
+
+def example_clusters(task: Task, examples: Sequence[Example]) -> Clusters | None:
+    """Each example's cluster (`bootstrap.Clusters`) for the task's interval; None where examples are independent."""
+    if task.example_cluster is None:
+        return None
+    return cluster_labels([task.example_cluster(example) for example in examples])
 
 
 def read_train(task: Task, folder: Path) -> list[Example]:

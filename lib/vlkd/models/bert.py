@@ -51,3 +51,16 @@ def save_language_model(language_model: PreTrainedModel, directory: Path, tokeni
         for path in tokenizer_dir.iterdir():
             if path.is_file() and not (language_dir / path.name).exists():
                 (language_dir / path.name).write_bytes(path.read_bytes())
+
+
+def randomize_language_model(language_dir: Path, seed: int) -> None:
+    """Replace the weights of a saved language model with a random init of its architecture, drawn from `seed`:
+    the no-pretraining baseline of Table 2, which shares its tokenizer and shape with the pretrained models. A
+    finetuning seed draws its own init, so the seeds' spread covers the init's luck as it covers the head's."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig.from_pretrained(language_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        BertForMaskedLM(config).save_pretrained(language_dir)

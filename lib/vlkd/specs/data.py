@@ -134,7 +134,19 @@ class TextSpec(StageSpec):
     stage: Literal["text"] = "text"
     outputs: ClassVar[tuple[str, ...]] = ("tokenizer", "corpus")
 
-    corpus: DataSource = Field(description="plain text, one paragraph or sentence per line (Wiki103 layout)")
+    corpus: DataSource = Field(
+        description="lines: plain text files, one paragraph or sentence per line (Wiki103 layout); captions: a "
+        "videos folder as `preprocess` reads it"
+    )
+    format: Literal["lines", "captions"] = Field(
+        "lines",
+        description="captions: the corpus is the `captions` file of a videos folder, each video's captions in time "
+        "order one paragraph (the HowTo100M captions corpus of Table 2)",
+    )
+    captions: str = Field(
+        PreprocessSpec.model_fields["captions"].default,
+        description="format captions: JSON Lines (video_id, start, end, text) in `corpus`, as `preprocess` reads it",
+    )
     tokenizer: TokenizerSpec = TokenizerSpec()
     max_len: int = Field(128, gt=2, description="tokens per sequence incl. [CLS]/[SEP]; Sec. 4.3")
     pack: bool = Field(True, description="pack consecutive sentences up to max_len (else one per sequence)")
@@ -144,6 +156,12 @@ class TextSpec(StageSpec):
         description="held-out sequences (the paper holds out 10K clips of HowTo100M; it gives no size for text)",
     )
     shard_size: int = Field(100_000, gt=0, description="sequences per shard")
+
+    @model_validator(mode="after")
+    def _captions_need_their_format(self) -> TextSpec:
+        if self.format == "lines" and self.captions != type(self).model_fields["captions"].default:
+            raise ValueError("captions: is read only with format: captions (a videos folder): add format: captions")
+        return self
 
     @property
     def driver_cpus(self) -> float:

@@ -6,11 +6,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, model_validator
 
-from vlkd.specs.base import CorpusRef, FeaturesRef, StageSpec, StrictModel, TeacherRef
+from vlkd.specs.base import CorpusRef, FeaturesRef, ModelRef, StageSpec, StrictModel, TeacherRef
 from vlkd.specs.shapes import ModelShape
 from vlkd.specs.training import OptimSpec, TrainSpec
 
-KDObjective = Literal["soft_label", "regression", "nst", "nst_poly", "crd", "voken"]
+KDObjective = Literal["soft_label", "regression", "nst", "nst_poly", "crd", "crd_nt_xent", "voken"]
 
 
 class NSTOptions(StrictModel):
@@ -25,6 +25,16 @@ class CRDOptions(StrictModel):
         16384, gt=0, description="memory of past teacher embeddings (bounded; the paper keeps one per sample)"
     )
     num_negatives: int = Field(16384, gt=0, description="negatives per example drawn from the buffer")
+    level: Literal["sentence", "token"] = Field(
+        "sentence",
+        description="what is contrasted: mean-pooled sentence vectors, or every valid token (the paper's KD uses "
+        "all hidden states, Sec. 3.4), its positive the teacher's state at its position, the buffer then holding "
+        "teacher token embeddings",
+    )
+
+
+class CRDNTXentOptions(StrictModel):
+    temperature: float = Field(1.0, gt=0, description="the authors' code passes 1.0 (zinengtang/VidLanKD vlm/model.py)")
 
 
 class SoftLabelOptions(StrictModel):
@@ -44,6 +54,7 @@ class VokenOptions(StrictModel):
 class KDOptions(StrictModel):
     nst: NSTOptions = NSTOptions()
     crd: CRDOptions = CRDOptions()
+    crd_nt_xent: CRDNTXentOptions = CRDNTXentOptions()
     soft_label: SoftLabelOptions = SoftLabelOptions()
     voken: VokenOptions = VokenOptions()
 
@@ -66,6 +77,11 @@ class DistillSpec(StageSpec):
     teacher: TeacherRef | None = Field(None, description="required unless kd is empty")
     corpus: CorpusRef
     model: ModelShape = Field(default_factory=ModelShape, description="LM^S")
+    init: ModelRef | None = Field(
+        None,
+        description="the weights LM^S starts from: a teacher's language model (Table 4's two-stage pretraining: "
+        "video, then text) or a student's, of the same shape and vocabulary; default: random (Sec. 3.3, from scratch)",
+    )
     kd: dict[KDObjective, PositiveFloat] = Field({"nst": 1.0, "crd": 1.0}, description="NST+CRD (Eq. 4)")
     kd_options: KDOptions = KDOptions()
     distill_head: bool = Field(True, description="two-layer MLP on the student's last states (Sec. 4.3)")

@@ -41,11 +41,20 @@ class EvalModel(StrictModel):
     """A model to evaluate; a bare ref is short for `{ref: REF}`."""
 
     ref: ModelRef
-    label: str | None = Field(None, description="row name in the report; default: the artifact name")
+    label: str | None = Field(
+        None, description="row name in the report; default: the artifact name (`NAME (random init)` for a random init)"
+    )
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained",
+        description="random: finetune the model's architecture and tokenizer from a random init, a new one per seed "
+        "(Table 2's no-pretraining baseline)",
+    )
 
     @property
     def row(self) -> str:
-        return self.label or self.ref.name
+        if self.label:
+            return self.label
+        return self.ref.name if self.init == "pretrained" else f"{self.ref.name} (random init)"
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
@@ -77,6 +86,10 @@ class EvalTable(StrictModel):
     title: str = Field("", description="the section's heading; default: the name")
     rows: list[TableRow] = Field(
         min_length=1, description="in the table's order; list the baseline row to show each row's difference from it"
+    )
+    tasks: list[TaskName] | None = Field(
+        None,
+        description="the tasks whose columns the section shows (Table 7: glue_diagnostic, piqa, tracie); default: all",
     )
 
 
@@ -149,7 +162,7 @@ class EvalSpec(StageSpec):
             raise ValueError("models: list the student or teacher refs to finetune on the tasks")
         if not self.tasks and self.retrieval is None:
             raise ValueError("nothing to evaluate: give tasks (with models) or retrieval")
-        _check_tables(self.tables, rows)
+        _check_tables(self.tables, rows, names)
         return self
 
 
@@ -159,12 +172,18 @@ def _bare_rows(table: Any) -> Any:
     return {**table, "rows": [{"row": r} if isinstance(r, str) else r for r in table["rows"]]}
 
 
-def _check_tables(tables: list[EvalTable], rows: list[str]) -> None:
-    """Each table has a name of its own, and its rows are model rows, each once under a label of its own."""
+def _check_tables(tables: list[EvalTable], rows: list[str], tasks: list[str]) -> None:
+    """Each table has a name of its own, its rows are model rows, each once under a label of its own, and the
+    tasks it shows are the eval's."""
     names = [t.name for t in tables]
     if len(set(names)) != len(names):
         raise ValueError(f"tables: two tables share a name ({names})")
     for i, table in enumerate(tables):
+        for j, task in enumerate(table.tasks or []):
+            if task not in tasks:
+                raise ValueError(
+                    f"tables[{i}].tasks[{j}]: {task!r} is not a task of the eval; tasks: {', '.join(tasks)}"
+                )
         for j, row in enumerate(table.rows):
             where = f"tables[{i}].rows[{j}]"
             if row.row not in rows:

@@ -4,8 +4,10 @@ Inputs a stage block leaves out are wired to the outputs of the blocks before it
 name>`, ...), so a pipeline spec states each fact once. The refs name aliases (`:latest`); the pipeline
 runner pins them to versions when it submits each stage, and that pinned lineage is what gets recorded.
 
-`ablations:` declares the paper's ablation tables (Tables 3, 5, 6; `vlkd.specs.ablations`): each cell a variant of
-the distilled student (and of the teacher), added to the stages and to the eval's rows.
+`ablations:` declares the paper's ablation tables (Tables 2-7 and the appendix's; `vlkd.specs.ablations`): each cell
+a variant of the distilled student (and of the teacher), added to the stages and to the eval's rows; a table that
+lists its rows adds the teachers' language models and random inits it shows to the eval's rows. `corpora:` are
+further text stages (Table 2's HowTo100M captions), tokenised with the pipeline text's tokenizer.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from vlkd.ablation_table import AblationTable, TableCell
 from vlkd.refs import ArtifactRef
-from vlkd.specs.ablations import AblationSpec, Cell, error_at, expand
+from vlkd.specs.ablations import AblationSpec, Cell, Loc, error_at, expand
 from vlkd.specs.base import ArtifactName, KubernetesSpec, Resources, StorageConfig, StrictModel
 from vlkd.specs.data import PreprocessSpec, TextSpec
 from vlkd.specs.distill import DistillSpec
@@ -42,6 +44,11 @@ class PipelineSpec(StrictModel):
     storage: StorageConfig | None = None
     preprocess: PreprocessSpec
     text: TextSpec
+    corpora: list[TextSpec] = Field(
+        default_factory=list,
+        description="more text stages for students to name as their corpus (`corpus: corpus/NAME`), each tokenised "
+        "with the text block's tokenizer unless it says otherwise: e.g. Table 2's HowTo100M captions",
+    )
     teacher: TeacherSpec
     students: list[DistillSpec] = Field(
         min_length=1,
@@ -82,6 +89,8 @@ class PipelineSpec(StrictModel):
 
         pre = block("preprocess", "preprocess", {}) or {}
         text = block("text", "text", {}) or {}
+        if isinstance(data.get("corpora"), list):
+            data["corpora"] = [_wire_corpus(c, common, text) for c in data["corpora"]]
         teacher = (
             block(
                 "teacher",
@@ -98,20 +107,36 @@ class PipelineSpec(StrictModel):
         if len(set(rows)) != len(rows):
             # checked before validation: duplicate names would also surface as confusing eval errors
             raise ValueError(f"students: each student needs its own name; got {rows}")
-        template, cells = _declared_cells(data, set(rows))
+        template, cells, tables = _declared_cells(data, set(rows))
         baseline = next((s.get("name") for s in data["students"] if isinstance(s, dict) and s.get("kd") == {}), None)
         models = [f"student/{r}" for r in rows if r != template]
         models += [{"ref": f"student/{c.student.name}", "label": c.row} for c in _by_student(cells)]
+        models += _listed_models(tables, {r for r in rows if r != template}, teacher.get("name"), cells)
         evaluation = block("eval", "eval", {"models": models, "baseline": baseline, "retrieval": {}})
         if evaluation is not None and isinstance(evaluation.get("retrieval"), dict):
             evaluation["retrieval"] = {"teacher": f"teacher/{teacher.get('name')}", **evaluation["retrieval"]}
         return data
 
     @model_validator(mode="after")
+    def _corpora_named_apart(self) -> PipelineSpec:
+        names = [self.text.name, *(c.name for c in self.corpora)]
+        for i, corpus in enumerate(self.corpora):
+            if corpus.name in names[: i + 1]:
+                raise error_at(("corpora", i, "name"), f"{corpus.name!r} names another text stage: give it its own")
+        return self
+
+    @model_validator(mode="after")
     def _eval_tables(self) -> PipelineSpec:
         """The eval lays out each ablation table in a section of its report (unless its block lists tables)."""
         if self.eval is None or not self.ablations or "tables" in self.eval.model_fields_set:
             return self
+        tasks = [task.name for task in self.eval.tasks]
+        for key, table in self.ablations.items():
+            for j, task in enumerate(table.tasks or []):
+                if task not in tasks:
+                    raise error_at(
+                        ("ablations", key, "tasks", j), f"{task!r} is not a task of the eval; tasks: {', '.join(tasks)}"
+                    )
         tables = self.ablation_tables()
         rows = {m.row for m in self.eval.models}
         if missing := list(dict.fromkeys(c.label for t in tables for c in t.cells if c.row not in rows)):
@@ -121,7 +146,12 @@ class PipelineSpec(StrictModel):
                 "the students and every cell's), or list their students",
             )
         data = [
-            {"name": t.name, "title": t.title, "rows": [{"row": row, "label": label} for row, label in t.rows()]}
+            {
+                "name": t.name,
+                "title": t.title,
+                "rows": [{"row": row, "label": label} for row, label in t.rows()],
+                "tasks": list(t.tasks) if t.tasks else None,
+            }
             for t in tables
         ]
         self.eval = EvalSpec.model_validate({**self.eval.model_dump(mode="json"), "tables": data})
@@ -138,7 +168,7 @@ class PipelineSpec(StrictModel):
 
     def cells(self) -> list[Cell]:
         """The ablation tables' cells, table by table (a student shared by cells appears once per cell)."""
-        if not self.ablations:
+        if not any(table.axes for table in self.ablations.values()):
             return []
         return expand(self.teacher, _template(self.students), self.ablations, _with_voken_bank)
 
@@ -148,6 +178,7 @@ class PipelineSpec(StrictModel):
         cells = self.cells()
         template = _template(self.students).name if cells else None
         ordered: list[tuple[str, Any]] = [("preprocess", self.preprocess), ("text", self.text)]
+        ordered += [(f"text:{corpus.name}", corpus) for corpus in self.corpora]
         made = [self.teacher, *(c.teacher for c in cells)]
         made += [s for s in self.students if s.name != template] + [c.student for c in _by_student(cells)]
         ordered += list({self.stage_key(spec): spec for spec in made}.items())
@@ -157,35 +188,57 @@ class PipelineSpec(StrictModel):
 
     def stage_key(self, spec: TeacherSpec | DistillSpec) -> str:
         """`teacher` for the pipeline's teacher, `teacher:NAME` for an ablation's, `distill:NAME` for a student."""
-        if isinstance(spec, DistillSpec):
-            return f"distill:{spec.name}"
-        return "teacher" if spec.name == self.teacher.name else f"teacher:{spec.name}"
+        return self._key("student" if isinstance(spec, DistillSpec) else "teacher", spec.name)
+
+    def _key(self, kind: str, name: str) -> str:
+        if kind == "student":
+            return f"distill:{name}"
+        return "teacher" if name == self.teacher.name else f"teacher:{name}"
 
     def ablation_tables(self) -> list[AblationTable]:
         """Each ablation table as the pipeline's progress and the report show it: its cells' labels, eval rows and
         stages, and the baseline row it starts with."""
-        rows = {m.ref.name: m.row for m in self.eval.models} if self.eval else {}
+        rows = {(m.ref.kind, m.ref.name, m.init): m.row for m in self.eval.models} if self.eval else {}
         baseline = self.eval.baseline if self.eval else None
+        shape = next((s.model for s in self.students if s.name == baseline), None)
         cells = self.cells()
-        return [
-            AblationTable(
-                key,
-                table.title or key,
-                tuple(f"{block}.{field}" for block, field, _ in table.axes),
-                baseline,
-                tuple(
-                    TableCell(
-                        c.label,
-                        rows.get(c.student.name, c.row),
-                        c.values,
-                        (self.stage_key(c.teacher), self.stage_key(c.student)),
-                    )
-                    for c in cells
-                    if c.table == key
-                ),
+        tables = []
+        for key, table in self.ablations.items():
+            made = tuple(
+                TableCell(
+                    c.label,
+                    rows.get(("student", c.student.name, "pretrained"), c.row),
+                    c.values,
+                    (self.stage_key(c.teacher), self.stage_key(c.student)),
+                )
+                for c in cells
+                if c.table == key
             )
-            for key, table in self.ablations.items()
-        ]
+            listed = tuple(
+                TableCell(row.label, rows.get(row.model, row.label), {}, (self._key(*row.model[:2]),))
+                for row in table.rows
+            )
+            tables.append(
+                AblationTable(
+                    key,
+                    table.title or key,
+                    tuple(f"{block}.{field}" for block, field, _ in table.axes),
+                    baseline,
+                    made + listed,
+                    f"BERT{shape.num_layers}L/{shape.hidden_size}H" if shape else None,
+                    tuple(table.tasks) if table.tasks else None,
+                )
+            )
+        return tables
+
+
+def _wire_corpus(corpus: Any, common: dict[str, Any], text: dict[str, Any]) -> Any:
+    """A further text stage: tokenised with the pipeline text's tokenizer, so its students read the teacher's ids."""
+    if not isinstance(corpus, dict):
+        return corpus
+    wired = {"stage": "text", **({"storage": common["storage"]} if common["storage"] else {}), **corpus}
+    wired.setdefault("tokenizer", {"artifact": f"tokenizer/{text.get('name')}"})
+    return wired
 
 
 def _wire_student(student: Any, common: dict[str, Any], teacher: dict[str, Any], text: dict[str, Any]) -> Any:
@@ -225,17 +278,19 @@ def _template(students: list[DistillSpec]) -> DistillSpec:
     return distilled[0]
 
 
-def _declared_cells(data: dict[str, Any], students: set[str]) -> tuple[str | None, list[Cell]]:
-    """(the template student's name, the cells) of a pipeline's data being wired; none while a part they depend
-    on is invalid: that part's own validation says what is wrong with it."""
+def _declared_cells(data: dict[str, Any], students: set[str]) -> tuple[str | None, list[Cell], dict[str, AblationSpec]]:
+    """(the template student's name, the cells, the tables) of a pipeline's data being wired; none while a part
+    they depend on is invalid: that part's own validation says what is wrong with it."""
     if not data.get("ablations"):
-        return None, []
+        return None, [], {}
     try:
         teacher = TeacherSpec.model_validate(data.get("teacher"))
         validated = [DistillSpec.model_validate(s) for s in data["students"]]
         tables = _TABLES.validate_python(data["ablations"])
     except ValidationError:
-        return None, []
+        return None, [], {}
+    if not any(table.axes for table in tables.values()):
+        return None, [], tables  # every table lists its rows: no template
     template = _template(validated)
     if template.teacher != ArtifactRef.parse(f"teacher/{teacher.name}"):
         raise error_at(
@@ -249,7 +304,31 @@ def _declared_cells(data: dict[str, Any], students: set[str]) -> tuple[str | Non
             raise error_at(
                 ("ablations", cell.table), f"cell {cell.label} is named {cell.student.name!r}, as a student listed"
             )
-    return template.name, cells
+    return template.name, cells, tables
+
+
+def _listed_models(
+    tables: dict[str, AblationSpec], students: set[str], teacher: str | None, cells: list[Cell]
+) -> list[dict[str, Any]]:
+    """The eval models that tables listing their rows show beyond the students (a teacher's language model, a
+    random init), each once; a row naming no student or teacher of the pipeline is an error at its path."""
+    known = {
+        "student": students | {c.student.name for c in cells},
+        "teacher": {teacher} | {c.teacher.name for c in cells},
+    }
+    models: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for key, table in tables.items():
+        for i, row in enumerate(table.rows):
+            kind, name, init = row.model
+            if name not in known[kind]:
+                where: Loc = ("ablations", key, "rows", i, kind)
+                names = ", ".join(sorted(n for n in known[kind] if n)) or "none"
+                raise error_at(where, f"{name!r} is no {kind} of the pipeline or its cells; {kind}s: {names}")
+            if kind == "teacher" and init == "pretrained":
+                models.setdefault(row.model, {"ref": f"{kind}/{name}", "label": f"{name} (teacher LM)"})
+            elif init == "random":
+                models.setdefault(row.model, {"ref": f"{kind}/{name}", "init": init})
+    return list(models.values())
 
 
 def _by_student(cells: list[Cell]) -> list[Cell]:
