@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 import threading
@@ -23,7 +24,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("vlkd.cli")
 JOB_STAGES = tuple(s for s in STAGES if s != "pipeline")
 
-BackendName = Annotated[str, typer.Option("--backend", "-b", help="local (this machine), ray (--address) or k8s")]
+# Every command that runs or renders a stage job defaults to `local` (the pipeline job, cluster-only, has none).
+BackendName = Annotated[
+    str, typer.Option("--backend", "-b", help="local (this machine, the default), ray (--address) or k8s")
+]
 Address = Annotated[Optional[str], typer.Option(help="ray: the dashboard address, http://HOST:8265")]  # noqa: UP045
 Context = Annotated[Optional[str], typer.Option(help="k8s: kubeconfig context [default: current]")]  # noqa: UP045
 Namespace = Annotated[Optional[str], typer.Option(help="k8s: namespace [default: the context's]")]  # noqa: UP045
@@ -39,16 +43,22 @@ def _options(backend: str, address: str | None, context: str | None, namespace: 
     )
 
 
-def _prepare(stage: str, spec_file: Path, store: str | None, backend: str, image: str | None, job_id: str | None):
-    from vlkd.backends.submission import prepare_file
-
+def _stage(stage: str) -> str:
+    """The STAGE argument, checked before anything else: a stage vlkd does not know is a usage error."""
     if stage not in JOB_STAGES:
-        raise VlkdError(f"unknown stage {stage!r}; available: {', '.join(JOB_STAGES)}")
-    return prepare_file(stage, spec_file, store, backend, image, job_id)
+        close = difflib.get_close_matches(stage, JOB_STAGES, n=1)
+        meant = f"did you mean {close[0]!r}? " if close else ""
+        raise typer.BadParameter(
+            f"unknown stage {stage!r}; {meant}available: {', '.join(JOB_STAGES)}", param_hint="'STAGE'"
+        )
+    return stage
+
+
+StageName = Annotated[str, typer.Argument(help=f"one of {', '.join(JOB_STAGES)}", show_default=False, callback=_stage)]
 
 
 def submit(
-    stage: str = typer.Argument(..., help=f"one of {', '.join(JOB_STAGES)}", show_default=False),
+    stage: StageName,
     spec: SpecFile = ...,
     backend: BackendName = "local",
     address: Address = None,
@@ -56,18 +66,28 @@ def submit(
     namespace: Namespace = None,
     image: Image = None,
     store: Store = None,
-    job_id: str = typer.Option(None, "--job-id", help="resume an interrupted job: give its id again"),
+    job_id: str = typer.Option(
+        None, "--job-id", help="resume an interrupted job of this stage (failed, stopped, lost): give its id again"
+    ),
+    force: bool = typer.Option(False, "--force", help="with --job-id: run a job that succeeded again"),
     wait: bool = typer.Option(False, "--wait", "-w", help="follow the logs and exit with the job's outcome"),
     pending_notice: PendingNotice = 60,
 ) -> None:
-    """Validate SPEC and submit the STAGE job; prints its id."""
+    """Validate SPEC, check that the artifacts it reads exist, and submit the STAGE job; prints its id."""
     from vlkd.backends import get_backend
+    from vlkd.backends.submission import AlreadySucceeded, claim, prepare_file
     from vlkd.backends.submission import submit as send
 
     options = _options(backend, address, context, namespace)
     runner = get_backend(backend, **options)
-    job, artifacts = _prepare(stage, spec, store, backend, image, job_id)
-    send(runner, options, job, spec.read_text(), artifacts)
+    job, artifacts = prepare_file(stage, spec, store, backend, image, job_id)
+    try:
+        claim(job.job_id, stage, force)
+    except AlreadySucceeded as done:
+        err_console.print(str(done), highlight=False)
+        typer.echo(job.job_id)
+        return
+    send(runner, options, job, spec.read_text(), artifacts, source=str(spec))
     err_console.print(
         f"submitted {stage} job {job.job_id} to {backend}; follow it with `vlkd logs -f {job.job_id}`", highlight=False
     )
@@ -77,9 +97,9 @@ def submit(
 
 
 def render(
-    stage: str = typer.Argument(..., help=f"one of {', '.join(JOB_STAGES)}", show_default=False),
+    stage: StageName,
     spec: SpecFile = ...,
-    backend: BackendName = "k8s",
+    backend: BackendName = "local",
     address: Address = None,
     context: Context = None,
     namespace: Namespace = None,
@@ -89,11 +109,13 @@ def render(
         False, "--upload-spec", help="also put the spec where the rendered job reads it (then kubectl apply)"
     ),
 ) -> None:
-    """Print what `submit` would send, without sending it (k8s: a RayJob for `kubectl apply -f -`)."""
+    """Print what `submit` would send, without sending it or checking the spec's inputs (local: the command line;
+    k8s: a RayJob for `kubectl apply -f -`)."""
     from vlkd.backends import get_backend
+    from vlkd.backends.submission import prepare_file
     from vlkd.backends.submission import upload_spec as upload
 
-    job, artifacts = _prepare(stage, spec, store, backend, image, "vlkd-" + stage + "-rendered")
+    job, artifacts = prepare_file(stage, spec, store, backend, image, "vlkd-" + stage + "-rendered")
     typer.echo(get_backend(backend, **_options(backend, address, context, namespace)).render(job), nl=False)
     if upload_spec and upload(job, spec.read_text(), artifacts):
         err_console.print(f"uploaded the spec to {job.spec_uri}", highlight=False)
@@ -111,15 +133,29 @@ StoreForJob = Annotated[
 
 
 def status(job_id: str = typer.Argument(..., help="a job id printed by submit"), store: StoreForJob = None) -> None:
-    """Where a job stands: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED or LOST (its driver stopped recording a
-    heartbeat), and why; a pending job says what it waits for. Where the backend and the job's own record in the
-    store disagree, it says which said what."""
+    """Where a job stands: PENDING, RUNNING, STOPPING (cancelled), SUCCEEDED, FAILED, STOPPED or LOST (its driver
+    stopped recording a heartbeat), and why; a pending job says what it waits for, a running one how far it is, a
+    failed one its error. Where the backend and the job's own record in the store disagree, it says which said
+    what."""
     from vlkd.backends.submission import job_status
 
     current = job_status(job_id, store)
     console.print(f"{job_id}  {current.state.value}  {current.message}".rstrip(), highlight=False, soft_wrap=True)
-    for line in current.why_pending:
-        console.print(f"  {line}", highlight=False)
+    for line in _details(current):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
+def _details(current: JobStatus) -> list[str]:
+    """The lines under a job's state: what a pending job waits for, a failed job's error, a running job's
+    progress."""
+    from vlkd.joblog import describe_progress
+
+    lines = list(current.why_pending)
+    if current.error:
+        lines.append(f"error: {current.error}")
+    if current.progress:
+        lines.append(f"progress: {describe_progress(current.progress)}")
+    return lines
 
 
 def logs(
@@ -140,12 +176,15 @@ def logs(
 
 
 def cancel(job_id: str = typer.Argument(..., help="a job id printed by submit")) -> None:
-    """Stop a job."""
-    from vlkd.backends.submission import find
+    """Stop a job: it is STOPPING at once, then STOPPED. A job that had already ended is left as it was."""
+    from vlkd.backends.submission import cancel as stop
 
-    runner, record = find(job_id)
-    runner.cancel(job_id, record)
-    console.print(f"cancelled {job_id}", highlight=False)
+    ended = stop(job_id)
+    if ended is None:
+        console.print(f"cancelled {job_id}: STOPPING until its backend has stopped it", highlight=False)
+    else:
+        how = f"{ended.state.value}: {ended.message}" if ended.message else ended.state.value
+        console.print(f"job {job_id} had already ended ({how}): nothing to cancel", highlight=False, soft_wrap=True)
 
 
 def list_jobs() -> None:
@@ -165,7 +204,26 @@ def list_jobs() -> None:
 
 def _follow(job_id: str, pending_notice: float) -> int:
     """Stream the job's log while watching its state: once it has been pending for `pending_notice` seconds, say
-    why (again whenever the reason changes). Return 0 if it succeeded."""
+    why (again whenever the reason changes). Return 0 if it succeeded; interrupted (Ctrl-C), say how to follow the
+    job, which runs on, and return 130."""
+    try:
+        return _watch(job_id, pending_notice)
+    except KeyboardInterrupt:
+        print_still_running(f"job {job_id}", job_id)
+        return 130
+
+
+def print_still_running(what: str, job_id: str, again: str = "") -> None:
+    """Tell a user who interrupted vlkd that `what` (job `job_id`) runs on, and how to follow or stop it; `again`:
+    what running the interrupted command again does, if it does more than follow the job."""
+    err_console.print(f"\ninterrupted: {what} still runs; vlkd stopped following it, not the job", highlight=False)
+    if again:
+        err_console.print(f"  {again}", highlight=False)
+    err_console.print(f"  follow it: vlkd logs -f {job_id}  (or: vlkd status {job_id})", highlight=False)
+    err_console.print(f"  stop it:   vlkd cancel {job_id}", highlight=False)
+
+
+def _watch(job_id: str, pending_notice: float) -> int:
     from vlkd.backends.base import JobState
     from vlkd.backends.submission import job_status
 
@@ -186,8 +244,8 @@ def _follow(job_id: str, pending_notice: float) -> int:
     current = _backend_caught_up(job_id, current)
     stream.finish()
     err_console.print(f"job {job_id}: {current.state.value} {current.message}".rstrip(), highlight=False)
-    for line in current.why_pending:  # e.g. why a job did not start
-        err_console.print(f"  {line}", highlight=False)
+    for line in _details(current):  # e.g. why a job did not start, or its error
+        err_console.print(f"  {line}", highlight=False, soft_wrap=True)
     return 0 if current.state == JobState.SUCCEEDED else 1
 
 

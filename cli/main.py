@@ -16,6 +16,7 @@ app = typer.Typer(
     name="vlkd",
     help="VidLanKD as batch jobs: video features -> teacher -> distilled students -> eval, on Ray or Kubernetes.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts hold `[default: ...]`, which rich would take for markup and drop
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals may hold credentials
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -4,20 +4,46 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from vlkd.cli.artifacts import Store
-from vlkd.cli.jobs import Address, BackendName, Context, Image, Namespace, PendingNotice, _follow, _options
+from vlkd.cli.jobs import (
+    Address,
+    BackendName,
+    Context,
+    Image,
+    Namespace,
+    PendingNotice,
+    _follow,
+    _options,
+    print_still_running,
+)
 from vlkd.cli.output import console, err_console
 from vlkd.errors import VlkdError
 
-app = typer.Typer(no_args_is_help=True, help="Pipelines: data -> teacher -> students -> eval in one go.")
+app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Pipelines: data -> teacher -> students -> eval in one go."
+)
+
+# The pipeline job runs on a cluster only: these commands name it, where the others default to `local`.
+ClusterBackend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        "-b",
+        help="ray (--address) or k8s, required: the pipeline job runs on a cluster",
+        show_default=False,
+    ),
+]
 
 
 def run_pipeline_file(
     spec_file: Path, store: str | None, backend: str, options: dict, image: str | None, force: bool, verbose: bool
 ):
+    """Run the pipeline from this machine. Interrupted (Ctrl-C), it says which stage job runs on and how to follow
+    it, and exits 130: the same command again follows that job, then runs the stages after it."""
     from vlkd.artifacts import ArtifactStore
     from vlkd.backends import get_backend
     from vlkd.cli.progress import StageReporter
@@ -28,7 +54,25 @@ def run_pipeline_file(
     root = store or (pipeline.storage.root if pipeline.storage else None)
     artifacts = ArtifactStore.open(root)
     reporter = StageReporter(verbose, [key for key, _ in pipeline.stages()])
-    return run_pipeline(pipeline, artifacts, get_backend(backend, **options), options, reporter, force, image)
+    try:
+        return run_pipeline(pipeline, artifacts, get_backend(backend, **options), options, reporter, force, image)
+    except KeyboardInterrupt:
+        _interrupted(pipeline.name, artifacts.uri)
+        raise typer.Exit(130) from None
+
+
+def _interrupted(name: str, store: str) -> None:
+    from vlkd.pipeline import PipelineRun
+
+    try:
+        running = [s for s in PipelineRun.load(name, store).stages if s.state == "running" and s.job_id]
+    except VlkdError:  # interrupted before the run was recorded
+        running = []
+    if not running:
+        err_console.print(f"\ninterrupted: pipeline {name} had no stage job running", highlight=False)
+    for stage in running:
+        again = "the same command again follows it, then runs the stages after it"
+        print_still_running(f"stage {stage.key} (job {stage.job_id})", stage.job_id, again)
 
 
 @app.command()
@@ -44,35 +88,43 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print every job's full log"),
 ) -> None:
     """Run every stage in order; stages already published for the same spec and inputs are skipped."""
-    from vlkd.cli.progress import print_stages
+    from vlkd.cli.progress import print_tables
 
     result = run_pipeline_file(
         spec, store, backend, _options(backend, address, context, namespace), image, force, verbose
     )
-    print_stages(result)
+    print_tables(result, err_console)
 
 
 @app.command()
 def submit(
     spec: Path = typer.Argument(..., help="a pipeline spec (stage: pipeline)", show_default=False),
-    backend: BackendName = "ray",
+    backend: ClusterBackend = ...,
     address: Address = None,
     context: Context = None,
     namespace: Namespace = None,
     image: Image = None,
     store: Store = None,
     job_id: str = typer.Option(None, "--job-id", help="resume an interrupted pipeline job: give its id again"),
+    force: bool = typer.Option(False, "--force", help="with --job-id: run a pipeline job that succeeded again"),
     wait: bool = typer.Option(False, "--wait", "-w", help="follow its log and exit with its outcome"),
     pending_notice: PendingNotice = 60,
 ) -> None:
     """Send the whole pipeline to a cluster as one job: its driver runs there and submits each stage to the same
     Ray cluster, so this machine may disconnect. Prints the pipeline job's id."""
     from vlkd.backends import get_backend
+    from vlkd.backends.submission import AlreadySucceeded, claim
     from vlkd.backends.submission import submit as send
 
     job, artifacts = _pipeline_job(spec, store, backend, image, job_id)
+    try:
+        claim(job.job_id, "pipeline", force)
+    except AlreadySucceeded as done:
+        err_console.print(str(done), highlight=False)
+        typer.echo(job.job_id)
+        return
     options = _options(backend, address, context, namespace)
-    send(get_backend(backend, **options), options, job, spec.read_text(), artifacts)
+    send(get_backend(backend, **options), options, job, spec.read_text(), artifacts, source=str(spec))
     err_console.print(
         f"submitted pipeline {job.spec.name} as job {job.job_id} to {backend}; from any machine: `vlkd pipeline "
         f"status {job.spec.name} --store {artifacts.uri}`, `vlkd logs {job.job_id} --store {artifacts.uri}`",
@@ -87,7 +139,7 @@ def submit(
 @app.command()
 def render(
     spec: Path = typer.Argument(..., help="a pipeline spec (stage: pipeline)", show_default=False),
-    backend: BackendName = "k8s",
+    backend: ClusterBackend = ...,
     address: Address = None,
     context: Context = None,
     namespace: Namespace = None,
@@ -117,11 +169,11 @@ def status(
     store: Store = None,
 ) -> None:
     """The state of each stage of the last run of a pipeline, from its store (the one this machine last ran it
-    in, unless --store names another)."""
+    in, unless --store names another), and of the stage jobs it recorded as running, from their jobs."""
     from vlkd.cli.progress import print_stages
-    from vlkd.pipeline import PipelineRun
+    from vlkd.pipeline import PipelineRun, with_job_states
 
-    run = PipelineRun.load(name, store)
+    run = with_job_states(PipelineRun.load(name, store))
     job = f" as job {run.job_id}" if run.job_id else ""
     console.print(
         f"pipeline {run.name}{job} on {run.backend}, store {run.store}, started {run.started_at[:19]}", highlight=False

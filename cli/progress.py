@@ -1,6 +1,6 @@
-"""Following a stage job from the CLI: one line per stage with a progress bar and ETA, or the full log. A bar shows
-the progress the job records in its state in the store (`vlkd.joblog`: done, total, unit, rate, ETA), which every
-backend's jobs keep there."""
+"""Following a stage job from the CLI: one line per stage with a progress bar and ETA (without a terminal, a line
+on how far it is every HEARTBEAT_SECONDS), or the full log. Both show the progress the job records in its state in
+the store (`vlkd.joblog`: done, total, unit, rate, ETA), which every backend's jobs keep there."""
 
 from __future__ import annotations
 
@@ -20,10 +20,15 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from vlkd.backends.base import JobState
 from vlkd.cli.output import err_console
+from vlkd.durations import clock
 from vlkd.errors import VlkdError
 
 POLL_SECONDS = 1.0
+HEARTBEAT_SECONDS = 30.0
+"""How often a stage followed without a terminal says how far it is: a log or a pipe that shows nothing for the
+minutes a teacher trains looks like a hang."""
 _UNKNOWN = "-:--:--"
 
 
@@ -34,7 +39,8 @@ def key_width(keys: Iterable[str]) -> int:
 
 class StageReporter:
     """Shows a pipeline run (`vlkd.pipeline.Reporter`): with `verbose` every job's log; on a terminal a progress
-    bar per stage; otherwise one line per stage when it ends. `keys`: the run's stage keys, which line up."""
+    bar per stage; otherwise a line on how far a stage is every HEARTBEAT_SECONDS, and one when it ends. `keys`: the
+    run's stage keys, which line up."""
 
     def __init__(self, verbose: bool, keys: Iterable[str]) -> None:
         self.verbose = verbose
@@ -49,18 +55,43 @@ class StageReporter:
         self.started = time.monotonic()
         if self.bars:
             return _bar(stage, backend, record, self.width)
+        if not self.verbose:
+            return _heartbeats(stage, backend, record, self.width)
         for line in backend.logs(stage.job_id, record, follow=True):
-            if self.verbose:
-                sys.stdout.write(line)
+            sys.stdout.write(line)
         return wait_until_finished(backend, stage.job_id, record)
 
     def done(self, stage: Any) -> None:
+        """The stage's line: its state, how long it took, its outputs and what the run says of it (skipped: why)."""
         started, self.started = self.started, None
         if started is None or not self.bars:  # a bar showed the followed stage
             took = f"{time.monotonic() - started:5.0f} s" if started is not None else "       "
             outputs = ", ".join(stage.outputs)
-            line = f"{stage.key:<{self.width}} {stage.state:<10} {took}  {outputs}"
+            line = f"{stage.key:<{self.width}} {stage.state:<10} {took}  {outputs}  {stage.message}"
             err_console.print(line.rstrip(), highlight=False)
+
+
+def _heartbeats(stage: Any, backend: Any, record: dict[str, Any], width: int) -> JobState:
+    """Follow a stage's job until it ends, printing how far it is every HEARTBEAT_SECONDS (from its state in the
+    store, as a bar does)."""
+    storage = _job_storage(stage.job_id)
+    started = time.monotonic()
+    beat = started + HEARTBEAT_SECONDS
+    while not (status := backend.status(stage.job_id, record)).state.finished:
+        if (now := time.monotonic()) >= beat:
+            line = f"{stage.key:<{width}} {'running':<10} {now - started:5.0f} s  "
+            line += _in_words(_recorded_progress(storage, stage.job_id))
+            err_console.print(line, highlight=False, markup=False)
+            beat = now + HEARTBEAT_SECONDS
+        time.sleep(POLL_SECONDS)
+    return status.state
+
+
+def _in_words(progress: dict[str, Any] | None) -> str:
+    """A job's recorded progress (`vlkd.joblog.read_progress`) in words: done/total, rate and ETA."""
+    from vlkd.joblog import describe_progress
+
+    return "no progress recorded yet" if progress is None else describe_progress(progress)
 
 
 def _bar(stage: Any, backend: Any, record: dict[str, Any], width: int) -> Any:
@@ -98,14 +129,8 @@ def show_progress(bars: Progress, task: TaskID, progress: dict[str, Any] | None)
         completed=progress["done"],
         total=progress["total"],
         unit=f"{progress['unit']}s",
-        eta=_UNKNOWN if eta is None else _clock(eta),
+        eta=_UNKNOWN if eta is None else clock(eta),
     )
-
-
-def _clock(seconds: float) -> str:
-    minutes, second = divmod(round(seconds), 60)
-    hours, minute = divmod(minutes, 60)
-    return f"{hours}:{minute:02d}:{second:02d}"
 
 
 def _job_storage(job_id: str) -> Any:
@@ -130,16 +155,23 @@ def _recorded_progress(storage: Any, job_id: str) -> dict[str, Any] | None:
         return None  # the store is briefly out of reach: the bar stays as it was
 
 
-def print_stages(run: Any, to: Console = err_console) -> None:
-    """One line per stage, then each ablation table's progress; on stderr beside a run's progress, on stdout where
-    it is the command's answer."""
-    from vlkd.ablation_table import progress_lines
-
+def print_stages(run: Any, to: Console) -> None:
+    """Where a run's stages stand (`vlkd pipeline status`, on stdout: the command's answer): a line per stage, then
+    each ablation table's progress."""
     width = key_width(stage.key for stage in run.stages)
     for stage in run.stages:
         outputs = ", ".join(stage.outputs)
         detail = f"{outputs}  {stage.message}".strip() if stage.state in ("skipped", "succeeded") else stage.message
-        to.print(f"{stage.key:<{width}} {stage.state:<10} {stage.job_id or '':<36} {detail}".rstrip(), highlight=False)
+        line = f"{stage.key:<{width}} {stage.state:<10} {stage.job_id or '':<36} {detail}"
+        to.print(line.rstrip(), highlight=False)
+    print_tables(run, to)
+
+
+def print_tables(run: Any, to: Console) -> None:
+    """Each ablation table's progress: what the end of `vlkd pipeline run` adds to the stages `StageReporter`
+    showed as they ended."""
+    from vlkd.ablation_table import progress_lines
+
     states = {stage.key: stage.state for stage in run.stages}
     for table in run.tables:
         to.print("\n".join(progress_lines(table, states)), highlight=False, markup=False)

@@ -20,9 +20,9 @@ def quickstart(
 ) -> None:
     """Generate the synthetic dataset, run data -> teacher -> students (NST+CRD and the text-only baseline) -> eval
     as a pipeline on the local backend, and print the comparison table."""
-    from vlkd.artifacts import ArtifactStore, collect_files
+    from vlkd.artifacts import ArtifactStore
     from vlkd.cli.pipeline import run_pipeline_file
-    from vlkd.data.synth import TASKS, TASKS_DIR, TEXT_DIR, VIDEOS_DIR, SynthConfig, generate
+    from vlkd.data.synth import SynthConfig, generate, publish_dataset
     from vlkd.errors import VlkdError
     from vlkd.pipelines import SCALES, VIDEOS, pipeline_file
 
@@ -30,17 +30,13 @@ def quickstart(
         raise VlkdError(f"--scale {scale!r}: use one of {', '.join(SCALES)}")
     started = time.monotonic()
     artifacts = ArtifactStore.open(store)
-    data = workdir / "synth"
+    data, config = workdir / "synth", SynthConfig(num_videos=VIDEOS[scale])
     if force or not data.is_dir():
         import shutil
 
         shutil.rmtree(data, ignore_errors=True)
-        generate(data, SynthConfig(num_videos=VIDEOS[scale]))
-    parts = {"videos": data / VIDEOS_DIR, "text": data / TEXT_DIR} | {t: data / TASKS_DIR / t for t in TASKS}
-    for part, folder in parts.items():  # re-importing unchanged data keeps its version, so stages can be skipped
-        artifacts.publish(
-            "dataset", f"synth-{part}", collect_files([folder]), attributes={"synthetic": True}, unless_unchanged=True
-        )
+        generate(data, config)
+    publish_dataset(artifacts, data, config)  # unchanged data keeps its versions, so finished stages are skipped
     err_console.print(f"synthetic dataset in {data}, artifacts in {artifacts.uri}", highlight=False)
     run = run_pipeline_file(pipeline_file(scale), artifacts.uri, "local", {}, None, force, verbose)
     _print_report(artifacts, run, time.monotonic() - started, store)

@@ -12,7 +12,7 @@ from rich.table import Table
 from vlkd.cli.artifacts import Store
 from vlkd.cli.output import console
 
-app = typer.Typer(no_args_is_help=True, help="Evaluation reports: show one, compare several.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Evaluation reports: show one, compare several.")
 
 
 def _results(store: str | None, ref: str) -> dict:
@@ -70,7 +70,7 @@ def show(
 
 def _show_training(store: str | None, ref: str, plot: Path | None) -> None:
     from vlkd.artifacts import ArtifactStore
-    from vlkd.curves import METRICS_PATH, plot_curves, read_curves
+    from vlkd.curves import METRICS_PATH, plot_curves, published_step, read_curves
     from vlkd.errors import VlkdError
     from vlkd.inputs import open_input
 
@@ -88,7 +88,8 @@ def _show_training(store: str | None, ref: str, plot: Path | None) -> None:
     console.print(f"{manifest.ref}: {len(training)} training records, {len(validation)} validations", highlight=False)
     console.print(table)
     if plot is not None:
-        console.print(f"wrote {plot_curves(training, validation, str(manifest.ref), plot)}", highlight=False)
+        drawn = plot_curves(training, validation, str(manifest.ref), plot, published_step(manifest))
+        console.print(f"wrote {drawn}", highlight=False)
 
 
 @app.command()

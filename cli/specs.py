@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from vlkd.cli.output import console
-from vlkd.errors import SpecError
 from vlkd.specs import STAGES, load_spec, spec_schema
 
 
@@ -16,13 +15,9 @@ def validate(
     file: Path = typer.Argument(..., help="spec YAML file", show_default=False),
     stage: str = typer.Option(None, help=f"the stage when the file has no `stage:` key ({', '.join(STAGES)})"),
 ) -> None:
-    """Check a job spec: print `ok`, or every error as `field.path: message` (exit code 2)."""
-    try:
-        load_spec(file, stage)
-    except SpecError as exc:
-        for problem in exc.problems:
-            console.print(problem, highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    """Check a job spec: print `ok`, or every error as `submit` does, `error: FILE: field.path: message` (exit
+    code 2)."""
+    load_spec(file, stage)  # a SpecError is printed by the CLI's entry point, as for every command
     console.print("ok", highlight=False)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vlkd.artifacts import ArtifactStore, LineageNode, Manifest, collect_files
+from vlkd.curves import published_step
 from vlkd.evaluation.results import RunRecord, build_results
 from vlkd.inputs import open_input
 from vlkd.joblog import report_progress
@@ -179,17 +180,6 @@ def lineage_of(manifest: Manifest, random_init: bool = False) -> dict[str, Any]:
         "kd_balance": manifest.metrics.get("kd_balance"),
         "pretrained_max_len": (manifest.spec or {}).get("max_len"),
     }
-
-
-def published_step(manifest: Manifest) -> int | None:
-    """The training step of a student's published weights. A manifest from before students recorded it says it
-    through its spec: the best step when training stopped on validation (`patience`), else the last
-    (`train.published_weights`)."""
-    metrics = manifest.metrics
-    if "published_step" in metrics:
-        return metrics["published_step"]
-    patience = (manifest.spec or {}).get("train", {}).get("patience")
-    return metrics.get("best_step" if patience is not None else "steps")
 
 
 def cost_of(manifest: Manifest, store: ArtifactStore) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import pytest
 
 from vlkd import __version__
 from vlkd.artifacts import ArtifactStore, collect_files, sha256_file
-from vlkd.errors import ChecksumError, NotFoundError, RefError, VlkdError
+from vlkd.errors import ChecksumError, DamagedManifestError, NotFoundError, RefError, VlkdError
+from vlkd.housekeeping import gc
 from vlkd.refs import ArtifactRef
 
 
@@ -82,7 +84,7 @@ def test_publishing_with_a_missing_parent_fails_and_publishes_nothing(store, dat
     with pytest.raises(NotFoundError, match="features/ghost has no published version"):
         publish_dir(store, "teacher/t", data_dir, parents=["features/ghost"])
     assert store.versions("teacher", "t") == []
-    assert store.list() == []
+    assert store.list().artifacts == []
 
 
 def test_aliases_point_at_versions_and_move(store, data_dir):
@@ -114,12 +116,12 @@ def test_list_by_kind_and_all(store, data_dir):
     publish_dir(store, "dataset/a", data_dir)
     publish_dir(store, "corpus/b", data_dir)
     store.tag("dataset/a:v1", "golden")
-    assert [(s.kind, s.name, s.versions, s.aliases) for s in store.list()] == [
+    assert [(s.kind, s.name, s.versions, s.aliases) for s in store.list().artifacts] == [
         ("dataset", "a", [1, 2], {"golden": 1}),
         ("corpus", "b", [1], {}),
     ]
-    assert [s.name for s in store.list("corpus")] == ["b"]
-    assert store.list("teacher") == []
+    assert [s.name for s in store.list("corpus").artifacts] == ["b"]
+    assert store.list("teacher").artifacts == []
     with pytest.raises(RefError, match="unknown artifact kind 'model'"):
         store.list("model")
 
@@ -144,13 +146,31 @@ def test_fetch_detects_a_corrupted_stored_file(store, data_dir, tmp_path):
     assert not list((dest / "nested").glob(".*"))  # the partial download is gone too
 
 
-def test_fetch_resumes_and_replaces_wrong_local_files(store, data_dir, tmp_path):
+def test_fetch_keeps_the_files_already_there_and_refuses_to_replace_one_that_differs(store, data_dir, tmp_path):
     ref = publish_dir(store, "dataset/a", data_dir)
     dest = tmp_path / "out"
     store.fetch(ref, dest)
+    store.fetch(ref, dest)  # the same files again: kept, as an interrupted fetch resumes
+    video = dest / "nested" / "video.bin"
+    video.unlink()
     (dest / "captions.jsonl").write_text("edited locally")
-    store.fetch(ref, dest)
-    assert (dest / "captions.jsonl").read_bytes() == (data_dir / "captions.jsonl").read_bytes()
+    with pytest.raises(VlkdError, match=re.escape(f"{dest / 'captions.jsonl'} is not dataset/a:v1's captions.jsonl")):
+        store.fetch(ref, dest)
+    assert (dest / "captions.jsonl").read_text() == "edited locally" and not video.exists()  # nothing was fetched
+    store.fetch(ref, dest, overwrite=True)
+    for path in ("captions.jsonl", "nested/video.bin"):
+        assert (dest / path).read_bytes() == (data_dir / path).read_bytes()
+
+
+def test_fetch_refuses_a_file_where_its_folder_should_be(store, data_dir, tmp_path):
+    ref = publish_dir(store, "dataset/a", data_dir)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(VlkdError, match="a-file is a file: give a folder to download dataset/a:v1 into"):
+        store.fetch(ref, tmp_path / "a-file")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "nested").write_text("a file where the folder nested/ goes")
+    with pytest.raises(VlkdError, match=re.escape(f"{tmp_path / 'out' / 'nested'} is not dataset/a:v1's nested/video")):
+        store.fetch(ref, tmp_path / "out")
 
 
 def test_concurrent_publishers_get_distinct_versions(store, data_dir):
@@ -209,11 +229,11 @@ def test_a_killed_publisher_leaves_an_invisible_draft_that_gc_removes(store, sto
     ]
     assert store.versions("dataset", "a") == [1]
     assert store.resolve("dataset/a").version == 1
-    assert [str(s.latest.ref) for s in store.list()] == ["dataset/a:v1"]
+    assert [str(s.latest.ref) for s in store.list().artifacts] == ["dataset/a:v1"]
 
-    assert store.gc(timedelta(hours=1)) == []  # too recent: maybe still running
-    assert store.gc(timedelta(0), dry_run=True) == [ArtifactRef("dataset", "a", 2)]
-    assert store.gc(timedelta(0)) == [ArtifactRef("dataset", "a", 2)]
+    assert gc(store, timedelta(hours=1)).drafts == []  # too recent: maybe still running
+    assert gc(store, timedelta(0), dry_run=True).drafts == [ArtifactRef("dataset", "a", 2)]
+    assert gc(store, timedelta(0)).drafts == [ArtifactRef("dataset", "a", 2)]
     assert list(store.storage.list("artifacts/dataset/a/v2")) == []
     assert store.versions("dataset", "a") == [1]
 
@@ -232,3 +252,103 @@ def test_collect_files_refuses_colliding_names(tmp_path):
         collect_files([tmp_path / "a", tmp_path / "b"])
     with pytest.raises(VlkdError, match="no such file or directory"):
         collect_files([tmp_path / "missing"])
+
+
+def test_an_aborted_publish_leaves_no_trace_of_its_name(store, data_dir):
+    with pytest.raises(RuntimeError, match="no usable clips"), store.draft("features", "f") as draft:
+        draft.add_bytes("shards/shard-00000.parquet", b"half a shard")
+        raise RuntimeError("no usable clips")
+    assert store.names("features") == [] and list(store.storage.list("")) == []
+    with pytest.raises(NotFoundError, match="holds no features artifacts"):
+        store.resolve("features/f")
+
+
+def test_identical_content_keeps_the_latest_version_and_any_change_makes_a_new_one(store, data_dir):
+    files = collect_files([data_dir])
+    first, new = store.publish_unless_unchanged("dataset", "a", files, attributes={"seed": 0})
+    assert (str(first.ref), new) == ("dataset/a:v1", True)
+    assert store.publish_unless_unchanged("dataset", "a", files, attributes={"seed": 0}) == (first, False)
+    assert store.publish_unless_unchanged("dataset", "a", files, attributes={"seed": 1})[0].version == 2
+    (data_dir / "captions.jsonl").write_text((data_dir / "captions.jsonl").read_text().replace("red", "tan"))
+    changed, new = store.publish_unless_unchanged("dataset", "a", files, attributes={"seed": 1})  # same size
+    assert (changed.version, new) == (3, True)
+    assert store.publish_unless_unchanged("dataset", "a", files, attributes={"seed": 1}, spec={"k": 1})[0].version == 4
+    publish_dir(store, "weights/w", data_dir)
+    assert store.publish_unless_unchanged("dataset", "a", files, parents=["weights/w"], spec={"k": 1})[0].version == 5
+
+
+DAMAGES = {"empty": b"", "truncated": b'{"schema_version": 1, "kind": "dataset", "na', "not a manifest": b'{"a": 1}'}
+
+
+@pytest.fixture(params=DAMAGES, ids=list(DAMAGES))
+def damaged(request, store, data_dir) -> ArtifactRef:
+    """dataset/a:v2 with a damaged manifest, between a good v1 and a version made from it."""
+    publish_dir(store, "dataset/a", data_dir)
+    ref = publish_dir(store, "dataset/a", data_dir)
+    publish_dir(store, "features/f", data_dir, parents=[ref])
+    store.storage.write_bytes(f"{store.version_prefix(ref)}/manifest.json", DAMAGES[request.param])
+    return ref
+
+
+def test_a_damaged_manifest_is_an_error_naming_its_version(damaged, store):
+    fresh = ArtifactStore(store.storage)  # not the publisher's cache
+    for ref in ("dataset/a:v2", "dataset/a"):
+        with pytest.raises(DamagedManifestError, match=r"dataset/a:v2 is damaged: .*/v2/manifest.json does not read"):
+            fresh.manifest(ref)
+
+
+def test_listing_leaves_out_a_damaged_version_and_names_it(damaged, store):
+    listing = ArtifactStore(store.storage).list()
+    listed = [(str(s.latest.ref), s.versions) for s in listing.artifacts]
+    assert listed == [("dataset/a:v1", [1]), ("features/f:v1", [1])]
+    assert [str(e).split(" is damaged")[0] for e in listing.damaged] == ["dataset/a:v2"]
+
+
+def test_lineage_through_a_damaged_version_says_so(damaged, store):
+    fresh = ArtifactStore(store.storage)
+    root = fresh.lineage("features/f")
+    assert [(p.ref, p.manifest, "dataset/a:v2 is damaged" in p.damaged) for p in root.parents] == [
+        ("dataset/a:v2", None, True)
+    ]
+    with pytest.raises(DamagedManifestError, match="dataset/a:v2 is damaged"):
+        fresh.lineage("dataset/a:v2")
+
+
+def test_gc_reports_a_damaged_version_and_keeps_it(damaged, store):
+    garbage = gc(ArtifactStore(store.storage), timedelta(0))
+    assert [str(e).split(" is damaged")[0] for e in garbage.damaged] == ["dataset/a:v2"] and garbage.drafts == []
+    assert store.storage.exists(f"{store.version_prefix(damaged)}/manifest.json")
+
+
+def finished_job(store: ArtifactStore, job_id: str, state: dict, publishes: Path | None) -> str:
+    """A training job's record as it leaves it: checkpoints where `RunPlace` keeps them, its state, its output."""
+    from vlkd.joblog import STATE_KEY
+    from vlkd.train import RunPlace
+
+    prefix = RunPlace(store.storage, job_id).prefix
+    store.storage.write_bytes(f"{prefix}/step-000000100/state.pt", b"x" * 1000)
+    store.storage.write_bytes(STATE_KEY.format(job_id=job_id), json.dumps({"job_id": job_id, **state}).encode())
+    if publishes is not None:
+        store.publish("teacher", job_id, collect_files([publishes]), job_id=job_id)
+    return prefix
+
+
+def test_gc_removes_the_checkpoints_of_jobs_that_ended_and_published_and_keeps_those_a_resume_needs(store, data_dir):
+    from vlkd.joblog import ENDED, RUNNING
+
+    done = finished_job(store, "done", {"state": ENDED, "exit_code": 0}, data_dir)
+    kept = [
+        finished_job(store, "running", {"state": RUNNING}, None),
+        finished_job(store, "failed", {"state": ENDED, "exit_code": 1}, None),
+        finished_job(store, "failed-after-publishing", {"state": ENDED, "exit_code": 1}, data_dir),
+        finished_job(store, "resumed-after-publishing", {"state": RUNNING}, data_dir),  # its id submitted again
+        finished_job(store, "ended-unpublished", {"state": ENDED, "exit_code": 0}, None),
+    ]
+    dry = gc(store, timedelta(hours=1), dry_run=True)
+    assert [(r.job_id, r.prefix, r.size, r.published) for r in dry.checkpoints] == [
+        ("done", done, 1000, [ArtifactRef("teacher", "done", 1)])
+    ]
+    assert store.storage.exists(f"{done}/step-000000100/state.pt")
+    assert [r.job_id for r in gc(store, timedelta(hours=1)).checkpoints] == ["done"]
+    assert list(store.storage.list(done)) == []
+    assert all(store.storage.exists(f"{prefix}/step-000000100/state.pt") for prefix in kept)

@@ -113,11 +113,12 @@ def test_local_cancel_stops_a_running_job(vlkd_cli, synth_root, tmp_path):
     assert store.versions("corpus", "tiny") == []
 
 
-def test_a_failed_job_exits_non_zero_with_its_error(vlkd_cli, tmp_path):
-    env = {"VLKD_STORE": (tmp_path / "empty").as_uri()}
-    result = vlkd_cli("submit", "text", "--spec", str(EXAMPLES / "text.yaml"), "--wait", env=env)
+def test_a_failed_job_exits_non_zero_with_its_error(vlkd_cli, text_inputs, tmp_path):
+    spec = tmp_path / "captions.yaml"  # its corpus has no captions file: the job fails as it starts
+    spec.write_text((EXAMPLES / "text.yaml").read_text() + "format: captions\n")
+    result = vlkd_cli("submit", "text", "--spec", str(spec), "--wait", env=text_inputs)
     assert result.returncode == 1
-    assert "error: dataset/synth-text has no published version" in result.stdout
+    assert "error: dataset/synth-text:v1/captions.jsonl not found" in result.stdout
     job_id = result.stdout.splitlines()[0]
     status = vlkd_cli("status", job_id).stdout
     assert "FAILED" in status and "exit code 1" in status

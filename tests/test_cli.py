@@ -53,6 +53,12 @@ def test_help_imports_no_heavy_library():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_help_shows_each_options_default_in_its_brackets(vlkd_cli):
+    """Help texts write defaults as `[default: ...]`, which rich markup would take for a tag and drop."""
+    shown = " ".join(vlkd_cli("submit", "--help").stdout.split())
+    assert "or a folder [default: $VLKD_STORE, else ~/.vlkd/store]" in shown
+
+
 def test_artifact_round_trip(vlkd_cli, store_uri, payload, tmp_path):
     store = ("--store", store_uri)
     pushed = vlkd_cli("artifacts", "push", "dataset/synth", str(payload), "--attr", "source=unit-test", *store)
@@ -166,10 +172,10 @@ def test_validate_prints_every_error_with_its_path(vlkd_cli, tmp_path):
     )
     result = vlkd_cli("validate", str(spec))
     assert result.returncode == 2
-    assert result.stdout.splitlines() == [
-        "features: expected a features artifact ref (e.g. features/NAME:v1), got corpus/x:latest",
-        "model.hidden_sise: unknown field; did you mean 'hidden_size'?",
-        "train.batch_size: Input should be a valid integer, unable to parse string as an integer",
+    assert result.stderr.splitlines() == [
+        f"error: {spec}: features: expected a features artifact ref (e.g. features/NAME:v1), got corpus/x:latest",
+        f"error: {spec}: model.hidden_sise: unknown field; did you mean 'hidden_size'?",
+        f"error: {spec}: train.batch_size: Input should be a valid integer, unable to parse string as an integer",
     ]
 
 
@@ -177,13 +183,12 @@ def test_validate_names_the_line_of_a_yaml_syntax_error(vlkd_cli, tmp_path):
     spec = tmp_path / "broken.yaml"
     spec.write_text("stage: teacher\nname: [unclosed\n")
     result = vlkd_cli("validate", str(spec))
-    assert result.returncode == 2
-    assert result.stdout.startswith("YAML syntax error at line 3")
+    assert_one_line_error(result, f"{spec}: YAML syntax error at line 3", 2)
 
 
 def test_validate_of_a_missing_file(vlkd_cli, tmp_path):
     result = vlkd_cli("validate", str(tmp_path / "nope.yaml"))
-    assert result.returncode == 2 and result.stdout.startswith("cannot read")
+    assert_one_line_error(result, f"{tmp_path / 'nope.yaml'}: cannot read", 2)
 
 
 def test_a_pipeline_job_is_refused_on_the_local_backend_and_both_submits_refuse_a_negative_pending_notice(vlkd_cli):

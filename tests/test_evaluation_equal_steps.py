@@ -47,7 +47,7 @@ def test_rows_published_at_the_baseline_step_get_no_line() -> None:
 def test_each_models_published_step_is_in_its_lineage_line() -> None:
     markdown = render_markdown(_results(100))
     assert "- **tiny-nst-crd**: `student/tiny-nst-crd:v1`; teacher: none; kd: none; corpus: corpus/tiny:v1; " \
-        "published step: 100; steps: 300" in markdown  # fmt: skip
+        "published weights: step 100 of 300" in markdown  # fmt: skip
     assert len(parse_tables(markdown)[0]) == 3  # the line sits under the table, not in it
 
 

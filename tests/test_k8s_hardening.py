@@ -150,7 +150,8 @@ def test_a_toleration_the_api_server_would_refuse_is_refused_at_validation(vlkd_
     )
     result = vlkd_cli("validate", str(spec))
     assert result.returncode == 2
-    assert result.stdout.strip().startswith("resources.tolerations[0]: operator Exists tolerates every value"), result
+    problem = f"error: {spec}: resources.tolerations[0]: operator Exists tolerates every value"
+    assert result.stderr.strip().startswith(problem), result
 
 
 # --- Runs that waste GPUs or die while healthy -----------------------------------------------------------------------

@@ -171,7 +171,7 @@ def test_pipeline_render_prints_the_rayjob_submit_would_send(vlkd_cli, new_bucke
     """The pipeline's dry run: validated spec in, the RayJob out, nothing sent; on the local backend, one line."""
     args = ["pipeline", "render", str(ROOT / "examples/tiny/pipeline.yaml"), "--namespace", "vlkd"]
     bucket = new_bucket()
-    rendered = vlkd_cli(*args, "--store", f"s3://{bucket}/p", env={"AWS_ENDPOINT_URL": s3_endpoint})
+    rendered = vlkd_cli(*args, "--backend", "k8s", "--store", f"s3://{bucket}/p", env={"AWS_ENDPOINT_URL": s3_endpoint})
     assert rendered.returncode == 0, rendered.stderr
     rayjob = yaml.safe_load(rendered.stdout)
     assert rayjob["kind"] == "RayJob" and rayjob["metadata"]["labels"]["vlkd.io/stage"] == "pipeline"

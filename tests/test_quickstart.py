@@ -6,7 +6,10 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shlex
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -317,3 +320,88 @@ def test_a_rerun_of_the_tiny_table5_skips_every_stage(table5_store, vlkd_cli):
     assert again.returncode == 0, again.stderr[-3000:]
     # every stage, shared ones included: the same specs under the same names
     assert again.stderr.count("already published for this spec and these inputs") == 12
+
+
+# The README's tour after a quickstart, as a new user follows it: the commands the quickstart printed, then the
+# README's data-and-stages block, run as written (from a folder holding the examples), on the quickstart's S3 store
+# and on a file store holding the same objects.
+README = Path(__file__).parent.parent / "README.md"
+TOUR_BLOCK_MARKER = "vlkd data synth --profile howto100m-wiki103"
+
+
+def readme_commands(marker: str) -> list[list[str]]:
+    """The argument lists of the README's bash block holding `marker`, comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    (block,) = [b for b in blocks if marker in b]
+    return [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip()]
+
+
+def wait_for_job(vlkd_cli, job_id: str, env: dict[str, str], timeout: float = 600) -> str:
+    """`vlkd status` until the job has ended (what a user without --wait does) -> its last status output."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = vlkd_cli("status", job_id, env=env)
+        assert shown.returncode == 0, shown.stderr
+        if any(state in shown.stdout for state in ("SUCCEEDED", "FAILED", "STOPPED", "LOST")):
+            return shown.stdout
+        assert time.monotonic() < deadline, shown.stdout
+        time.sleep(2)
+
+
+def file_copy_of(store: ArtifactStore, folder: Path) -> str:
+    """A file store holding every object of `store` under the same keys."""
+    copy = ArtifactStore.open(folder.as_uri())
+    for info in store.storage.list(""):
+        copy.storage.write_bytes(info.key, store.storage.read_bytes(info.key))
+    return copy.uri
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("backend", ["s3", "file"])
+def test_the_readme_tour_after_a_quickstart(quickstart, vlkd_cli, tmp_path, backend):
+    store = quickstart.store if backend == "s3" else file_copy_of(quickstart.open_store(), tmp_path / "store")
+    home = tmp_path / "home"
+    env = {**quickstart.env, "VLKD_STORE": store, "HOME": str(home), "VLKD_HOME": str(home / ".vlkd")}
+    here = tmp_path / "work"
+    here.mkdir()
+    (here / "examples").symlink_to(EXAMPLES)
+
+    def vlkd(*args: str) -> subprocess.CompletedProcess:
+        done = vlkd_cli(*args, env=env, cwd=here, timeout=600)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, done.stderr
+        return done
+
+    # what the quickstart said to do next
+    printed = quickstart.first.stdout.split("The report is ", 1)[1].splitlines()[1:]
+    suggested = [shlex.split(line.split("#", 1)[0]) for line in printed if line.strip().startswith("vlkd ")]
+    assert [args[:3] for args in suggested] == [
+        ["vlkd", "artifacts", "get"],
+        ["vlkd", "report", "show"],
+        ["vlkd", "artifacts", "lineage"],
+    ]
+    _, shown, lineage = (vlkd(*args[1:]) for args in suggested)
+    assert {"report.md", "results.json"} <= {p.name for p in (here / "report").iterdir()}
+    assert "Downstream tasks (Table 1)" in shown.stdout
+    assert "(see above)" in lineage.stdout  # the tokenizer under both the corpus and the teacher, drawn once
+
+    # the README's block: data, the data stages, the features' description
+    commands = readme_commands(TOUR_BLOCK_MARKER)
+    assert [args[:3] for args in commands] == [
+        ["vlkd", "data", "synth"],
+        ["vlkd", "data", "synth"],
+        ["vlkd", "submit", "preprocess"],
+        ["vlkd", "submit", "text"],
+        ["vlkd", "artifacts", "show"],
+    ]
+    vlkd(*commands[0][1:])
+    assert (here / "synth-howto" / "text").is_dir()
+    synth = vlkd(*commands[1][1:])
+    # the quickstart's own dataset: every part keeps its version, so its finished stages stay skipped
+    assert synth.stdout.count("unchanged dataset/synth-") == 12, synth.stdout
+    for args in commands[2:4]:
+        job_id = vlkd(*args[1:]).stdout.strip().splitlines()[-1]
+        assert "SUCCEEDED" in wait_for_job(vlkd_cli, job_id, env), job_id
+    described = vlkd(*commands[4][1:]).stdout
+    assert "random_init: false" in described and "clips" in described

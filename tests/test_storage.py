@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import socket
 import threading
 import uuid
@@ -241,6 +242,36 @@ def test_store_uris_are_normalised(tmp_path, monkeypatch):
         normalize_store_uri("gs://bkt/x")
     with pytest.raises(StorageError, match="invalid S3 bucket name"):
         normalize_store_uri("s3://B/x")
+
+
+@pytest.mark.parametrize("uri", ["s3://bkt/vlkd/../other", "s3://bkt/./vlkd", "s3://bkt/vlkd//x"])
+def test_an_s3_prefix_with_dot_or_empty_segments_is_refused_not_used_literally(uri, store):
+    from vlkd.inputs import open_input
+
+    refused = "S3 takes '.', '..' and empty segments literally, as folder names; write the prefix without them"
+    with pytest.raises(StorageError, match=re.escape(f"{uri!r}: {refused}")):
+        normalize_store_uri(uri)
+    with pytest.raises(StorageError, match=re.escape(refused)):
+        open_input(uri, store)
+
+
+@pytest.mark.parametrize("uri", ["file:../store", "file:store"])
+def test_a_file_uri_without_an_absolute_path_names_the_forms_that_work(uri):
+    folder = uri.removeprefix("file:")
+    forms = f"use file:///ABSOLUTE/PATH, the folder's path itself ({folder}) or s3://BUCKET/PREFIX"
+    message = f"store URI {uri!r}: a file: URI needs an absolute path; {forms}"
+    with pytest.raises(StorageError, match=re.escape(message)):
+        normalize_store_uri(uri)
+
+
+def test_deleting_a_prefix_removes_the_folders_it_empties_as_on_s3(tmp_path):
+    storage = open_storage(str(tmp_path))
+    storage.write_bytes("artifacts/features/f/v1/claim.json", b"{}")
+    storage.write_bytes("artifacts/dataset/d/v1/manifest.json", b"{}")
+    assert storage.delete_prefix("artifacts/features/f/v1") == 1
+    assert storage.children("artifacts") == ["dataset"] and not (tmp_path / "artifacts" / "features").exists()
+    storage.write_bytes("artifacts/features/f/v1/claim.json", b"{}")  # the emptied folders are made again
+    assert storage.children("artifacts/features/f") == ["v1"]
 
 
 def test_file_store_never_shows_temporary_files(tmp_path):

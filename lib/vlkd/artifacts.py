@@ -14,7 +14,12 @@ Guarantees:
   crashed or interrupted publish is invisible; `gc` removes its leftovers.
 - `latest` is not stored: it is the highest published version, so concurrent publishers cannot leave it
   pointing backwards.
-- Downloads are checked against the manifest's size and sha256 before they appear under their final name.
+- Downloads are checked against the manifest's size and sha256 before they appear under their final name, and
+  never replace a local file that differs unless asked.
+- A manifest that exists but does not read as one (empty, cut short, not a manifest) is an error naming its
+  version where that version is asked for, and a version left out (and named) where versions are listed.
+
+`vlkd.housekeeping` finds what `vlkd artifacts gc` removes.
 """
 
 from __future__ import annotations
@@ -25,16 +30,16 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vlkd import __version__
-from vlkd.errors import ChecksumError, KeyExistsError, NotFoundError, RefError, VlkdError
+from vlkd.errors import ChecksumError, DamagedManifestError, KeyExistsError, NotFoundError, RefError, VlkdError
 from vlkd.joblog import log_prefix
 from vlkd.refs import KINDS, LATEST, ArtifactRef, check_alias, check_name
 from vlkd.storage import Progress, Storage, default_store_uri, open_storage
@@ -99,10 +104,21 @@ class ArtifactSummary:
 
 
 @dataclass
+class Listing:
+    """What `ArtifactStore.list` found: the artifacts, and the versions it left out for a damaged manifest."""
+
+    artifacts: list[ArtifactSummary]
+    damaged: list[DamagedManifestError]
+
+
+@dataclass
 class LineageNode:
     ref: str
     manifest: Manifest | None
+    """None when the version is missing from the store, or its manifest is `damaged`"""
     parents: list[LineageNode] = field(default_factory=list)
+    damaged: str | None = None
+    """why its manifest could not be read"""
 
 
 def sha256_file(path: Path) -> str:
@@ -146,6 +162,11 @@ def _as_dict(spec: BaseModel | Mapping[str, Any] | None) -> dict[str, Any] | Non
     return spec.model_dump(mode="json") if isinstance(spec, BaseModel) else dict(spec)
 
 
+def _as_json(value: Any) -> Any:
+    """`value` as a manifest holds it once read back (tuples become lists, keys strings), for comparisons."""
+    return json.loads(json.dumps(value))
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -154,7 +175,7 @@ class Draft:
     """A version being published: its number is taken, its files go up, and nobody sees it until `commit`.
 
     Use as a context manager: leaving the block by an exception aborts the draft (best-effort cleanup; an
-    abandoned draft is invisible anyway and `ArtifactStore.gc` removes it).
+    abandoned draft is invisible anyway and `vlkd.housekeeping.gc` removes it).
     """
 
     def __init__(self, store: ArtifactStore, kind: str, name: str, version: int, job_id: str | None):
@@ -258,12 +279,13 @@ class ArtifactStore:
     def version_prefix(self, ref: ArtifactRef) -> str:
         return f"{self.name_prefix(ref.kind, ref.name)}/v{ref.version}"
 
-    def _version_numbers(self, kind: str, name: str) -> list[int]:
+    def taken_versions(self, kind: str, name: str) -> list[int]:
         """Every taken number, published or not."""
         found = (_VERSION_DIR.match(child) for child in self.storage.children(self.name_prefix(kind, name)))
         return sorted(int(m.group(1)) for m in found if m)
 
-    def _published(self, ref: ArtifactRef) -> bool:
+    def is_published(self, ref: ArtifactRef) -> bool:
+        """Whether the pinned `ref` has a manifest (which may still be damaged: `manifest` says)."""
         return ref in self._manifests or self.storage.exists(f"{self.version_prefix(ref)}/{MANIFEST}")
 
     # -- publishing ---------------------------------------------------------------------------------
@@ -272,7 +294,7 @@ class ArtifactStore:
         if kind not in KINDS:
             raise RefError(f"unknown artifact kind {kind!r}; available: {', '.join(KINDS)}")
         check_name(name)
-        version = max(self._version_numbers(kind, name), default=0) + 1
+        version = max(self.taken_versions(kind, name), default=0) + 1
         claim = {"job_id": job_id, "claimed_at": _now().isoformat(), "token": uuid.uuid4().hex}
         for _ in range(_MAX_CLAIM_ATTEMPTS):
             key = f"{self.name_prefix(kind, name)}/v{version}/{CLAIM}"
@@ -296,34 +318,52 @@ class ArtifactStore:
         job_id: str | None = None,
         cost: Mapping[str, float] | None = None,
         progress: Progress | None = None,
-        unless_unchanged: bool = False,
     ) -> Manifest:
-        """Publish local files (artifact path -> local path) as the next version of `kind/name`. With
-        `unless_unchanged`, identical files, parents and attributes return the latest version instead (so
-        re-importing the same data does not make every consumer of it look out of date)."""
+        """Publish local files (artifact path -> local path) as the next version of `kind/name`."""
         pinned = [str(self.resolve(parent)) for parent in parents]  # fail before uploading anything
-        if unless_unchanged and (same := self._same_as_latest(kind, name, files, pinned, attributes)):
-            return same
         with self.draft(kind, name, job_id) as draft:
             draft.add_files(files, progress)
             return draft.commit(spec=spec, parents=pinned, metrics=metrics, attributes=attributes, cost=cost)
 
-    def _same_as_latest(
-        self, kind: str, name: str, files: Mapping[str, Path], parents: list[str], attributes: Mapping[str, Any] | None
-    ) -> Manifest | None:
+    def publish_unless_unchanged(
+        self,
+        kind: str,
+        name: str,
+        files: Mapping[str, Path],
+        *,
+        spec: BaseModel | Mapping[str, Any] | None = None,
+        parents: Iterable[ArtifactRef | str] = (),
+        attributes: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[Manifest, bool]:
+        """(the version, whether it is new): `publish`, unless the latest version has the same files (paths, sizes,
+        sha256s), spec, parents and attributes; then that version. For imports (`vlkd artifacts push`, the synthetic
+        dataset): importing the same data again must not make a version that everything made from it would count as
+        a new input. Stage jobs publish every run: their outputs name the job that made them, which pipelines read."""
+        pinned = [str(self.resolve(parent)) for parent in parents]
+        described = _as_json([_as_dict(spec), pinned, dict(attributes or {})])
+        if (same := self._same_as_latest(kind, name, files, described)) is not None:
+            return same, False
+        new = self.publish(kind, name, files, spec=spec, parents=pinned, attributes=attributes, progress=progress)
+        return new, True
+
+    def _same_as_latest(self, kind: str, name: str, files: Mapping[str, Path], described: list[Any]) -> Manifest | None:
+        """The latest version if it holds `files` and is `described` as [spec, pinned parents, attributes] are."""
         try:
             latest = self.manifest(ArtifactRef(kind, name))
         except NotFoundError:
             return None
-        local = {path: (p.stat().st_size, sha256_file(p)) for path, p in files.items()}
-        stored = {f.path: (f.size, f.sha256) for f in latest.files}
-        same = local == stored and latest.parents == parents and latest.attributes == dict(attributes or {})
-        return latest if same else None
+        if [latest.spec, latest.parents, latest.attributes] != described:
+            return None
+        stored = {f.path: f for f in latest.files}
+        if {path: local.stat().st_size for path, local in files.items()} != {p: f.size for p, f in stored.items()}:
+            return None  # the sizes differ: no need to read every file
+        return latest if all(sha256_file(local) == stored[path].sha256 for path, local in files.items()) else None
 
     # -- reading ------------------------------------------------------------------------------------
     def versions(self, kind: str, name: str) -> list[int]:
         """Published versions, oldest first."""
-        return [v for v in self._version_numbers(kind, name) if self._published(ArtifactRef(kind, name, v))]
+        return [v for v in self.taken_versions(kind, name) if self.is_published(ArtifactRef(kind, name, v))]
 
     def aliases(self, kind: str, name: str) -> dict[str, int]:
         prefix = f"{self.name_prefix(kind, name)}/{ALIASES}"
@@ -337,12 +377,12 @@ class ArtifactStore:
         """The pinned version a ref names now; `NotFoundError` says what exists instead."""
         ref = ArtifactRef.parse(ref) if isinstance(ref, str) else ref
         if ref.pinned:
-            if not self._published(ref):
+            if not self.is_published(ref):
                 raise NotFoundError(f"{ref} does not exist; {self._what_exists(ref)}")
             return ref
         if ref.alias == LATEST:
-            for version in reversed(self._version_numbers(ref.kind, ref.name)):
-                if self._published(ref.at_version(version)):
+            for version in reversed(self.taken_versions(ref.kind, ref.name)):
+                if self.is_published(ref.at_version(version)):
                     return ref.at_version(version)
             raise NotFoundError(f"{ref.path} has no published version; {self._what_exists(ref)}")
         aliases = self.aliases(ref.kind, ref.name)
@@ -361,36 +401,66 @@ class ArtifactStore:
         return f"the store {self.uri} holds no {ref.kind} artifacts"
 
     def manifest(self, ref: ArtifactRef | str) -> Manifest:
+        """The manifest of the version `ref` names now; `DamagedManifestError` names a version whose manifest does
+        not read as one."""
         pinned = self.resolve(ref)
         if pinned not in self._manifests:
-            raw = self.storage.read_bytes(f"{self.version_prefix(pinned)}/{MANIFEST}")
-            self._manifests[pinned] = Manifest.model_validate_json(raw)
+            key = f"{self.version_prefix(pinned)}/{MANIFEST}"
+            try:
+                self._manifests[pinned] = Manifest.model_validate_json(self.storage.read_bytes(key))
+            except ValidationError as exc:
+                raise DamagedManifestError(
+                    f"{pinned} is damaged: {self.uri}/{key} does not read as a manifest ({_first_problem(exc)}); "
+                    f"restore that file, or delete {self.uri}/{self.version_prefix(pinned)}/ to drop the version"
+                ) from None
         return self._manifests[pinned]
 
     def names(self, kind: str) -> list[str]:
         return self.storage.children(f"{ROOT}/{kind}")
 
-    def list(self, kind: str | None = None) -> list[ArtifactSummary]:
-        """Every artifact with at least one published version (of one kind, or all)."""
+    def list(self, kind: str | None = None) -> Listing:
+        """Every artifact with at least one readable version (of one kind, or all). A latest version whose
+        manifest is damaged is left out, and the one before it is the latest shown."""
         if kind is not None and kind not in KINDS:
             raise RefError(f"unknown artifact kind {kind!r}; available: {', '.join(KINDS)}")
-        summaries = []
+        listing = Listing([], [])
         for k in [kind] if kind else [k for k in KINDS if k in self.storage.children(ROOT)]:
             for name in self.names(k):
                 versions = self.versions(k, name)
-                if versions:
-                    latest = self.manifest(ArtifactRef(k, name, versions[-1]))
-                    summaries.append(ArtifactSummary(k, name, versions, self.aliases(k, name), latest))
-        return summaries
+                while versions:
+                    try:
+                        latest = self.manifest(ArtifactRef(k, name, versions[-1]))
+                    except DamagedManifestError as exc:
+                        listing.damaged.append(exc)
+                        versions.pop()
+                        continue
+                    listing.artifacts.append(ArtifactSummary(k, name, versions, self.aliases(k, name), latest))
+                    break
+        return listing
 
-    def fetch(self, ref: ArtifactRef | str, dest: Path, progress: Progress | None = None) -> Manifest:
+    def fetch(
+        self, ref: ArtifactRef | str, dest: Path, progress: Progress | None = None, overwrite: bool = False
+    ) -> Manifest:
         """Download every file of `ref` into `dest`, each verified before it takes its final name.
 
-        Files already in `dest` with the right checksum are kept, so an interrupted fetch resumes."""
+        Files already in `dest` with the right size and sha256 are kept, so an interrupted fetch resumes. A local
+        file that differs (edited there, or another artifact's file of the same name) is replaced only with
+        `overwrite`; otherwise nothing is downloaded and the error names it."""
         manifest = self.manifest(ref)
-        for entry in manifest.files:
-            target = dest / check_file_path(entry.path)
-            if target.is_file() and target.stat().st_size == entry.size and sha256_file(target) == entry.sha256:
+        if dest.exists() and not dest.is_dir():
+            raise VlkdError(f"{dest} is a file: give a folder to download {manifest.ref} into (a new one is made)")
+        targets = [(entry, dest / check_file_path(entry.path)) for entry in manifest.files]
+        kept = {entry.path for entry, target in targets if target.is_file() and _holds(target, entry)}
+        if not overwrite:
+            blocked = [(e, p) for e, target in targets if e.path not in kept and (p := _in_the_way(dest, target))]
+            if blocked:
+                (entry, path), more = blocked[0], f" (and {len(blocked) - 1} more)" if len(blocked) > 1 else ""
+                raise VlkdError(
+                    f"{path} is not {manifest.ref}'s {entry.path}{more} (edited here, or another artifact's): move it "
+                    "away, or overwrite it with `vlkd artifacts get --force`"
+                )
+        for entry, target in targets:
+            if entry.path in kept:
                 if progress:
                     progress(entry.size)
                 continue
@@ -405,14 +475,17 @@ class ArtifactStore:
         return manifest
 
     def lineage(self, ref: ArtifactRef | str) -> LineageNode:
-        """The tree of parents; a parent that no longer exists appears with `manifest=None`."""
-        return self._lineage(str(self.resolve(ref)), frozenset())
+        """The tree of parents; a parent that no longer exists, or whose manifest is damaged, appears with
+        `manifest=None` (and `damaged` saying why). `ref`'s own manifest must read."""
+        return self._lineage(str(self.manifest(ref).ref), frozenset())
 
     def _lineage(self, ref: str, seen: frozenset[str]) -> LineageNode:
         try:
             manifest = self.manifest(ref)
         except NotFoundError:
             return LineageNode(ref, None)
+        except DamagedManifestError as exc:
+            return LineageNode(ref, None, damaged=str(exc))
         if ref in seen:  # cannot happen with immutable versions, but a hand-edited store must not hang us
             return LineageNode(ref, manifest)
         parents = [self._lineage(p, seen | {ref}) for p in manifest.parents]
@@ -430,30 +503,27 @@ class ArtifactStore:
         self.storage.write_bytes(key, json.dumps(record).encode())
         return pinned
 
-    def abandoned(self, older_than: timedelta) -> Iterator[ArtifactRef]:
-        """Drafts never committed whose claim is older than `older_than` (a crashed or killed publish)."""
-        cutoff = _now() - older_than
-        for kind in (k for k in KINDS if k in self.storage.children(ROOT)):
-            for name in self.names(kind):
-                for version in self._version_numbers(kind, name):
-                    ref = ArtifactRef(kind, name, version)
-                    if self._published(ref):
-                        continue
-                    try:
-                        claim = json.loads(self.storage.read_bytes(f"{self.version_prefix(ref)}/{CLAIM}"))
-                        claimed_at = datetime.fromisoformat(claim["claimed_at"])
-                    except NotFoundError:
-                        claimed_at = datetime.min.replace(tzinfo=timezone.utc)  # files but no claim: debris
-                    if claimed_at < cutoff:
-                        yield ref
 
-    def gc(self, older_than: timedelta, dry_run: bool = False) -> list[ArtifactRef]:
-        """Delete abandoned drafts; published versions are never touched."""
-        found = list(self.abandoned(older_than))
-        if not dry_run:
-            for ref in found:
-                self.storage.delete_prefix(self.version_prefix(ref))
-        return found
+def _first_problem(exc: ValidationError) -> str:
+    """pydantic's first complaint, as `field: message`, and how many more there are."""
+    problems = exc.errors()
+    where = ".".join(str(part) for part in problems[0]["loc"])
+    more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+    return f"{where + ': ' if where else ''}{problems[0]['msg']}{more}"
+
+
+def _holds(local: Path, entry: FileEntry) -> bool:
+    return local.stat().st_size == entry.size and sha256_file(local) == entry.sha256
+
+
+def _in_the_way(dest: Path, target: Path) -> Path | None:
+    """What already takes the place of `target` (not holding its bytes) or of a folder on its way from `dest`."""
+    parts = target.relative_to(dest).parts
+    for depth in range(1, len(parts)):
+        folder = dest.joinpath(*parts[:depth])
+        if folder.exists() and not folder.is_dir():
+            return folder
+    return target if target.exists() else None
 
 
 def _verify(ref: ArtifactRef, entry: FileEntry, local: Path) -> None:

@@ -5,19 +5,55 @@ throughput) or the validation ones (`val_*`)), read back for `vlkd report show` 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vlkd.artifacts import Manifest
 
 LOGS = "logs"
 METRICS_FILE = "metrics.jsonl"
 METRICS_PATH = f"{LOGS}/{METRICS_FILE}"
 
-# Not curves: bookkeeping, and figures on another scale than the losses.
-_NOT_PLOTTED = {"step", "time", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "best_val_loss", "val_queries"}
+# Not curves (as recorded in training, or with `val_` in validation): bookkeeping, how the teacher's batches were
+# drawn (`jobs.teacher`: a count of videos, a share), and the median rank, on scales of their own.
+_NOT_PLOTTED = {
+    "step",
+    "time",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "samples_per_s",
+    "best_val_loss",
+    "queries",
+    "median_rank",
+    "videos_per_batch",
+    "same_video_negatives",
+}
 _NOT_PLOTTED_PREFIX = "hidden_grad_norm/"
 """the KD-term balance probes (`vlkd.distillation.GRADIENT_NORM`): gradient norms, not losses; the eval report's
 balance table shows them"""
+
+
+_MEASURES: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
+    ("validation MLM perplexity", "perplexity", lambda key: key == "val_perplexity"),
+    ("validation text-to-video retrieval", "%", lambda key: re.fullmatch(r"val_r\d+", key) is not None),
+)
+"""Validation figures on scales other than the losses' (title, unit, which keys): each drawn on a panel of its own,
+for on the losses' axis a perplexity of 60 flattens every loss (2 to 7) into a line."""
+
+
+def published_step(manifest: Manifest) -> int | None:
+    """The training step of a teacher's or student's published weights: the one its manifest recorded
+    (`published_step`), else, for a teacher or a student from before students recorded it, what its spec made it:
+    the best step when training stopped on validation (`patience`), else the last (`train.published_weights`)."""
+    metrics = manifest.metrics
+    if "published_step" in metrics:
+        return metrics["published_step"]
+    patience = (manifest.spec or {}).get("train", {}).get("patience")
+    return metrics.get("best_step" if patience is not None else "steps")
 
 
 def read_curves(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -32,7 +68,7 @@ def _series(records: Sequence[dict[str, Any]], keep: Any) -> dict[str, tuple[lis
     series: dict[str, tuple[list[int], list[float]]] = {}
     for record in records:
         for key, value in record.items():
-            plotted = key not in _NOT_PLOTTED and not key.startswith(_NOT_PLOTTED_PREFIX)
+            plotted = key.removeprefix("val_") not in _NOT_PLOTTED and not key.startswith(_NOT_PLOTTED_PREFIX)
             if plotted and keep(key) and isinstance(value, int | float):
                 steps, values = series.setdefault(key, ([], []))
                 steps.append(record["step"])
@@ -41,29 +77,34 @@ def _series(records: Sequence[dict[str, Any]], keep: Any) -> dict[str, tuple[lis
 
 
 def plot_curves(
-    training: Sequence[dict[str, Any]], validation: Sequence[dict[str, Any]], title: str, path: Path
+    training: Sequence[dict[str, Any]],
+    validation: Sequence[dict[str, Any]],
+    title: str,
+    path: Path,
+    published: int | None = None,
 ) -> Path:
-    """Losses (training, solid; validation, dashed) on the left; validation retrieval (R@k in percent) on the
-    right when the run recorded it (teachers)."""
+    """Losses on the left; beside them, each validation measure the run recorded on a panel of its own
+    (`_MEASURES`: a student's MLM perplexity, a teacher's retrieval R@k in percent); training solid, validation
+    dashed with a dot per validation; on each panel, a dotted line at step `published`, whose weights the run
+    published."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    losses = _series(training, lambda k: True) | _series(
-        validation, lambda k: not k.startswith("val_r") and k != "val_median_rank"
-    )
-    retrieval = _series(validation, lambda k: k.startswith("val_r") and k != "val_median_rank")
-    figure = Figure(figsize=(11 if retrieval else 6, 4), dpi=100)
+    def loss(key: str) -> bool:
+        return not any(measure(key) for _, _, measure in _MEASURES)
+
+    losses = _series(training, loss) | _series(validation, loss)
+    shown = [(f"{title}: losses", "loss", losses)]
+    shown += [(name, unit, series) for name, unit, keep in _MEASURES if (series := _series(validation, keep))]
+    figure = Figure(figsize=(1 + 5 * len(shown), 4), dpi=100)
     FigureCanvasAgg(figure)
-    panels = figure.subplots(1, 2 if retrieval else 1, squeeze=False)[0]
-    for key, (steps, values) in losses.items():
-        panels[0].plot(steps, values, "--" if key.startswith("val_") else "-", label=key)
-    panels[0].set(xlabel="step", ylabel="loss", title=f"{title}: losses")
-    panels[0].legend(fontsize=7)
-    if retrieval:
-        for key, (steps, values) in retrieval.items():
-            panels[1].plot(steps, values, marker="o", label=key)
-        panels[1].set(xlabel="step", ylabel="%", title="validation text-to-video retrieval")
-        panels[1].legend(fontsize=7)
+    for axes, (name, unit, series) in zip(figure.subplots(1, len(shown), squeeze=False)[0], shown, strict=True):
+        for key, (steps, values) in series.items():
+            axes.plot(steps, values, "--o" if key.startswith("val_") else "-", markersize=3, label=key)
+        if published is not None:
+            axes.axvline(published, color="grey", linestyle=":", label=f"published weights (step {published})")
+        axes.set(xlabel="step", ylabel=unit, title=name)
+        axes.legend(fontsize=7)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -56,6 +56,10 @@ class ChecksumError(VlkdError):
     """A downloaded file's size or sha256 differs from its manifest: the stored copy is corrupt."""
 
 
+class DamagedManifestError(VlkdError):
+    """A version's manifest exists but cannot be read as one (empty, cut short, not a manifest)."""
+
+
 class StorageError(VlkdError):
     """The object store cannot be used: unreachable endpoint, missing bucket, denied access, no credentials."""
 

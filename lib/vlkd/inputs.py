@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from vlkd.artifacts import FILES, ArtifactStore, sha256_file
 from vlkd.errors import ChecksumError, NotFoundError, VlkdError
 from vlkd.refs import ArtifactRef
-from vlkd.storage import Storage, open_storage
+from vlkd.storage import Storage, open_storage, split_s3_uri
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ def open_input(text: str, store: ArtifactStore) -> InputSource:
     if "://" in text:
         parsed = urlparse(text)
         if parsed.scheme == "s3":
-            return InputSource(open_storage(f"s3://{parsed.netloc}"), parsed.path.strip("/"), text.rstrip("/"))
+            bucket, prefix = split_s3_uri(text)
+            return InputSource(open_storage(f"s3://{bucket}"), prefix, text.rstrip("/"))
         if parsed.scheme == "file":
             if not Path(parsed.path).exists():
                 raise NotFoundError(f"{text} does not exist")
@@ -112,8 +113,8 @@ def fetch_weights(text: str, store: ArtifactStore, dest: Path) -> tuple[str, Art
     if parsed.scheme == "file" and Path(parsed.path).exists():
         return parsed.path, None
     if parsed.scheme == "s3":
-        storage = open_storage(f"s3://{parsed.netloc}")
-        key = parsed.path.strip("/")
+        bucket, key = split_s3_uri(text)
+        storage = open_storage(f"s3://{bucket}")
         if storage.exists(key):  # a single object, e.g. a .pth checkpoint
             target = dest / Path(key).name
             storage.download(key, target)

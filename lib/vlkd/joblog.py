@@ -4,11 +4,12 @@ KubeRay deletes a RayJob's cluster when the job ends and a Ray head keeps logs o
 read from the cluster is gone with it. Every job therefore copies its output (the driver's, which carries its Ray
 workers' lines as Ray forwards them) to the store while it runs, in chunks written every few seconds: a crash
 loses at most the last few seconds. The state says whether the job runs, waits for resources (and why), or ended
-(and how): what `vlkd status` and `vlkd logs` fall back on once the cluster is gone. While the job runs or waits,
-its state is rewritten every HEARTBEAT_SECONDS, so a driver that died without recording its end (killed, its node
-lost) shows as one that stopped beating: after LOST_AFTER, `vlkd status` calls it lost. How long ago the state was
-written is the store's word (`read_state`), not the `updated_at` the job's clock put in it: a pod's clock a few
-minutes off must not make a healthy job lost, nor its record look older than the submission that started it.
+(and how: its exit code and, if it failed, its error in one line): what `vlkd status` and `vlkd logs` fall back on
+once the cluster is gone. While the job runs or waits, its state is rewritten every HEARTBEAT_SECONDS, so a driver
+that died without recording its end (killed, its node lost) shows as one that stopped beating: after LOST_AFTER,
+`vlkd status` calls it lost. How long ago the state was written is the store's word (`read_state`), not the
+`updated_at` the job's clock put in it: a pod's clock a few minutes off must not make a healthy job lost, nor its
+record look older than the submission that started it.
 
 The state also says how far the job is (`progress`: done, total, unit, rate, ETA), what progress bars read. A job
 reports it with `report_progress`, which prints one event line (PROGRESS_EVENT and a JSON object); the recorder
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from vlkd.errors import NotFoundError
+from vlkd.errors import NotFoundError, first_line
 from vlkd.storage import Storage
 
 log = logging.getLogger("vlkd.joblog")
@@ -40,6 +41,8 @@ log = logging.getLogger("vlkd.joblog")
 JOB_PREFIX = "jobs/{job_id}"
 LOG_PREFIX = JOB_PREFIX + "/log/"
 STATE_KEY = JOB_PREFIX + "/state.json"
+# A training job's checkpoints (`vlkd.train.RunPlace`): what submitting its id again resumes from.
+CHECKPOINT_PREFIX = "checkpoints/{job_id}"
 CHUNK_SECONDS = 5.0
 HEARTBEAT_SECONDS = 30.0
 LOST_AFTER = timedelta(minutes=5)  # ten missed heartbeats: more than a store's hiccup, less than a user's patience
@@ -83,6 +86,18 @@ def read_progress(storage: Storage, job_id: str) -> dict[str, Any] | None:
     return json.loads(storage.read_bytes(key)).get("progress") if storage.exists(key) else None
 
 
+def describe_progress(progress: dict[str, Any]) -> str:
+    """Recorded progress (`read_progress`) in words, as far as the job has said: `150/1000 steps, 3.41 steps/s,
+    eta 0:04:10` (days past a day), for `vlkd status` and a followed job's heartbeat alike."""
+    from vlkd.durations import clock
+
+    unit, rate, eta = f"{progress['unit']}s", progress.get("rate"), progress.get("eta_seconds")
+    parts = [f"{progress['done']}/{progress['total']} {unit}"]
+    parts += [f"{rate:.3g} {unit}/s"] if rate else []
+    parts += [f"eta {clock(eta)}"] if eta is not None else []
+    return ", ".join(parts)
+
+
 def report_progress(done: int, total: int, unit: str, rate: float | None = None) -> None:
     """Say that `done` of `total` `unit`s (training steps, finetuning runs) are done, at `rate` units per second;
     the job's recorder keeps it in the job's state. Call it from any process of the job (see the module's doc)."""
@@ -106,15 +121,18 @@ def read_log(storage: Storage, job_id: str) -> Iterator[str]:
         yield pending + "\n"
 
 
-def worker_lines(lines: Iterator[str], rank: int) -> Iterator[str]:
+def worker_lines(lines: Iterator[str], rank: int, named: set[int] | None = None) -> Iterator[str]:
     """The lines of training worker `rank` in a driver log: those Ray forwarded from the pids whose banner named
-    that rank (a replaced worker has a new pid and prints its banner again). The Ray prefix is removed."""
+    that rank (a replaced worker has a new pid and prints its banner again). The Ray prefix is removed. `named`
+    collects the ranks of every banner read, to say which workers a log has."""
     pids: set[str] = set()
     for line in lines:
         match = _SOURCE.match(_ANSI.sub("", line))
         if not match:
             continue
         banner = _BANNER.search(line)
+        if banner and named is not None:
+            named.add(int(banner.group("rank")))
         if banner and int(banner.group("rank")) == rank:
             pids.add(match.group("pid"))
         if match.group("pid") in pids:
@@ -149,6 +167,7 @@ class JobRecorder:
         self._state: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
         self._recheck: Callable[[], list[str]] | None = None
+        self._error: str | None = None
 
     def _next_chunk(self) -> int:
         """A resubmitted job id appends to the log its earlier attempts left."""
@@ -187,9 +206,14 @@ class JobRecorder:
         if exc is not None and not isinstance(exc, SystemExit | KeyboardInterrupt):
             # Python prints the traceback to the console after this; the stored log needs its own copy.
             self._buffer += "".join(traceback.format_exception(kind, exc, tb)).encode()
+            self._error = self._error or f"{type(exc).__name__}: {first_line(exc)}"
         self._flush()
         code = 0 if exc is None else (exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1)
-        self._set_state(ENDED, exit_code=code)
+        self._set_state(ENDED, exit_code=code, **({"error": self._error} if self._error and code else {}))
+
+    def failed(self, error: str) -> None:
+        """Record `error` (one line) as why the job fails, written with its end: what `vlkd status` shows."""
+        self._error = error
 
     def waiting(self, why: list[str], recheck: Callable[[], list[str]]) -> None:
         """Record why the job cannot start yet; `recheck` (called every interval) says when it can."""

@@ -8,11 +8,15 @@ very same pinned spec is skipped (the skip rule), unless forced. Progress is kep
 Run as one cluster job (`vlkd pipeline submit`, `vlkd.jobs.pipeline`), each stage's job id derives from the
 pipeline job's (`<pipeline job id>-<stage>`): a resubmitted or retried pipeline job skips the stages that
 published, follows a stage job that is still running, and resubmits an interrupted one under its own id, which
-resumes it from its checkpoints (training) or its run cache (preprocess).
+resumes it from its checkpoints (training) or its run cache (preprocess). Run from this machine (`vlkd pipeline
+run`), stages get new job ids; a run started again after the last one was interrupted follows the stage job the
+last run recorded as running, if it still runs for the same pinned spec (`StageRun.spec_sha256`), rather than start
+a second job that trains the same model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tempfile
@@ -28,10 +32,10 @@ import yaml
 from vlkd.ablation_table import AblationTable
 from vlkd.artifacts import ArtifactStore, Manifest
 from vlkd.backends.base import Backend, JobState
-from vlkd.backends.submission import prepare, submit
-from vlkd.errors import NotFoundError, RefError, VlkdError
-from vlkd.jobstate import vlkd_home
-from vlkd.refs import KINDS, ArtifactRef
+from vlkd.backends.submission import job_status, prepare, spec_ref, submit
+from vlkd.errors import NotFoundError, VlkdError
+from vlkd.jobstate import recall, vlkd_home
+from vlkd.refs import ArtifactRef
 from vlkd.specs import PipelineSpec, StageSpec, parse_spec
 
 
@@ -44,6 +48,8 @@ class StageRun:
     job_id: str | None = None
     outputs: list[str] = field(default_factory=list)
     message: str = ""
+    spec_sha256: str = ""
+    """of the pinned spec its job was submitted with: a later run follows that job only for the same spec"""
 
 
 @dataclass
@@ -113,11 +119,8 @@ def _map_refs(value: Any, pin: Callable[[ArtifactRef], str | None]) -> Any:
         return {k: _map_refs(v, pin) for k, v in value.items()}
     if isinstance(value, list):
         return [_map_refs(v, pin) for v in value]
-    if isinstance(value, str) and "/" in value and value.split("/", 1)[0] in KINDS:
-        try:
-            return pin(ArtifactRef.parse(value)) or value
-        except RefError:
-            return value
+    if (ref := spec_ref(value)) is not None:
+        return pin(ref) or value
     return value
 
 
@@ -158,6 +161,7 @@ def run_pipeline(
 ) -> PipelineRun:
     """`job_id`: the pipeline's own job, which names its stages' jobs; None for new ids (`vlkd pipeline run`)."""
     stages = pipeline.stages()
+    earlier = _last_run(pipeline.name, store, backend.name)
     run = PipelineRun(
         pipeline.name,
         store.uri,
@@ -172,8 +176,17 @@ def run_pipeline(
     with tempfile.TemporaryDirectory(prefix="vlkd-pipeline-") as specs:
         submitter = _Submitter(store, backend, options, image, job_id, Path(specs))
         for (key, spec), record in zip(stages, run.stages, strict=True):
-            _run_stage(key, spec, record, run, submitter, reporter, force)
+            _run_stage(key, spec, record, run, submitter, reporter, force, earlier.get(key))
     return run
+
+
+def _last_run(name: str, store: ArtifactStore, backend: str) -> dict[str, StageRun]:
+    """The stages of the pipeline's last run in `store` on `backend`, by key (none before its first there)."""
+    try:
+        last = PipelineRun.load(name, store.uri)
+    except NotFoundError:
+        return {}
+    return {stage.key: stage for stage in last.stages} if last.backend == backend else {}
 
 
 @dataclass(frozen=True)
@@ -194,16 +207,24 @@ class _Submitter:
         spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
         spec_file.write_text(spec_text)
         job = prepare(spec.stage, spec, spec_file, self.store, self.backend.name, self.image, stage_id)
-        submit(self.backend, self.options, job, spec_text, self.store)
+        submit(self.backend, self.options, job, spec_text, self.store, source=f"stage {key}")
         return job.job_id
 
 
 def _run_stage(
-    key: str, spec: StageSpec, record: StageRun, run: PipelineRun, to: _Submitter, reporter: Reporter, force: bool
+    key: str,
+    spec: StageSpec,
+    record: StageRun,
+    run: PipelineRun,
+    to: _Submitter,
+    reporter: Reporter,
+    force: bool,
+    earlier: StageRun | None,
 ) -> None:
-    """Skip the stage if its outputs exist for this pinned spec; else run it (or follow its job, still running from
-    an interrupted attempt) until it ends. Outputs that this pipeline job's own stage job published (it finished
-    while an earlier attempt's driver was down) are that job's success, not a skip, forced or not."""
+    """Skip the stage if its outputs exist for this pinned spec; else run it, or follow its job if one still runs
+    for this pinned spec (the stage job of this pipeline job's interrupted attempt, or the job the `earlier` run
+    recorded), until it ends. Outputs that this pipeline job's own stage job published (it finished while an earlier
+    attempt's driver was down) are that job's success, not a skip, forced or not."""
     store, backend = to.store, to.backend
     pinned = parse_spec(pin_refs(spec.model_dump(mode="json"), store), spec.stage, key)
     stage_id = stage_job_id(to.job_id, key) if to.job_id else None
@@ -215,15 +236,18 @@ def _run_stage(
         run.save(store)
         reporter.done(record)
         return
-    record.state, record.job_id = "running", stage_id
+    record.state, record.spec_sha256 = "running", _sha256(pinned)
+    if earlier is not None and earlier.state == "running" and earlier.spec_sha256 == record.spec_sha256:
+        stage_id = stage_id or earlier.job_id
+    record.job_id = stage_id
     if stage_id and _still_running(backend, stage_id):
         record.message = "followed: its job was still running"
         run.save(store)
-        final = reporter.follow(record, backend, {})
+        final = reporter.follow(record, backend, _record(stage_id))
     else:
-        record.job_id = to.submit(key, pinned, stage_id)
+        record.job_id = to.submit(key, pinned, stage_id if to.job_id else None)
         run.save(store)
-        final = reporter.follow(record, backend, _recall(record.job_id))
+        final = reporter.follow(record, backend, _record(record.job_id))
     if final != JobState.SUCCEEDED:
         record.state, record.message = "failed", f"{final.value}: see `vlkd logs {record.job_id}`"
         run.save(store)
@@ -238,6 +262,10 @@ def _run_stage(
     reporter.done(record)
 
 
+def _sha256(spec: StageSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
 def _published_before(outputs: list[Manifest], stage_id: str | None, force: bool) -> tuple[str, str] | None:
     """The state and message of a stage whose outputs exist for its pinned spec; None to run it (forced)."""
     if stage_id and all(m.job_id == stage_id for m in outputs):
@@ -248,15 +276,36 @@ def _published_before(outputs: list[Manifest], stage_id: str | None, force: bool
 def _still_running(backend: Backend, job_id: str) -> bool:
     """Whether the backend runs this job now (a retried pipeline finds its interrupted stage's job alive)."""
     try:
-        return not backend.status(job_id, {}).state.finished
+        return not backend.status(job_id, _record(job_id)).state.finished
     except VlkdError:
         return False  # the backend does not know it
 
 
-def _recall(job_id: str) -> dict[str, Any]:
-    from vlkd.jobstate import recall
+def _record(job_id: str) -> dict[str, Any]:
+    """How the backend finds the job, as this machine remembers its submission; a job another process submitted
+    (an earlier attempt of a pipeline job, on another pod) is found by its id alone."""
+    try:
+        return recall(job_id)["record"]
+    except NotFoundError:
+        return {}
 
-    return recall(job_id)["record"]
+
+def with_job_states(run: PipelineRun) -> PipelineRun:
+    """The run with each stage it recorded as running in the state its job is in now: a stage job runs on when its
+    pipeline's driver is interrupted, and may since have ended (cancelled, failed, or succeeded) unrecorded. A
+    stage whose job neither this machine nor the store can say more of stays as recorded."""
+    for stage in run.stages:
+        if stage.state != "running" or not stage.job_id:
+            continue
+        try:
+            current = job_status(stage.job_id, run.store)
+        except VlkdError:
+            continue
+        if current.state == JobState.SUCCEEDED:
+            stage.state, stage.message = "succeeded", "its job ended after the pipeline stopped following it"
+        elif current.state.finished:
+            stage.state, stage.message = "failed", f"{current.state.value}: {current.message}".rstrip(": ")
+    return run
 
 
 def wait_until_finished(backend: Backend, job_id: str, record: dict[str, Any], poll: float = 1.0) -> JobState:

@@ -240,6 +240,7 @@ def job_main(stage: str, run: Callable[[Any, JobContext], list[Manifest]], argv:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     job_id = args.job_id or new_job_id(stage)
+    recorder: JobRecorder | None = None
     with contextlib.ExitStack() as job:
         try:
             spec = read_spec(args.spec, stage)
@@ -252,6 +253,8 @@ def job_main(stage: str, run: Callable[[Any, JobContext], list[Manifest]], argv:
             for manifest in run(spec, context):
                 print(f"published {manifest.ref}", flush=True)
         except VlkdError as exc:
+            if recorder is not None:  # what `vlkd status` shows of the failure
+                recorder.failed("; ".join(error_lines(exc)))
             sys.exit(_print_error(exc))
 
 

@@ -28,6 +28,8 @@ Progress = Callable[[int], None]
 
 DEFAULT_STORE_ENV = "VLKD_STORE"
 _CHUNK = 1 << 20
+# Tries to create a file whose folder another process's `delete_prefix` keeps removing (FileStorage._staged).
+_FOLDER_ATTEMPTS = 100
 # Parts above this size go up as S3 multipart uploads (boto3 then sends parts in parallel).
 MULTIPART_THRESHOLD = 64 << 20
 # Where an S3 store checks, once, that its endpoint honours conditional writes (deleted right after).
@@ -98,18 +100,38 @@ def default_store_uri() -> str:
     return os.environ.get(DEFAULT_STORE_ENV) or Path.home().joinpath(".vlkd", "store").as_uri()
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of `s3://BUCKET/KEY`, the key without its outer slashes. S3 takes a key literally: in
+    `s3://b/vlkd/../other`, `..` is a folder's name, not a step up, so vlkd would write where the user did not mean
+    and where every other S3 client (`aws s3`, a console) shows a folder named `..`. Such a key is refused, not
+    resolved: resolving it could also climb out of the prefix, and the user knows which place was meant."""
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.strip("/")
+    if not _BUCKET.match(bucket):
+        raise StorageError(f"invalid S3 bucket name {bucket!r} in {uri!r}")
+    if key and any(part in ("", ".", "..") for part in key.split("/")):
+        raise StorageError(
+            f"{uri!r}: S3 takes '.', '..' and empty segments literally, as folder names; write the prefix without them"
+        )
+    return bucket, key
+
+
 def normalize_store_uri(uri: str) -> str:
     """Accept `s3://bucket/prefix`, `file:///abs/path` or a plain local path; return a URI."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        bucket = parsed.netloc
-        if not _BUCKET.match(bucket):
-            raise StorageError(f"invalid S3 bucket name {bucket!r} in store URI {uri!r}")
-        return f"s3://{bucket}/{parsed.path.strip('/')}".rstrip("/")
+        bucket, prefix = split_s3_uri(uri)
+        return f"s3://{bucket}/{prefix}".rstrip("/")
     if parsed.scheme == "file":
+        path = unquote(parsed.path)
         if parsed.netloc not in ("", "localhost"):
             raise StorageError(f"file store URI {uri!r} names a host; use file:///absolute/path")
-        return Path(unquote(parsed.path)).as_uri()
+        if not path.startswith("/"):
+            raise StorageError(
+                f"store URI {uri!r}: a file: URI needs an absolute path; use file:///ABSOLUTE/PATH, the folder's "
+                f"path itself ({path or '.'}) or s3://BUCKET/PREFIX"
+            )
+        return Path(path).as_uri()
     if parsed.scheme == "":
         return Path(uri).expanduser().resolve().as_uri()
     raise StorageError(f"unsupported store URI {uri!r}: use s3://BUCKET/PREFIX, file:///PATH or a local path")
@@ -161,9 +183,19 @@ class FileStorage:
 
     @contextlib.contextmanager
     def _staged(self, key: str) -> Iterator[tuple[Path, Path]]:
+        """(a new empty temporary file beside `key`'s, the file of `key`). Creating the temporary file keeps its
+        folder: `delete_prefix` elsewhere removes folders it leaves empty, which may be this one between `mkdir` and
+        the file's creation; then both are made again."""
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{self._TMP}{uuid.uuid4().hex}-{target.name}")
+        for attempt in range(_FOLDER_ATTEMPTS):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp.touch(exist_ok=False)
+                break
+            except FileNotFoundError:
+                if attempt == _FOLDER_ATTEMPTS - 1:
+                    raise
         try:
             yield tmp, target
         finally:
@@ -230,18 +262,28 @@ class FileStorage:
                 yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
 
     def children(self, prefix: str) -> list[str]:
-        base = self._dir(prefix)
-        if not base.is_dir():
+        try:
+            return sorted(p.name for p in self._dir(prefix).iterdir() if not p.name.startswith(self._TMP))
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(p.name for p in base.iterdir() if not p.name.startswith(self._TMP))
 
     def pyarrow_location(self, prefix: str) -> tuple[str, Any]:
         """Where Ray Train (which speaks pyarrow filesystems) should write under `prefix`."""
         return str(self._dir(prefix)), None
 
     def delete_prefix(self, prefix: str) -> int:
+        """Also removes the folders this leaves empty, as on S3, where a folder is only the keys under it: an
+        aborted publish must not leave `artifacts/<kind>/<name>/` behind to be listed as an artifact."""
         count = sum(1 for _ in self.list(prefix))
-        shutil.rmtree(self._dir(prefix), ignore_errors=True)
+        folder = self._dir(prefix)
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in folder.parents:
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone): its ancestors are not empty either
+                break
         return count
 
     def age(self, key: str) -> timedelta:
@@ -250,6 +292,11 @@ class FileStorage:
         except (FileNotFoundError, NotADirectoryError):
             raise NotFoundError(f"{self.uri}/{key} does not exist") from None
         return timedelta(seconds=max(time.time() - modified, 0.0))
+
+
+def _bare(code: str) -> bool:
+    """Whether botocore found no S3 error code in an answer: none, or only the HTTP status it puts there instead."""
+    return not code or code.isdigit()
 
 
 def _copy(src: Any, dst: Any, progress: Progress | None) -> None:
@@ -351,6 +398,28 @@ class S3Storage:
     def _missing_bucket(self) -> StorageError:
         return StorageError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it or fix the store URI")
 
+    def _not_s3(self, what: str) -> StorageError:
+        """The error for an answer without an S3 error code (`what`: which request got which status). S3 names the
+        error in the body of every error answer except HEAD's, so some other HTTP server answered: a wrong port, a
+        console's (MinIO's) instead of the API's. Unless HeadBucket's answer carries S3's headers (`x-amz-...`) and
+        says 404: then it is S3 and the bucket is missing."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            answer = exc.response.get("ResponseMetadata", {})
+            headers = answer.get("HTTPHeaders", {})
+            if answer.get("HTTPStatusCode") == 404 and any(h.lower().startswith("x-amz") for h in headers):
+                return self._missing_bucket()
+        except BotoCoreError:
+            pass
+        return StorageError(
+            f"the endpoint {self.endpoint} does not answer as S3 ({what} without an S3 error code); check "
+            "AWS_ENDPOINT_URL: it must be the S3 API's address (on MinIO the API's port, 9000 by default, not the "
+            "console's)"
+        )
+
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
         """Turn botocore's and boto3's exceptions into vlkd errors that say what to do."""
@@ -372,6 +441,9 @@ class S3Storage:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
                 raise KeyExistsError(f"{where} already exists") from None
+            bodiless = exc.operation_name.startswith("Head")  # a HEAD answer has no body to name its error
+            if _bare(code) and not bodiless and isinstance(status, int) and 400 <= status < 500:
+                raise self._not_s3(f"{exc.operation_name} of {where} got HTTP {status}") from None
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFoundError(f"{where} does not exist") from None
             if code == "NoSuchBucket":

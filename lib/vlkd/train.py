@@ -35,8 +35,9 @@ from torch import nn
 
 from vlkd.curves import LOGS, METRICS_FILE
 from vlkd.data.ingest import SplitReader, configure_ray_data
+from vlkd.durations import clock
 from vlkd.errors import DataError, VlkdError
-from vlkd.joblog import WORKER_BANNER, report_progress
+from vlkd.joblog import CHECKPOINT_PREFIX, WORKER_BANNER, report_progress
 from vlkd.optim import build_optimizer, build_scheduler
 from vlkd.specs import OptimSpec, Resources, TrainSpec
 from vlkd.storage import Storage
@@ -79,7 +80,7 @@ class RunPlace:
 
     @property
     def prefix(self) -> str:
-        return f"checkpoints/{self.job_id}"
+        return CHECKPOINT_PREFIX.format(job_id=self.job_id)
 
 
 @dataclass
@@ -485,7 +486,7 @@ class Loop:
                 shown,
                 metrics["lr"],
                 throughput["tokens_per_s"],
-                time.strftime("%H:%M:%S", time.gmtime(remaining)),
+                clock(remaining),
             )
         window.update(time=time.monotonic(), tokens=0, samples=0)
         self.state.window_terms, self.state.window_micro = {}, 0

@@ -18,6 +18,8 @@ class JobState(str, enum.Enum):
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    STOPPING = "STOPPING"
+    """vlkd asked the backend to stop it, and the backend still says it runs (`vlkd.backends.reconcile`)"""
     STOPPED = "STOPPED"
     LOST = "LOST"
     """the backend says it runs, but its driver stopped recording a heartbeat (`vlkd.backends.reconcile`); finished,
@@ -44,6 +46,10 @@ class JobStatus:
     """the driver recorded its end while the backend still says the job runs (`vlkd.backends.reconcile`): the
     state is the driver's, and the backend has not caught up yet (a local job shutting its Ray down) or never will
     (KubeRay's known stuck RayJobs)"""
+    error: str = ""
+    """for a FAILED job, the error it recorded as it ended (`vlkd.joblog`), or printed before it could record"""
+    progress: dict[str, Any] | None = None
+    """for a RUNNING job, how far it is as it last recorded (`vlkd.joblog.read_progress`); None before it says"""
 
 
 @dataclass

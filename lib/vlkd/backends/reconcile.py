@@ -13,6 +13,10 @@ lost the job (RayJob deleted, cluster gone) cannot say how it ended. So each wit
 Where they disagree, the message says which witness said what. A record older than the submission is an earlier
 attempt's (a resubmitted job id) and says nothing of this one (`of_this_attempt`).
 
+A third fact is this machine's own: that `vlkd cancel` asked the backend to stop the job (`with_cancel`). The job is
+STOPPING from that moment, then STOPPED: its driver, stopped by SIGTERM, records a non-zero exit, which alone would
+read FAILED for as long as the backend takes to notice.
+
 Times are the record's `stored_at` (`vlkd.joblog.read_state`): when the store got it, by the store's clock, read on
 the reader's. The job's own `updated_at` is its pod's clock, which may be minutes off the laptop's that submitted it.
 """
@@ -66,6 +70,18 @@ def _ended(current: JobStatus, recorded: dict[str, Any], now: datetime) -> JobSt
     if current.state == JobState.STOPPED and code != 0:  # stopped, and the driver exited because of it
         return replace(current, message=f"{current.message}; the {driver}")
     return replace(current, state=outcome, message=f"the {driver} ({_said(job, current)})")
+
+
+def with_cancel(current: JobStatus, requested_at: str | None, now: datetime) -> JobStatus:
+    """The status of a job whose cancel was requested at `requested_at` (None: it was not): STOPPING while something
+    may still run, then STOPPED, however its driver exited; a job that succeeded before the cancel reached it keeps
+    its success."""
+    if requested_at is None or current.state in (JobState.SUCCEEDED, JobState.STOPPED):
+        return current
+    asked = f"cancel requested at {_clock(requested_at, now)}"
+    if current.state.finished and current.state != JobState.LOST:  # a lost job's backend still says it runs
+        return replace(current, state=JobState.STOPPED, message=f"{asked}; {current.message}".rstrip("; "))
+    return replace(current, state=JobState.STOPPING, message=f"{asked}; {current.message}".rstrip("; "), why_pending=[])
 
 
 def _alive(current: JobStatus, recorded: dict[str, Any], now: datetime) -> JobStatus:

@@ -1,9 +1,15 @@
-"""Turning a validated spec into a job on a backend, and finding a submitted job again by its id."""
+"""Turning a validated spec into a job on a backend, and finding a submitted job again by its id.
+
+Nothing is sent, and nothing uploaded, until everything vlkd can check has passed: the job id is a plain name that
+names no other stage's job nor one that still runs (nor, unforced, one that succeeded: a resubmission resumes an
+interrupted job), and every artifact the spec reads exists in the store."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,12 +18,13 @@ from vlkd import __version__
 from vlkd.artifacts import ArtifactStore
 from vlkd.backends import get_backend
 from vlkd.backends.base import Backend, JobDescription, JobState, JobStatus
-from vlkd.backends.reconcile import of_this_attempt, reconcile
-from vlkd.errors import NotFoundError, VlkdError
+from vlkd.backends.reconcile import of_this_attempt, reconcile, with_cancel
+from vlkd.errors import NotFoundError, RefError, VlkdError
 from vlkd.joblog import ENDED, has_log, read_log, read_state, worker_lines
-from vlkd.jobstate import recall, remember
+from vlkd.jobstate import check_job_id, note_cancel, recall, remember
+from vlkd.refs import KINDS, ArtifactRef
 from vlkd.runtime import new_job_id
-from vlkd.specs import StageSpec
+from vlkd.specs import PipelineSpec, StageSpec
 from vlkd.storage import Storage
 
 # The image a cluster runs when neither the spec nor --image names one (built from this repository's Dockerfile).
@@ -57,7 +64,7 @@ def prepare(
     job_id: str | None,
 ) -> JobDescription:
     """The job description; remote backends read the spec from the store, where `submit` uploads it."""
-    job_id = job_id or new_job_id(stage)
+    job_id = check_job_id(job_id) if job_id else new_job_id(stage)
     if backend == "local":
         spec_uri = str(spec_path.resolve())
     else:
@@ -95,9 +102,17 @@ def upload_spec(job: JobDescription, spec_text: str, store: ArtifactStore) -> bo
 
 
 def submit(
-    backend: Backend, options: dict[str, Any], job: JobDescription, spec_text: str, store: ArtifactStore
+    backend: Backend,
+    options: dict[str, Any],
+    job: JobDescription,
+    spec_text: str,
+    store: ArtifactStore,
+    *,
+    source: str = "the spec",
 ) -> None:
-    """Upload the spec (remote backends), send the job, and remember where it went."""
+    """Check the spec's inputs (`check_inputs`; `source` names the spec in what it says), then upload the spec
+    (remote backends), send the job, and remember where it went."""
+    check_inputs(job.spec, store, source)
     upload_spec(job, spec_text, store)
     record = backend.submit(job)
     remember(
@@ -111,6 +126,75 @@ def submit(
             "store": job.store_uri,
         },
     )
+
+
+class AlreadySucceeded(VlkdError):
+    """A job id given again names a job that succeeded: there is nothing to resume, and running it again would
+    publish its outputs again."""
+
+
+def claim(job_id: str, stage: str, force: bool) -> None:
+    """Let a job id this machine submitted before be submitted again (to resume the job it names) only for the
+    same stage, once that job has ended, and, if it succeeded, only when `force`d (`AlreadySucceeded`)."""
+    try:
+        entry = recall(job_id)
+    except NotFoundError:
+        return  # a new id, or one submitted elsewhere: its backend refuses it if it still runs there
+    if entry["stage"] != stage:
+        raise VlkdError(f"job {job_id} is a {entry['stage']} job: a {stage} job needs its own id (leave out --job-id)")
+    current = job_status(job_id)
+    if not current.state.finished or current.state == JobState.LOST:  # a lost job's backend still says it runs
+        raise VlkdError(
+            f"job {job_id} is {current.state.value}, not ended: follow it with `vlkd logs -f {job_id}`, or stop it "
+            f"with `vlkd cancel {job_id}` before resubmitting it"
+        )
+    if current.state == JobState.SUCCEEDED and not force:
+        raise AlreadySucceeded(f"job {job_id} already succeeded: nothing to resume (--force runs it again)")
+
+
+def spec_ref(value: Any) -> ArtifactRef | None:
+    """The artifact ref a value in a spec's data names (`kind/name[:vN|:alias]`); None for anything else (a URI,
+    a name, a number)."""
+    if not (isinstance(value, str) and "/" in value and value.split("/", 1)[0] in KINDS):
+        return None
+    try:
+        return ArtifactRef.parse(value)
+    except RefError:
+        return None
+
+
+def input_refs(spec: StageSpec) -> list[tuple[str, ArtifactRef]]:
+    """(field path, ref) of every artifact a spec reads; of a pipeline, those its own stages do not publish."""
+    if isinstance(spec, PipelineSpec):
+        stages = dict(spec.stages())
+        made = {f"{kind}/{stage.name}" for stage in stages.values() for kind in type(stage).outputs}
+        found = [(f"{key}: {path}", ref) for key, stage in stages.items() for path, ref in input_refs(stage)]
+        return [(path, ref) for path, ref in found if ref.path not in made]
+    return list(_refs_in(spec.model_dump(mode="json"), ""))
+
+
+def _refs_in(value: Any, path: str) -> Iterator[tuple[str, ArtifactRef]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _refs_in(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _refs_in(item, f"{path}[{i}]")
+    elif (ref := spec_ref(value)) is not None:
+        yield path, ref
+
+
+def check_inputs(spec: StageSpec, store: ArtifactStore, source: str) -> None:
+    """Refuse a spec that reads an artifact the store lacks, before a job starts for it: one line naming the spec,
+    the field and the ref, and the artifact of that kind whose name is close, if one is."""
+    for path, ref in input_refs(spec):
+        try:
+            store.resolve(ref)
+        except NotFoundError as exc:
+            names = store.names(ref.kind)
+            close = difflib.get_close_matches(ref.name, names, n=1) if ref.name not in names else []
+            found = f"{ref} has no published version; did you mean {ref.kind}/{close[0]}?" if close else str(exc)
+            raise NotFoundError(f"{source}: {path}: {found}") from None
 
 
 def find(job_id: str) -> tuple[Backend, dict[str, Any]]:
@@ -127,7 +211,8 @@ def _job_storage(entry: dict[str, Any], store_uri: str | None) -> Storage:
 def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
     """A job's state: the backend's, reconciled with what the job recorded in the store (`reconcile`): that it
     waits for resources (and why), how it ended (also once the backend has forgotten it: cluster deleted, head gone),
-    or that its driver stopped beating while the backend still says it runs."""
+    or that its driver stopped beating while the backend still says it runs; STOPPING at once once it was cancelled.
+    A failed job says its error, a running one how far it is."""
     entry, backend = _entry(job_id, store_uri)
     now = datetime.now().astimezone()
     try:
@@ -138,6 +223,19 @@ def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
         recorded = None  # the store is out of reach from here: the backend's word alone
     if recorded is not None and not of_this_attempt(recorded, entry.get("submitted_at")):
         recorded = None  # an earlier attempt's (the job id was submitted again)
+    current = with_cancel(_witnessed(job_id, entry, backend, recorded, now), entry.get("cancel_requested_at"), now)
+    if current.state == JobState.FAILED:
+        error = recorded.get("error", "") if recorded else _printed_error(job_id, entry, backend)
+        return replace(current, error=error)
+    if current.state == JobState.RUNNING and recorded is not None:
+        return replace(current, progress=recorded.get("progress"))
+    return current
+
+
+def _witnessed(
+    job_id: str, entry: dict[str, Any], backend: Backend | None, recorded: dict[str, Any] | None, now: datetime
+) -> JobStatus:
+    """What the backend and the job's record say together (see `job_status`)."""
     if backend is None:
         return _from_record(job_id, recorded, "this machine did not submit it")
     try:
@@ -147,6 +245,18 @@ def job_status(job_id: str, store_uri: str | None = None) -> JobStatus:
             raise
         return _from_record(job_id, recorded, f"{backend.name} backend: {exc}")
     return reconcile(current, recorded, now)
+
+
+def _printed_error(job_id: str, entry: dict[str, Any], backend: Backend | None) -> str:
+    """The last `error:` line in the log of a job that failed before it could record itself (its spec or its store
+    out of reach): a short log, read from the backend."""
+    if backend is None:
+        return ""
+    try:
+        lines = list(backend.logs(job_id, entry["record"]))
+    except (VlkdError, OSError):
+        return ""
+    return next((line[len("error: ") :].strip() for line in reversed(lines) if line.startswith("error: ")), "")
 
 
 def _from_record(job_id: str, recorded: dict[str, Any] | None, why_not_live: str) -> JobStatus:
@@ -176,7 +286,40 @@ def job_logs(
         lines = backend.logs(job_id, entry["record"], follow=follow)
     else:
         raise NotFoundError(f"job {job_id} has no log in {store_uri or entry['store']}")
-    return worker_lines(lines, worker) if worker is not None else lines
+    return _worker_lines(job_id, lines, worker) if worker is not None else lines
+
+
+def _worker_lines(job_id: str, lines: Iterator[str], worker: int) -> Iterator[str]:
+    """Training worker `worker`'s lines (`worker_lines`); a log that has none of them is an error that says which
+    workers the log has."""
+    named: set[int] = set()
+    found = False
+    for line in worker_lines(lines, worker, named):
+        found = True
+        yield line
+    if not found:
+        which = f"workers {', '.join(map(str, sorted(named)))}" if named else "no training workers"
+        raise NotFoundError(f"job {job_id} has no training worker {worker}: its log names {which}")
+
+
+def cancel(job_id: str) -> JobStatus | None:
+    """Ask a job's backend to stop it, the request recorded first, so that `vlkd status` says STOPPING from then on
+    (its driver's exit on SIGTERM alone would read FAILED until the backend notices); None once asked. A job that
+    had already ended is left alone: its status is returned."""
+    current = job_status(job_id)
+    if current.state.finished and current.state != JobState.LOST:  # a lost job's backend may still run it
+        return current
+    backend, record = find(job_id)
+    first = current.state != JobState.STOPPING  # else asked before: ask again, keep when
+    if first:
+        note_cancel(job_id)
+    try:
+        backend.cancel(job_id, record)
+    except Exception:
+        if first:  # the backend did not take it: the job runs on as before
+            note_cancel(job_id, asked=False)
+        raise
+    return None
 
 
 def _entry(job_id: str, store_uri: str | None) -> tuple[dict[str, Any], Backend | None]:

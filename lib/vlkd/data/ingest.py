@@ -22,10 +22,13 @@ def configure_ray_data(resources: Resources) -> None:
     the readers yield them, and at most `resources.data_buffer` bytes of blocks in the object store ahead of the
     reader. Without the cap, Ray Data
     reads ahead until its share of the object store is full, so a job's memory grows with its data up to that share
-    (30% of a node's RAM)."""
+    (30% of a node's RAM). No progress bars: a job's output is its log, not a terminal, where Ray Data writes a
+    block of progress lines every few seconds of every execution (two thirds of a teacher's log); the job reports
+    its own progress (`vlkd.joblog`)."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
     context.target_max_block_size = BLOCK_BYTES
     options = context.execution_options
     options.preserve_order = True

@@ -8,6 +8,7 @@
 `SynthConfig.profile` picks the shapes of the first two: "demo" (short videos with a few exact captions, short
 paragraphs) or "howto100m-wiki103" (the paper's pretraining data's shapes: minutes-long videos of about 100
 overlapping ASR-like clips from `synth_asr`, and Wikipedia-length articles from `long_articles`).
+`publish_dataset` imports what `generate` wrote as dataset artifacts, keeping a part's version while it is unchanged.
 The world's vocabulary and `describe` live in `synth_world`; the media and bad-input helpers in `synth_video`.
 """
 
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlkd.artifacts import ArtifactStore, Manifest, collect_files
 from vlkd.data.captions import Caption, dump_captions
 from vlkd.data.synth_asr import howto_videos
 from vlkd.data.synth_tasks import TASKS, write_tasks
@@ -57,6 +59,7 @@ __all__ = [
     "generate",
     "long_articles",
     "plan_videos",
+    "publish_dataset",
     "truncate_video",
     "write_audio_only",
 ]
@@ -370,3 +373,22 @@ def generate(out: Path, config: SynthConfig = SynthConfig()) -> SynthSummary:
         corpus_lines=len(lines),
         task_examples=counts,
     )
+
+
+def publish_dataset(
+    store: ArtifactStore, root: Path, config: SynthConfig, name: str = "synth", new_version: bool = False
+) -> list[tuple[Manifest, bool]]:
+    """Import the dataset `generate` wrote under `root` as `dataset/NAME-videos`, `NAME-text` and `NAME-<task>`:
+    (the version, whether it is new) per part. A part its latest version already holds (files, seed, profile) keeps
+    that version unless `new_version`, so making the data again (the quickstart, `vlkd data synth`) leaves what was
+    made from it up to date."""
+    parts = {"videos": root / VIDEOS_DIR, "text": root / TEXT_DIR} | {t: root / TASKS_DIR / t for t in TASKS}
+    attributes = {"synthetic": True, "seed": config.seed, "profile": config.profile}
+    published = []
+    for part, folder in parts.items():
+        files = collect_files([folder])
+        if new_version:
+            published.append((store.publish("dataset", f"{name}-{part}", files, attributes=attributes), True))
+        else:
+            published.append(store.publish_unless_unchanged("dataset", f"{name}-{part}", files, attributes=attributes))
+    return published

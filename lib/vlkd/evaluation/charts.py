@@ -1,6 +1,7 @@
 """The report's charts. One PNG bar chart per task: each model's main metric (mean over seeds, ± std as error
-bars), the baseline row in a darker colour, the reference rows as dashed lines. Training curves as small
-multiples (a panel per task x model, a line per seed): the training loss, and the main metric on dev per epoch.
+bars), the baseline row in a darker colour, a flagged cell's bar hatched and its value marked `!` as in the tables,
+the reference rows as dashed lines. Training curves as small multiples (a panel per task x model, a line per
+seed): the training loss, and the main metric on dev per epoch (whole epochs on the axis).
 matplotlib is imported here only, and used through its Agg canvas (no display, no global pyplot state), so the
 report can be written on a headless worker."""
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlkd.evaluation.references import REFERENCES
+from vlkd.evaluation.report import FLAG
 from vlkd.evaluation.results import reference_metric
 from vlkd.evaluation.tasks import TASKS
 
@@ -53,14 +55,23 @@ def _chart(results: Mapping[str, Any], task: str, path: Path) -> Path:
     figure = _figure(max(4.0, 1.2 * len(rows) + 1.5), 3.5)
     axes = figure.add_subplot()
     colours = [_BASELINE if row == results.get("baseline") else _BAR for row in rows]
+    flagged = [bool(s and s.get("flags")) for s in stats]
     bars = axes.bar(range(len(rows)), means, yerr=errors, capsize=4, color=colours)
-    axes.bar_label(bars, labels=[f"{m:.1f}" for m in means], padding=2, fontsize=8)
+    for bar, marked in zip(bars, flagged, strict=True):
+        bar.set_hatch("//" if marked else None)
+    shown = [f"{m:.1f}" + (f" {FLAG}" if marked else "") for m, marked in zip(means, flagged, strict=True)]
+    axes.bar_label(bars, labels=shown, padding=2, fontsize=8)
     for name, reference in REFERENCES.items():
         value = _reference(results, task, name)
         if value is not None:
             axes.axhline(value, linestyle="--", linewidth=1, color=_REFERENCE_STYLES[name], label=reference.label)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=7, loc="lower right")
+    handles = axes.get_legend_handles_labels()[0]
+    if any(flagged):
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label=f"{FLAG} a run is flagged"))
+    if handles:
+        axes.legend(handles=handles, fontsize=7, loc="lower right")
     axes.set_xticks(range(len(rows)), rows, rotation=20, ha="right", fontsize=8)
     axes.set_ylabel(definition.main_metric)
     axes.set_title(f"{definition.title} ({definition.metric_label})")
@@ -87,6 +98,8 @@ def _small_multiples(results: Mapping[str, Any], runs: list[Mapping[str, Any]], 
     """A panel per task (rows, sharing their y axis) and model (columns), a line per seed."""
     tasks = [task for task in results["tasks"] if any(run["task"] == task for run in runs)]
     rows = [m["row"] for m in results["models"] if any(run["row"] == m["row"] for run in runs)]
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(0.4 + 3.0 * len(rows), 0.4 + 2.4 * len(tasks))
     panels = figure.subplots(len(tasks), len(rows), squeeze=False, sharey="row")
     for (i, task), (j, row) in ((t, r) for t in enumerate(tasks) for r in enumerate(rows)):
@@ -99,6 +112,7 @@ def _small_multiples(results: Mapping[str, Any], runs: list[Mapping[str, Any]], 
             axes.axhline(majority, linestyle="--", linewidth=1, color=_REFERENCE_STYLES["majority"])
         axes.set_title(f"{definition.title}: {row}", fontsize=8)
         axes.set_xlabel("epoch" if curve == "dev_curve" else "step", fontsize=7)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(definition.main_metric if curve == "dev_curve" else "loss", fontsize=7)
         axes.tick_params(labelsize=7)
         if axes.get_legend_handles_labels()[0]:

@@ -9,8 +9,8 @@ always no answer) follow the models', labelled as references and never averaged.
 Each row's difference from the baseline row comes with its 95% interval (`bootstrap`), marked `(noise)` when
 the interval contains 0. The ablation tables (Tables 2-7) follow the main ones, each laid out alike: the baseline,
 then its rows under their labels, the table's tasks only and no average. Then: every metric per task, each row's
-artifact ref and lineage, the KD terms' balance, the teacher retrieval table, the cost, the charts (a bar chart per
-task; training curves) and the notes.
+artifact ref and lineage, the KD terms' balance, the teacher retrieval table (against chance, with a link to its
+example page), the cost, the charts (a bar chart per task; training curves) and the notes.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ CURVES_NOTE = (
 )
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 RETRIEVAL_COLUMNS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("Median rank", "median_rank"))
+RETRIEVAL_PAGE = "retrieval/index.html"
+"""the eval artifact's page of example queries and their top videos (`retrieval.write_examples`)"""
+_LINEAGE_NAMES = {"published_step": "published weights"}
 
 
 def _stat(results: Mapping[str, Any], row: str, column: Column) -> dict[str, float] | None:
@@ -234,11 +237,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def render_markdown(
-    results: Mapping[str, Any], charts: Mapping[str, str] | None = None, curves: Mapping[str, str] | None = None
+    results: Mapping[str, Any],
+    charts: Mapping[str, str] | None = None,
+    curves: Mapping[str, str] | None = None,
+    retrieval_page: str | None = None,
 ) -> str:
     """report.md: the tables, differences, all metrics, lineage, KD term balance, retrieval, notes and the charts: given
     `charts` (task -> PNG path relative to the report), the bar charts; given `curves` (title -> PNG path), the
-    training curves."""
+    training curves; given `retrieval_page` (its path relative to the report), a link to the retrieval examples."""
     parts = ["# Evaluation report", *legend(results)]
     for table in comparisons(results):
         parts += [f"## {table.heading}", markdown_table(table.header, table.rows)]
@@ -255,6 +261,8 @@ def render_markdown(
     if results.get("retrieval"):
         table = markdown_table(*retrieval_rows(results["retrieval"]))
         parts += ["## Teacher text-to-video retrieval", RETRIEVAL_NOTE, table]
+        if retrieval_page:
+            parts.append(f"Example queries and their top videos: [{retrieval_page}]({retrieval_page})")
     if any(model.get("cost") for model in results["models"]):
         parts += ["## Cost", COST_NOTE, markdown_table(*cost_rows(results["models"]))]
     if charts:
@@ -305,31 +313,50 @@ def _all_metrics(results: Mapping[str, Any]) -> list[str]:
 
 
 def _lineage_line(model: Mapping[str, Any]) -> str:
-    """The model's ref and lineage, less the KD-term balance (a table of its own)."""
+    """The model's ref and lineage in plain words (`published weights: step 200 of 300`, `kd: nst 1.0, crd 1.0`),
+    less the KD-term balance (a table of its own)."""
     shown = {key: value for key, value in model["lineage"].items() if key != "kd_balance"}
-    details = "; ".join(f"{key.replace('_', ' ')}: {_plain(value)}" for key, value in shown.items())
+    if shown.get("published_step") is not None:
+        steps = shown.pop("steps", None)
+        shown["published_step"] = f"step {shown['published_step']}" + (f" of {steps}" if steps is not None else "")
+    details = "; ".join(
+        f"{_LINEAGE_NAMES.get(key, key.replace('_', ' '))}: {_plain(value)}" for key, value in shown.items()
+    )
     return f"- **{model['row']}**: `{model['ref']}`" + (f"; {details}" if details else "")
 
 
 def _plain(value: Any) -> str:
+    """A lineage value as text: a list as `a + b`, a mapping as `nst 1.0, crd 1.0`, nothing as `none`."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key} {_plain(item)}" for key, item in value.items()) or "none"
     if isinstance(value, (list, tuple)):
         return " + ".join(map(str, value)) or "none"
     return "none" if value is None else str(value)
 
 
 def retrieval_rows(retrieval: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the teacher retrieval table: R@1/5/10 in percent and the median rank."""
+    """(header, rows) of the teacher retrieval table: R@1/5/10 in percent and the median rank, then what chance
+    scores with as many queries (once per number of queries; none for results that did not record it)."""
     rows = [
         [label, *(MISSING if key not in values else f"{values[key]:.1f}" for _, key in RETRIEVAL_COLUMNS)]
         for label, values in retrieval.items()
     ]
+    counts = dict.fromkeys(round(values["queries"]) for values in retrieval.values() if values.get("queries"))
+    rows += [[f"chance ({n} queries)", *(f"{_chance(key, n):.1f}" for _, key in RETRIEVAL_COLUMNS)] for n in counts]
     return ["Teacher", *(name for name, _ in RETRIEVAL_COLUMNS)], rows
+
+
+def _chance(key: str, queries: int) -> float:
+    """What ranking the videos at random scores on `key` with `queries` captions, each of one of as many videos."""
+    if key == "median_rank":
+        return (queries + 1) / 2
+    return 100.0 * min(int(key.removeprefix("r")) / queries, 1.0)
 
 
 RETRIEVAL_NOTE = (
     "Each caption ranks the held-out videos by cosine similarity. A tie counts at its expected place under a random "
     "order (a collapsed teacher scores chance, not 100%); the median rank of an even count is the mean of the two "
-    "middle ranks."
+    "middle ranks. Chance, for N queries: R@k = k / N, median rank (N + 1) / 2."
 )
 COST_NOTE = (
     "What making each model took: the resources its job held over its wall time (and, for students, their teacher's)."
@@ -423,7 +450,8 @@ def write_report(results: Mapping[str, Any], out_dir: Path, charts: bool = True)
     def relative(pngs: Mapping[str, Path]) -> dict[str, str]:
         return {key: path.relative_to(out_dir).as_posix() for key, path in pngs.items()}
 
-    markdown = render_markdown(results, relative(bars), relative(curves))
+    page = RETRIEVAL_PAGE if (out_dir / RETRIEVAL_PAGE).is_file() else None
+    markdown = render_markdown(results, relative(bars), relative(curves), page)
     (out_dir / REPORT_FILE).write_text(markdown, encoding="utf-8")
     written[REPORT_FILE] = out_dir / REPORT_FILE
     return written | {f"charts/{path.name}": path for path in [*bars.values(), *curves.values()]}

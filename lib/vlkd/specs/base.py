@@ -16,7 +16,8 @@ from vlkd.storage import normalize_store_uri
 class StrictModel(BaseModel):
     """Unknown fields are errors: a misspelt option must never be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # No inf nor NaN (YAML's .inf, .nan): `gt=0` lets infinity through, and no option means either.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _as_value_error(check: Any) -> Any:
@@ -30,6 +31,9 @@ def _as_value_error(check: Any) -> Any:
 
     return run
 
+
+# Non-negative, as numpy's generators need; below 2^32, so the training loop's `seed * 1000 + rank` fits torch's.
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="a random seed, 0 to 2^32 - 1")]
 
 ArtifactName = Annotated[
     str,
@@ -317,7 +321,7 @@ class StageSpec(StrictModel):
 
     name: ArtifactName
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     # Factories, not instances: an instance default is validated when the class is made, and its memory quantities
     # would load the Kubernetes client on every `vlkd --help`.
     resources: Resources = Field(default_factory=Resources)

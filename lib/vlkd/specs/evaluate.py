@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, GetJsonSchemaHandler, model_validator
+from pydantic import Field, GetJsonSchemaHandler, field_validator, model_validator
 
-from vlkd.specs.base import DataSource, FeaturesRef, ModelRef, StageSpec, StrictModel, TeacherRef
+from vlkd.specs.base import DataSource, FeaturesRef, ModelRef, Seed, StageSpec, StrictModel, TeacherRef
+from vlkd.specs.training import BatchSize, Steps
 
 TaskName = Literal["sst2", "qnli", "qqp", "mnli", "squad_v1", "squad_v2", "swag", "piqa", "tracie", "glue_diagnostic"]
 ReferenceName = Literal["majority", "bag_of_words", "no_answer"]
@@ -15,12 +16,12 @@ ReferenceName = Literal["majority", "bag_of_words", "no_answer"]
 class FinetuneSpec(StrictModel):
     """Downstream hyperparameters; the paper uses 3 epochs, lr 1e-4, batch 32 for all tasks (Sec. 4.3)."""
 
-    epochs: int = Field(3, gt=0)
-    max_steps: int | None = Field(
-        None, gt=0, description="stop after this many optimizer steps (the schedule decays over them); default: none"
+    epochs: Steps = 3
+    max_steps: Steps | None = Field(
+        None, description="stop after this many optimizer steps (the schedule decays over them); default: none"
     )
     lr: float = Field(1e-4, gt=0)
-    batch_size: int = Field(32, gt=0)
+    batch_size: BatchSize = 32
     max_len: int = Field(128, gt=2)
     weight_decay: float = Field(0.01, ge=0, description="the authors' finetuning scripts use 0.0")
     eps: float = Field(1e-8, gt=0, description="AdamW's epsilon (the authors' finetuning scripts use 1e-6)")
@@ -110,7 +111,7 @@ class EvalSpec(StageSpec):
     baseline: str | None = Field(None, description="the row others are compared with (a model's label)")
     tasks: list[TaskSpec] = Field(default_factory=list)
     finetune: FinetuneSpec = FinetuneSpec()
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="finetuning seeds, averaged")
+    seeds: list[Seed] = Field([0, 1, 2], min_length=1, description="finetuning seeds, averaged")
     references: list[ReferenceName] = Field(
         ["majority", "bag_of_words", "no_answer"],
         description="reference rows per task, never averaged: the training split's majority class, a "
@@ -126,6 +127,15 @@ class EvalSpec(StageSpec):
     def driver_cpus(self) -> float:
         """None: every finetuning run is a Ray task of a worker's shape, and the driver only waits for them."""
         return 0.0
+
+    @field_validator("seeds")
+    @classmethod
+    def _each_seed_once(cls, seeds: list[int]) -> list[int]:
+        """A seed listed twice is one run counted twice: in mean ± std, and in the intervals as if it were two."""
+        for i, seed in enumerate(seeds):
+            if seed in seeds[:i]:
+                raise ValueError(f"seed {seed} is listed twice; list each finetuning seed once")
+        return seeds
 
     @model_validator(mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from vlkd.errors import SpecError
 from vlkd.specs.data import PreprocessSpec, TextSpec
@@ -50,9 +51,12 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def load_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        problem = f"not a YAML text file: byte {exc.start} is not UTF-8; give the spec's YAML"
+        raise SpecError(str(path), [problem]) from None
     return parse_yaml(text, str(path))
 
 
@@ -63,6 +67,9 @@ def parse_yaml(text: str, source: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
         raise SpecError(source, [f"YAML syntax error at {where}: {exc.problem or exc.context}"]) from None
+    except yaml.reader.ReaderError as exc:  # a control character: a binary file, most likely
+        problem = f"not a YAML text file: character {exc.position} is the control character #x{exc.character:04x}"
+        raise SpecError(source, [f"{problem}; give the spec's YAML"]) from None
     except yaml.YAMLError as exc:
         raise SpecError(source, [f"YAML error: {exc}"]) from None
 
@@ -84,7 +91,7 @@ def parse_spec(data: Any, stage: str | None = None, source: str = "<spec>") -> A
     try:
         return model.model_validate({**data, "stage": stage or declared})
     except ValidationError as exc:
-        raise SpecError(source, format_errors(exc, model)) from None
+        raise SpecError(source, format_errors(exc, model, data)) from None
 
 
 def load_spec(path: Path | str, stage: str | None = None) -> Any:
@@ -92,19 +99,58 @@ def load_spec(path: Path | str, stage: str | None = None) -> Any:
     return parse_spec(load_yaml(path), stage, str(path))
 
 
-def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
-    """One `field.path: message` line per error, with a suggestion for misspelt field names."""
-    lines = []
-    for error in exc.errors(include_url=False):
-        loc = [part for part in error["loc"] if part != "[key]"]
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field" + _suggest(model, loc)
-        elif error["type"] == "missing":
-            message = "required field is missing"
-        lines.append(f"{path}: {message}" if path else message)
+def format_errors(exc: ValidationError, model: type[BaseModel], data: Any) -> list[str]:
+    """One `field.path: message` line per error of the spec the user wrote (`data`), with a suggestion for misspelt
+    field names; each error once, under the user's own path. A spec's wiring copies values (a pipeline's `name` and
+    `storage` into each stage, the eval's `finetune` into each task's) and builds refs from names
+    (`features/<name>`): a wrong value fails again in each copy, which is no error of its own."""
+    errors = exc.errors(include_url=False)
+    written = [error for error in errors if _written(data, error)]
+    lines: list[str] = []
+    for error in errors:
+        if not _written(data, error) and any(_made_from(error, source) for source in written):
+            continue
+        line = _line(error, model)
+        if line not in lines:
+            lines.append(line)
     return lines
+
+
+def _line(error: ErrorDetails, model: type[BaseModel]) -> str:
+    loc = _loc(error)
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field" + _suggest(model, loc)
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    return f"{path}: {message}" if path else message
+
+
+def _loc(error: ErrorDetails) -> list[Any]:
+    return [part for part in error["loc"] if part != "[key]"]
+
+
+def _written(data: Any, error: ErrorDetails) -> bool:
+    """Whether the user wrote the value the error is about (for a missing field, the block that lacks it). A path
+    reaching into a value written in short (`models: [student/a]` for `{ref: student/a}`) was written."""
+    loc = _loc(error)
+    for part in loc[:-1] if error["type"] == "missing" else loc:
+        if not isinstance(data, dict | list):
+            return True
+        if part not in (data if isinstance(data, dict) else range(len(data))):
+            return False
+        data = data[part]
+    return True
+
+
+def _made_from(error: ErrorDetails, source: ErrorDetails) -> bool:
+    """Whether the wiring made the value of `error` from the wrong value of `source`: a copy, or a ref built from
+    it."""
+    made, wrong = error["input"], source["input"]
+    if made is None or wrong is None:
+        return False
+    return made == wrong or (isinstance(made, str) and isinstance(wrong, str) and wrong != "" and wrong in made)
 
 
 def _suggest(model: type[BaseModel], loc: list[Any]) -> str:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, TypeAdapter, ValidationError, model_validator
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from vlkd.ablation_table import AblationTable, TableCell
 from vlkd.refs import ArtifactRef
@@ -103,10 +104,8 @@ class PipelineSpec(StrictModel):
         if not isinstance(students, list):
             return data
         data["students"] = [_wire_student(s, common, teacher, text) for s in students]
-        rows = [s.get("name") for s in data["students"] if isinstance(s, dict)]
-        if len(set(rows)) != len(rows):
-            # checked before validation: duplicate names would also surface as confusing eval errors
-            raise ValueError(f"students: each student needs its own name; got {rows}")
+        # each name once: a name given twice is `_students_named_apart`'s error, not the eval's rows'
+        rows = list(dict.fromkeys(s.get("name") for s in data["students"] if isinstance(s, dict)))
         template, cells, tables = _declared_cells(data, set(rows))
         baseline = next((s.get("name") for s in data["students"] if isinstance(s, dict) and s.get("kd") == {}), None)
         models = [f"student/{r}" for r in rows if r != template]
@@ -116,6 +115,24 @@ class PipelineSpec(StrictModel):
         if evaluation is not None and isinstance(evaluation.get("retrieval"), dict):
             evaluation["retrieval"] = {"teacher": f"teacher/{teacher.get('name')}", **evaluation["retrieval"]}
         return data
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _students_named_apart(cls, data: Any, handler: ModelWrapValidatorHandler[PipelineSpec]) -> PipelineSpec:
+        """Students sharing a name would publish one artifact: an error reported with the spec's others, not instead
+        of them."""
+        students = data.get("students") if isinstance(data, dict) else None
+        names = [s.get("name") for s in students if isinstance(s, dict)] if isinstance(students, list) else []
+        if len(set(names)) == len(names):
+            return handler(data)
+        message = f"each student needs its own name; got {names}"
+        shared = PydanticCustomError("students", "{message}", {"message": message})
+        errors = [InitErrorDetails(type=shared, loc=("students",), input=students)]
+        try:
+            handler(data)
+        except ValidationError as exc:
+            errors = [*map(_again, exc.errors()), *errors]
+        raise ValidationError.from_exception_data(cls.__name__, errors)
 
     @model_validator(mode="after")
     def _corpora_named_apart(self) -> PipelineSpec:
@@ -230,6 +247,12 @@ class PipelineSpec(StrictModel):
                 )
             )
         return tables
+
+
+def _again(error: ErrorDetails) -> InitErrorDetails:
+    """A validation error to raise again beside another: its type, message, path and input as they were."""
+    details = PydanticCustomError(error["type"], "{message}", {"message": error["msg"]})
+    return InitErrorDetails(type=details, loc=error["loc"], input=error["input"])
 
 
 def _wire_corpus(corpus: Any, common: dict[str, Any], text: dict[str, Any]) -> Any:

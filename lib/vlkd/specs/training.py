@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from vlkd.specs.base import StrictModel
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+MAX_STEPS = 10**9
+"""The most optimizer steps (or epochs, or steps between two logs) a run may ask for: far past any real run (the
+paper's teacher trains 200K steps), so a typo such as 1e23 fails validation instead of the job, with an
+OverflowError, once it starts."""
+MAX_BATCH = 65_536
+"""The most examples per worker per micro-step (and micro-steps per step): far past what a GPU holds of a BERT (the
+paper's batches are 32 to 128)."""
+
+
+def _at_most(limit: int) -> BeforeValidator:
+    """Refuses a number past `limit` before it is read as an integer, so that a float such as 1.0e+23 is told the
+    bound too (pydantic would say it cannot parse it)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > limit:
+            raise ValueError(f"{value:.3g} is more than any run needs: at most {limit:,}")
+        return value
+
+    return BeforeValidator(check)
+
+
+Steps = Annotated[int, Field(gt=0, le=MAX_STEPS), _at_most(MAX_STEPS)]
+BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH), _at_most(MAX_BATCH)]
 
 
 class OptimSpec(StrictModel):
@@ -25,14 +49,14 @@ class OptimSpec(StrictModel):
 class TrainSpec(StrictModel):
     """How long and how a Ray Train run goes; the effective batch is batch_size x workers x grad_accum_steps."""
 
-    batch_size: int = Field(32, gt=0, description="examples per worker per micro-step")
-    grad_accum_steps: int = Field(1, gt=0)
-    max_steps: int = Field(200_000, gt=0, description="optimizer steps")
+    batch_size: BatchSize = Field(32, description="examples per worker per micro-step")
+    grad_accum_steps: BatchSize = 1
+    max_steps: Steps = Field(200_000, description="optimizer steps")
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables clipping")
     precision: Precision = Field("auto", description="auto: bf16 (or fp16) on GPU, fp32 on CPU")
-    log_every: int = Field(50, gt=0)
-    eval_every: int = Field(2000, gt=0)
-    checkpoint_every: int = Field(2000, gt=0)
+    log_every: Steps = 50
+    eval_every: Steps = 2000
+    checkpoint_every: Steps = 2000
     keep_checkpoints: int = Field(2, gt=0)
     patience: int | None = Field(
         5, gt=0, description="stop after this many evaluations without improvement; null trains to max_steps"
