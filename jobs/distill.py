@@ -326,8 +326,11 @@ def plan_task(spec: DistillSpec, store: ArtifactStore, tokenizer: Any, num_data:
     """Check what can only be checked against the artifacts, and describe the task."""
     teacher = store.resolve(spec.teacher) if spec.kd else None  # the baseline has no teacher in its lineage
     teacher_dim = _teacher_width(store, teacher) if teacher else None
-    if teacher is not None:
-        _check_same_vocabulary(store, teacher, _tokenizer_of(store, spec.corpus))
+    init = store.resolve(spec.init) if spec.init else None
+    corpus_tokenizer = _tokenizer_of(store, spec.corpus)
+    for model in (teacher, init):  # the models whose token ids the student's input must share
+        if model is not None:
+            _check_same_vocabulary(store, model, corpus_tokenizer)
     same_width = sorted(SAME_WIDTH & set(spec.kd))
     if not spec.distill_head and teacher_dim not in (None, spec.model.hidden_size) and same_width:
         raise DataError(
@@ -335,9 +338,7 @@ def plan_task(spec: DistillSpec, store: ArtifactStore, tokenizer: Any, num_data:
             f"teacher's ({teacher_dim}-d) vector by vector: keep distill_head: true, or give the student the "
             "teacher's width"
         )
-    init = store.resolve(spec.init) if spec.init else None
     if init is not None:
-        _check_same_vocabulary(store, init, _tokenizer_of(store, spec.corpus))
         _check_init_shape(store, init, spec, len(tokenizer))
     bank = None
     if "voken" in spec.kd:

@@ -182,6 +182,14 @@ def _bare_rows(table: Any) -> Any:
     return {**table, "rows": [{"row": r} if isinstance(r, str) else r for r in table["rows"]]}
 
 
+def unknown_task(shown: list[str] | None, tasks: list[str]) -> tuple[int, str] | None:
+    """(its index, what is wrong) of the first task a table would show that the eval does not run, if any."""
+    for j, task in enumerate(shown or []):
+        if task not in tasks:
+            return j, f"{task!r} is not a task of the eval; tasks: {', '.join(tasks)}"
+    return None
+
+
 def _check_tables(tables: list[EvalTable], rows: list[str], tasks: list[str]) -> None:
     """Each table has a name of its own, its rows are model rows, each once under a label of its own, and the
     tasks it shows are the eval's."""
@@ -189,11 +197,9 @@ def _check_tables(tables: list[EvalTable], rows: list[str], tasks: list[str]) ->
     if len(set(names)) != len(names):
         raise ValueError(f"tables: two tables share a name ({names})")
     for i, table in enumerate(tables):
-        for j, task in enumerate(table.tasks or []):
-            if task not in tasks:
-                raise ValueError(
-                    f"tables[{i}].tasks[{j}]: {task!r} is not a task of the eval; tasks: {', '.join(tasks)}"
-                )
+        if problem := unknown_task(table.tasks, tasks):
+            j, message = problem
+            raise ValueError(f"tables[{i}].tasks[{j}]: {message}")
         for j, row in enumerate(table.rows):
             where = f"tables[{i}].rows[{j}]"
             if row.row not in rows:

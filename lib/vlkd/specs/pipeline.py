@@ -23,7 +23,7 @@ from vlkd.specs.ablations import AblationSpec, Cell, Loc, error_at, expand
 from vlkd.specs.base import ArtifactName, KubernetesSpec, Resources, StorageConfig, StrictModel
 from vlkd.specs.data import PreprocessSpec, TextSpec
 from vlkd.specs.distill import DistillSpec
-from vlkd.specs.evaluate import EvalSpec
+from vlkd.specs.evaluate import EvalSpec, unknown_task
 from vlkd.specs.teacher import TeacherSpec
 
 # Fields of each block that `PipelineSpec._wire` fills when they are left out.
@@ -149,11 +149,9 @@ class PipelineSpec(StrictModel):
             return self
         tasks = [task.name for task in self.eval.tasks]
         for key, table in self.ablations.items():
-            for j, task in enumerate(table.tasks or []):
-                if task not in tasks:
-                    raise error_at(
-                        ("ablations", key, "tasks", j), f"{task!r} is not a task of the eval; tasks: {', '.join(tasks)}"
-                    )
+            if problem := unknown_task(table.tasks, tasks):  # said at the table's path, not the generated eval's
+                j, message = problem
+                raise error_at(("ablations", key, "tasks", j), message)
         tables = self.ablation_tables()
         rows = {m.row for m in self.eval.models}
         if missing := list(dict.fromkeys(c.label for t in tables for c in t.cells if c.row not in rows)):
