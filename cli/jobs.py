@@ -69,13 +69,17 @@ def submit(
     job_id: str = typer.Option(
         None, "--job-id", help="resume an interrupted job of this stage (failed, stopped, lost): give its id again"
     ),
-    force: bool = typer.Option(False, "--force", help="with --job-id: run a job that succeeded again"),
+    force: bool = typer.Option(
+        False, "--force", help="run the job even if the spec's outputs are published (or --job-id's job succeeded)"
+    ),
     wait: bool = typer.Option(False, "--wait", "-w", help="follow the logs and exit with the job's outcome"),
     pending_notice: PendingNotice = 60,
 ) -> None:
-    """Validate SPEC, check that the artifacts it reads exist, and submit the STAGE job; prints its id."""
+    """Validate SPEC, check that the artifacts it reads exist, and submit the STAGE job; prints its id. A spec whose
+    outputs are already published for the inputs it reads now is not run again (unless --force): vlkd says so and
+    prints the id of the job that published them."""
     from vlkd.backends import get_backend
-    from vlkd.backends.submission import AlreadySucceeded, claim, prepare_file
+    from vlkd.backends.submission import NothingToRun, check_unpublished, claim, prepare_file
     from vlkd.backends.submission import submit as send
 
     options = _options(backend, address, context, namespace)
@@ -83,9 +87,11 @@ def submit(
     job, artifacts = prepare_file(stage, spec, store, backend, image, job_id)
     try:
         claim(job.job_id, stage, force)
-    except AlreadySucceeded as done:
-        err_console.print(str(done), highlight=False)
-        typer.echo(job.job_id)
+        if not force:
+            check_unpublished(job.spec, artifacts, str(spec))
+    except NothingToRun as done:
+        err_console.print(str(done), highlight=False, soft_wrap=True)
+        typer.echo(done.job_id)
         return
     send(runner, options, job, spec.read_text(), artifacts, source=str(spec))
     err_console.print(

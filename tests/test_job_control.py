@@ -1,7 +1,8 @@
 """Following and stopping real local jobs through the `vlkd` command (issue 35): a succeeded job's id given again
-runs nothing unless forced; Ctrl-C on `submit --wait` leaves the job running and says how to follow or stop it;
-`vlkd status` shows a running job's progress; a cancelled job is STOPPING at once, then STOPPED, never FAILED in
-between. The jobs: the tiny text stage, then a text-only student trained for far more steps than the tests wait."""
+runs nothing unless forced, nor does a new submission of a spec whose outputs are published (the skip rule); Ctrl-C
+on `submit --wait` leaves the job running and says how to follow or stop it; `vlkd status` shows a running job's
+progress; a cancelled job is STOPPING at once, then STOPPED, never FAILED in between. The jobs: the tiny text stage,
+then a text-only student trained for far more steps than the tests wait."""
 
 from __future__ import annotations
 
@@ -52,6 +53,31 @@ def test_a_succeeded_jobs_id_given_again_runs_nothing_unless_forced(vlkd_cli, co
     assert state(vlkd_cli, job_id, env) in ("PENDING", "RUNNING")  # a new attempt
     assert vlkd_cli("cancel", job_id, env=env).returncode == 0
     wait_for(lambda: state(vlkd_cli, job_id, env) == "STOPPED", timeout=60)
+
+
+def test_a_spec_whose_outputs_are_published_is_not_run_again_unless_forced(vlkd_cli, corpus):
+    """A new submission of the spec that published corpus/tiny, on the inputs it read, is the skip rule's case: the
+    user is told which versions stand and gets the id of the job that made them, as `$(vlkd submit ...)` expects."""
+    job_id, store, env = corpus
+    versions = {kind: store.versions(kind, "tiny") for kind in ("tokenizer", "corpus")}
+    made = " and ".join(f"{kind}/tiny:v{v[-1]}" for kind, v in versions.items())
+    spec = str(EXAMPLES / "text.yaml")
+    again = vlkd_cli("submit", "text", "-f", spec, "--wait", env=env)
+    assert (again.returncode, again.stdout) == (0, f"{job_id}\n"), again.stderr
+    assert again.stderr.strip() == (
+        f"{spec}: {made} are already published for this spec and these inputs (job {job_id}): nothing to run "
+        "(--force runs it again)"
+    )
+    assert {kind: store.versions(kind, "tiny") for kind in versions} == versions
+
+    changed = Path(env["HOME"]).parent / "text-longer.yaml"  # another spec on the same inputs runs
+    changed.write_text(Path(spec).read_text().replace("max_len: 32", "max_len: 48"))
+    for command in (["-f", spec, "--force"], ["-f", str(changed)]):
+        sent = vlkd_cli("submit", "text", *command, env=env)
+        assert sent.returncode == 0 and sent.stderr.startswith("submitted text job "), sent.stderr
+        new_id = sent.stdout.strip()
+        assert new_id != job_id and state(vlkd_cli, new_id, env) in ("PENDING", "RUNNING", "SUCCEEDED")
+        assert vlkd_cli("cancel", new_id, env=env).returncode == 0
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 Before a stage is submitted its input refs are pinned to the versions that exist now (`features/x` ->
 `features/x:v3`), so the lineage records exactly what it consumed; a stage whose output already exists for the
-very same pinned spec is skipped (the skip rule), unless forced. Progress is kept in the store
+very same pinned spec is skipped (the skip rule, `vlkd.published`), unless forced. Progress is kept in the store
 (`pipelines/<name>/run.json`), so `vlkd pipeline status` shows the DAG from any machine while it runs and after.
 
 Run as one cluster job (`vlkd pipeline submit`, `vlkd.jobs.pipeline`), each stage's job id derives from the
@@ -21,7 +21,6 @@ import json
 import re
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,11 +31,11 @@ import yaml
 from vlkd.ablation_table import AblationTable
 from vlkd.artifacts import ArtifactStore, Manifest
 from vlkd.backends.base import Backend, JobState
-from vlkd.backends.submission import job_status, prepare, spec_ref, submit
+from vlkd.backends.submission import job_status, prepare, submit
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.jobstate import recall, vlkd_home
-from vlkd.refs import ArtifactRef
-from vlkd.specs import PipelineSpec, StageSpec, parse_spec
+from vlkd.published import outputs_of, pin_spec
+from vlkd.specs import PipelineSpec, StageSpec
 
 
 @dataclass
@@ -99,44 +98,6 @@ def _pointer(name: str) -> Path:
 def stage_job_id(pipeline_job_id: str, key: str) -> str:
     """`distill:tiny-baseline` of job `vlkd-pipeline-...` -> `vlkd-pipeline-...-distill-tiny-baseline`."""
     return f"{pipeline_job_id}-{re.sub(r'[^A-Za-z0-9-]+', '-', key).strip('-')}"
-
-
-def pin_refs(value: Any, store: ArtifactStore) -> Any:
-    """Every artifact ref in a spec's data, pinned to the version it names now."""
-    return _map_refs(value, lambda ref: str(store.resolve(ref)))
-
-
-def _as_consumed(manifest: Manifest) -> dict[str, Any] | None:
-    """The spec a version was made for, each ref pinned to the version its job read (the manifest's parents): a job
-    submitted with `dataset/x` that read `dataset/x:v3` made it for `dataset/x:v3`, as a pipeline pins it."""
-    parents = {ArtifactRef.parse(parent).path: parent for parent in manifest.parents}
-    return _map_refs(manifest.spec, lambda ref: parents.get(ref.path) if ref.version is None else None)
-
-
-def _map_refs(value: Any, pin: Callable[[ArtifactRef], str | None]) -> Any:
-    """A spec's data with each artifact ref replaced by what `pin` makes of it (None: left as written)."""
-    if isinstance(value, dict):
-        return {k: _map_refs(v, pin) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_map_refs(v, pin) for v in value]
-    if (ref := spec_ref(value)) is not None:
-        return pin(ref) or value
-    return value
-
-
-def outputs_of(spec: StageSpec, store: ArtifactStore) -> list[Manifest] | None:
-    """The artifacts this exact pinned spec already published (the latest version of each output), or None."""
-    wanted = spec.model_dump(mode="json")
-    found = []
-    for kind in type(spec).outputs:
-        try:
-            manifest = store.manifest(ArtifactRef(kind, spec.name))
-        except NotFoundError:
-            return None
-        if _as_consumed(manifest) != wanted:
-            return None
-        found.append(manifest)
-    return found
 
 
 class Reporter(Protocol):
@@ -226,7 +187,7 @@ def _run_stage(
     recorded), until it ends. Outputs that this pipeline job's own stage job published (it finished while an earlier
     attempt's driver was down) are that job's success, not a skip, forced or not."""
     store, backend = to.store, to.backend
-    pinned = parse_spec(pin_refs(spec.model_dump(mode="json"), store), spec.stage, key)
+    pinned = pin_spec(spec, store, key)
     stage_id = stage_job_id(to.job_id, key) if to.job_id else None
     existing = outputs_of(pinned, store)
     if existing is not None and (ended := _published_before(existing, stage_id, force)):

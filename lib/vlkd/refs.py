@@ -121,3 +121,14 @@ def _parse_for_pydantic(text: Any) -> ArtifactRef:
         return ArtifactRef.parse(text)
     except RefError as exc:
         raise ValueError(str(exc)) from None
+
+
+def spec_ref(value: Any) -> ArtifactRef | None:
+    """The artifact ref a value in a spec's data names (`kind/name[:vN|:alias]`); None for anything else (a URI,
+    a name, a number)."""
+    if not (isinstance(value, str) and "/" in value and value.split("/", 1)[0] in KINDS):
+        return None
+    try:
+        return ArtifactRef.parse(value)
+    except RefError:
+        return None

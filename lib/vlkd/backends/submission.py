@@ -19,10 +19,11 @@ from vlkd.artifacts import ArtifactStore
 from vlkd.backends import get_backend
 from vlkd.backends.base import Backend, JobDescription, JobState, JobStatus
 from vlkd.backends.reconcile import of_this_attempt, reconcile, with_cancel
-from vlkd.errors import NotFoundError, RefError, VlkdError
+from vlkd.errors import NotFoundError, VlkdError
 from vlkd.joblog import ENDED, has_log, read_log, read_state, worker_lines
 from vlkd.jobstate import check_job_id, note_cancel, recall, remember
-from vlkd.refs import KINDS, ArtifactRef
+from vlkd.published import outputs_of, pin_spec
+from vlkd.refs import ArtifactRef, spec_ref
 from vlkd.runtime import new_job_id
 from vlkd.specs import PipelineSpec, StageSpec
 from vlkd.storage import Storage
@@ -128,9 +129,23 @@ def submit(
     )
 
 
-class AlreadySucceeded(VlkdError):
+class NothingToRun(VlkdError):
+    """What `submit` would run is done already: `job_id` names the job whose outputs stand. Not an error to the
+    user, who is told so and gets that job's id, as a submission would give its own."""
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class AlreadySucceeded(NothingToRun):
     """A job id given again names a job that succeeded: there is nothing to resume, and running it again would
     publish its outputs again."""
+
+
+class AlreadyPublished(NothingToRun):
+    """The spec's outputs are already published for it and for the input versions its refs name now (the skip
+    rule, `vlkd.published`)."""
 
 
 def claim(job_id: str, stage: str, force: bool) -> None:
@@ -149,18 +164,22 @@ def claim(job_id: str, stage: str, force: bool) -> None:
             f"with `vlkd cancel {job_id}` before resubmitting it"
         )
     if current.state == JobState.SUCCEEDED and not force:
-        raise AlreadySucceeded(f"job {job_id} already succeeded: nothing to resume (--force runs it again)")
+        raise AlreadySucceeded(f"job {job_id} already succeeded: nothing to resume (--force runs it again)", job_id)
 
 
-def spec_ref(value: Any) -> ArtifactRef | None:
-    """The artifact ref a value in a spec's data names (`kind/name[:vN|:alias]`); None for anything else (a URI,
-    a name, a number)."""
-    if not (isinstance(value, str) and "/" in value and value.split("/", 1)[0] in KINDS):
-        return None
-    try:
-        return ArtifactRef.parse(value)
-    except RefError:
-        return None
+def check_unpublished(spec: StageSpec, store: ArtifactStore, source: str) -> None:
+    """Refuse (`AlreadyPublished`) a spec whose outputs are already published for it and its inputs as they are
+    now: a second job would retrain the same model into new versions, and every stage after it would redo its
+    work on them. Its inputs are checked first (`check_inputs`), so a missing one is named as `submit` names it."""
+    check_inputs(spec, store, source)
+    existing = outputs_of(pin_spec(spec, store, source), store)
+    if existing:
+        made = " and ".join(str(m.ref) for m in existing)
+        raise AlreadyPublished(
+            f"{source}: {made} {'is' if len(existing) == 1 else 'are'} already published for this spec and these "
+            f"inputs (job {existing[0].job_id}): nothing to run (--force runs it again)",
+            existing[0].job_id,
+        )
 
 
 def input_refs(spec: StageSpec) -> list[tuple[str, ArtifactRef]]:

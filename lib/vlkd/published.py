@@ -1,0 +1,60 @@
+"""What a spec has already published: the skip rule that `vlkd submit` and pipelines share.
+
+A stage's outputs are "already published" for a spec when the latest version of each was made by that very spec
+reading the very versions its refs name now (`features/x` pinned to `features/x:v3`). Running it again would only
+make byte-for-byte retrainings under new version numbers and push every later stage to redo its work, so both
+skip it unless forced; a new version of any input makes the spec new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vlkd.artifacts import ArtifactStore, Manifest
+from vlkd.errors import NotFoundError
+from vlkd.refs import ArtifactRef, spec_ref
+from vlkd.specs import StageSpec, parse_spec
+
+
+def pin_refs(value: Any, store: ArtifactStore) -> Any:
+    """Every artifact ref in a spec's data, pinned to the version it names now."""
+    return _map_refs(value, lambda ref: str(store.resolve(ref)))
+
+
+def pin_spec(spec: StageSpec, store: ArtifactStore, source: str) -> StageSpec:
+    """The spec with its refs pinned (`pin_refs`): what its job reads, and what its lineage will record."""
+    return parse_spec(pin_refs(spec.model_dump(mode="json"), store), spec.stage, source)
+
+
+def _as_consumed(manifest: Manifest) -> dict[str, Any] | None:
+    """The spec a version was made for, each ref pinned to the version its job read (the manifest's parents): a job
+    submitted with `dataset/x` that read `dataset/x:v3` made it for `dataset/x:v3`, as a pipeline pins it."""
+    parents = {ArtifactRef.parse(parent).path: parent for parent in manifest.parents}
+    return _map_refs(manifest.spec, lambda ref: parents.get(ref.path) if ref.version is None else None)
+
+
+def _map_refs(value: Any, pin: Callable[[ArtifactRef], str | None]) -> Any:
+    """A spec's data with each artifact ref replaced by what `pin` makes of it (None: left as written)."""
+    if isinstance(value, dict):
+        return {k: _map_refs(v, pin) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_refs(v, pin) for v in value]
+    if (ref := spec_ref(value)) is not None:
+        return pin(ref) or value
+    return value
+
+
+def outputs_of(spec: StageSpec, store: ArtifactStore) -> list[Manifest] | None:
+    """The artifacts this exact pinned spec already published (the latest version of each output), or None."""
+    wanted = spec.model_dump(mode="json")
+    found = []
+    for kind in type(spec).outputs:
+        try:
+            manifest = store.manifest(ArtifactRef(kind, spec.name))
+        except NotFoundError:
+            return None
+        if _as_consumed(manifest) != wanted:
+            return None
+        found.append(manifest)
+    return found
