@@ -10,17 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Dense bf16 peak TFLOP/s by device name fragment, for model FLOPs utilisation (MFU).
-PEAK_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "L4": 121.0,
-    "A10": 125.0,
-    "V100": 125.0,
-}
-
 
 def machine() -> str:
     import torch
@@ -36,18 +25,25 @@ def machine() -> str:
 
 
 def peak_tflops() -> float | None:
-    """The GPU's dense bf16 peak, or None without a GPU or for one not in the table."""
+    """The GPU's dense bf16 peak (`vlkd.flops.PEAK_TFLOPS`, the table training's MFU uses), or None without a GPU
+    or for one not in the table."""
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(0)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    from vlkd.flops import device_peak_tflops
+
+    return device_peak_tflops(torch.device("cuda")) if torch.cuda.is_available() else None
 
 
 def task_step_seconds(task: Any, data: dict[str, Any], cast: Any, repeats: int, device: Any) -> tuple[float, Any]:
     """Seconds per training step (forward and backward) of a stage's own task on one batch, after a warm-up;
     returns the model too, for counting its parameters."""
+    step, model = task_step(task, data, cast, device)
+    return timed(step, repeats, device), model
+
+
+def task_step(task: Any, data: dict[str, Any], cast: Any, device: Any) -> tuple[Callable[[], None], Any]:
+    """A training step (forward and backward) of a stage's own task on one batch, as a call to time, and the model
+    it trains (a new one)."""
     import torch
 
     model = task.build_model().to(device).train()
@@ -59,7 +55,7 @@ def task_step_seconds(task: Any, data: dict[str, Any], cast: Any, repeats: int, 
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    return timed(step, repeats, device), model
+    return step, model
 
 
 def timed(step: Callable[[], None], repeats: int, device: Any, warmup: int = 1) -> float:

@@ -1,6 +1,6 @@
 """The training loop's GPU paths, each against fp32 eager with a for-each AdamW, same process.
 
-    python -m bench.gpu_paths [--presets bert-12l-768h] [--batch 32] [--seq 128] [--frames 16] [--repeats 20]
+    python -m bench.gpu_paths [--presets bert-12l-768h] [--batch 32 128] [--seq 128] [--frames 16] [--repeats 20]
 
 A whole optimizer step as the training loop takes it (`Loop._micro_step`: the stage's own loss under autocast,
 backward, gradient clipping, AdamW step, zero_grad) for the teacher (L_CT + L_MLM over V^T, Sec. 3.2) and for a
@@ -12,7 +12,8 @@ student distilled with MLM + NST + CRD (Eq. 4; the frozen teacher's forward incl
 - bf16+fused+compile: and `torch.compile` (`train.compile: true`).
 
 Per form: seconds per step, tokens/s, speed-up over fp32, model FLOPs utilisation against the device's dense bf16
-peak (6 x parameters x tokens trained, 2 x for the frozen teacher's forward), peak GPU memory, and how busy the GPU
+peak as the training loop logs it (`vlkd.flops`): counted (6 x trainable parameters x tokens) and achieved (the
+FLOPs the step runs: `task.flops`, the frozen teacher's forward included), peak GPU memory, and how busy the GPU
 is (its kernels' time per step, from torch.profiler, over the step's wall time): what is missing from 100% is time
 the GPU waits on the host (Python, kernel launches, the step's host syncs). A form that fails prints its error and
 the others still run. On a CPU every form is fp32 (autocast is GPU-only in the loop) and only the timing is printed.
@@ -31,6 +32,7 @@ from torch import nn
 from bench.common import bert_tokenizer, machine, peak_tflops, timed
 from bench.kd_step import distill_task, frozen_teacher
 from bench.train_step import a_batch, teacher_task
+from vlkd.flops import counted_flops, trainable_parameters
 from vlkd.optim import build_optimizer
 from vlkd.specs import OptimSpec
 from vlkd.train import TrainingTask, autocast, compile_model
@@ -84,7 +86,6 @@ def measure(
     task: TrainingTask,
     data: dict[str, Any],
     form: str,
-    flops_of: Callable[[nn.Module], float],
     args: argparse.Namespace,
     device: torch.device,
 ) -> dict[str, float]:
@@ -93,10 +94,12 @@ def measure(
         torch.cuda.reset_peak_memory_stats()
     # Two warm-up steps: CRD's first step (empty memory) takes its own branch, so torch.compile compiles twice.
     seconds = timed(step, args.repeats, device, warmup=2)
-    result = {"s": seconds, "tokens_per_s": args.batch * args.seq / seconds}
+    tokens = data["input_ids"].numel()
+    result = {"s": seconds, "tokens_per_s": tokens / seconds}
     peak = peak_tflops()
     if peak:
-        result["mfu"] = flops_of(model) / seconds / (peak * 1e12)
+        result["mfu"] = counted_flops(trainable_parameters(model), tokens) / seconds / (peak * 1e12)
+        result["mfu_achieved"] = task.flops(data) / seconds / (peak * 1e12)
     if device.type == "cuda":
         result["memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         try:
@@ -106,31 +109,19 @@ def measure(
     return result
 
 
-def tasks(
-    preset: str, tokenizer: Any, args: argparse.Namespace, device: torch.device
-) -> dict[str, tuple[TrainingTask, Callable[[nn.Module], float]]]:
-    """The two steps and their model FLOPs per step."""
-    tokens = args.batch * args.seq
-    teacher = teacher_task(preset, tokenizer, "unmasked")
+def tasks(preset: str, tokenizer: Any, device: torch.device) -> dict[str, TrainingTask]:
+    """The two steps: the teacher (unmasked text for L_CT, the paper's) and the NST + CRD student."""
     frozen = frozen_teacher(preset, tokenizer, device)
-    frozen_params = sum(p.numel() for p in frozen.language_model.parameters())
-
-    def teacher_flops(model: nn.Module) -> float:
-        lm = sum(p.numel() for p in model.language_model.parameters())
-        video = sum(p.numel() for p in model.video_encoder.parameters())
-        return 6 * (2 * lm * tokens + video * args.batch * args.frames)  # two LM passes: unmasked and masked text
-
-    def student_flops(model: nn.Module) -> float:
-        return 6 * sum(p.numel() for p in model.parameters()) * tokens + 2 * frozen_params * tokens
-
-    student = distill_task(preset, tokenizer, {"nst": 1.0, "crd": 1.0}, frozen)
-    return {"teacher": (teacher, teacher_flops), "student": (student, student_flops)}
+    return {
+        "teacher": teacher_task(preset, tokenizer, "unmasked"),
+        "student": distill_task(preset, tokenizer, {"nst": 1.0, "crd": 1.0}, frozen),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["bert-12l-768h"])
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, nargs="+", default=[32], help="one or more batch sizes")
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)
@@ -139,35 +130,33 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine()}")
-    print(f"whole optimizer step, batch {args.batch} x {args.seq} tokens, {args.frames} frames; speed-up over fp32")
-    print(
-        f"{'preset':<15}{'step':<9}{'form':<20}{'s/step':>8}{'tok/s':>9}{'speed-up':>9}{'MFU':>7}{'GiB':>6}{'busy':>6}"
-    )
+    print(f"whole optimizer step, batch x {args.seq} tokens, {args.frames} frames; speed-up over fp32")
+    columns = f"{'s/step':>8}{'tok/s':>9}{'speed-up':>9}{'MFU':>7}{'MFU run':>8}{'GiB':>6}{'busy':>6}"
+    print(f"{'preset':<15}{'batch':>6} {'step':<9}{'form':<20}{columns}")
     tokenizer = bert_tokenizer()
     for preset in args.presets:
-        data = a_batch(tokenizer, args.batch, args.seq, args.frames, device)
-        for name, (task, flops_of) in tasks(preset, tokenizer, args, device).items():
-            if name not in args.steps:
-                continue
-            baseline = None
-            for form in args.forms:
-                try:
-                    r = measure(task, data, form, flops_of, args, device)
-                except Exception as error:  # one form's failure is a result, the others still run
-                    print(f"{preset:<15}{name:<9}{form:<20} failed: {type(error).__name__}: {error}"[:400], flush=True)
-                    continue
-                finally:
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                baseline = baseline or (r["s"] if form == "fp32" else None)
-                speedup = f"{baseline / r['s']:>8.2f}x" if baseline else f"{'-':>9}"
-                extra = f"{r['mfu']:>7.1%}" if "mfu" in r else ""
-                if "memory_gib" in r:
-                    extra += f"{r['memory_gib']:>6.1f}" + (f"{r['busy']:>6.0%}" if "busy" in r else f"{'-':>6}")
-                print(
-                    f"{preset:<15}{name:<9}{form:<20}{r['s']:>8.4f}{r['tokens_per_s']:>9.0f}{speedup}{extra}",
-                    flush=True,
-                )
+        steps = tasks(preset, tokenizer, device)
+        for batch in args.batch:
+            data = a_batch(tokenizer, batch, args.seq, args.frames, device)
+            for name in args.steps:
+                row = f"{preset:<15}{batch:>6} {name:<9}"
+                baseline = None
+                for form in args.forms:
+                    try:
+                        r = measure(steps[name], data, form, args, device)
+                    except Exception as error:  # one form's failure is a result, the others still run
+                        print(f"{row}{form:<20} failed: {type(error).__name__}: {error}"[:400], flush=True)
+                        continue
+                    finally:
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                    baseline = baseline or (r["s"] if form == "fp32" else None)
+                    speedup = f"{baseline / r['s']:>8.2f}x" if baseline else f"{'-':>9}"
+                    extra = f"{r['mfu']:>7.1%}{r['mfu_achieved']:>8.1%}" if "mfu" in r else ""
+                    if "memory_gib" in r:
+                        extra += f"{r['memory_gib']:>6.1f}" + (f"{r['busy']:>6.0%}" if "busy" in r else f"{'-':>6}")
+                    timing = f"{r['s']:>8.4f}{r['tokens_per_s']:>9.0f}{speedup}{extra}"
+                    print(f"{row}{form:<20}{timing}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ stage's step (forward, backward) on this machine's device, per preset. The input
 preset (only the step does), so it is measured once per stage. A GPU step of BERT-12L at batch 32 x 128 takes
 tens of milliseconds: the input path must deliver at least 3x the step rate there, on the CPUs one GPU worker gets
 (`--cpus`, a local Ray of that many logical CPUs), with each `--read-tasks` value of `resources.read_tasks`.
+
+First, in one process without Ray, the teacher collate's padding of frame features (`vlkd.data.clips.clip_features`)
+against the per-clip form it replaced (`per_clip_features`, below), on a batch of HowTo100M-shaped clips (1 to
+2 x `--frames` frames each, a video's clips together), alternated `--rounds` times; and the whole collate (captions
+tokenised + padding) with the current form.
 """
 
 from __future__ import annotations
@@ -20,21 +25,93 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import ray
 import torch
 
 from bench.common import bert_tokenizer, machine, task_step_seconds
-from bench.inputs import Inputs
+from bench.inputs import CLIPS_PER_VIDEO, DIMS, Inputs
 from bench.kd_step import distill_task, frozen_teacher
 from bench.train_step import a_batch, teacher_task
 from vlkd.artifacts import ArtifactStore
-from vlkd.data.clips import clip_datasets
+from vlkd.data import features as fmt
+from vlkd.data.clips import clip_datasets, clip_features
 from vlkd.data.corpus import corpus_datasets
 from vlkd.data.ingest import configure_ray_data
 from vlkd.jobs.distill import DistillTask
 from vlkd.jobs.teacher import TeacherTask
-from vlkd.specs import Resources, TrainSpec
+from vlkd.specs import Resources, TeacherSpec, TrainSpec
 from vlkd.train import autocast, train_batches
+
+
+def per_clip_features(
+    batch: pa.Table, max_frames: int, width: int, middle_frame: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline: `clip_features` as it was before issue 34, a copy per clip into float32."""
+    frames = batch.column("num_frames").to_numpy()
+    values = fmt.flat_features(batch.column("features"))
+    dim = len(values) // max(1, int(frames.sum()))
+    starts = np.concatenate([[0], np.cumsum(frames)[:-1]])
+    kept = np.minimum(frames, max_frames)
+    if middle_frame:
+        starts, kept = starts + kept // 2, np.ones_like(kept)
+    padded = np.zeros((len(frames), int(kept.max(initial=1)), width), np.float32)
+    mask = np.zeros(padded.shape[:2], bool)
+    for i, (start, count) in enumerate(zip(starts, kept, strict=True)):
+        padded[i, :count] = values[start * dim : (start + count) * dim].reshape(count, dim)[:, :width]
+        mask[i, :count] = True
+    return padded, mask
+
+
+def howto_batch(inputs: Inputs, clips: int, frames: int) -> pa.Table:
+    """`clips` rows of `CLIP_COLUMNS`, `CLIPS_PER_VIDEO` a video, of 1 to 2 x `frames` frames each (mean `frames`):
+    HowTo100M's clips vary in length, so a batch pads most of them."""
+    rows = []
+    for c in range(clips):
+        features = inputs.rng.standard_normal((int(inputs.rng.integers(1, 2 * frames)), sum(DIMS)), np.float32)
+        rows.append(fmt.Clip(f"video-{c // CLIPS_PER_VIDEO}", c, 8.0 * c, 8.0 * c + 8, inputs.sentence(), features))
+    return fmt.clips_table(rows)
+
+
+def padding_rates(batch: pa.Table, middle_frame: bool, rounds: int) -> dict[str, float]:
+    """Clips/s of the per-clip and the current padding of one batch at the teacher's widths and `max_frames`,
+    the two forms alternated `rounds` times so that a shared machine's load falls on both."""
+    width = DIMS[0] if middle_frame else sum(DIMS)
+    forms = {"per-clip": per_clip_features, "now": clip_features}
+    seconds = dict.fromkeys(forms, 0.0)
+    for _ in range(rounds):
+        for name, pad in forms.items():
+            start = time.perf_counter()
+            pad(batch, TeacherSpec.model_fields["max_frames"].default, width, middle_frame)
+            seconds[name] += time.perf_counter() - start
+    return {name: rounds * len(batch) / spent for name, spent in seconds.items()}
+
+
+def collate_rate(batch: pa.Table, tokenizer_dir: Path, rounds: int) -> float:
+    """Clips/s of the teacher's whole collate (captions tokenised, frames padded, tensors made) on one batch."""
+    from transformers import BertTokenizerFast
+
+    tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir)
+    collate = TeacherTask(teacher_task("tiny", tokenizer, "unmasked").spec, tokenizer, sum(DIMS)).collate
+    collate(batch)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        collate(batch)
+    return rounds * len(batch) / (time.perf_counter() - start)
+
+
+def print_padding_rates(inputs: Inputs, tokenizer_dir: Path, clips: int, frames: int, rounds: int) -> None:
+    batch = howto_batch(inputs, clips, frames)
+    print(f"teacher collate, batch {clips}, {frames} frames a clip on average, {rounds} rounds:")
+    for middle_frame in (False, True):
+        rates = padding_rates(batch, middle_frame, rounds)
+        print(
+            f"  padding ({'middle_frame' if middle_frame else 'video'}): per-clip float32 {rates['per-clip']:,.0f} "
+            f"clips/s, now float16 {rates['now']:,.0f} clips/s, {rates['now'] / rates['per-clip']:.1f}x",
+            flush=True,
+        )
+    print(f"  whole collate (video, now): {collate_rate(batch, tokenizer_dir, rounds):,.0f} clips/s", flush=True)
 
 
 def batches_per_second(batches: Iterable[dict], count: int, device: torch.device) -> float:
@@ -96,6 +173,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--batches", type=int, default=40, help="batches timed on the input path")
+    parser.add_argument("--rounds", type=int, default=50, help="alternations of the two padding forms")
     parser.add_argument("--cpus", type=int, default=8, help="logical CPUs of the local Ray (one GPU worker's share)")
     parser.add_argument(
         "--read-tasks", type=int, nargs="+", default=[Resources().read_tasks], help="resources.read_tasks values"
@@ -107,6 +185,7 @@ def main() -> None:
         store = ArtifactStore.open(Path(tmp, "store").as_uri())
         inputs = Inputs(store, Path(tmp))
         tokenizer_dir = inputs.tokenizer()
+        print_padding_rates(inputs, tokenizer_dir, args.batch, args.frames, args.rounds)
         inputs.features("input", args.batch * (args.batches + 4) * 2, args.frames)
         inputs.corpus("input", args.batch * (args.batches + 4) * 2, tokenizer_dir, args.seq)
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)

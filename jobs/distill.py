@@ -32,13 +32,16 @@ from vlkd.distillation import (
     Widths,
     gradient_norms,
     kd_balance,
+    objectives_forward_flops,
     weighted_total,
 )
 from vlkd.errors import DataError
+from vlkd.flops import TRAINED, encoder_forward_flops, linear_forward_flops, mlm_head_forward_flops
 from vlkd.models.bert import token_states
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import DistillSpec
+from vlkd.specs.shapes import ModelShape
 from vlkd.specs.teacher import trained_with
 from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary, validation_losses
 
@@ -46,15 +49,22 @@ log = logging.getLogger("vlkd.distill")
 BANK_BATCH = 256
 
 
-@dataclass
-class FrozenTeacher:
+class FrozenTeacher(nn.Module):
     """LM^T (and, for vokens, V^T's video bank) as the student sees it: inference only."""
 
-    language_model: nn.Module
-    video_bank: torch.Tensor | None = None
+    def __init__(self, language_model: nn.Module, video_bank: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.language_model = language_model
+        self.video_bank = video_bank
+
+    @property
+    def shape(self) -> ModelShape:
+        """LM^T's shape, from its config (what its FLOPs are counted from)."""
+        config = self.language_model.config
+        return ModelShape(**{field: getattr(config, key) for key, field in _SHAPE_FIELDS.items()})
 
     @torch.no_grad()
-    def __call__(
+    def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (last hidden states [B, L, D_t], logits [B, L, V] or None) in fp32. The MLM head's vocabulary
@@ -77,8 +87,10 @@ class VideoBank:
 
 
 def load_frozen_teacher(
-    store: ArtifactStore, ref: ArtifactRef, device: torch.device, bank: VideoBank | None
+    store: ArtifactStore, ref: ArtifactRef, device: torch.device, bank: VideoBank | None, compile: bool = False
 ) -> FrozenTeacher:
+    """The teacher on `device`, frozen; `compile` (the spec's `train.compile`, which the loop applies to the
+    student) compiles its forward too, as large as the student's."""
     from vlkd.models.teacher import Teacher
 
     with tempfile.TemporaryDirectory(prefix="vlkd-teacher-") as tmp:
@@ -88,7 +100,10 @@ def load_frozen_teacher(
     if device.type == "cuda":  # the frozen teacher needs no fp32 master weights
         teacher.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     video_bank = _shared_video_bank(teacher.video_encoder, store, bank, device) if bank else None
-    return FrozenTeacher(teacher.language_model, video_bank)
+    frozen = FrozenTeacher(teacher.language_model, video_bank)
+    if compile:
+        frozen.compile()  # in place (`nn.Module.compile`): the teacher keeps its type and attributes
+    return frozen
 
 
 def _shared_video_bank(encoder: nn.Module, store: ArtifactStore, bank: VideoBank, device: torch.device) -> torch.Tensor:
@@ -157,6 +172,9 @@ class DistillTask:
     """the voken objective's video bank"""
     init: ArtifactRef | None = None
     """the language model LM^S starts from (`DistillSpec.init`), pinned"""
+    sparse_mlm: bool = True
+    """the MLM head scores the positions masking drew only (`vlkd.losses.Masking.positions`); False runs it at
+    every position, BERT's reference form (`bench.kd_step` times both)"""
     _frozen: FrozenTeacher | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -165,6 +183,11 @@ class DistillTask:
     @property
     def uses_head(self) -> bool:
         return self.spec.distill_head and bool(USES_HEAD & set(self.spec.kd))
+
+    @property
+    def needs_logits(self) -> bool:
+        """An objective reads every position's logits: the teacher's MLM head runs, and the student's everywhere."""
+        return bool(USES_LOGITS & set(self.spec.kd))
 
     @property
     def ddp_find_unused(self) -> bool:
@@ -181,12 +204,16 @@ class DistillTask:
     def new_model(self) -> Distillation:
         """The model's architecture, randomly initialised: what trained weights are loaded into."""
         spec = self.spec
-        kd_dim = self.teacher_dim if self.uses_head else spec.model.hidden_size
-        widths = Widths(kd_dim, self.teacher_dim or kd_dim, self.num_data, len(self.bank.videos) if self.bank else 0)
-        return Distillation.build(spec.model, len(self.tokenizer), spec.kd, spec.kd_options, widths, self.uses_head)
+        return Distillation.build(
+            spec.model, len(self.tokenizer), spec.kd, spec.kd_options, self._widths(), self.uses_head
+        )
+
+    def _widths(self) -> Widths:
+        kd_dim = self.teacher_dim if self.uses_head else self.spec.model.hidden_size
+        return Widths(kd_dim, self.teacher_dim or kd_dim, self.num_data, len(self.bank.videos) if self.bank else 0)
 
     def collate(self, batch: pa.Table) -> dict[str, Any]:
-        ids, mask = pad_sequences(batch.column("input_ids"), self.tokenizer.pad_token_id)
+        ids, mask = pad_sequences(batch.column("input_ids"), self.tokenizer.pad_token_id, self.spec.max_len)
         special = np.isin(ids, [self.tokenizer.cls_token_id, self.tokenizer.sep_token_id]) | (mask == 0)
         return {
             "input_ids": torch.from_numpy(ids),
@@ -194,51 +221,77 @@ class DistillTask:
             "special_tokens_mask": torch.from_numpy(special),
         }
 
-    def tokens(self, batch: dict[str, Any]) -> int:
-        return int(batch["attention_mask"].sum())
+    def tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        return batch["attention_mask"].sum()
+
+    def flops(self, batch: dict[str, Any]) -> float:
+        """One micro-step's FLOPs (`vlkd.flops`, achieved): the student's encoder, MLM head at the positions it
+        scores, distillation head and objectives' products, forward and backward; the frozen teacher's forward
+        (with its MLM head where logits are read) once."""
+        size, length = batch["input_ids"].shape
+        shape, vocab, tokens, kd = self.spec.model, len(self.tokenizer), size * length, self.spec.kd
+        full = self.needs_logits or not self.sparse_mlm
+        scored = tokens if full else losses.prediction_capacity(tokens, self.spec.mlm_probability)
+        widths = self._widths()
+        student = encoder_forward_flops(shape, size, length) + mlm_head_forward_flops(shape, vocab, scored)
+        if self.uses_head:
+            student += linear_forward_flops(tokens, shape.hidden_size, shape.hidden_size, widths.kd)
+        student += objectives_forward_flops(kd, self.spec.kd_options, widths, size, length)
+        if not kd:
+            return TRAINED * student
+        teacher = self._frozen_teacher(batch["input_ids"].device).shape
+        frozen = encoder_forward_flops(teacher, size, length)
+        if self.needs_logits:
+            frozen += mlm_head_forward_flops(teacher, vocab, tokens)
+        return TRAINED * student + frozen
 
     def _frozen_teacher(self, device: torch.device) -> FrozenTeacher:
         if self._frozen is None:
-            self._frozen = load_frozen_teacher(self.store, self.teacher, device, self.bank)
+            compile = self.spec.train.compile
+            self._frozen = load_frozen_teacher(self.store, self.teacher, device, self.bank, compile)
         return self._frozen
 
     def _terms(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(the loss terms, the student's last hidden states): `Distillation.forward` on the masked batch."""
+        """(the loss terms, the student's last hidden states): `Distillation.forward` on the masked batch. Masking
+        is drawn on the host and sent without waiting (`draw_masking`), so the step queues its GPU work unblocked."""
         ids, attention = batch["input_ids"], batch["attention_mask"]
-        masked, labels = losses.mask_tokens(
-            ids.cpu(), batch["special_tokens_mask"].cpu(), self.tokenizer.mask_token_id, len(self.tokenizer),
+        masking = losses.draw_masking(
+            ids, batch["special_tokens_mask"], self.tokenizer.mask_token_id, len(self.tokenizer),
             self.spec.mlm_probability, generator,
         )  # fmt: skip
-        masked, labels = masked.to(ids.device), labels.to(ids.device)
+        masked = masking.input_ids
+        positions, labels = (masking.positions, masking.position_labels) if self.sparse_mlm else (None, masking.labels)
         if not self.spec.kd:
-            return model(masked, attention, labels)
+            return model(masked, attention, labels, positions=positions)
         teacher = self._frozen_teacher(ids.device)
-        needs_logits = bool(USES_LOGITS & set(self.spec.kd))
-        teacher_hidden, teacher_logits = teacher(masked, attention, needs_logits)  # the same masked input (Sec. 3.4)
+        teacher_hidden, teacher_logits = teacher(masked, attention, self.needs_logits)  # the same input (Sec. 3.4)
         vokens = losses.assign_vokens(teacher_hidden, teacher.video_bank) if teacher.video_bank is not None else None
-        crd_generator = generator if ids.device.type == "cpu" else None
-        return model(masked, attention, labels, teacher_hidden, teacher_logits, vokens, crd_generator)
+        # A generator argument is a graph break under torch.compile: a compiled step draws CRD's negatives from
+        # the global RNG (which checkpoints keep); a GPU step does anyway (the generator is the host's).
+        eager_cpu = ids.device.type == "cpu" and not self.spec.train.compile
+        crd_generator = generator if eager_cpu else None
+        return model(masked, attention, labels, teacher_hidden, teacher_logits, vokens, crd_generator, positions)
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms, _ = self._terms(model, batch, generator)
         return self._total(terms)
 
     def loss_and_probes(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
         """`loss`, and each term's gradient norm at the student's last hidden states (`gradient_norms`): what the
         manifest's `kd_balance` reports, measured on the steps the loop logs only."""
         terms, hidden = self._terms(model, batch, generator)
         return *self._total(terms), gradient_norms(terms, hidden, self.spec.kd)
 
-    def _total(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """L^S (Eq. 4), and it and every term as numbers for the log."""
+    def _total(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L^S (Eq. 4), and it and every term detached for the log, on the device: read on logged steps only."""
         total = weighted_total(terms["mlm"], terms, self.spec.kd)
-        return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+        return total, {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
         """Validation losses and the MLM perplexity."""

@@ -1,9 +1,11 @@
 """Stage `teacher`: cross-modal pretraining of LM^T and V^T on a `features` artifact (Sec. 3.2), with Ray Train.
 
 L^T = w_ct L_CT + w_mlm L_MLM (Eq. 3 and BERT's MLM); the contrastive term sees the unmasked text (or, with
-`contrastive_text: masked`, the masked one in the same LM pass, as the authors' code does), the MLM term the masked
-one. Validation reports the losses and text-to-video retrieval (R@1/5/10, median rank) on held-out videos; training
-stops early when the validation loss stops improving, and the best weights are published.
+`contrastive_text: masked`, the masked one, as the authors' code does), the MLM term the masked one, in one LM pass
+(`vlkd.models.teacher.TeacherPretraining`, whose forward computes every term). The step never waits for the
+device: masks and negatives are drawn on the CPU and sent without blocking, and the terms stay on the device until
+the loop logs them. Validation reports the losses and text-to-video retrieval (R@1/5/10, median rank) on held-out
+videos; training stops early when the validation loss stops improving, and the best weights are published.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from vlkd import losses
+from vlkd import flops, losses
 from vlkd.artifacts import Manifest, collect_files
+from vlkd.data.buckets import TOKENS, padded_length
 from vlkd.data.clips import clip_datasets, clip_features
 from vlkd.data.ingest import configure_ray_data
 from vlkd.evaluation.retrieval import Retrieval
+from vlkd.models.teacher import Teacher, TeacherPretraining, reads_both_texts
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import TeacherSpec
 from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary, validation_losses
@@ -39,17 +44,23 @@ class TeacherTask:
     spec: TeacherSpec
     tokenizer: Any
     feature_dim: int
+    sparse_mlm: bool = True
+    """the MLM head and its cross-entropy at the masked positions only (`losses.draw_masking`); False scores every
+    position, the same loss at several times the head's cost, kept for `bench.train_step` to measure against"""
 
     @property
     def ddp_find_unused(self) -> bool:
         return set(self.spec.objectives) != {"ct", "mlm"}  # an unused branch has no gradients
 
-    def build_model(self) -> nn.Module:
-        from vlkd.models.teacher import Teacher
-
-        return Teacher.build(self.spec.model, self.spec.video_model, len(self.tokenizer), self.feature_dim)
+    def build_model(self) -> TeacherPretraining:
+        spec = self.spec
+        teacher = Teacher.build(spec.model, spec.video_model, len(self.tokenizer), self.feature_dim)
+        weights = {name: getattr(spec.loss_weights, name) for name in spec.objectives}
+        return TeacherPretraining(teacher, weights, spec.margin, spec.contrastive_text == "masked")
 
     def collate(self, batch: pa.Table) -> dict[str, Any]:
+        """Captions padded to a multiple of `buckets.TOKENS` (at most `max_text_len`, which truncation holds them
+        to), clips to one of `buckets.FRAMES` (`clip_features`): a compiled step sees few shapes."""
         encoded = self.tokenizer(
             batch.column("text").to_pylist(),
             padding=True,
@@ -58,66 +69,83 @@ class TeacherTask:
             return_special_tokens_mask=True,
             return_tensors="pt",
         )
+        longest = encoded["input_ids"].shape[1]
+        extra = (0, padded_length(longest, self.spec.max_text_len, TOKENS) - longest)
+        ids = F.pad(encoded["input_ids"], extra, value=self.tokenizer.pad_token_id)
+        attention = F.pad(encoded["attention_mask"], extra, value=0)
+        special = F.pad(encoded["special_tokens_mask"], extra, value=1)
         middle_frame = self.spec.visual_input == "middle_frame"
         features, frame_mask = clip_features(batch, self.spec.max_frames, self.feature_dim, middle_frame)
+        videos = video_codes(batch)
         return {
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-            "special_tokens_mask": encoded["special_tokens_mask"].bool() | ~encoded["attention_mask"].bool(),
+            "input_ids": ids,
+            "attention_mask": attention,
+            "special_tokens_mask": special.bool() | ~attention.bool(),
             "features": torch.from_numpy(features),
             "frame_mask": torch.from_numpy(frame_mask),
-            "video": torch.from_numpy(video_codes(batch)),
+            "video": torch.from_numpy(videos),
+            # counted here, where the batch is on the host: on the device it would take a wait to read
+            "videos_per_batch": torch.tensor(len(np.unique(videos)), dtype=torch.float32),
         }
 
-    def tokens(self, batch: dict[str, Any]) -> int:
-        return int(batch["attention_mask"].sum())
+    def tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        return batch["attention_mask"].sum()
 
-    def _terms(
-        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
-    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-        """The loss terms, and L_CT's negatives (x' and v' of each example) when it is trained."""
+    def flops(self, batch: dict[str, Any]) -> float:
+        """LM^T over the text it reads ([2B, L] when both texts), the MLM head at the positions it scores, and
+        V^T's projection and encoder over the [B, T] frames, all trained."""
+        spec = self.spec
+        size, length = batch["input_ids"].shape
+        texts = 2 if reads_both_texts(spec.objectives, spec.contrastive_text == "masked") else 1
+        total = flops.encoder_forward_flops(spec.model, texts * size, length)
+        if "mlm" in spec.objectives:
+            scored = size * length
+            if self.sparse_mlm:
+                scored = losses.prediction_capacity(scored, spec.mlm_probability)
+            total += flops.mlm_head_forward_flops(spec.model, len(self.tokenizer), scored)
+        if "ct" in spec.objectives:
+            frames = batch["features"].shape[1]
+            video = spec.video_model
+            total += flops.linear_forward_flops(size * frames, self.feature_dim, video.hidden_size)
+            total += flops.encoder_forward_flops(video, size, frames)
+        return flops.TRAINED * total
+
+    def inputs(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """The arguments of `TeacherPretraining.forward` for `batch`: the MLM masking and L_CT's negatives (x' and
+        v' of each example) of the objectives trained, drawn on the CPU `generator` and sent to the batch's
+        device without blocking (`losses.draw_masking`, `losses.to_device`)."""
         objectives = set(self.spec.objectives)
-        masked = labels = None
+        ids = batch["input_ids"]
+        inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"]}
         if "mlm" in objectives:
-            masked, labels = losses.mask_tokens(
-                batch["input_ids"].cpu(),
-                batch["special_tokens_mask"].cpu(),
+            masking = losses.draw_masking(
+                ids,
+                batch["special_tokens_mask"],
                 self.tokenizer.mask_token_id,
                 len(self.tokenizer),
                 self.spec.mlm_probability,
                 generator,
             )
-            masked, labels = masked.to(batch["input_ids"].device), labels.to(batch["input_ids"].device)
-        with_video = "ct" in objectives
-        out = model(
-            batch["input_ids"],
-            batch["attention_mask"],
-            masked_input_ids=masked,
-            features=batch["features"] if with_video else None,
-            frame_mask=batch["frame_mask"] if with_video else None,
-            contrastive_on_masked=self.spec.contrastive_text == "masked",
-        )
-        terms: dict[str, torch.Tensor] = {}
-        negatives: list[torch.Tensor] = []
-        if with_video:
-            size = len(batch["input_ids"])
-            negatives = [losses.sample_negatives(size, generator).to(batch["input_ids"].device) for _ in range(2)]
-            terms["ct"] = losses.token_contrastive_loss(
-                out["text_states"], batch["attention_mask"].bool(), out["video_repr"], *negatives, self.spec.margin
-            )
-        if labels is not None:
-            terms["mlm"] = losses.mlm_loss(out["mlm_logits"], labels)
-        return terms, negatives
+            inputs["masked_input_ids"] = masking.input_ids
+            if self.sparse_mlm:
+                inputs.update(mlm_labels=masking.position_labels, mlm_positions=masking.positions)
+            else:
+                inputs["mlm_labels"] = masking.labels
+        if "ct" in objectives:
+            drawn = tuple(losses.sample_negatives(len(ids), generator) for _ in range(2))
+            negatives = losses.to_device(drawn, ids.device)
+            inputs.update(features=batch["features"], frame_mask=batch["frame_mask"], negatives=negatives)
+        return inputs
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        terms, negatives = self._terms(model, batch, generator)
-        weights = self.spec.loss_weights.model_dump()
-        total = sum(weights[name] * value for name, value in terms.items())
-        values = {name: float(value.detach()) for name, value in terms.items()}
-        drawn = batch_videos(batch["video"], negatives) if "video" in batch else {}
-        return total, {"loss": float(total.detach()), **values, **drawn}
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        inputs = self.inputs(batch, generator)
+        out = model(**inputs)
+        terms = {name: value.detach() for name, value in out.items()}
+        if "negatives" in inputs:
+            terms["same_video_negatives"] = same_video_negatives(batch["video"], inputs["negatives"])
+        return out["loss"], {**terms, "videos_per_batch": batch["videos_per_batch"]}
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
         """Validation losses and text-to-video retrieval, the eval stage's measure (`vlkd.evaluation.retrieval`)."""
@@ -131,16 +159,13 @@ def video_codes(batch: pa.Table) -> np.ndarray:
     return np.unique(batch.column("video_id").to_numpy(zero_copy_only=False), return_inverse=True)[1].astype(np.int64)
 
 
-def batch_videos(videos: torch.Tensor, negatives: list[torch.Tensor]) -> dict[str, float]:
-    """What a batch shows of how it was drawn: `videos_per_batch`, and `same_video_negatives`, the share of L_CT's
-    negatives (x' and v' of Eq. 3, [B] indices each) that are clips of the anchor's own video. Under a uniform
-    shuffle of the split the share is about (clips per video - 1) / clips; HowTo100M-shaped features read in stored
-    order put 26-28% there (`bench/batch_order.py`; README: how training batches are drawn)."""
-    drawn = {"videos_per_batch": float(len(torch.unique(videos)))}
-    if negatives:
-        same = torch.stack([videos[n.to(videos.device)] == videos for n in negatives])
-        drawn["same_video_negatives"] = float(same.float().mean())
-    return drawn
+def same_video_negatives(videos: torch.Tensor, negatives: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The share of L_CT's negatives (x' and v' of Eq. 3, [B] indices each) that are clips of the anchor's own
+    video (`videos` [B], `video_codes`), a 0-d tensor on the device: what a batch shows of how it was drawn, with
+    `videos_per_batch`. Under a uniform shuffle of the split the share is about (clips per video - 1) / clips;
+    HowTo100M-shaped features read in stored order put 26-28% there (`bench/batch_order.py`; README: how training
+    batches are drawn)."""
+    return torch.stack([videos[n] == videos for n in negatives]).float().mean()
 
 
 def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:

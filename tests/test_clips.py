@@ -137,12 +137,18 @@ def test_clip_features_are_padded_truncated_and_cut_to_the_2d_columns_of_the_mid
     np.testing.assert_array_equal(middle[:, 0], [clips[0][1, :4], clips[1][0, :4], clips[2][2, :4]])
 
 
-def test_token_sequences_are_padded_from_their_arrow_column():
+def test_token_sequences_are_padded_from_their_arrow_column_to_a_few_fixed_lengths():
+    """To the longest rounded up to 16 tokens, at most the spec's max_len; a slice of a column reads its own rows."""
     lists = pa.list_(pa.int32())
     column = pa.chunked_array([pa.array([[2, 7, 3], [2, 3]], lists), pa.array([[2, 8, 9, 3]], lists)])
-    ids, mask = pad_sequences(column, pad_id=0)
-    assert ids.tolist() == [[2, 7, 3, 0], [2, 3, 0, 0], [2, 8, 9, 3]]
-    assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    ids, mask = pad_sequences(column, pad_id=0, max_len=128)
+    assert ids.tolist() == [[2, 7, 3, *[0] * 13], [2, 3, *[0] * 14], [2, 8, 9, 3, *[0] * 12]]
+    assert mask.tolist() == [[1] * 3 + [0] * 13, [1] * 2 + [0] * 14, [1] * 4 + [0] * 12]
+    ids, mask = pad_sequences(column, pad_id=0, max_len=6)
+    assert ids.tolist() == [[2, 7, 3, 0, 0, 0], [2, 3, 0, 0, 0, 0], [2, 8, 9, 3, 0, 0]]
+    sliced = pa.array([[1], [2, 7, 3], [2, 3, 5, 6, 7]], lists).slice(1, 2)
+    ids, mask = pad_sequences(sliced, pad_id=0, max_len=5)
+    assert ids.tolist() == [[2, 7, 3, 0, 0], [2, 3, 5, 6, 7]] and mask.sum() == 8
 
 
 def test_shards_of_format_v1_are_still_read():

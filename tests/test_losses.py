@@ -17,11 +17,12 @@ from vlkd.losses import (
     CRDLoss,
     assign_vokens,
     crd_nce_loss,
-    mask_tokens,
+    draw_masking,
     mean_pool,
     mlm_loss,
     nst_loss,
     nst_poly_loss,
+    prediction_capacity,
     regression_loss,
     sample_negatives,
     soft_label_loss,
@@ -45,7 +46,7 @@ def _pad_mask(mask: torch.Tensor, extra: int) -> torch.Tensor:
     return torch.cat([mask, torch.zeros(mask.shape[0], extra, dtype=mask.dtype)], dim=1)
 
 
-# mask_tokens
+# draw_masking
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +56,19 @@ def masking() -> dict[str, torch.Tensor]:
     input_ids = torch.randint(MASK_ID + 1, vocab, (400, 500), generator=generator)
     special = torch.rand(400, 500, generator=generator) < 0.1
     original = input_ids.clone()
-    masked, labels = mask_tokens(input_ids, special, MASK_ID, vocab, generator=torch.Generator().manual_seed(1))
+    drawn = draw_masking(input_ids, special, MASK_ID, vocab, generator=torch.Generator().manual_seed(1))
+    masked, labels = drawn.input_ids, drawn.labels
     return {"input_ids": input_ids, "original": original, "special": special, "masked": masked, "labels": labels}
 
 
-def test_mask_tokens_chooses_15_percent_of_non_special_tokens(masking: dict[str, torch.Tensor]) -> None:
+def test_masking_chooses_15_percent_of_non_special_tokens(masking: dict[str, torch.Tensor]) -> None:
     chosen = masking["labels"] != IGNORE_INDEX
     rate = chosen.sum() / (~masking["special"]).sum()
     # 180k candidates: the binomial's standard deviation is 0.0008, the tolerance six of them
     assert abs(rate.item() - 0.15) < 0.005
 
 
-def test_mask_tokens_replaces_80_10_10(masking: dict[str, torch.Tensor]) -> None:
+def test_masking_replaces_80_10_10(masking: dict[str, torch.Tensor]) -> None:
     chosen = masking["labels"] != IGNORE_INDEX
     masked, original = masking["masked"][chosen], masking["input_ids"][chosen]
     to_mask = (masked == MASK_ID).float().mean().item()
@@ -78,31 +80,52 @@ def test_mask_tokens_replaces_80_10_10(masking: dict[str, torch.Tensor]) -> None
     assert abs(unchanged - 0.1) < 0.01
 
 
-def test_mask_tokens_never_chooses_special_tokens(masking: dict[str, torch.Tensor]) -> None:
+def test_masking_never_chooses_special_tokens(masking: dict[str, torch.Tensor]) -> None:
     special = masking["special"]
     assert (masking["labels"][special] == IGNORE_INDEX).all()
     assert torch.equal(masking["masked"][special], masking["input_ids"][special])
 
 
-def test_mask_tokens_labels_are_the_original_exactly_where_chosen(masking: dict[str, torch.Tensor]) -> None:
+def test_masking_labels_are_the_original_exactly_where_chosen(masking: dict[str, torch.Tensor]) -> None:
     labels, input_ids, masked = masking["labels"], masking["input_ids"], masking["masked"]
     chosen = labels != IGNORE_INDEX
     assert torch.equal(labels[chosen], input_ids[chosen])
     assert torch.equal(masked[~chosen], input_ids[~chosen])  # what is not chosen is never altered
 
 
-def test_mask_tokens_leaves_its_input_alone(masking: dict[str, torch.Tensor]) -> None:
+def test_masking_leaves_its_input_alone(masking: dict[str, torch.Tensor]) -> None:
     assert torch.equal(masking["input_ids"], masking["original"])
 
 
-def test_mask_tokens_is_reproducible_with_a_generator() -> None:
+def test_masking_is_reproducible_with_a_generator() -> None:
     ids = torch.randint(10, 1000, (8, 64))
     special = torch.zeros(8, 64, dtype=torch.bool)
-    first = mask_tokens(ids, special, MASK_ID, 1000, generator=torch.Generator().manual_seed(7))
-    again = mask_tokens(ids, special, MASK_ID, 1000, generator=torch.Generator().manual_seed(7))
-    other = mask_tokens(ids, special, MASK_ID, 1000, generator=torch.Generator().manual_seed(8))
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    assert not torch.equal(first[1], other[1])
+    first, again, other = (
+        draw_masking(ids, special, MASK_ID, 1000, generator=torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)
+    )
+    assert all(torch.equal(getattr(first, f), getattr(again, f)) for f in ("input_ids", "labels", "positions"))
+    assert not torch.equal(first.labels, other.labels)
+
+
+def test_the_scored_positions_hold_every_chosen_one_with_its_label_and_filler_ignored() -> None:
+    ids = torch.randint(10, 1000, (8, 64))
+    special = torch.zeros(8, 64, dtype=torch.bool)
+    special[:, 0] = special[:, 40:] = True  # [CLS] and padding: drawn like any position, never chosen
+    drawn = draw_masking(ids, special, MASK_ID, 1000, generator=torch.Generator().manual_seed(3))
+    chosen = (drawn.labels != IGNORE_INDEX).flatten().nonzero().squeeze(1)
+    scored = drawn.positions[drawn.position_labels != IGNORE_INDEX]
+    assert torch.equal(scored.sort().values, chosen)
+    assert torch.equal(drawn.position_labels[drawn.position_labels != IGNORE_INDEX], drawn.labels.flatten()[scored])
+    assert len(drawn.positions) == prediction_capacity(8 * 64, 0.15) < 8 * 64
+
+
+def test_a_draw_beyond_the_capacity_grows_it_and_drops_no_position() -> None:
+    assert prediction_capacity(1024, 0.15) == 256  # mean 154 + 8 sigma, to a multiple of 64
+    assert prediction_capacity(1024, 0.15, drawn=300) == 320
+    assert prediction_capacity(100, 0.5, drawn=100) == 100  # never above the tokens
+    ids = torch.randint(10, 1000, (2, 32))
+    drawn = draw_masking(ids, torch.zeros(2, 32, dtype=torch.bool), MASK_ID, 1000, mlm_probability=0.99)
+    assert (drawn.position_labels != IGNORE_INDEX).sum() == (drawn.labels != IGNORE_INDEX).sum() > 56
 
 
 # sample_negatives

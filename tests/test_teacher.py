@@ -11,7 +11,7 @@ import torch
 
 from vlkd import losses
 from vlkd.jobs import teacher
-from vlkd.models.teacher import Teacher
+from vlkd.models.teacher import Teacher, TeacherPretraining
 from vlkd.runtime import JobContext
 from vlkd.specs import ModelShape, parse_spec
 from vlkd.train import LOGS, METRICS_FILE, Loop
@@ -55,28 +55,37 @@ def context(inputs, tmp_path):
     return JobContext(f"teacher-{tmp_path.name}", inputs, tmp_path)
 
 
+def pretraining(shape: ModelShape, vocab_size: int, feature_dim: int) -> TeacherPretraining:
+    """The module the stage trains, with both objectives at weight 1, L_CT on the unmasked text."""
+    teacher = Teacher.build(shape, shape, vocab_size=vocab_size, feature_dim=feature_dim)
+    return TeacherPretraining(teacher, {"ct": 1.0, "mlm": 1.0}, 1.0, contrastive_on_masked=False)
+
+
 @pytest.mark.parametrize("preset", ["bert-6l-512h", "bert-12l-768h"])
 def test_paper_presets_build_and_take_a_step(preset):
     shape = ModelShape(preset=preset)
-    model = Teacher.build(shape, shape, vocab_size=30522, feature_dim=2560)
+    model = pretraining(shape, 30522, 2560)
     assert model.language_model.config.num_hidden_layers == shape.num_layers
     assert model.video_encoder.encoder.config.hidden_size == shape.hidden_size
     ids = torch.randint(1000, 30522, (2, 16))
     attention = torch.ones(2, 16, dtype=torch.long)
-    masked, labels = losses.mask_tokens(ids, torch.zeros(2, 16, dtype=torch.bool), 103, 30522, 0.5)
+    video = {"features": torch.randn(2, 6, 2560), "frame_mask": torch.ones(2, 6, dtype=torch.bool)}
+    with torch.no_grad():
+        assert model.text_states(ids, attention).shape == (2, 16, shape.hidden_size)
+        assert model.video_encoder(video["features"], video["frame_mask"])[1].shape == (2, shape.hidden_size)
+        assert model.language_model.cls(model.text_states(ids, attention)).shape == (2, 16, 30522)
+    masking = losses.draw_masking(ids, torch.zeros(2, 16, dtype=torch.bool), 103, 30522, 0.5)
     out = model(
         ids,
         attention,
-        masked_input_ids=masked,
-        features=torch.randn(2, 6, 2560),
-        frame_mask=torch.ones(2, 6, dtype=torch.bool),
+        masked_input_ids=masking.input_ids,
+        mlm_labels=masking.position_labels,
+        mlm_positions=masking.positions,
+        negatives=(torch.tensor([1, 0]), torch.tensor([1, 0])),
+        **video,
     )
-    assert out["text_states"].shape == (2, 16, shape.hidden_size) and out["video_repr"].shape == (2, shape.hidden_size)
-    assert out["mlm_logits"].shape == (2, 16, 30522)
-    loss = losses.token_contrastive_loss(
-        out["text_states"], attention.bool(), out["video_repr"], torch.tensor([1, 0]), torch.tensor([1, 0])
-    )
-    (loss + losses.mlm_loss(out["mlm_logits"], labels)).backward()
+    assert out.keys() == {"loss", "ct", "mlm"}
+    out["loss"].backward()
     assert (
         model.video_encoder.project.weight.grad is not None
         and model.language_model.cls.predictions.decoder.weight.grad is not None
@@ -85,24 +94,37 @@ def test_paper_presets_build_and_take_a_step(preset):
 
 def test_the_one_pass_teacher_reads_the_masked_text_for_both_terms():
     shape = ModelShape(preset="tiny")
-    model = Teacher.build(shape, shape, vocab_size=100, feature_dim=8).eval()
+    two_texts = pretraining(shape, 100, 8).eval()
+    one_text = TeacherPretraining(two_texts, two_texts.weights, 1.0, contrastive_on_masked=True).eval()  # same LM
     ids, attention = torch.randint(5, 100, (2, 6)), torch.ones(2, 6, dtype=torch.long)
     masked = ids.clone()
     masked[:, 2] = 4
+    labels = torch.where(masked != ids, ids, losses.IGNORE_INDEX)
+    negatives = (torch.tensor([1, 0]), torch.tensor([1, 0]))
     video = {"features": torch.randn(2, 3, 8), "frame_mask": torch.ones(2, 3, dtype=torch.bool)}
+    inputs = {"masked_input_ids": masked, "mlm_labels": labels, "negatives": negatives, **video}
     with torch.no_grad():
-        one_pass = model(ids, attention, masked_input_ids=masked, contrastive_on_masked=True, **video)
-        two_passes = model(ids, attention, masked_input_ids=masked, **video)
-        torch.testing.assert_close(one_pass["text_states"], model.text_states(masked, attention))
-        torch.testing.assert_close(two_passes["text_states"], model.text_states(ids, attention))
-        torch.testing.assert_close(one_pass["mlm_logits"], model.language_model(masked, attention).logits)
-    assert not torch.allclose(one_pass["text_states"], two_passes["text_states"])
+        one_pass = one_text(ids, attention, **inputs)
+        two_passes = two_texts(ids, attention, **inputs)
+        video_repr = two_texts.video_encoder(video["features"], video["frame_mask"])[1]
+
+        def contrastive(states):
+            return losses.token_contrastive_loss(states, attention.bool(), video_repr, *negatives)
+
+        torch.testing.assert_close(one_pass["ct"], contrastive(two_texts.text_states(masked, attention)))
+        torch.testing.assert_close(two_passes["ct"], contrastive(two_texts.text_states(ids, attention)))
+        mlm = losses.mlm_loss(two_texts.language_model(masked, attention).logits, labels)
+        torch.testing.assert_close(one_pass["mlm"], mlm)
+        torch.testing.assert_close(two_passes["mlm"], mlm)
+    assert not torch.allclose(one_pass["ct"], two_passes["ct"])
 
 
 def test_teacher_is_published_with_its_parents_and_loads_in_transformers(context, tmp_path):
     from transformers import AutoTokenizer, BertForMaskedLM
 
-    (manifest,) = teacher.run(teacher_spec(), context)
+    spec = teacher_spec()
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"peak_tflops": 0.01})})  # a stated peak
+    (manifest,) = teacher.run(spec, context)
     assert manifest.parents == ["features/synth:v1", "tokenizer/synth:v1"]
     assert manifest.metrics["steps"] == 12 and "val_r1" in manifest.metrics and "val_median_rank" in manifest.metrics
     assert manifest.metrics["peak_tokens_per_s"] > 0
@@ -117,6 +139,13 @@ def test_teacher_is_published_with_its_parents_and_loads_in_transformers(context
     assert [r["step"] for r in records if "loss" in r] == [4, 8, 12]
     assert [r["step"] for r in records if "val_loss" in r] == [6, 12]
     assert any(p.name.startswith("events.out.tfevents") for p in (out / LOGS).iterdir())
+    # the device's use at each logged step (`vlkd.flops`): MFU counted as 6 x parameters x tokens, and achieved
+    parameters = sum(p.numel() for p in rebuilt.parameters() if p.requires_grad)
+    for record in (r for r in records if "loss" in r):
+        assert record["tflops"] > 0 and record["mfu_achieved"] == pytest.approx(record["tflops"] / 0.01)
+        counted = 6 * parameters * record["tokens_per_s"] / 1e12 / 0.01
+        assert record["mfu"] == pytest.approx(counted, rel=1e-6)
+        assert record["mfu"] != pytest.approx(record["mfu_achieved"], rel=0.01)  # two counts, not one twice
 
 
 @pytest.mark.parametrize("visual_input", ["video", "middle_frame"])

@@ -17,8 +17,9 @@ LOGS = "logs"
 METRICS_FILE = "metrics.jsonl"
 METRICS_PATH = f"{LOGS}/{METRICS_FILE}"
 
-# Not curves (as recorded in training, or with `val_` in validation): bookkeeping, how the teacher's batches were
-# drawn (`jobs.teacher`: a count of videos, a share), and the median rank, on scales of their own.
+# Not curves (as recorded in training, or with `val_` in validation): bookkeeping, the device's use (`vlkd.flops`),
+# how the teacher's batches were drawn (`jobs.teacher`: a count of videos, a share), and the median rank, on scales
+# of their own.
 _NOT_PLOTTED = {
     "step",
     "time",
@@ -26,6 +27,9 @@ _NOT_PLOTTED = {
     "grad_norm",
     "tokens_per_s",
     "samples_per_s",
+    "tflops",
+    "mfu",
+    "mfu_achieved",
     "best_val_loss",
     "queries",
     "median_rank",

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vlkd import losses
+from vlkd.flops import linear_forward_flops
 from vlkd.models.student import Student
 from vlkd.specs import KDOptions
 from vlkd.specs.shapes import ModelShape
@@ -33,7 +34,8 @@ class KDBatch:
     """What the objectives read for one batch."""
 
     student: dict[str, torch.Tensor]
-    """`logits` [B, L, V] and `kd` [B, L, D] from `Student.forward`"""
+    """`logits` and `kd` [B, L, D] from `Student.forward`; the logits are [B, L, V], every position's, whenever
+    an objective reads them (`USES_LOGITS`)"""
     teacher_hidden: torch.Tensor
     """[B, L, D_t], the frozen teacher's last hidden states"""
     teacher_logits: torch.Tensor | None
@@ -74,6 +76,9 @@ class KDObjective:
     """the trainable module the objective brings, trained with the student"""
     same_width: bool = False
     """compares the KD output with the teacher's states vector by vector, so they need one width"""
+    flops: Callable[[KDOptions, Widths, int, int], float] | None = None
+    """(options, widths, batch, length) -> the forward FLOPs of its matrix products on a [batch, length] batch
+    (`vlkd.flops`'s achieved count); None for an objective of elementwise work only"""
 
 
 def _crd_memory(options: KDOptions, widths: Widths) -> nn.Module:
@@ -100,6 +105,15 @@ def _crd(batch: KDBatch, options: KDOptions, module: nn.Module | None) -> torch.
     return module(losses.mean_pool(student, batch.mask), losses.mean_pool(teacher, batch.mask), batch.generator)
 
 
+def _crd_flops(options: KDOptions, widths: Widths, batch: int, length: int) -> float:
+    """f1 and f2 on every anchor, and each anchor's scores with the whole memory (once it holds entries); at the
+    token level every position is counted as an anchor, padded ones included (the host knows no more)."""
+    crd = options.crd
+    rows = batch * length if crd.level == "token" else batch
+    projections = linear_forward_flops(rows, widths.kd, crd.dim) + linear_forward_flops(rows, widths.teacher, crd.dim)
+    return projections + 2.0 * rows * crd.buffer_size * crd.dim
+
+
 KD_OBJECTIVES: dict[str, KDObjective] = {
     "soft_label": KDObjective(
         lambda b, o, _: losses.soft_label_loss(b.student["logits"], b.teacher_logits, b.mask, o.soft_label.tau),
@@ -109,20 +123,36 @@ KD_OBJECTIVES: dict[str, KDObjective] = {
     "regression": KDObjective(
         lambda b, o, _: losses.regression_loss(b.student["kd"], b.teacher_hidden, b.mask), same_width=True
     ),
-    "nst": KDObjective(
-        lambda b, o, _: losses.nst_loss(b.student["kd"], b.teacher_hidden, b.mask, o.nst.sigma, o.nst.normalize)
+    "nst": KDObjective(  # the kernels between the neurons: student-student, teacher-teacher, student-teacher
+        lambda b, o, _: losses.nst_loss(b.student["kd"], b.teacher_hidden, b.mask, o.nst.sigma, o.nst.normalize),
+        flops=lambda o, w, batch, length: 2.0 * batch * length * (w.kd**2 + w.teacher**2 + w.kd * w.teacher),
     ),
-    "nst_poly": KDObjective(lambda b, o, _: losses.nst_poly_loss(b.student["kd"], b.teacher_hidden, b.mask)),
-    "crd": KDObjective(_crd, module=_crd_memory),
-    "crd_nt_xent": KDObjective(
+    "nst_poly": KDObjective(
+        lambda b, o, _: losses.nst_poly_loss(b.student["kd"], b.teacher_hidden, b.mask),
+        flops=lambda o, w, batch, length: 2.0 * batch * length * (w.kd**2 + w.kd * w.teacher),
+    ),
+    "crd": KDObjective(_crd, module=_crd_memory, flops=_crd_flops),
+    "crd_nt_xent": KDObjective(  # at each position, the scores of the 2B vectors with each other
         lambda b, o, _: losses.crd_nt_xent_loss(b.student["kd"], b.teacher_hidden, b.mask, o.crd_nt_xent.temperature),
         same_width=True,
+        flops=lambda o, w, batch, length: 2.0 * length * (2 * batch) ** 2 * w.kd,
     ),
-    "voken": KDObjective(
+    "voken": KDObjective(  # the classifier, and the vokens' assignment from the teacher's states
         lambda b, o, classifier: losses.voken_loss(classifier(b.student["kd"]), b.vokens, b.mask),
         module=lambda o, widths: nn.Linear(widths.kd, widths.bank_size),
+        flops=lambda o, w, batch, length: 2.0 * batch * length * w.bank_size * (w.kd + w.teacher),
     ),
 }
+
+
+def objectives_forward_flops(
+    kd: dict[str, float], options: KDOptions, widths: Widths, batch: int, length: int
+) -> float:
+    """The forward FLOPs of the matrix products of the objectives in `kd` on a [batch, length] batch."""
+    chosen = [o.flops for name, o in KD_OBJECTIVES.items() if name in kd and o.flops is not None]
+    return sum(flops(options, widths, batch, length) for flops in chosen)
+
+
 USES_HEAD = frozenset(name for name, objective in KD_OBJECTIVES.items() if objective.reads_head)
 USES_LOGITS = frozenset(name for name, objective in KD_OBJECTIVES.items() if objective.reads_logits)
 SAME_WIDTH = frozenset(name for name, objective in KD_OBJECTIVES.items() if objective.same_width)
@@ -139,6 +169,8 @@ class Distillation(nn.Module):
         self.objectives = nn.ModuleDict(modules)
         self.kd = dict(kd)
         self.options = options
+        self.full_head = bool(USES_LOGITS & set(kd))
+        """the MLM head runs at every position, whatever `positions` says: an objective reads all its logits"""
 
     @classmethod
     def build(
@@ -158,12 +190,19 @@ class Distillation(nn.Module):
         teacher_logits: torch.Tensor | None = None,
         vokens: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The loss terms of a masked batch: `mlm` (`labels` [B, L]) and, given the teacher's states of the same
-        input [B, L, D_t] (and its logits, and vokens, for the objectives that read them), each KD objective's; and
-        the student's last hidden states [B, L, D_s], where every term's gradient passes (`gradient_norms`)."""
-        student = self.student(input_ids, attention_mask)
-        terms = {"mlm": losses.mlm_loss(student["logits"], labels)}
+        """The loss terms of a masked batch: `mlm` and, given the teacher's states of the same input [B, L, D_t]
+        (and its logits, and vokens, for the objectives that read them), each KD objective's; and the student's
+        last hidden states [B, L, D_s], where every term's gradient passes (`gradient_norms`).
+
+        `labels` are the MLM labels at `positions` [C] (`vlkd.losses.Masking`), where the MLM head then runs
+        alone, or at every position [B, L] when `positions` is None. With an objective that reads every logit
+        (`full_head`) the head runs everywhere and MLM reads its rows at `positions`: the same loss either way."""
+        scored = None if self.full_head else positions
+        student = self.student(input_ids, attention_mask, scored)
+        logits = student["logits"] if scored is not None else losses.mlm_positions(student["logits"], positions)
+        terms = {"mlm": losses.mlm_loss(logits, labels)}
         if teacher_hidden is None:
             return terms, student["hidden"]
         batch = KDBatch(student, teacher_hidden, teacher_logits, attention_mask.bool(), vokens, generator)

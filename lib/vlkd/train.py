@@ -37,7 +37,8 @@ from vlkd.curves import LOGS, METRICS_FILE
 from vlkd.data.ingest import SplitReader, configure_ray_data
 from vlkd.durations import clock
 from vlkd.errors import DataError, VlkdError
-from vlkd.joblog import CHECKPOINT_PREFIX, WORKER_BANNER, report_progress
+from vlkd.flops import counted_flops, device_peak_tflops, trainable_parameters
+from vlkd.joblog import CHECKPOINT_PREFIX, WORKER_BANNER, describe_utilisation, report_progress
 from vlkd.optim import build_optimizer, build_scheduler
 from vlkd.specs import OptimSpec, Resources, TrainSpec
 from vlkd.storage import Storage
@@ -61,14 +62,19 @@ class TrainingTask(Protocol):
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss and each term's value, for logging."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and each term's value for logging, detached, on the device: the loop reads them on the steps
+        it logs only, so no step waits for the GPU to report a number."""
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
         """Validation metrics: `validation_losses` (`val_loss`, which early stopping watches) and the task's own."""
 
-    def tokens(self, batch: dict[str, Any]) -> int:
-        """Tokens in a batch, for throughput."""
+    def tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Tokens in a batch, for throughput: a count on the device, read when the loop logs."""
+
+    def flops(self, batch: dict[str, Any]) -> float:
+        """The FLOPs one micro-step on `batch` runs, forward and backward (`vlkd.flops`: the achieved count), from
+        the batch's shapes alone: the host knows it without asking the GPU."""
 
 
 @dataclass
@@ -285,7 +291,7 @@ def validation_losses(
             each(batch)
         if examples_in(batch) > 1:
             _, terms = task.loss(model, batch, generator)
-            sums = {k: sums.get(k, 0.0) + v for k, v in terms.items()}
+            sums = {k: sums.get(k, 0.0) + float(v) for k, v in terms.items()}
             count += 1
     metrics = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
     metrics["val_loss"] = metrics.pop("val_loss", math.inf)
@@ -317,6 +323,8 @@ class Loop:
             self.model = model.to(self.device)
         if self.train.compile:
             self.model = compile_model(self.model)
+        self.trained_parameters = trainable_parameters(model)
+        self.peak_tflops = device_peak_tflops(self.device, self.train.peak_tflops)
         self.optimizer = build_optimizer(self.optim, self.model)
         self.scheduler = build_scheduler(self.optim, self.optimizer, self.train.max_steps)
         self.cast, needs_scaler = autocast(self.train.precision, self.device)
@@ -324,6 +332,10 @@ class Loop:
         self.state = TrainState()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.work = work
+        self.usage: dict[str, float] | None = None
+        """the device's use over the last logged window (`_utilisation`), which the run's last report keeps"""
+        self.pending_terms: dict[str, torch.Tensor] = {}
+        """summed terms of the window's micro-steps not yet read from the device (`_read_terms`)"""
         self.generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)  # masks and negatives
         self._resume()
         self.metrics = MetricsLog(self.work / LOGS, enabled=self.rank == 0)
@@ -358,7 +370,7 @@ class Loop:
         log.info("resumed at step %d from the latest checkpoint", self.state.step)
 
     def run(self) -> None:
-        started, window = time.monotonic(), {"time": time.monotonic(), "tokens": 0, "samples": 0}
+        started, window = time.monotonic(), {"time": time.monotonic(), "tokens": 0, "samples": 0, "flops": 0.0}
         state, train = self.state, self.train
         first_step = state.step
         self._report_progress(rate=None)
@@ -382,14 +394,15 @@ class Loop:
         self._checkpoint(final=True)
         self.metrics.close()
         seconds = time.monotonic() - started
-        self._report_progress(rate=(state.step - first_step) / seconds)
+        self._report_progress((state.step - first_step) / seconds, self.usage)
         if self.rank == 0:
             log.info("finished at step %d in %.0f s", state.step, seconds)
 
-    def _report_progress(self, rate: float | None) -> None:
-        """Rank 0 says how many of `max_steps` are done (`rate` in steps per second), for progress bars."""
+    def _report_progress(self, rate: float | None, usage: dict[str, float] | None = None) -> None:
+        """Rank 0 says how many of `max_steps` are done (`rate` in steps per second), for progress bars and
+        `vlkd status`, with the device's use (`_utilisation`)."""
         if self.rank == 0:
-            report_progress(self.state.step, self.train.max_steps, "step", rate)
+            report_progress(self.state.step, self.train.max_steps, "step", rate, usage)
 
     def _in_step(self, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Batches while every worker has one: DDP's collectives need every rank at every step, and workers' shares
@@ -441,8 +454,9 @@ class Loop:
         self.scaler.scale(loss / self.train.grad_accum_steps).backward()
         window["tokens"] += self.task.tokens(batch)
         window["samples"] += examples_in(batch)
-        summed = self.state.window_terms
-        self.state.window_terms = {k: summed.get(k, 0.0) + v for k, v in terms.items()}
+        window["flops"] += self.task.flops(batch)
+        pending = self.pending_terms
+        self.pending_terms = {k: pending[k] + v if k in pending else v for k, v in terms.items()}
         if not sync:
             return
         self.scaler.unscale_(self.optimizer)
@@ -459,36 +473,57 @@ class Loop:
         if self.state.step % self.train.checkpoint_every == 0 and not self._finished():
             self._checkpoint(final=False)
 
-    def _log(self, window: dict[str, float], grad_norm: float, probes: dict[str, float]) -> None:
+    def _read_terms(self) -> None:
+        """Add the window's pending terms, read from the device (one wait for the GPU), to the saved state."""
+        summed = self.state.window_terms
+        self.state.window_terms = {k: summed.get(k, 0.0) + float(v) for k, v in self.pending_terms.items()}
+        self.pending_terms = {}
+
+    def _utilisation(self, tokens: float, flops: float, seconds: float) -> dict[str, float]:
+        """This worker's TFLOP/s (achieved: `vlkd.flops`) and, where the device's peak is known, `mfu` (counted:
+        6 x parameters x tokens) and `mfu_achieved`."""
+        usage = {"tflops": flops / seconds / 1e12}
+        if self.peak_tflops:
+            usage["mfu"] = counted_flops(self.trained_parameters, tokens) / seconds / (self.peak_tflops * 1e12)
+            usage["mfu_achieved"] = usage["tflops"] / self.peak_tflops
+        return usage
+
+    def _log(self, window: dict[str, Any], grad_norm: float, probes: dict[str, float]) -> None:
         seconds = max(time.monotonic() - window["time"], 1e-9)
         count = self.state.window_micro
+        self._read_terms()
         terms = {k: v / count for k, v in self.state.window_terms.items()}
+        tokens = float(window["tokens"])
         throughput = {
-            "tokens_per_s": window["tokens"] * self.world / seconds,
+            "tokens_per_s": tokens * self.world / seconds,
             "samples_per_s": window["samples"] * self.world / seconds,
         }
+        usage = self.usage = self._utilisation(tokens, window["flops"], seconds)
         self.state.last_logged = {**terms, **probes}
         self.state.first_logged = self.state.first_logged or self.state.last_logged
-        metrics = {**terms, **probes, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, **throughput}
+        metrics = {
+            **terms, **probes, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, **throughput, **usage
+        }  # fmt: skip
         for key, value in throughput.items():
             self.state.peak[key] = max(self.state.peak.get(key, 0.0), value)
         self.metrics.write(self.state.step, metrics)
         rate = self.train.log_every / seconds
-        self._report_progress(rate)
+        self._report_progress(rate, usage)
         if self.rank == 0:
             remaining = (self.train.max_steps - self.state.step) / rate
             shown = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
             log.info(
-                "step %d/%d (%.0f%%) %s | lr %.2e | %.0f tok/s | eta %s",
+                "step %d/%d (%.0f%%) %s | lr %.2e | %.0f tok/s | %s | eta %s",
                 self.state.step,
                 self.train.max_steps,
                 100 * self.state.step / self.train.max_steps,
                 shown,
                 metrics["lr"],
                 throughput["tokens_per_s"],
+                describe_utilisation(usage),
                 clock(remaining),
             )
-        window.update(time=time.monotonic(), tokens=0, samples=0)
+        window.update(time=time.monotonic(), tokens=0, samples=0, flops=0.0)
         self.state.window_terms, self.state.window_micro = {}, 0
 
     def _validate(self) -> None:
@@ -529,6 +564,7 @@ class Loop:
         return every
 
     def _checkpoint(self, final: bool) -> None:
+        self._read_terms()  # the window's terms so far, saved with the state
         if final and self.state.best_step < 0 and self.validation is not None:
             self._validate()  # a run shorter than eval_every still picks its weights on validation data
         directory = self.work / f"checkpoint-{self.state.step}"

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.data import features as fmt
+from vlkd.data.buckets import FRAMES, padded_length
 from vlkd.data.ingest import SplitReader, passes_for
 from vlkd.data.row_groups import read_row_groups
 from vlkd.errors import DataError
@@ -210,22 +211,12 @@ def clip_datasets(
 
 
 def clip_features(batch: pa.Table, max_frames: int, width: int, middle_frame: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of `CLIP_COLUMNS` -> padded frame features [B, T, width] float32 and their mask [B, T] bool: each clip's
-    first `max_frames` frames, or only the middle one of those (image-level supervision, Table 6), and the first
-    `width` columns of each frame (the 2D part is first)."""
+    """Rows of `CLIP_COLUMNS` -> padded frame features [B, T, width] and their mask [B, T] bool (`_padded_frames`),
+    read from the flat `features` column without a per-clip copy."""
     frames = batch.column("num_frames").to_numpy()
     values = fmt.flat_features(batch.column("features"))
-    dim = len(values) // max(1, int(frames.sum()))
-    starts = np.concatenate([[0], np.cumsum(frames)[:-1]])
-    kept = np.minimum(frames, max_frames)
-    if middle_frame:
-        starts, kept = starts + kept // 2, np.ones_like(kept)
-    padded = np.zeros((len(frames), int(kept.max(initial=1)), width), np.float32)
-    mask = np.zeros(padded.shape[:2], bool)
-    for i, (start, count) in enumerate(zip(starts, kept, strict=True)):
-        padded[i, :count] = values[start * dim : (start + count) * dim].reshape(count, dim)[:, :width]
-        mask[i, :count] = True
-    return padded, mask
+    total = int(frames.sum())
+    return _padded_frames(values.reshape(total, len(values) // max(1, total)), frames, max_frames, width, middle_frame)
 
 
 def frames_of(
@@ -233,5 +224,26 @@ def frames_of(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`clip_features` of clips read one at a time (`features.read_clips`: [T_i, F] each) instead of as Arrow rows,
     so that every reader of a teacher's frames (its training, retrieval, the voken bank) gives it the same ones."""
-    rows = pa.table({"num_frames": [len(f) for f in clips], "features": [np.ravel(f) for f in clips]})
-    return clip_features(rows, max_frames, width, middle_frame)
+    frames = np.array([len(f) for f in clips])
+    return _padded_frames(np.concatenate(clips), frames, max_frames, width, middle_frame)
+
+
+def _padded_frames(
+    rows: np.ndarray, frames: np.ndarray, max_frames: int, width: int, middle_frame: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every clip's frames one after another (`rows` [sum(frames), F], `frames` [B] per clip) -> padded features
+    [B, T, width] in `rows`' dtype and their mask [B, T] bool (T the longest clip's frames rounded up to a multiple
+    of `buckets.FRAMES`, at most `max_frames`): each clip's first `max_frames` frames, or only the middle one of
+    those (image-level supervision, Table 6), and the first `width` columns of each frame (the 2D part is first).
+    The features stay float16 as stored (the model casts them on its device: half the bytes to pin and copy) and are
+    gathered in one indexing, not clip by clip, so the collate keeps up with a GPU step."""
+    starts = np.cumsum(frames) - frames
+    kept = np.minimum(frames, max_frames)
+    if middle_frame:
+        starts, kept = starts + kept // 2, np.ones_like(kept)
+    longest = int(kept.max(initial=1))
+    mask = np.arange(padded_length(longest, 1 if middle_frame else max_frames, FRAMES)) < kept[:, None]
+    # Padding gathers row 0 and is zeroed after: one copy of the output, where a scatter into zeros makes two.
+    padded = rows[:, :width][np.where(mask, starts[:, None] + np.arange(mask.shape[1]), 0)]
+    padded[~mask] = 0
+    return padded, mask

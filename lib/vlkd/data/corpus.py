@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlkd.artifacts import ArtifactStore
+from vlkd.data.buckets import TOKENS, padded_length
 from vlkd.data.ingest import SplitReader, passes_for
 from vlkd.data.row_groups import read_row_groups
 from vlkd.data.text import FORMAT, INDEX
@@ -80,16 +81,16 @@ def corpus_datasets(
     return datasets, info
 
 
-def pad_sequences(column: pa.ChunkedArray | pa.Array, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_sequences(column: pa.ChunkedArray | pa.Array, pad_id: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """A list<int> column of token sequences -> padded ids [B, L] int64 and attention mask [B, L] int64, straight
-    from the column's values and offsets."""
+    from the column's values and offsets in one assignment. L is the longest sequence rounded up to a multiple of
+    `buckets.TOKENS`, at most `max_len` (a compiled step sees few lengths: `vlkd.data.buckets`)."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    values = column.flatten().to_numpy()
     offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy()[offsets[0] : offsets[-1]]
     lengths = np.diff(offsets)
-    ids = np.full((len(lengths), int(lengths.max(initial=1))), pad_id, np.int64)
-    mask = np.zeros(ids.shape, np.int64)
-    for i, (start, length) in enumerate(zip(offsets[:-1] - offsets[0], lengths, strict=True)):
-        ids[i, :length] = values[start : start + length]
-        mask[i, :length] = 1
-    return ids, mask
+    longest = int(lengths.max(initial=1))
+    mask = np.arange(max(longest, padded_length(longest, max_len, TOKENS))) < lengths[:, None]
+    ids = np.full(mask.shape, pad_id, np.int64)
+    ids[mask] = values  # row by row, each sequence's tokens first: the order of the column's values
+    return ids, mask.astype(np.int64)

@@ -93,7 +93,8 @@ def clips_table(clips: list[Clip]) -> pa.Table:
 
 def flat_features(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A `features` column's values, every clip's frames one after another: float16 [sum(num_frames) * dim]."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column, pa.ChunkedArray):  # one chunk is read in place: combining would copy it
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     if pa.types.is_list(column.type):  # format v1
         return column.flatten().to_numpy(zero_copy_only=False)
     offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset : column.offset + len(column) + 1]

@@ -10,7 +10,7 @@ from vlkd.specs.shapes import ModelShape
 
 if TYPE_CHECKING:
     import torch
-    from transformers import BertConfig, BertForMaskedLM, PreTrainedModel
+    from transformers import BertConfig, BertForMaskedLM, PretrainedConfig, PreTrainedModel
 
 LANGUAGE_MODEL = "language_model"
 """The folder of a teacher or student artifact that holds its LM as a `save_pretrained` BertForMaskedLM with the
@@ -40,7 +40,15 @@ def token_states(
     of them are its MLM logits. Teacher and student read their states this way: asking the model for its hidden
     states instead installs output hooks on every layer at every call (host time each step, and a graph break
     under torch.compile)."""
-    return language_model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    mask = encoder_mask(language_model.config, attention_mask)
+    return language_model.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
+
+
+def encoder_mask(config: PretrainedConfig, mask: torch.Tensor) -> torch.Tensor:
+    """A padding mask [B, L] as a BERT encoder should get it: under SDPA, as SDPA's own boolean mask [B, 1, 1, L],
+    which transformers passes on as it is. Given the 2D mask, it would ask whether any token is padded
+    (`mask.all()`, a wait for the GPU at every eager forward) to drop the mask when none is."""
+    return mask.bool()[:, None, None, :] if config._attn_implementation == "sdpa" else mask
 
 
 def save_language_model(language_model: PreTrainedModel, directory: Path, tokenizer_dir: Path | None) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlkd import losses
 from vlkd.models.bert import bert_config, save_language_model, token_states
 from vlkd.specs.shapes import ModelShape
 
@@ -44,12 +45,17 @@ class Student(nn.Module):
         head = DistillationHead(shape.hidden_size, head_to) if head_to is not None else None
         return cls(BertForMaskedLM(bert_config(shape, vocab_size)), head)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`logits` [B, L, V] of the MLM head, `hidden` [B, L, D_s] (last layer) and `kd` [B, L, D], what the KD
-        objectives compare with the teacher (the head's output, or the hidden states without a head)."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """`logits` of the MLM head, `hidden` [B, L, D_s] (last layer) and `kd` [B, L, D], what the KD objectives
+        compare with the teacher (the head's output, or the hidden states without a head). The logits are [C, V]
+        at `positions` (`vlkd.losses.Masking.positions`: the head and its vocabulary projection run where MLM
+        scores only, NVIDIA's BERT `dense_seq_output`), or [B, L, V] at every position when None."""
         hidden = token_states(self.language_model, input_ids, attention_mask)
         kd = self.head(hidden) if self.head is not None else hidden
-        return {"logits": self.language_model.cls(hidden), "hidden": hidden, "kd": kd}
+        logits = self.language_model.cls(losses.mlm_positions(hidden, positions))
+        return {"logits": logits, "hidden": hidden, "kd": kd}
 
     def save(self, directory: Path, tokenizer_dir: Path) -> None:
         """The LM, as downstream finetuning loads it; the head is saved with the objectives' modules."""

@@ -5,6 +5,10 @@ V^T is BERT-shaped too: frame features are projected to the hidden size and fed 
 get BERT's position embeddings, LayerNorm and encoder layers; the video representation is the mean of the
 contextualised frame states over the valid frames.
 
+`TeacherPretraining` is the teacher under its objectives, what the teacher stage trains: its forward computes every
+loss term, so data parallelism and `torch.compile` see the whole step; it adds no parameters, so its weights are a
+`Teacher`'s, key for key.
+
 Saved layout: `language_model/` is a plain `save_pretrained` BertForMaskedLM directory (with the tokenizer files,
 so `transformers` loads it alone), `video_encoder/` holds V^T's config and weights.
 """
@@ -12,13 +16,14 @@ so `transformers` loads it alone), `video_encoder/` holds V^T's config and weigh
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vlkd.losses import mean_pool
-from vlkd.models.bert import LANGUAGE_MODEL, bert_config, save_language_model, token_states
+from vlkd import losses
+from vlkd.models.bert import LANGUAGE_MODEL, bert_config, encoder_mask, save_language_model, token_states
 from vlkd.specs.shapes import ModelShape
 
 VIDEO_ENCODER = "video_encoder"
@@ -36,13 +41,18 @@ class VideoEncoder(nn.Module):
         self.feature_dim = feature_dim
         self.shape = shape
         self.project = nn.Linear(feature_dim, shape.hidden_size)
-        # vocab_size=1: the word embeddings are never used, frames come in as input embeddings
+        # vocab_size=1: frames come in as input embeddings, so the word embeddings are never used. Frozen, so that
+        # data parallelism waits for no gradient of theirs (DDP fails a step whose trained parameter got none).
         self.encoder = BertModel(bert_config(shape, vocab_size=1), add_pooling_layer=False)
+        self.encoder.embeddings.word_embeddings.requires_grad_(False)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, T, F], mask [B, T] -> (states [B, T, H], video representation [B, H])."""
-        states = self.encoder(inputs_embeds=self.project(features), attention_mask=mask.long()).last_hidden_state
-        return states, mean_pool(states, mask)
+        # Features may come in another dtype than the weights (float16 from `clip_features`): cast on the device.
+        embeddings = self.project(features.to(self.project.weight.dtype))
+        mask_in = encoder_mask(self.encoder.config, mask.long())
+        states = self.encoder(inputs_embeds=embeddings, attention_mask=mask_in).last_hidden_state
+        return states, losses.mean_pool(states, mask)
 
     def save(self, directory: Path) -> None:
         from safetensors.torch import save_file
@@ -63,7 +73,7 @@ class VideoEncoder(nn.Module):
 
 
 class Teacher(nn.Module):
-    """M^T = (LM^T, V^T)."""
+    """M^T = (LM^T, V^T): what retrieval and distillation read (`text_states`, `video_encoder`), and the artifact."""
 
     def __init__(self, language_model: nn.Module, video_encoder: VideoEncoder) -> None:
         super().__init__()
@@ -75,30 +85,6 @@ class Teacher(nn.Module):
         from transformers import BertForMaskedLM
 
         return cls(BertForMaskedLM(bert_config(shape, vocab_size)), VideoEncoder(feature_dim, video_shape))
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        masked_input_ids: torch.Tensor | None = None,
-        features: torch.Tensor | None = None,
-        frame_mask: torch.Tensor | None = None,
-        contrastive_on_masked: bool = False,
-    ) -> dict[str, torch.Tensor]:
-        """One forward for what the objectives need (DDP sees every trained parameter through it):
-        `text_states` [B, L, H] and `video_repr` [B, H] when features are given (L_CT), `mlm_logits` [B, L, V] of
-        the masked text when it is given (L_MLM). The text states are of the unmasked text, or, with
-        `contrastive_on_masked`, of the masked one, so that a single LM pass serves both terms."""
-        out: dict[str, torch.Tensor] = {}
-        masked_states = None
-        if masked_input_ids is not None:
-            masked_states = self.text_states(masked_input_ids, attention_mask)
-            out["mlm_logits"] = self.language_model.cls(masked_states)
-        if features is not None and frame_mask is not None:
-            shared = contrastive_on_masked and masked_states is not None
-            out["text_states"] = masked_states if shared else self.text_states(input_ids, attention_mask)
-            out["video_repr"] = self.video_encoder(features, frame_mask)[1]
-        return out
 
     def text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Contextualised token states h^x [B, L, H] (LM^T without its MLM head)."""
@@ -114,3 +100,62 @@ class Teacher(nn.Module):
 
         language_model = BertForMaskedLM.from_pretrained(directory / LANGUAGE_MODEL, local_files_only=True)
         return cls(language_model, VideoEncoder.load(directory / VIDEO_ENCODER))
+
+
+def reads_both_texts(objectives: Collection[str], contrastive_on_masked: bool) -> bool:
+    """Whether LM^T reads two texts a step: the unmasked one for L_CT and the masked one for MLM (Sec. 3.2)."""
+    return {"ct", "mlm"} <= set(objectives) and not contrastive_on_masked
+
+
+class TeacherPretraining(Teacher):
+    """M^T under L^T = sum_k w_k L_k (Sec. 3.2): the module the teacher stage trains. It takes over a teacher's
+    LM^T and V^T (the same modules) and adds no parameters, so its state dict is the teacher's, key for key."""
+
+    def __init__(self, teacher: Teacher, weights: dict[str, float], margin: float, contrastive_on_masked: bool) -> None:
+        """`weights`: w_k of each objective trained (`ct`, `mlm`); `margin`: alpha of Eq. 3; `contrastive_on_masked`:
+        L_CT reads the masked text (the authors' code) rather than the unmasked one (the paper)."""
+        super().__init__(teacher.language_model, teacher.video_encoder)
+        self.weights = dict(weights)
+        self.margin = margin
+        self.contrastive_on_masked = contrastive_on_masked
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        masked_input_ids: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        mlm_positions: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+        negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`loss` (L^T) and each trained term: `ct` (Eq. 3) of the text [B, L] with V^T's representation of
+        `features` [B, T, F] (`frame_mask` [B, T]) against `negatives` (x' and v', [B] indices each); `mlm` of
+        `masked_input_ids` [B, L], its head scoring [C] `mlm_positions` against `mlm_labels` [C] (`losses.Masking`),
+        or every position against [B, L] labels when the positions are None."""
+        text, masked = self._text_states(input_ids, attention_mask, masked_input_ids)
+        terms: dict[str, torch.Tensor] = {}
+        if "ct" in self.weights:
+            video = self.video_encoder(features, frame_mask)[1]
+            terms["ct"] = losses.token_contrastive_loss(text, attention_mask.bool(), video, *negatives, self.margin)
+        if "mlm" in self.weights:
+            logits = self.language_model.cls(losses.mlm_positions(masked, mlm_positions))
+            terms["mlm"] = losses.mlm_loss(logits, mlm_labels)
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return {"loss": total, **terms}
+
+    def _text_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked_input_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the states L_CT reads, the states MLM reads), [B, L, H] each, from one LM pass. Two texts go through
+        as one [2B, L] batch: the same per-row computation as two passes (dropout draws a mask per row either
+        way), with half the kernel launches and full-width matrix products."""
+        if "mlm" not in self.weights:
+            return self.text_states(input_ids, attention_mask), None
+        if not reads_both_texts(self.weights, self.contrastive_on_masked):
+            masked = self.text_states(masked_input_ids, attention_mask)
+            return masked, masked
+        both = self.text_states(torch.cat([input_ids, masked_input_ids]), attention_mask.repeat(2, 1))
+        text, masked = both.chunk(2)
+        return text, masked

@@ -42,7 +42,7 @@ class TeacherSpec(StageSpec):
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     contrastive_text: Literal["unmasked", "masked"] = Field(
         "unmasked",
-        description="what LM^T reads for L_CT: the unmasked text x, as Sec. 3.2 writes it (two LM passes a step), "
+        description="what LM^T reads for L_CT: the unmasked text x, as Sec. 3.2 writes it (LM^T reads both texts), "
         "or x^masked, as the authors' released teacher does (one pass shared with MLM)",
     )
     visual_input: Literal["video", "middle_frame"] = Field(

@@ -63,7 +63,11 @@ class TrainSpec(StrictModel):
     )
     val_size: int = Field(10_000, ge=0, description="held-out examples; the paper reserves 10K (Sec. 4.3)")
     max_failures: int = Field(3, ge=0, description="worker failures Ray Train recovers from")
-    compile: bool = Field(False, description="torch.compile the model: faster steps, after a compile at the start")
+    compile: bool = Field(
+        False,
+        description="torch.compile the trained model with its losses (and a frozen teacher): faster steps, after a "
+        "compile at the start",
+    )
     shuffle_window: int = Field(
         4096,
         gt=0,
@@ -73,4 +77,10 @@ class TrainSpec(StrictModel):
     )
     prefetch_batches: int = Field(
         4, ge=0, description="batches collated and copied to the device ahead of the step, in background threads"
+    )
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        description="the device's dense peak TFLOP/s for the logged MFU; default: vlkd's table of GPUs (bf16), none "
+        "on CPU (then only TFLOP/s is logged)",
     )
