@@ -48,14 +48,32 @@ def task_step(task: Any, data: dict[str, Any], cast: Any, device: Any) -> tuple[
 
     model = task.build_model().to(device).train()
     generator = torch.Generator().manual_seed(0)
+    return training_step(model, lambda: task.loss(model, data, generator)[0], cast), model
+
+
+def training_step(model: Any, loss: Callable[[], Any], cast: Any) -> Callable[[], None]:
+    """One forward of `loss` (under `cast`) and its backward, the gradients freed after it."""
 
     def step() -> None:
         with cast:
-            loss, _ = task.loss(model, data, generator)
-        loss.backward()
+            value = loss()
+        value.backward()
         model.zero_grad(set_to_none=True)
 
-    return step, model
+    return step
+
+
+def fastest_in_turns(steps: dict[str, Callable[[], None]], rounds: int, device: Any) -> dict[str, float]:
+    """Seconds of each step: the fastest of `rounds` calls, after a warm-up call of each, the steps taking turns. On
+    a machine shared with other work a load that comes and goes falls on every form alike, and the fastest call is
+    the one it disturbed least, so forms timed in one run compare."""
+    for step in steps.values():
+        step()
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(rounds):
+        for name, step in steps.items():
+            best[name] = min(best[name], timed(step, 1, device, warmup=0))
+    return best
 
 
 def timed(step: Callable[[], None], repeats: int, device: Any, warmup: int = 1) -> float:

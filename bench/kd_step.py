@@ -17,13 +17,12 @@ the speed-up is of the same number.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Callable
 
 import torch
 
-from bench.common import bert_tokenizer, machine, task_step, timed
+from bench.common import bert_tokenizer, fastest_in_turns, machine, task_step
 from vlkd import losses
 from vlkd.jobs.distill import DistillTask, FrozenTeacher
 from vlkd.models.bert import bert_config
@@ -91,19 +90,7 @@ def bench_step(preset: str, batch: int, seq: int, device: torch.device, rounds: 
         return task_step(task, data, cast, device)[0]
 
     steps = {f"{name}_{form}": step(kd, sparse) for name, kd in STEPS.items() for form, sparse in FORMS.items()}
-    return fastest({"teacher": teacher_forward, **steps}, rounds, device)
-
-
-def fastest(steps: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, float]:
-    """Seconds of each step: the fastest of `rounds`, the steps timed in turn after a warm-up of each. On a machine
-    shared with other work a busy spell then slows every form alike, and the fastest is the least disturbed."""
-    for step in steps.values():
-        step()  # warm-up
-    best = dict.fromkeys(steps, math.inf)
-    for _ in range(rounds):
-        for name, step in steps.items():
-            best[name] = min(best[name], timed(step, 1, device, warmup=0))
-    return best
+    return fastest_in_turns({"teacher": teacher_forward, **steps}, rounds, device)
 
 
 def bench_nst(length: int, dim: int) -> tuple[float, float, float, float]:

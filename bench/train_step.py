@@ -17,13 +17,10 @@ peak) is reported too.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any
 
 import torch
-from torch import nn
 
-from bench.common import bert_tokenizer, machine, peak_tflops, timed
+from bench.common import bert_tokenizer, fastest_in_turns, machine, peak_tflops, task_step, training_step
 from vlkd.jobs.teacher import TeacherTask
 from vlkd.models.bert import bert_config
 from vlkd.specs import parse_spec
@@ -57,37 +54,6 @@ FORMS = {"full": ("unmasked", False), "sparse": ("unmasked", True), "masked": ("
 """each teacher form timed: its `contrastive_text` and `sparse_mlm`"""
 
 
-def training_step(model: nn.Module, loss: Callable[[], torch.Tensor], cast: Any) -> Callable[[], None]:
-    """One forward (under `cast`) and backward of `loss`, gradients freed after it."""
-
-    def step() -> None:
-        with cast:
-            value = loss()
-        value.backward()
-        model.zero_grad(set_to_none=True)
-
-    return step
-
-
-def stage_loss(task: TeacherTask, model: nn.Module, data: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """The stage's own loss of `model` on `data` (`TeacherTask.loss`), new masks and negatives each call."""
-    generator = torch.Generator().manual_seed(0)
-    return lambda: task.loss(model, data, generator)[0]
-
-
-def fastest_in_turns(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Seconds of the fastest of `repeats` calls of each step, after a warm-up call each, the steps taking turns: on
-    a shared machine a load that comes and goes falls on every form alike, and the fastest call is the one it
-    disturbed least, so forms timed in one run compare."""
-    for step in steps.values():
-        step()
-    calls: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            calls[name].append(timed(step, 1, device, warmup=0))
-    return {name: min(seconds) for name, seconds in calls.items()}
-
-
 def bench_preset(
     preset: str, batch: int, seq: int, frames: int, repeats: int, device: torch.device
 ) -> dict[str, float]:
@@ -99,8 +65,7 @@ def bench_preset(
     steps, flops = {}, {}
     for form, (contrastive_text, sparse_mlm) in FORMS.items():
         task = teacher_task(preset, tokenizer, contrastive_text, sparse_mlm)
-        model = task.build_model().to(device).train()
-        steps[form] = training_step(model, stage_loss(task, model, data), cast)
+        steps[form], model = task_step(task, data, cast, device)
         lm = sum(p.numel() for p in model.language_model.parameters())
         video = sum(p.numel() for p in model.video_encoder.parameters())
         passes = 2 if contrastive_text == "unmasked" else 1
