@@ -79,7 +79,7 @@ def submit(
     outputs are already published for the inputs it reads now is not run again (unless --force): vlkd says so and
     prints the id of the job that published them."""
     from vlkd.backends import get_backend
-    from vlkd.backends.submission import NothingToRun, check_unpublished, claim, prepare_file
+    from vlkd.backends.submission import NothingToRun, claim, prepare_file
     from vlkd.backends.submission import submit as send
 
     options = _options(backend, address, context, namespace)
@@ -87,13 +87,11 @@ def submit(
     job, artifacts = prepare_file(stage, spec, store, backend, image, job_id)
     try:
         claim(job.job_id, stage, force)
-        if not force:
-            check_unpublished(job.spec, artifacts, str(spec))
+        send(runner, options, job, spec.read_text(), artifacts, source=str(spec), unless_published=not force)
     except NothingToRun as done:
         err_console.print(str(done), highlight=False, soft_wrap=True)
         typer.echo(done.job_id)
         return
-    send(runner, options, job, spec.read_text(), artifacts, source=str(spec))
     err_console.print(
         f"submitted {stage} job {job.job_id} to {backend}; follow it with `vlkd logs -f {job.job_id}`", highlight=False
     )

@@ -56,12 +56,9 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         self.language_model = language_model
         self.video_bank = video_bank
-
-    @property
-    def shape(self) -> ModelShape:
-        """LM^T's shape, from its config (what its FLOPs are counted from)."""
-        config = self.language_model.config
-        return ModelShape(**{field: getattr(config, key) for key, field in _SHAPE_FIELDS.items()})
+        config = language_model.config
+        self.shape = ModelShape(**{field: getattr(config, key) for key, field in _SHAPE_FIELDS.items()})
+        """LM^T's shape, from its config: what its FLOPs are counted from, at every step"""
 
     @torch.no_grad()
     def forward(

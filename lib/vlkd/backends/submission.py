@@ -110,10 +110,14 @@ def submit(
     store: ArtifactStore,
     *,
     source: str = "the spec",
+    unless_published: bool = False,
 ) -> None:
-    """Check the spec's inputs (`check_inputs`; `source` names the spec in what it says), then upload the spec
-    (remote backends), send the job, and remember where it went."""
+    """Check the spec's inputs (`check_inputs`; `source` names the spec in what it says) and, `unless_published`,
+    that its outputs do not stand already (`AlreadyPublished`), then upload the spec (remote backends), send the
+    job, and remember where it went."""
     check_inputs(job.spec, store, source)
+    if unless_published:
+        _refuse_published(job.spec, store, source)
     upload_spec(job, spec_text, store)
     record = backend.submit(job)
     remember(
@@ -167,11 +171,10 @@ def claim(job_id: str, stage: str, force: bool) -> None:
         raise AlreadySucceeded(f"job {job_id} already succeeded: nothing to resume (--force runs it again)", job_id)
 
 
-def check_unpublished(spec: StageSpec, store: ArtifactStore, source: str) -> None:
+def _refuse_published(spec: StageSpec, store: ArtifactStore, source: str) -> None:
     """Refuse (`AlreadyPublished`) a spec whose outputs are already published for it and its inputs as they are
     now: a second job would retrain the same model into new versions, and every stage after it would redo its
-    work on them. Its inputs are checked first (`check_inputs`), so a missing one is named as `submit` names it."""
-    check_inputs(spec, store, source)
+    work on them. Its inputs must exist (`check_inputs`)."""
     existing = outputs_of(pin_spec(spec, store, source), store)
     if existing:
         made = " and ".join(str(m.ref) for m in existing)
