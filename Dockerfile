@@ -19,6 +19,10 @@ RUN sed -i '/NOPASSWD/d' /etc/sudoers && rm -f /etc/sudoers.d/* && gpasswd --del
 # The Ray image's own non-root user (uid 1000), which owns its Python environment.
 USER ray
 
+# preprocess's `decoder: cuda` (NVDEC) needs the driver's video library (libnvcuvid), which the NVIDIA container
+# runtime mounts only for the `video` capability; the CUDA base images ask for compute and utility alone.
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
+
 WORKDIR /home/ray/vlkd-src
 COPY --chown=ray:users image-requirements.txt ./
 RUN pip install --no-cache-dir --require-hashes --no-deps -r image-requirements.txt

@@ -6,8 +6,8 @@
 #      tokens/s and MFU read from the jobs' own metrics (`bench.stage_jobs`);
 #   3. the MLM head at the masked positions against every position, same run (`train_step`, `kd_step`);
 #   4. the teacher's input path against its step (`input_path`);
-#   5. NVDEC (PyAV's CUDA decoder) against CPU decode (`decode`);
-#   6. the compiled step at batch 32 and 256;
+#   5. NVDEC (PyAV's CUDA decoder) against CPU decode, both through preprocess's own decode (`decode`);
+#   6. the compiled step at batch 32, without and with CUDA graphs (`train.compile: reduce-overhead`), and at 256;
 #   7. preprocess throughput with the paper's encoders at random init.
 # Each part gets at most its own budget and what is left of the whole (BUDGET seconds, 450 by default, leaving
 # the call's setup its share of 8 minutes); a part that does not fit is reported as skipped, not started.
@@ -59,8 +59,9 @@ run 150 stage_jobs --preset bert-12l-768h --batch 128 --steps 120 --videos 128
 run 45 train_step --presets bert-12l-768h --batch 128 --seq 128 --repeats 3
 run 45 kd_step --presets bert-12l-768h --batch 128 --seq 128 --rounds 2
 run 40 input_path --presets bert-12l-768h --batch 128 --seq 128 --batches 20 --cpus "$(nproc)"
-run 30 decode --videos 4 --seconds 20 --width 1280 --height 720
-run 150 gpu_paths --presets bert-12l-768h --batch 32 256 --forms bf16+fused+compile --repeats 10
+run 50 decode --videos 4 --seconds 10 --width 1280 --height 720
+run 150 gpu_paths --presets bert-12l-768h --batch 32 --forms bf16+fused+compile bf16+fused+cudagraphs --repeats 10
+run 90 gpu_paths --presets bert-12l-768h --batch 256 --forms bf16+fused+compile --repeats 10
 run 60 preprocess --videos 8 --size-2d 224 --size-3d 112 --encoder-2d clip-vit-b32 --depth-3d 101
 echo
 echo "gpu.sh: $SECONDS s in all"

@@ -4,12 +4,14 @@
 
 A whole optimizer step as the training loop takes it (`Loop._micro_step`: the stage's own loss under autocast,
 backward, gradient clipping, AdamW step, zero_grad) for the teacher (L_CT + L_MLM over V^T, Sec. 3.2) and for a
-student distilled with MLM + NST + CRD (Eq. 4; the frozen teacher's forward included), in four forms:
+student distilled with MLM + NST + CRD (Eq. 4; the frozen teacher's forward included), in five forms:
 
 - fp32: no autocast, AdamW's for-each implementation (the baseline);
 - bf16: autocast to bf16 (`train.precision: auto` on a GPU that has it), same optimizer;
 - bf16+fused: and the fused AdamW kernel (`vlkd.optim.build_optimizer` on CUDA parameters): the loop's default;
-- bf16+fused+compile: and `torch.compile` (`train.compile: true`).
+- bf16+fused+compile: and `torch.compile` (`train.compile: true`);
+- bf16+fused+cudagraphs: compiled with CUDA graphs (`train.compile: reduce-overhead`): the step's kernels replayed
+  in one launch each for forward and backward, what a host-bound step (small batches) lacks.
 
 Per form: seconds per step, tokens/s, speed-up over fp32, model FLOPs utilisation against the device's dense bf16
 peak as the training loop logs it (`vlkd.flops`): counted (6 x trainable parameters x tokens) and achieved (the
@@ -22,6 +24,7 @@ the others still run. On a CPU every form is fp32 (autocast is GPU-only in the l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,32 +36,38 @@ from bench.common import bert_tokenizer, machine, peak_tflops, timed
 from bench.kd_step import distill_task, frozen_teacher
 from bench.train_step import a_batch, teacher_task
 from vlkd.flops import counted_flops, trainable_parameters
+from vlkd.jobs.distill import FrozenTeacher
 from vlkd.optim import build_optimizer
 from vlkd.specs import OptimSpec
 from vlkd.train import TrainingTask, autocast, compile_model
 
-FORMS = {  # name: (precision, fused AdamW, torch.compile)
-    "fp32": ("fp32", False, False),
-    "bf16": ("auto", False, False),
-    "bf16+fused": ("auto", True, False),
-    "bf16+fused+compile": ("auto", True, True),
+FORMS = {  # name: (precision, fused AdamW, torch.compile's mode)
+    "fp32": ("fp32", False, None),
+    "bf16": ("auto", False, None),
+    "bf16+fused": ("auto", True, None),
+    "bf16+fused+compile": ("auto", True, "default"),
+    "bf16+fused+cudagraphs": ("auto", True, "reduce-overhead"),
 }
 
 
 def step_of(task: TrainingTask, data: dict[str, Any], form: str, device: torch.device) -> tuple[Callable, nn.Module]:
     """One training step of `task` in `form`, and the model it trains."""
-    precision, fused, compiled = FORMS[form]
+    precision, fused, mode = FORMS[form]
     model = task.build_model().to(device).train()
     optimizer = (
         build_optimizer(OptimSpec(), model)
         if fused and device.type == "cuda"
         else torch.optim.AdamW(model.parameters(), lr=OptimSpec().lr, foreach=True)
     )
-    trained = compile_model(model) if compiled else model
+    trained = compile_model(model, mode) if mode else model
+    if mode:
+        task = with_compiled_teacher(task, mode)
     cast, _ = autocast(precision, device)
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # as the loop does (`Loop._micro_step`)
         with cast:
             loss, _ = task.loss(trained, data, generator)
         loss.backward()
@@ -67,6 +76,17 @@ def step_of(task: TrainingTask, data: dict[str, Any], form: str, device: torch.d
         optimizer.zero_grad(set_to_none=True)
 
     return step, model
+
+
+def with_compiled_teacher(task: TrainingTask, mode: str) -> TrainingTask:
+    """`task` with its frozen teacher (a student's) compiled in `mode`, as the distill stage compiles it under
+    `train.compile`; the other forms keep the eager one."""
+    frozen = getattr(task, "_frozen", None)
+    if frozen is None:
+        return task
+    compiled = FrozenTeacher(frozen.language_model, frozen.video_bank)
+    compiled.compile(mode=mode)
+    return dataclasses.replace(task, _frozen=compiled)
 
 
 def kernel_seconds(step: Callable[[], None], repeats: int) -> float:
@@ -132,7 +152,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"whole optimizer step, batch x {args.seq} tokens, {args.frames} frames; speed-up over fp32")
     columns = f"{'s/step':>8}{'tok/s':>9}{'speed-up':>9}{'MFU':>7}{'MFU run':>8}{'GiB':>6}{'busy':>6}"
-    print(f"{'preset':<15}{'batch':>6} {'step':<9}{'form':<20}{columns}")
+    print(f"{'preset':<15}{'batch':>6} {'step':<9}{'form':<23}{columns}")
     tokenizer = bert_tokenizer()
     for preset in args.presets:
         steps = tasks(preset, tokenizer, device)
@@ -145,7 +165,7 @@ def main() -> None:
                     try:
                         r = measure(steps[name], data, form, args, device)
                     except Exception as error:  # one form's failure is a result, the others still run
-                        print(f"{row}{form:<20} failed: {type(error).__name__}: {error}"[:400], flush=True)
+                        print(f"{row}{form:<23} failed: {type(error).__name__}: {error}"[:400], flush=True)
                         continue
                     finally:
                         if device.type == "cuda":
@@ -156,7 +176,7 @@ def main() -> None:
                     if "memory_gib" in r:
                         extra += f"{r['memory_gib']:>6.1f}" + (f"{r['busy']:>6.0%}" if "busy" in r else f"{'-':>6}")
                     timing = f"{r['s']:>8.4f}{r['tokens_per_s']:>9.0f}{speedup}{extra}"
-                    print(f"{row}{form:<20}{timing}", flush=True)
+                    print(f"{row}{form:<23}{timing}", flush=True)
 
 
 if __name__ == "__main__":

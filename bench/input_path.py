@@ -13,8 +13,9 @@ tens of milliseconds: the input path must deliver at least 3x the step rate ther
 
 First, in one process without Ray, the teacher collate's padding of frame features (`vlkd.data.clips.clip_features`)
 against the per-clip form it replaced (`per_clip_features`, below), on a batch of HowTo100M-shaped clips (1 to
-2 x `--frames` frames each, a video's clips together), alternated `--rounds` times; and the whole collate (captions
-tokenised + padding) with the current form.
+2 x `--frames` frames each, a video's clips together), alternated `--rounds` times; and the whole collate in the
+training process, with the captions tokenised there (the form before) and by the read tasks (`prepare_rows`, now).
+The teacher's input path is measured both ways too, alternately, in the same Ray.
 """
 
 from __future__ import annotations
@@ -88,17 +89,40 @@ def padding_rates(batch: pa.Table, middle_frame: bool, rounds: int) -> dict[str,
     return {name: rounds * len(batch) / spent for name, spent in seconds.items()}
 
 
-def collate_rate(batch: pa.Table, tokenizer_dir: Path, rounds: int) -> float:
-    """Clips/s of the teacher's whole collate (captions tokenised, frames padded, tensors made) on one batch."""
+def collate_rates(batch: pa.Table, tokenizer_dir: Path, rounds: int) -> dict[str, float]:
+    """Clips/s of the teacher's collate on one batch, alternated `rounds` times: in the training process now
+    (`collate`: prepared rows padded, frames padded, tensors made), there before (`in_process`: the captions
+    tokenised first, as the collate did before `prepare_rows`), and the read task's share (`prepare_rows`)."""
     from transformers import BertTokenizerFast
 
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir)
-    collate = TeacherTask(teacher_task("tiny", tokenizer, "unmasked").spec, tokenizer, sum(DIMS)).collate
-    collate(batch)
-    start = time.perf_counter()
+    task = TeacherTask(teacher_task("tiny", tokenizer, "unmasked").spec, tokenizer, sum(DIMS))
+    prepared = task.prepare_rows(batch)
+    forms = {
+        "in_process": lambda: task.collate(task.prepare_rows(batch)),
+        "collate": lambda: task.collate(prepared),
+        "prepare_rows": lambda: task.prepare_rows(batch),
+    }
+    seconds = dict.fromkeys(forms, 0.0)
+    for form in forms.values():
+        form()
     for _ in range(rounds):
-        collate(batch)
-    return rounds * len(batch) / (time.perf_counter() - start)
+        for name, form in forms.items():
+            start = time.perf_counter()
+            form()
+            seconds[name] += time.perf_counter() - start
+    return {name: rounds * len(batch) / spent for name, spent in seconds.items()}
+
+
+class TokenisedInTheCollate:
+    """The teacher's task as it was before `prepare_rows`: the captions tokenised in the collate, in the training
+    process (the baseline of the input path)."""
+
+    def __init__(self, task: TeacherTask) -> None:
+        self.task = task
+
+    def collate(self, batch: pa.Table) -> dict:
+        return self.task.collate(self.task.prepare_rows(batch))
 
 
 def print_padding_rates(inputs: Inputs, tokenizer_dir: Path, clips: int, frames: int, rounds: int) -> None:
@@ -111,7 +135,14 @@ def print_padding_rates(inputs: Inputs, tokenizer_dir: Path, clips: int, frames:
             f"clips/s, now float16 {rates['now']:,.0f} clips/s, {rates['now'] / rates['per-clip']:.1f}x",
             flush=True,
         )
-    print(f"  whole collate (video, now): {collate_rate(batch, tokenizer_dir, rounds):,.0f} clips/s", flush=True)
+    rates = collate_rates(batch, tokenizer_dir, rounds)
+    print(
+        f"  whole collate in the training process (video): captions tokenised there {rates['in_process']:,.0f} "
+        f"clips/s, tokenised by the read tasks (now) {rates['collate']:,.0f} clips/s, "
+        f"{rates['collate'] / rates['in_process']:.1f}x; the read task's tokenising {rates['prepare_rows']:,.0f} "
+        "clips/s",
+        flush=True,
+    )
 
 
 def batches_per_second(batches: Iterable[dict], count: int, device: torch.device) -> float:
@@ -131,7 +162,8 @@ def input_rates(
     store: ArtifactStore, tokenizer_dir: Path, batch: int, count: int, device: torch.device, read_tasks: int
 ) -> dict:
     """Batches/s of the teacher's and the student's input paths, each over its stage's datasets, with
-    `resources.read_tasks` Ray Data read tasks."""
+    `resources.read_tasks` Ray Data read tasks; the teacher's also with its captions tokenised in the training
+    process (`teacher_in_process`, the form before `prepare_rows`), alternately."""
     from transformers import BertTokenizerFast
 
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir)
@@ -142,10 +174,16 @@ def input_rates(
     corpus, _ = corpus_datasets(store, "corpus/input", resources, batch, window, 0)
     teacher = TeacherTask(teacher_task("tiny", tokenizer, "unmasked").spec, tokenizer, 2560)
     student = DistillTask(distill_task("tiny", tokenizer, {}, None).spec, tokenizer, None, None, None, 1)
-    paths = {"teacher": (features["train"], teacher), "student": (corpus["train"], student)}
+    paths = {
+        "teacher_in_process": (features["train"], TokenisedInTheCollate(teacher), None),
+        "teacher": (features["train"], teacher, teacher.prepare_rows),
+        "student": (corpus["train"], student, None),
+    }
     return {
-        name: batches_per_second(train_batches(data.epoch(0), task, batch, device, prefetch, True), count, device)
-        for name, (data, task) in paths.items()
+        name: batches_per_second(
+            train_batches(data.epoch(0, prepare=prepare), task, batch, device, prefetch, True), count, device
+        )
+        for name, (data, task, prepare) in paths.items()
     }
 
 
@@ -194,7 +232,8 @@ def main() -> None:
                 rates = input_rates(store, tokenizer_dir, args.batch, args.batches, device, read_tasks)
                 print(
                     f"input path on {args.cpus} logical CPUs, batch {args.batch}, read_tasks {read_tasks}: "
-                    f"teacher {rates['teacher']:.1f} batches/s, student {rates['student']:.1f} batches/s",
+                    f"teacher {rates['teacher']:.1f} batches/s (captions tokenised in the training process: "
+                    f"{rates['teacher_in_process']:.1f}), student {rates['student']:.1f} batches/s",
                     flush=True,
                 )
         finally:

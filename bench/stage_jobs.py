@@ -1,7 +1,7 @@
 """Real stage jobs on this machine's device: a teacher and a distill job through `vlkd submit --backend local`, their
 throughput and MFU read from the jobs' own metrics (what a user sees in metrics.jsonl, TensorBoard and `vlkd status`).
 
-    python -m bench.stage_jobs [--preset bert-12l-768h] [--steps 150] [--batch 128] [--compile]
+    python -m bench.stage_jobs [--preset bert-12l-768h] [--steps 150] [--batch 128] [--compile [MODE]]
 
 A file store in a temporary folder gets the synthetic dataset (`vlkd data synth`), its features (the tiny
 preprocess spec) and a corpus packed to `--seq` tokens; then the teacher and a student distilled from it with
@@ -73,7 +73,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--videos", type=int, default=256)
-    parser.add_argument("--compile", action="store_true", help="train.compile: true for both jobs")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        choices=[True, "reduce-overhead", "max-autotune"],
+        help="train.compile for both jobs: true without a value, or a mode",
+    )
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
     print(f"machine: {machine()}")

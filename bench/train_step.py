@@ -12,6 +12,11 @@ Overhead = teacher step / MLM step. A step's time is the fastest of `--repeats` 
 taking turns, so a load on a shared machine falls on all alike. On a GPU the steps run in bf16 autocast (as
 training does) and model FLOPs utilisation (MFU: 6 x parameters x tokens per step against the device's dense bf16
 peak) is reported too.
+
+Then the same step on what the teacher really reads: a batch of HowTo100M-shaped ASR captions (`synth_asr`, drawn
+across videos as training draws them), collated by the stage (`TeacherTask.prepare_rows`, `collate`) with the
+captions packed several to a row for LM^T (`packed`, what training runs) and padded (`padded`, the form before,
+`TeacherTask(packed=False)`); real caption tokens per second of each, and `gain` = padded / packed.
 """
 
 from __future__ import annotations
@@ -29,10 +34,54 @@ from vlkd.train import autocast
 FEATURE_DIM = 2560  # CLIP ViT-B/32 (512) + 3D-ResNeXt (2048)
 
 
-def teacher_task(preset: str, tokenizer, contrastive_text: str, sparse_mlm: bool = True) -> TeacherTask:
+def teacher_task(
+    preset: str, tokenizer, contrastive_text: str, sparse_mlm: bool = True, packed: bool = True
+) -> TeacherTask:
     spec = {"stage": "teacher", "name": "bench", "features": "features/f", "tokenizer": "tokenizer/t"}
     spec.update(model={"preset": preset}, contrastive_text=contrastive_text)
-    return TeacherTask(parse_spec(spec), tokenizer, FEATURE_DIM, sparse_mlm)
+    return TeacherTask(parse_spec(spec), tokenizer, FEATURE_DIM, sparse_mlm, packed)
+
+
+def caption_batch(task: TeacherTask, batch: int, frames: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """`batch` HowTo100M-shaped ASR captions, drawn from across 8 videos of 111 clips, each with a clip of `frames`
+    frames, as the teacher stage collates them (`prepare_rows`, `collate`), on `device`."""
+    import numpy as np
+    import pyarrow as pa
+
+    from vlkd.data.synth_asr import howto_captions
+
+    rng = np.random.default_rng(0)
+    captions = howto_captions(seed=0, videos=8, clips_per_video=111)
+    chosen = [captions[i] for i in rng.choice(len(captions), batch, replace=False)]
+    rows = pa.table(
+        {
+            "video_id": [c.video_id for c in chosen],
+            "text": [c.text for c in chosen],
+            "num_frames": pa.array([frames] * batch, pa.int32()),
+            "features": [rng.normal(size=frames * FEATURE_DIM).astype(np.float16) for _ in chosen],
+        }
+    )
+    return {k: v.to(device) for k, v in task.collate(task.prepare_rows(rows)).items()}
+
+
+def bench_packing(preset: str, batch: int, frames: int, repeats: int, device: torch.device) -> dict[str, float]:
+    """Real caption tokens/s of the teacher step on ASR captions, packed and padded, taking turns."""
+    tokenizer = bert_tokenizer()
+    cast, _ = autocast("auto", device)
+    steps, tokens, shapes = {}, {}, {}
+    for form, packed in (("padded", False), ("packed", True)):
+        task = teacher_task(preset, tokenizer, "unmasked", packed=packed)
+        data = caption_batch(task, batch, frames, device)
+        steps[form] = task_step(task, data, cast, device)[0]
+        tokens[form] = int(data["attention_mask"].sum())
+        rows = data["packing_gather"].shape[0] if packed else batch
+        shapes[form] = f"{rows}x{data['input_ids'].shape[1]}"
+    seconds = fastest_in_turns(steps, repeats, device)
+    result = {f"{k}_s": v for k, v in seconds.items()}
+    result.update({f"{k}_tokens_per_s": tokens[k] / v for k, v in seconds.items()})
+    result["gain"] = seconds["padded"] / seconds["packed"]
+    result["shapes"] = f"{shapes['padded']} -> {shapes['packed']}"
+    return result
 
 
 def a_batch(tokenizer, batch: int, seq: int, frames: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -116,6 +165,15 @@ def main() -> None:
         if "mlm_mfu" in r:
             line += f"{r['full_mfu']:>10.1%}{r['sparse_mfu']:>12.1%}{r['masked_mfu']:>12.1%}{r['mlm_mfu']:>9.1%}"
         print(line, flush=True)
+    print(f"teacher on {batch} HowTo100M-shaped ASR captions, {args.frames} frames a clip: LM^T rows padded -> packed")
+    print(f"{'preset':<15}{'padded s':>10}{'packed s':>10}{'gain':>7}{'padded tok/s':>14}{'packed tok/s':>14}  rows")
+    for preset in args.presets:
+        r = bench_packing(preset, batch, args.frames, args.repeats, device)
+        print(
+            f"{preset:<15}{r['padded_s']:>10.3f}{r['packed_s']:>10.3f}{r['gain']:>6.2f}x"
+            f"{r['padded_tokens_per_s']:>14,.0f}{r['packed_tokens_per_s']:>14,.0f}  {r['shapes']}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -84,10 +84,10 @@ class VideoBank:
 
 
 def load_frozen_teacher(
-    store: ArtifactStore, ref: ArtifactRef, device: torch.device, bank: VideoBank | None, compile: bool = False
+    store: ArtifactStore, ref: ArtifactRef, device: torch.device, bank: VideoBank | None, compile: str | None = None
 ) -> FrozenTeacher:
-    """The teacher on `device`, frozen; `compile` (the spec's `train.compile`, which the loop applies to the
-    student) compiles its forward too, as large as the student's."""
+    """The teacher on `device`, frozen; `compile` (the spec's `TrainSpec.compile_mode`, which the loop applies to
+    the student) compiles its forward too, as large as the student's, in the same mode."""
     from vlkd.models.teacher import Teacher
 
     with tempfile.TemporaryDirectory(prefix="vlkd-teacher-") as tmp:
@@ -99,7 +99,7 @@ def load_frozen_teacher(
     video_bank = _shared_video_bank(teacher.video_encoder, store, bank, device) if bank else None
     frozen = FrozenTeacher(teacher.language_model, video_bank)
     if compile:
-        frozen.compile()  # in place (`nn.Module.compile`): the teacher keeps its type and attributes
+        frozen.compile(mode=compile)  # in place (`nn.Module.compile`): the teacher keeps its type and attributes
     return frozen
 
 
@@ -244,7 +244,7 @@ class DistillTask:
 
     def _frozen_teacher(self, device: torch.device) -> FrozenTeacher:
         if self._frozen is None:
-            compile = self.spec.train.compile
+            compile = self.spec.train.compile_mode
             self._frozen = load_frozen_teacher(self.store, self.teacher, device, self.bank, compile)
         return self._frozen
 

@@ -1,10 +1,11 @@
 """Stage `preprocess`: videos + captions -> a `features` artifact (Sec. 4.2), with Ray Data.
 
-Inputs are listed on the driver; videos are decoded in CPU tasks and encoded (2D + 3D, concatenated) in an
-actor pool sized from the spec's resources, each actor writing a video's features to a run cache in the store;
-the driver then cuts videos into caption clips, writes the Parquet shards and publishes. Every second of a video is
-encoded, however long it is; `max_frames` caps each clip (a training example), and the manifest counts the clips
-it trimmed. Bad inputs are skipped and listed with the reason; the job fails only when no clip is left.
+Inputs are listed on the driver; videos are decoded in CPU tasks (by FFmpeg, or by NVDEC with `decoder: cuda`) and
+encoded (2D + 3D, concatenated) in an actor pool sized from the spec's resources, each actor writing a video's
+features to a run cache in the store; the driver then cuts videos into caption clips, writes the Parquet shards and
+publishes. Every second of a video is encoded, however long it is; `max_frames` caps each clip (a training example),
+and the manifest counts the clips it trimmed. Bad inputs are skipped and listed with the reason; the job fails only
+when no clip is left, or when a worker cannot decode with the spec's decoder.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from vlkd.artifacts import ArtifactStore, Manifest
 from vlkd.data import features as fmt
 from vlkd.data.captions import Caption, parse_captions
 from vlkd.data.ingest import configure_ray_data
-from vlkd.data.video import SamplingPlan, VideoEnd, VideoError, decode_spans
+from vlkd.data.video import SamplingPlan, VideoEnd, VideoError, check_decoder, decode_spans
 from vlkd.errors import DataError, NotFoundError, VlkdError
 from vlkd.inputs import InputSource, fetch_weights, open_input
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import Encoder2DSpec, Encoder3DSpec, PreprocessSpec
+from vlkd.specs.data import VideoDecoder
 
 log = logging.getLogger("vlkd.preprocess")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv")
@@ -82,28 +84,30 @@ def sampling_plan(spec: PreprocessSpec) -> SamplingPlan:
 
 
 def fingerprint(spec: PreprocessSpec, source: InputSource) -> str:
-    """The run cache's key: what its per-video features are made from (inputs, encoders, fps) and how they are cut
-    into the cached spans (`span_features`: parts cut two ways must never be joined). Not what is applied when the
-    clips are cut from them at publish time (`captions`, `max_frames`), nor the artifact name, shard size or
+    """The run cache's key: what its per-video features are made from (inputs, decoder, encoders, fps) and how they
+    are cut into the cached spans (`span_features`: parts cut two ways must never be joined). Not what is applied
+    when the clips are cut from them at publish time (`captions`, `max_frames`), nor the artifact name, shard size or
     resources: a rerun that changes only those reuses every encoded video."""
-    keys = ("videos", "encoder_2d", "encoder_3d", "fps", "span_features")
+    keys = ("videos", "decoder", "encoder_2d", "encoder_3d", "fps", "span_features")
     settings = {k: v for k, v in spec.model_dump(mode="json").items() if k in keys}
     settings.update(source=source.uri, vlkd=__version__)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def decode_video_spans(
-    batch: dict[str, np.ndarray], source: InputSource, plan: SamplingPlan, span: int
+    batch: dict[str, np.ndarray], source: InputSource, plan: SamplingPlan, span: int, decoder: VideoDecoder
 ) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data task, one video per call: its spans, each yielded as a one-row batch as soon as it is decoded, so
     neither the task nor a row grows with the video's length; a failure ends the video with a row that has
-    `reason`."""
+    `reason`. A worker that cannot decode with `decoder` (checked once per process) fails the job instead: no
+    video is at fault."""
+    check_decoder(decoder)
     row = {key: str(values[0]) for key, values in batch.items()}
     local = source.local_path(row["path"])
     with tempfile.TemporaryDirectory(prefix="vlkd-decode-") as tmp:
         try:
             local = local or source.fetch(row["path"], Path(tmp) / PurePosixPath(row["path"]).name)
-            for piece in decode_spans(local, plan, span):
+            for piece in decode_spans(local, plan, span, decoder):
                 if isinstance(piece, VideoEnd):
                     yield _row(row, plan, span=piece.spans, end=piece.duration)
                 else:
@@ -190,7 +194,9 @@ def encode_videos(
     import ray
 
     rows = [{"video_id": v.video_id, "path": v.path, "tag": v.tag} for v in todo]
-    decode = partial(decode_video_spans, source=source, plan=sampling_plan(spec), span=spec.span_features)
+    decode = partial(
+        decode_video_spans, source=source, plan=sampling_plan(spec), span=spec.span_features, decoder=spec.decoder
+    )
     dataset = ray.data.from_items(rows).map_batches(decode, batch_size=1, num_cpus=spec.decode_cpus)
     dataset = dataset.map_batches(
         EncodeVideos,
@@ -348,6 +354,7 @@ def publish(
         attributes = {
             "encoder_2d": spec.encoder_2d.model_dump(mode="json", include={"name", "init", "weights"}),
             "encoder_3d": spec.encoder_3d.model_dump(mode="json", include={"name", "init", "weights", "depth"}),
+            "decoder": spec.decoder,  # NVDEC's pixels differ slightly from the CPU decoder's: another variant
             "random_init": "random" in (spec.encoder_2d.init, spec.encoder_3d.init),
             "pretrained": spec.encoder_2d.init == spec.encoder_3d.init == "pretrained",
             "source": source_uri,

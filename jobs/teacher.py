@@ -14,20 +14,20 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlkd import flops, losses
 from vlkd.artifacts import Manifest, collect_files
-from vlkd.data.buckets import TOKENS, padded_length
 from vlkd.data.clips import clip_datasets, clip_features
+from vlkd.data.corpus import pad_sequences
 from vlkd.data.ingest import configure_ray_data
+from vlkd.data.packing import Packing, pack
 from vlkd.evaluation.retrieval import Retrieval
 from vlkd.models.teacher import Teacher, TeacherPretraining, reads_both_texts
 from vlkd.runtime import JobContext, job_main
@@ -47,6 +47,9 @@ class TeacherTask:
     sparse_mlm: bool = True
     """the MLM head and its cross-entropy at the masked positions only (`losses.draw_masking`); False scores every
     position, the same loss at several times the head's cost, kept for `bench.train_step` to measure against"""
+    packed: bool = True
+    """LM^T reads the captions packed several to a row (`vlkd.data.packing`): the same states and losses over
+    fewer positions; False reads them padded, kept for `bench.train_step` to measure against"""
 
     @property
     def ddp_find_unused(self) -> bool:
@@ -58,46 +61,50 @@ class TeacherTask:
         weights = {name: getattr(spec.loss_weights, name) for name in spec.objectives}
         return TeacherPretraining(teacher, weights, spec.margin, spec.contrastive_text == "masked")
 
+    def prepare_rows(self, rows: pa.Table) -> pa.Table:
+        """Captions tokenised where Ray Data reads them (`vlkd.data.ingest.RowsPreparer`): `text` becomes
+        `input_ids` (list<int32>, [CLS] ... [SEP], truncated to `max_text_len`), the costliest part of the collate,
+        out of the training process."""
+        encoded = self.tokenizer(rows.column("text").to_pylist(), truncation=True, max_length=self.spec.max_text_len)
+        ids = pa.array(encoded["input_ids"], pa.list_(pa.int32()))
+        return rows.drop_columns(["text"]).append_column("input_ids", ids)
+
     def collate(self, batch: pa.Table) -> dict[str, Any]:
-        """Captions padded to a multiple of `buckets.TOKENS` (at most `max_text_len`, which truncation holds them
-        to), clips to one of `buckets.FRAMES` (`clip_features`): a compiled step sees few shapes."""
-        encoded = self.tokenizer(
-            batch.column("text").to_pylist(),
-            padding=True,
-            truncation=True,
-            max_length=self.spec.max_text_len,
-            return_special_tokens_mask=True,
-            return_tensors="pt",
-        )
-        longest = encoded["input_ids"].shape[1]
-        extra = (0, padded_length(longest, self.spec.max_text_len, TOKENS) - longest)
-        ids = F.pad(encoded["input_ids"], extra, value=self.tokenizer.pad_token_id)
-        attention = F.pad(encoded["attention_mask"], extra, value=0)
-        special = F.pad(encoded["special_tokens_mask"], extra, value=1)
+        """Rows of `prepare_rows` -> tensors: captions padded to a multiple of `buckets.TOKENS` (at most
+        `max_text_len`: `corpus.pad_sequences`), clips to one of `buckets.FRAMES` (`clip_features`): a compiled step
+        sees few shapes. The special tokens are each caption's first and last ([CLS], [SEP]) and the padding: a
+        caption's own text "[SEP]" is a word to learn, as the tokenizer's `special_tokens_mask` has it."""
+        ids, attention = pad_sequences(batch.column("input_ids"), self.tokenizer.pad_token_id, self.spec.max_text_len)
+        positions = np.arange(ids.shape[1])
+        last = attention.sum(axis=1, keepdims=True) - 1
+        special = (positions == 0) | (positions == last) | (attention == 0)
+        packing = pack(attention.sum(axis=1), ids.shape[1]) if self.packed else None
         middle_frame = self.spec.visual_input == "middle_frame"
         features, frame_mask = clip_features(batch, self.spec.max_frames, self.feature_dim, middle_frame)
         videos = video_codes(batch)
         return {
-            "input_ids": ids,
-            "attention_mask": attention,
-            "special_tokens_mask": special.bool() | ~attention.bool(),
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(attention),
+            "special_tokens_mask": torch.from_numpy(special),
             "features": torch.from_numpy(features),
             "frame_mask": torch.from_numpy(frame_mask),
             "video": torch.from_numpy(videos),
             # counted here, where the batch is on the host: on the device it would take a wait to read
             "videos_per_batch": torch.tensor(len(np.unique(videos)), dtype=torch.float32),
+            **({} if packing is None else {PACKING + k: torch.from_numpy(v) for k, v in vars(packing).items()}),
         }
 
     def tokens(self, batch: dict[str, Any]) -> torch.Tensor:
         return batch["attention_mask"].sum()
 
     def flops(self, batch: dict[str, Any]) -> float:
-        """LM^T over the text it reads ([2B, L] when both texts), the MLM head at the positions it scores, and
-        V^T's projection and encoder over the [B, T] frames, all trained."""
+        """LM^T over the rows it reads (the packed rows or the B padded ones, twice when it reads both texts), the
+        MLM head at the positions it scores, and V^T's projection and encoder over the [B, T] frames, all trained."""
         spec = self.spec
         size, length = batch["input_ids"].shape
         texts = 2 if reads_both_texts(spec.objectives, spec.contrastive_text == "masked") else 1
-        total = flops.encoder_forward_flops(spec.model, texts * size, length)
+        rows = len(batch[PACKING + "gather"]) if PACKING + "gather" in batch else size
+        total = flops.encoder_forward_flops(spec.model, texts * rows, length)
         if "mlm" in spec.objectives:
             scored = size * length
             if self.sparse_mlm:
@@ -117,6 +124,8 @@ class TeacherTask:
         objectives = set(self.spec.objectives)
         ids = batch["input_ids"]
         inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"]}
+        if PACKING + "gather" in batch:
+            inputs["packing"] = tuple(batch[PACKING + field.name] for field in fields(Packing))
         if "mlm" in objectives:
             masking = losses.draw_masking(
                 ids,
@@ -152,6 +161,10 @@ class TeacherTask:
         retrieval = Retrieval(model)
         metrics = validation_losses(self, model, batches, each=retrieval.add)
         return metrics | {f"val_{k}": v for k, v in retrieval.metrics().items()}
+
+
+PACKING = "packing_"
+"""the prefix of a collated batch's `vlkd.data.packing.Packing` arrays: `packing_gather`, ..."""
 
 
 def video_codes(batch: pa.Table) -> np.ndarray:

@@ -147,12 +147,16 @@ def test_the_teacher_is_frozen_and_never_trained(context):
     assert student.student.language_model.bert.embeddings.word_embeddings.weight.grad is None  # zeroed: trained
 
 
-def test_a_compiled_run_compiles_the_frozen_teacher_too(context):
-    """`train.compile` compiles the student (the loop does) and the teacher's forward, as large (issue 34)."""
+def test_a_compiled_run_compiles_the_frozen_teacher_too_in_the_same_mode(context):
+    """`train.compile` compiles the student (the loop does) and the teacher's forward, as large (issue 34), with
+    CUDA graphs where the mode has them (inductor's `triton.cudagraphs`)."""
     cpu = torch.device("cpu")
     plain = _planned(context)._frozen_teacher(cpu)
-    compiled = _planned(context, train={**SHORT_TRAINING, "compile": True})._frozen_teacher(cpu)
-    assert plain._compiled_call_impl is None and compiled._compiled_call_impl is not None  # `nn.Module.compile`
+    assert plain._compiled_call_impl is None
+    for mode, graphs in ((True, False), ("reduce-overhead", True)):
+        compiled = _planned(context, train={**SHORT_TRAINING, "compile": mode})._frozen_teacher(cpu)
+        assert compiled._compiled_call_impl is not None  # `nn.Module.compile`
+        assert compiled._compiled_call_impl.get_compiler_config()["triton.cudagraphs"] is graphs
 
 
 @pytest.mark.parametrize("kd", [{"soft_label": 1.0}, {"regression": 1.0}, {"nst_poly": 1.0}, {"voken": 1.0}])

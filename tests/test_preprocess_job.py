@@ -111,6 +111,7 @@ def test_features_are_published_with_bad_inputs_skipped(published, video_folder,
 
     assert manifest.parents == ["dataset/videos:v1"]
     assert manifest.attributes["random_init"] is True and manifest.attributes["encoder_2d"]["init"] == "random"
+    assert manifest.attributes["decoder"] == "cpu"
     reasons = {s["item"]: s["reason"] for s in skipped}
     assert "no video stream" in reasons["audio.mp4"]
     assert reasons["corrupt.mp4"].startswith(("cannot open", "corrupt video data", "no decodable frames"))
@@ -203,7 +204,12 @@ def test_the_run_cache_is_kept_when_only_how_clips_are_cut_changes(store, datase
     source = open_input("dataset/videos", store)
     key = preprocess.fingerprint(preprocess_spec(), source)
     assert preprocess.fingerprint(preprocess_spec(max_frames=64, captions="other.jsonl"), source) == key
-    for changed in ({"fps": 2.0}, {"span_features": 8}, {"encoder_2d": {"name": "pixels", "image_size": 32}}):
+    for changed in (
+        {"fps": 2.0},
+        {"span_features": 8},
+        {"encoder_2d": {"name": "pixels", "image_size": 32}},
+        {"decoder": "cuda"},
+    ):
         assert preprocess.fingerprint(preprocess_spec(**changed), source) != key
 
 

@@ -61,6 +61,22 @@ def test_wrong_type_names_the_field():
     assert problem.startswith("train.batch_size: Input should be a valid integer")
 
 
+@pytest.mark.parametrize(
+    ("compile", "mode", "graphs"),
+    [(False, None, False), (True, "default", False), ("reduce-overhead", "reduce-overhead", True),
+     ("max-autotune", "max-autotune", True)],
+)  # fmt: skip
+def test_train_compile_is_off_on_or_a_mode_with_cuda_graphs(compile, mode, graphs):
+    train = parse_spec({**TEACHER, "train": {"compile": compile}}).train
+    assert (train.compile_mode, train.cuda_graphs) == (mode, graphs)
+
+
+def test_an_unknown_compile_mode_lists_the_choices():
+    assert problems({**TEACHER, "train": {"compile": "fast"}}) == [
+        "train.compile: Input should be False, True, 'reduce-overhead' or 'max-autotune'"
+    ]
+
+
 def test_every_error_is_reported_at_once():
     found = problems({**TEACHER, "margin": -1, "train": {"max_steps": 0}, "objectives": ["ct", "itm"]})
     assert [p.split(":")[0] for p in found] == ["objectives[1]", "margin", "train.max_steps"]

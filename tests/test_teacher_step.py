@@ -34,8 +34,8 @@ def teacher_task(tokenizer, sparse_mlm: bool = True, **overrides) -> TeacherTask
 @pytest.fixture(scope="module")
 def batch(tokenizer) -> dict[str, torch.Tensor]:
     """Eight captions of 20 to 60 words (padded to the longest: about 500 token slots, so the sparse head's
-    capacity is well under them) and clips of 2 to 6 frames, from 5 videos, as the teacher's Ray Data rows hold
-    them (Arrow, float16 features)."""
+    capacity is well under them) and clips of 2 to 6 frames, from 5 videos, as a features artifact holds
+    them (Arrow, float16 features), through the read task's `prepare_rows` and the collate."""
     rng = np.random.default_rng(1)
     words = [20, 60, 35, 41, 27, 52, 33, 45]
     frames = [3, 5, 2, 4, 6, 3, 2, 5]
@@ -47,7 +47,8 @@ def batch(tokenizer) -> dict[str, torch.Tensor]:
             "features": [rng.normal(size=n * FEATURE_DIM).astype(np.float16) for n in frames],
         }
     )
-    return teacher_task(tokenizer).collate(rows)
+    task = teacher_task(tokenizer)
+    return task.collate(task.prepare_rows(rows))
 
 
 def step(task: TeacherTask, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict, dict]:

@@ -30,7 +30,8 @@ def teacher_task() -> TeacherTask:
 
 
 def a_batch(task: TeacherTask) -> dict:
-    """Four captions and clips of 3, 5, 2 and 4 frames, as the teacher's Ray Data rows hold them (Arrow)."""
+    """Four captions and clips of 3, 5, 2 and 4 frames, as a features artifact holds them (Arrow), through
+    the read task's `prepare_rows` and the collate."""
     rng = np.random.default_rng(1)
     frames = [3, 5, 2, 4]
     rows = pa.table(
@@ -41,7 +42,7 @@ def a_batch(task: TeacherTask) -> dict:
             "features": [rng.normal(size=n * 16).astype(np.float16) for n in frames],
         }
     )
-    return task.collate(rows)
+    return task.collate(task.prepare_rows(rows))
 
 
 @pytest.mark.slow

@@ -52,13 +52,16 @@ class TrainingTask(Protocol):
     """What a stage gives the loop. Built on the driver and shipped to every worker, so keep it light (specs,
     refs, a tokenizer); the model is built on the worker. A task may also have `loss_and_probes`: `loss` plus
     measurements too costly for every step (a term's gradient norm), which the loop calls instead on the last
-    micro-batch of each logged step, with the model outside `torch.compile` (`_eager`), and logs as measured."""
+    micro-batch of each logged step, with the model outside `torch.compile` (`_eager`), and logs as measured; and
+    `prepare_rows` (`vlkd.data.ingest.RowsPreparer`): the row by row part of its collate, which the loop has the
+    Ray Data read tasks do, so the training process's threads (and its GIL, which the step's own Python needs)
+    only batch and pad."""
 
     def build_model(self) -> nn.Module: ...
 
     def collate(self, batch: pa.Table) -> dict[str, Any]:
-        """A Ray Data batch (an Arrow table) -> CPU tensors for `loss` (Ray's prefetch threads move them to the
-        device)."""
+        """A Ray Data batch (an Arrow table of rows `prepare_rows` gave, where the task has it) -> CPU tensors for
+        `loss` (Ray's prefetch threads move them to the device)."""
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
@@ -234,10 +237,11 @@ def _eager(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def compile_model(model: nn.Module) -> nn.Module:
-    """`torch.compile` for the training step (`train.compile`): the same forward and backward, fused kernels. The
-    wrapper shares the model's parameters, so optimizer, checkpoints and validation see the model itself."""
-    return torch.compile(model)
+def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
+    """`torch.compile` for the training step (`train.compile`, `TrainSpec.compile_mode`): the same forward and
+    backward, fused kernels (and CUDA graphs in the modes that have them). The wrapper shares the model's
+    parameters, so optimizer, checkpoints and validation see the model itself."""
+    return torch.compile(model, mode=mode)
 
 
 def _collate_fn(task: TrainingTask) -> Any:
@@ -266,6 +270,32 @@ def train_batches(
         prefetch_batches=prefetch,
         drop_last=drop_last,
     )
+
+
+def host_group() -> Any:
+    """A process group of every training worker whose collectives run on the host (gloo), made by every rank at
+    once; None where the default group is one already. NCCL reduces on the GPU, in its queue: reading the result
+    (`.item()`) waits for every kernel queued before it, a drained queue once a step."""
+    import torch.distributed as dist
+
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def while_every_rank_has_one(batches: Iterable[Any], group: Any) -> Iterator[Any]:
+    """`batches` while every worker of `group` (`host_group`) has one: DDP's collectives need every rank at every
+    step, and workers' shares of an epoch differ by a few rows (held-out clips filtered out of their row groups, a
+    shard's short last group), where a shared Ray Data split would cut every share to the shortest. A flag is
+    reduced per batch on the host, so the step does not wait for the GPU."""
+    import torch.distributed as dist
+
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        every = torch.tensor([batch is not None], dtype=torch.int32)
+        dist.all_reduce(every, op=dist.ReduceOp.MIN, group=group)
+        if not every.item():
+            return
+        yield batch
 
 
 def examples_in(batch: dict[str, Any]) -> int:
@@ -316,13 +346,16 @@ class Loop:
         self.device = ray.train.torch.get_device()
         torch.manual_seed(self.seed + self.rank)
         model = self.task.build_model()
+        self.flags = None
+        """the host-side group `_in_step` reduces its flag in (`host_group`)"""
         if self.world > 1:
             ddp = {"find_unused_parameters": getattr(self.task, "ddp_find_unused", False)}
             self.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp)
+            self.flags = host_group()
         else:
             self.model = model.to(self.device)
-        if self.train.compile:
-            self.model = compile_model(self.model)
+        if self.train.compile_mode:
+            self.model = compile_model(self.model, self.train.compile_mode)
         self.trained_parameters = trainable_parameters(model)
         self.peak_tflops = device_peak_tflops(self.device, self.train.peak_tflops)
         self.optimizer = build_optimizer(self.optim, self.model)
@@ -341,8 +374,11 @@ class Loop:
         self.metrics = MetricsLog(self.work / LOGS, enabled=self.rank == 0)
         configure_ray_data(config["resources"])  # this process runs its own share's Ray Data pipelines
         self.splits: dict[str, SplitReader] = config["splits"]
+        self.prepare_rows = getattr(self.task, "prepare_rows", None)
         validation = self.splits.get("validation")
-        self.validation = None if validation is None or validation.empty else validation.epoch(0)
+        self.validation = (
+            None if validation is None or validation.empty else validation.epoch(0, prepare=self.prepare_rows)
+        )
 
     def _resume(self) -> None:
         restored = self.work / "restored"
@@ -376,7 +412,7 @@ class Loop:
         self._report_progress(rate=None)
         while not self._finished():
             batches = 0
-            share = self.splits["train"].epoch(state.epoch, self.rank, self.world)  # the same on a rerun
+            share = self.splits["train"].epoch(state.epoch, self.rank, self.world, self.prepare_rows)  # same on rerun
             for batch in self._in_step(
                 train_batches(share, self.task, train.batch_size, self.device, train.prefetch_batches, True)
             ):
@@ -404,23 +440,9 @@ class Loop:
         if self.rank == 0:
             report_progress(self.state.step, self.train.max_steps, "step", rate, usage)
 
-    def _in_step(self, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Batches while every worker has one: DDP's collectives need every rank at every step, and workers' shares
-        of an epoch differ by a few rows (held-out clips filtered out of their row groups, a shard's short last
-        group). One flag is all-reduced per batch, where a shared Ray Data split cut every share to the shortest."""
-        if self.world == 1:
-            yield from batches
-            return
-        import torch.distributed as dist
-
-        iterator = iter(batches)
-        while True:
-            batch = next(iterator, None)
-            every = torch.tensor([batch is not None], dtype=torch.int32, device=self.device)
-            dist.all_reduce(every, op=dist.ReduceOp.MIN)
-            if not every.item():
-                return
-            yield batch
+    def _in_step(self, batches: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        """Batches while every worker has one (`while_every_rank_has_one`)."""
+        return batches if self.world == 1 else while_every_rank_has_one(batches, self.flags)
 
     def _short_share(self, share: Any) -> str:
         rows = share.count()
@@ -440,6 +462,8 @@ class Loop:
 
     def _micro_step(self, batch: dict[str, Any], window: dict[str, float]) -> None:
         self.state.window_micro += 1
+        if self.train.cuda_graphs:  # the previous step's outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         sync = self.state.window_micro % self.train.grad_accum_steps == 0
         no_sync = self.model.no_sync if (self.world > 1 and not sync) else nullcontext
         self.model.train()
@@ -456,7 +480,9 @@ class Loop:
         window["samples"] += examples_in(batch)
         window["flops"] += self.task.flops(batch)
         pending = self.pending_terms
-        self.pending_terms = {k: pending[k] + v if k in pending else v for k, v in terms.items()}
+        # A term kept as it came would, under CUDA graphs, be overwritten by the next step before it is read.
+        first = (lambda v: v.clone()) if self.train.cuda_graphs else (lambda v: v)
+        self.pending_terms = {k: pending[k] + v if k in pending else first(v) for k, v in terms.items()}
         if not sync:
             return
         self.scaler.unscale_(self.optimizer)

@@ -13,6 +13,8 @@ TOKENS = 16
 """captions and text sequences are padded to a multiple of this many tokens"""
 FRAMES = 4
 """clips are padded to a multiple of this many frames"""
+ROWS = 8
+"""packed rows of captions (`vlkd.data.packing`) are counted up to a multiple of this many"""
 
 
 def padded_length(longest: int, cap: int, multiple: int) -> int:

@@ -74,6 +74,10 @@ GroupReader = Callable[[str, list[int]], list[Any]]
 """(a shard's path, row groups of it) -> each group's rows to train on as an Arrow table (after any filter, so
 possibly fewer rows, or none), in the order asked."""
 
+RowsPreparer = Callable[[Any], Any]
+"""Row by row work on an Arrow table of a split's rows (a caption's tokenisation), done where the rows are read: in
+Ray Data's read tasks, processes of their own, not in the training process that batches them."""
+
 WHOLE_WINDOWS = 8
 """windows an epoch must give each worker before workers read whole windows: below it, one window more for some
 workers than for others would leave a share an eighth or more short (every worker stops when one runs out)"""
@@ -109,12 +113,12 @@ class SplitReader:
     def empty(self) -> bool:
         return not sum(self.groups)
 
-    def epoch(self, epoch: int, rank: int = 0, world: int = 1) -> Any:
+    def epoch(self, epoch: int, rank: int = 0, world: int = 1, prepare: RowsPreparer | None = None) -> Any:
         """Worker `rank`'s Ray Data dataset for `epoch` (passes `epoch * passes` on), read by at most
-        `resources.read_tasks` tasks at once, each holding one window. With at least `WHOLE_WINDOWS` windows a
-        worker, window i of the epoch goes to worker i mod world whole (a paper-sized split: each window is read
-        once); with fewer, every worker reads every window and keeps every world-th of its rows, so a small split
-        still gives each worker an equal share."""
+        `resources.read_tasks` tasks at once, each holding one window and applying `prepare` to the rows it yields.
+        With at least `WHOLE_WINDOWS` windows a worker, window i of the epoch goes to worker i mod world whole (a
+        paper-sized split: each window is read once); with fewer, every worker reads every window and keeps every
+        world-th of its rows, so a small split still gives each worker an equal share."""
         import ray.data
 
         count = sum(self.groups)
@@ -128,7 +132,8 @@ class SplitReader:
         else:
             items = [{**item, "keep": rank, "every": world} for item in items]
         pool = ray.data.TaskPoolStrategy(size=max(1, min(len(items), self.resources.read_tasks)))
-        return ray.data.from_items(items).map_batches(partial(_read_windows, split=self), batch_size=1, compute=pool)
+        read = partial(_read_windows, split=self, prepare=prepare)
+        return ray.data.from_items(items).map_batches(read, batch_size=1, compute=pool)
 
     def window_rows(
         self, index: int, window: int, groups: Sequence[int], keep: int = 0, every: int = 1
@@ -157,7 +162,8 @@ class SplitReader:
             yield rows.take(order[start : start + WINDOW_SLICE])
 
 
-def _read_windows(batch: dict[str, Any], split: SplitReader) -> Iterator[Any]:
+def _read_windows(batch: dict[str, Any], split: SplitReader, prepare: RowsPreparer | None) -> Iterator[Any]:
     items = zip(batch["pass"], batch["window"], batch["groups"], batch["keep"], batch["every"], strict=True)
     for index, window, groups, keep, every in items:
-        yield from split.window_rows(int(index), int(window), [int(g) for g in groups], int(keep), int(every))
+        for rows in split.window_rows(int(index), int(window), [int(g) for g in groups], int(keep), int(every)):
+            yield rows if prepare is None else prepare(rows)

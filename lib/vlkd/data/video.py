@@ -7,20 +7,27 @@ Feature i stands for the time span [i/fps, (i+1)/fps) and is sampled at its cent
   that contains t_i; only the kept windows are assembled.
 Frames are resized so the short side equals the encoder's image size, then centre-cropped square, as the 2D
 (CLIP, torchvision ResNet) and 3D (3D-ResNets-PyTorch) reference pipelines do. One sequential decode serves both
-streams, because the 3D stream needs most frames anyway.
+streams, because the 3D stream needs most frames anyway. The decoder is FFmpeg's own (`cpu`) or NVDEC (`cuda`,
+PyAV's hwaccel), whose frames are downloaded to host memory and converted like the CPU decoder's.
 """
 
 from __future__ import annotations
 
 import heapq
+import io
 import math
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+from av.codec.hwaccel import HWAccel
 from av.video.reformatter import VideoReformatter
+
+from vlkd.errors import VlkdError, first_line
+from vlkd.specs.data import VideoDecoder
 
 
 class VideoError(Exception):
@@ -106,14 +113,67 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     return None
 
 
-def decode_spans(path: str | Path, plan: SamplingPlan, span: int) -> Iterator[DecodedSpan | VideoEnd]:
+def _hwaccel(decoder: VideoDecoder) -> HWAccel | None:
+    """What `av.open` decodes with. No software fallback: a video NVDEC cannot decode is skipped with its reason,
+    never decoded on the CPU into an artifact whose manifest says cuda. `primary_ctx` makes each video's decoder
+    share the process's CUDA context (`check_decoder` keeps it alive) instead of creating and destroying one per
+    video."""
+    if decoder == "cpu":
+        return None
+    return HWAccel(decoder, allow_software_fallback=False, options={"primary_ctx": "1"})
+
+
+_DEVICES: dict[str, HWAccel] = {}
+"""the hardware decoders checked in this process, each holding its device context for the process's life"""
+
+
+def check_decoder(decoder: VideoDecoder) -> None:
+    """Make sure this process can decode with `decoder`, once per process, before its first video: a machine
+    without it fails the job with what to do, where opening each video would only skip every one as unreadable.
+    The check decodes a clip made here, which proves the driver's decoder library (libnvcuvid) is there too, not
+    only the device."""
+    if decoder == "cpu" or decoder in _DEVICES:
+        return
+    try:
+        device = _hwaccel(decoder).create(av.codec.Codec("h264", "r"))
+        with av.open(io.BytesIO(_probe_clip()), format="h264", hwaccel=_hwaccel(decoder)) as container:
+            next(container.decode(video=0))
+    except (av.error.FFmpegError, NotImplementedError, RuntimeError, StopIteration) as exc:
+        raise VlkdError(
+            f"preprocess decoder: {decoder} needs an NVIDIA GPU with NVDEC on each worker that decodes, and "
+            f"{socket.gethostname()} cannot decode with it ({type(exc).__name__}: {first_line(exc)}): run preprocess "
+            "on GPU workers (resources.gpus_per_worker >= 1; the container needs the driver's `video` capability), "
+            "or set decoder: cpu"
+        ) from None
+    _DEVICES[decoder] = device
+
+
+def _probe_clip() -> bytes:
+    """Two frames of raw H.264 (the codec of HowTo100M's videos), 256x256 (above NVDEC's smallest)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 256, 256, "yuv420p"
+        for _ in range(2):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((256, 256, 3), np.uint8), "rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def decode_spans(
+    path: str | Path, plan: SamplingPlan, span: int, decoder: VideoDecoder = "cpu"
+) -> Iterator[DecodedSpan | VideoEnd]:
     """Decode one video's feature frames in spans of `span` features, each yielded as soon as the decoder has
     passed it (one sequential decode for the whole video), then a `VideoEnd`; raise `VideoError` for a file that
-    cannot be used, possibly after some spans."""
+    cannot be used, possibly after some spans. A hardware `decoder` needs `check_decoder` first: without the
+    device, this only says the file cannot be opened."""
+    hwaccel = _hwaccel(decoder)
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), hwaccel=hwaccel)
     except (av.error.FFmpegError, OSError) as exc:
         raise VideoError(f"cannot open: {exc}") from None
+    except RuntimeError as exc:  # PyAV's: a hardware decoder and no stream it can decode
+        raise VideoError(f"no video stream the {decoder} decoder can decode ({exc}; decoder: cpu may)") from None
     with container:
         if not container.streams.video:
             raise VideoError("no video stream")
@@ -124,7 +184,8 @@ def decode_spans(path: str | Path, plan: SamplingPlan, span: int) -> Iterator[De
         try:
             yield from _SpanDecoder(plan, span, duration).run(container, stream)
         except av.error.FFmpegError as exc:
-            raise VideoError(f"corrupt video data: {exc}") from None
+            beyond = "" if hwaccel is None else f", or data the {decoder} decoder cannot decode (decoder: cpu may)"
+            raise VideoError(f"corrupt video data{beyond}: {exc}") from None
 
 
 _WHOLE_VIDEO_SPAN = 64

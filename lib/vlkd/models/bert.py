@@ -33,15 +33,63 @@ def bert_config(shape: ModelShape, vocab_size: int, **extra: object) -> BertConf
     )
 
 
+PackedRows = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"]
+"""A `vlkd.data.packing.Packing` as tensors on the device: (gather, scatter, positions, segments)"""
+
+
 def token_states(
-    language_model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    language_model: BertForMaskedLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    packing: PackedRows | None = None,
 ) -> torch.Tensor:
     """The last layer's token states [B, L, H] of a BertForMaskedLM, from its encoder alone; `language_model.cls`
     of them are its MLM logits. Teacher and student read their states this way: asking the model for its hidden
     states instead installs output hooks on every layer at every call (host time each step, and a graph break
-    under torch.compile)."""
+    under torch.compile). With `packing` the encoder reads the sequences packed several to a row (`packed_states`);
+    the states at padded positions are then zeros, which no loss reads."""
+    if packing is not None:
+        return packed_states(language_model, input_ids, packing)
     mask = encoder_mask(language_model.config, attention_mask)
     return language_model.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
+
+
+def packed_states(language_model: BertForMaskedLM, input_ids: torch.Tensor, packing: PackedRows) -> torch.Tensor:
+    """`token_states` of the padded batch `input_ids` [B, L] computed over its packed rows [R, L]: each sequence
+    attends to itself only and is numbered from 0, as alone, and its states are put back at its padded places."""
+    import torch.nn.functional as F
+
+    gather, scatter, positions, segments = packing
+    flat = F.pad(input_ids.reshape(-1), (0, 1))  # an empty slot reads token 0; its state is never read back
+    same = segments[:, None, :, None] == segments[:, None, None, :]  # [R, 1, L, L]: block-diagonal
+    mask = same if language_model.config._attn_implementation == "sdpa" else _additive(same)
+    states = language_model.bert(input_ids=flat[gather], attention_mask=mask, position_ids=positions)
+    rows = states.last_hidden_state.flatten(0, 1)
+    return F.pad(rows, (0, 0, 0, 1))[scatter]  # padding reads the zero row added last
+
+
+def _additive(allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask as the additive one non-SDPA attention adds to its scores."""
+    import torch
+
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
+def stacked_packing(packing: PackedRows, copies: int) -> PackedRows:
+    """The packing of `copies` batches stacked ([copies * B, L]: the text and its masked form, read in one pass)
+    from the packing of one: each copy's rows after the last's, its indices shifted past them."""
+    import torch
+
+    gather, scatter, positions, segments = packing
+    batch, length = scatter.shape
+    rows = gather.shape[0]
+    tokens, slots = batch * length, rows * length
+    return (
+        torch.cat([torch.where(gather == tokens, copies * tokens, gather + k * tokens) for k in range(copies)]),
+        torch.cat([torch.where(scatter == slots, copies * slots, scatter + k * slots) for k in range(copies)]),
+        positions.repeat(copies, 1),
+        torch.cat([torch.where(segments < 0, segments, segments + k * batch) for k in range(copies)]),
+    )
 
 
 def encoder_mask(config: PretrainedConfig, mask: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,15 @@ import torch
 from torch import nn
 
 from vlkd import losses
-from vlkd.models.bert import LANGUAGE_MODEL, bert_config, encoder_mask, save_language_model, token_states
+from vlkd.models.bert import (
+    LANGUAGE_MODEL,
+    PackedRows,
+    bert_config,
+    encoder_mask,
+    save_language_model,
+    stacked_packing,
+    token_states,
+)
 from vlkd.specs.shapes import ModelShape
 
 VIDEO_ENCODER = "video_encoder"
@@ -86,9 +94,11 @@ class Teacher(nn.Module):
 
         return cls(BertForMaskedLM(bert_config(shape, vocab_size)), VideoEncoder(feature_dim, video_shape))
 
-    def text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Contextualised token states h^x [B, L, H] (LM^T without its MLM head)."""
-        return token_states(self.language_model, input_ids, attention_mask)
+    def text_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: PackedRows | None = None
+    ) -> torch.Tensor:
+        """Contextualised token states h^x [B, L, H] (LM^T without its MLM head), read packed with `packing`."""
+        return token_states(self.language_model, input_ids, attention_mask, packing)
 
     def save(self, directory: Path, tokenizer_dir: Path | None = None) -> None:
         save_language_model(self.language_model, directory, tokenizer_dir)
@@ -129,12 +139,14 @@ class TeacherPretraining(Teacher):
         features: torch.Tensor | None = None,
         frame_mask: torch.Tensor | None = None,
         negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
+        packing: PackedRows | None = None,
     ) -> dict[str, torch.Tensor]:
         """`loss` (L^T) and each trained term: `ct` (Eq. 3) of the text [B, L] with V^T's representation of
         `features` [B, T, F] (`frame_mask` [B, T]) against `negatives` (x' and v', [B] indices each); `mlm` of
         `masked_input_ids` [B, L], its head scoring [C] `mlm_positions` against `mlm_labels` [C] (`losses.Masking`),
-        or every position against [B, L] labels when the positions are None."""
-        text, masked = self._text_states(input_ids, attention_mask, masked_input_ids)
+        or every position against [B, L] labels when the positions are None. With `packing` (of the [B, L] text,
+        `vlkd.data.packing`) LM^T reads the captions packed several to a row: the same states, fewer positions."""
+        text, masked = self._text_states(input_ids, attention_mask, masked_input_ids, packing)
         terms: dict[str, torch.Tensor] = {}
         if "ct" in self.weights:
             video = self.video_encoder(features, frame_mask)[1]
@@ -146,16 +158,21 @@ class TeacherPretraining(Teacher):
         return {"loss": total, **terms}
 
     def _text_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked_input_ids: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        masked_input_ids: torch.Tensor | None,
+        packing: PackedRows | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(the states L_CT reads, the states MLM reads), [B, L, H] each, from one LM pass. Two texts go through
         as one [2B, L] batch: the same per-row computation as two passes (dropout draws a mask per row either
         way), with half the kernel launches and full-width matrix products."""
         if "mlm" not in self.weights:
-            return self.text_states(input_ids, attention_mask), None
+            return self.text_states(input_ids, attention_mask, packing), None
         if not reads_both_texts(self.weights, self.contrastive_on_masked):
-            masked = self.text_states(masked_input_ids, attention_mask)
+            masked = self.text_states(masked_input_ids, attention_mask, packing)
             return masked, masked
-        both = self.text_states(torch.cat([input_ids, masked_input_ids]), attention_mask.repeat(2, 1))
+        both_packed = None if packing is None else stacked_packing(packing, 2)
+        both = self.text_states(torch.cat([input_ids, masked_input_ids]), attention_mask.repeat(2, 1), both_packed)
         text, masked = both.chunk(2)
         return text, masked

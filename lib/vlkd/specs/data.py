@@ -17,6 +17,8 @@ DEFAULT_WEIGHTS: dict[str, str | None] = {
 # Parameter-free encoders for offline demos and tests (not in the paper): random-weight deep networks scramble
 # what synthetic frames show, these keep it, so a demo teacher has something to learn.
 PARAMETER_FREE = ("pixels", "pixel-motion")
+VideoDecoder = Literal["cpu", "cuda"]
+"""Who decodes preprocess's videos: FFmpeg's software decoders, or NVDEC through PyAV's CUDA hwaccel."""
 
 
 class _EncoderSpec(StrictModel):
@@ -98,6 +100,13 @@ class PreprocessSpec(StageSpec):
     )
     shard_size: int = Field(256, gt=0, description="clips per Parquet shard")
     decode_cpus: float = Field(1.0, gt=0, description="CPUs per decoding task")
+    decoder: VideoDecoder = Field(
+        "cpu",
+        description="cuda: NVDEC (PyAV's CUDA hwaccel) on the decoding workers' GPU, its frames downloaded to host "
+        "memory for the same resize and crop; its pixels differ slightly from the CPU decoder's, so its features are "
+        "another variant (the manifest records `attributes.decoder`). The job stops at its first video if a worker "
+        "cannot decode with it. The default stays cpu until a GPU run measures NVDEC against it (bench/decode.py)",
+    )
     span_features: int = Field(
         32,
         gt=0,

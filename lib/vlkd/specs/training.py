@@ -9,6 +9,8 @@ from pydantic import BeforeValidator, Field
 from vlkd.specs.base import StrictModel
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Compile = Literal[False, True, "reduce-overhead", "max-autotune"]
+"""`train.compile`: off, torch.compile's default mode, or one of its modes with CUDA graphs"""
 
 MAX_STEPS = 10**9
 """The most optimizer steps (or epochs, or steps between two logs) a run may ask for: far past any real run (the
@@ -63,10 +65,13 @@ class TrainSpec(StrictModel):
     )
     val_size: int = Field(10_000, ge=0, description="held-out examples; the paper reserves 10K (Sec. 4.3)")
     max_failures: int = Field(3, ge=0, description="worker failures Ray Train recovers from")
-    compile: bool = Field(
+    compile: Compile = Field(
         False,
         description="torch.compile the trained model with its losses (and a frozen teacher): faster steps, after a "
-        "compile at the start",
+        "compile at the start. true: fused kernels (torch's default mode); reduce-overhead: and CUDA graphs, each "
+        "step's kernels replayed in one launch, for a step the host cannot keep the GPU busy with (small batches; "
+        "a graph per padded shape, `vlkd.data.buckets`, in GPU memory); max-autotune: and matmul kernels tuned at "
+        "the start (minutes more). On a CPU every mode compiles without CUDA graphs",
     )
     shuffle_window: int = Field(
         4096,
@@ -84,3 +89,14 @@ class TrainSpec(StrictModel):
         description="the device's dense peak TFLOP/s for the logged MFU; default: vlkd's table of GPUs (bf16), none "
         "on CPU (then only TFLOP/s is logged)",
     )
+
+    @property
+    def compile_mode(self) -> str | None:
+        """torch.compile's `mode` for `compile`; None: not compiled."""
+        return ("default" if self.compile is True else self.compile) or None
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether a compiled step replays CUDA graphs (on a GPU): its outputs then live in the graphs' memory
+        until the next step overwrites them."""
+        return self.compile_mode in ("reduce-overhead", "max-autotune")
