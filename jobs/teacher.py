@@ -75,10 +75,10 @@ class TeacherTask:
         sees few shapes. The special tokens are each caption's first and last ([CLS], [SEP]) and the padding: a
         caption's own text "[SEP]" is a word to learn, as the tokenizer's `special_tokens_mask` has it."""
         ids, attention = pad_sequences(batch.column("input_ids"), self.tokenizer.pad_token_id, self.spec.max_text_len)
+        lengths = attention.sum(axis=1)
         positions = np.arange(ids.shape[1])
-        last = attention.sum(axis=1, keepdims=True) - 1
-        special = (positions == 0) | (positions == last) | (attention == 0)
-        packing = pack(attention.sum(axis=1), ids.shape[1]) if self.packed else None
+        special = (positions == 0) | (positions == lengths[:, None] - 1) | (attention == 0)
+        packing = pack(lengths, ids.shape[1]) if self.packed else None
         middle_frame = self.spec.visual_input == "middle_frame"
         features, frame_mask = clip_features(batch, self.spec.max_frames, self.feature_dim, middle_frame)
         videos = video_codes(batch)

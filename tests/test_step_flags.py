@@ -28,6 +28,7 @@ def _share(rank: int, port: int, counts: list[int], seen: dict) -> None:
         seen[rank] = (group is None, list(while_every_rank_has_one(batches, group)))
         # The group still works for the next epoch's shares, whichever rank stopped early.
         seen[rank + len(counts)] = len(list(while_every_rank_has_one(batches[:1], group)))
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -215,6 +215,7 @@ def _data_parallel_steps(rank: int, port: int, task: TeacherTask, batch: dict, s
         model = torch.nn.parallel.DistributedDataParallel(task.build_model(), find_unused_parameters=False)
         for _ in range(steps):
             step(task, model, batch)
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (seen to abort under load)
     finally:
         dist.destroy_process_group()
 
