@@ -38,21 +38,23 @@ from bench.train_step import a_batch, teacher_task
 from vlkd.flops import counted_flops, trainable_parameters
 from vlkd.jobs.distill import FrozenTeacher
 from vlkd.optim import build_optimizer
-from vlkd.specs import OptimSpec
+from vlkd.specs import OptimSpec, TrainSpec
 from vlkd.train import TrainingTask, autocast, compile_model
 
-FORMS = {  # name: (precision, fused AdamW, torch.compile's mode)
-    "fp32": ("fp32", False, None),
-    "bf16": ("auto", False, None),
-    "bf16+fused": ("auto", True, None),
-    "bf16+fused+compile": ("auto", True, "default"),
+FORMS = {  # name: (precision, fused AdamW, train.compile)
+    "fp32": ("fp32", False, False),
+    "bf16": ("auto", False, False),
+    "bf16+fused": ("auto", True, False),
+    "bf16+fused+compile": ("auto", True, True),
     "bf16+fused+cudagraphs": ("auto", True, "reduce-overhead"),
 }
 
 
 def step_of(task: TrainingTask, data: dict[str, Any], form: str, device: torch.device) -> tuple[Callable, nn.Module]:
     """One training step of `task` in `form`, and the model it trains."""
-    precision, fused, mode = FORMS[form]
+    precision, fused, compile = FORMS[form]
+    train = TrainSpec(compile=compile)  # what the loop reads of it: torch.compile's mode, CUDA graphs or not
+    mode = train.compile_mode
     model = task.build_model().to(device).train()
     optimizer = (
         build_optimizer(OptimSpec(), model)
@@ -66,7 +68,7 @@ def step_of(task: TrainingTask, data: dict[str, Any], form: str, device: torch.d
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        if mode == "reduce-overhead":
+        if train.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # as the loop does (`Loop._micro_step`)
         with cast:
             loss, _ = task.loss(trained, data, generator)

@@ -20,16 +20,16 @@ from vlkd.data.buckets import ROWS
 
 @dataclass(frozen=True)
 class Packing:
-    """Where the tokens of a padded batch [B, L] go in packed rows [R, P], and back."""
+    """Where the tokens of a padded batch [B, L] go in packed rows [R, L], and back."""
 
     gather: np.ndarray
-    """[R, P] int64: the flat index (b * L + i) in the padded batch of each packed slot; B * L for an empty slot"""
+    """[R, L] int64: the flat index (b * L + i) in the padded batch of each packed slot; B * L for an empty slot"""
     scatter: np.ndarray
-    """[B, L] int64: the flat index (r * P + j) in the packed rows of each padded position; R * P for padding"""
+    """[B, L] int64: the flat index (r * L + j) in the packed rows of each padded position; R * L for padding"""
     positions: np.ndarray
-    """[R, P] int64: each slot's position in its own sequence (its position embedding)"""
+    """[R, L] int64: each slot's position in its own sequence (its position embedding)"""
     segments: np.ndarray
-    """[R, P] int64: the sequence (b) each slot holds; -1 for an empty slot (empty slots attend to each other, so
+    """[R, L] int64: the sequence (b) each slot holds; -1 for an empty slot (empty slots attend to each other, so
     no attention row is empty: an empty row's softmax would be NaN, and NaN times a zero gradient is NaN)"""
 
 
@@ -53,13 +53,13 @@ def pack(lengths: np.ndarray, length: int) -> Packing:
     batch = len(lengths)
     rows = min(-(-len(free) // ROWS) * ROWS, batch)
     gather = np.full((rows, length), batch * length, np.int64)
-    segments = np.full((rows, length), -1, np.int64)
-    positions = np.zeros((rows, length), np.int64)
-    scatter = np.full((batch, length), rows * length, np.int64)
     for b, (row, offset) in enumerate(placed):
-        steps = np.arange(lengths[b])
-        gather[row, offset : offset + len(steps)] = b * length + steps
-        segments[row, offset : offset + len(steps)] = b
-        positions[row, offset : offset + len(steps)] = steps
-        scatter[b, : len(steps)] = row * length + offset + steps
-    return Packing(gather, scatter, positions, segments)
+        gather[row, offset : offset + lengths[b]] = b * length + np.arange(lengths[b])
+    # The rest follows from where each token went.
+    real = gather < batch * length
+    slots = np.flatnonzero(real)
+    scatter = np.full(batch * length, rows * length, np.int64)
+    scatter[gather.reshape(-1)[slots]] = slots
+    segments = np.where(real, gather // length, -1)
+    positions = np.where(real, gather % length, 0)
+    return Packing(gather, scatter.reshape(batch, length), positions, segments)
