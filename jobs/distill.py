@@ -287,7 +287,7 @@ class DistillTask:
 
     def _total(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L^S (Eq. 4), and it and every term detached for the log, on the device: read on logged steps only."""
-        total = weighted_total(terms["mlm"], terms, self.spec.kd)
+        total = weighted_total(terms, self.spec.kd)
         return total, {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 
 from vlkd import flops, losses
 from vlkd.artifacts import Manifest, collect_files
+from vlkd.data.caption_tokens import CaptionTokens
 from vlkd.data.clips import clip_datasets, clip_features
 from vlkd.data.corpus import pad_sequences
 from vlkd.data.ingest import configure_ray_data
@@ -61,13 +63,12 @@ class TeacherTask:
         weights = {name: getattr(spec.loss_weights, name) for name in spec.objectives}
         return TeacherPretraining(teacher, weights, spec.margin, spec.contrastive_text == "masked")
 
-    def prepare_rows(self, rows: pa.Table) -> pa.Table:
+    @cached_property
+    def prepare_rows(self) -> CaptionTokens:
         """Captions tokenised where Ray Data reads them (`vlkd.data.ingest.RowsPreparer`): `text` becomes
-        `input_ids` (list<int32>, [CLS] ... [SEP], truncated to `max_text_len`), the costliest part of the collate,
-        out of the training process."""
-        encoded = self.tokenizer(rows.column("text").to_pylist(), truncation=True, max_length=self.spec.max_text_len)
-        ids = pa.array(encoded["input_ids"], pa.list_(pa.int32()))
-        return rows.drop_columns(["text"]).append_column("input_ids", ids)
+        `input_ids`, the costliest part of the collate, out of the training process; by an object of its own, so
+        the read tasks import neither this module nor torch."""
+        return CaptionTokens(self.tokenizer, self.spec.max_text_len)
 
     def collate(self, batch: pa.Table) -> dict[str, Any]:
         """Rows of `prepare_rows` -> tensors: captions padded to a multiple of `buckets.TOKENS` (at most

@@ -99,9 +99,7 @@ _TOKENIZERS: dict[str, Any] = {}
 def _cached_tokenizer(directory: str) -> Any:
     # Ray reuses worker processes: load the tokenizer once per worker, not once per file.
     if directory not in _TOKENIZERS:
-        from transformers import BertTokenizerFast
-
-        _TOKENIZERS[directory] = BertTokenizerFast.from_pretrained(directory)
+        _TOKENIZERS[directory] = textdata.load_rust_tokenizer(Path(directory))
     return _TOKENIZERS[directory]
 
 

@@ -254,7 +254,7 @@ def wiki(make_store, ray_session, tmp_path_factory):
     store = make_store("s3", folder)
     lines = list(textdata.corpus_lines(long_articles(0, 40)))
     tokenizer = textdata.train_tokenizer(lambda: lines, 600, 1, True)
-    ids = textdata.tokenize_lines(tokenizer, lines)
+    ids = textdata.tokenize_lines(tokenizer.backend_tokenizer, lines)
     sequences = textdata.pack_sequences(ids, 128, tokenizer.cls_token_id, tokenizer.sep_token_id, True)
     textdata.write_shards(sequences, folder / "corpus", 100_000, 64, 0, 128)
     textdata.save_tokenizer(tokenizer, folder / "tokenizer")

@@ -3,6 +3,10 @@ training process (`TeacherTask.collate`): the batches are what tokenising in the
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import cloudpickle
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -111,3 +115,17 @@ def test_the_read_task_hands_on_tokenised_rows_and_the_frames_untouched(task, ca
     assert read.column("input_ids").to_pylist() == [tokenised[i] for i in order]
     unprepared = pa.concat_tables(_read_windows(item, split, None))
     assert unprepared.column_names == rows.column_names
+
+
+def test_what_a_read_task_unpickles_to_tokenise_needs_neither_torch_nor_transformers(task, captions):
+    """Ray Data's read workers import what they unpickle: the teacher's `prepare_rows`, pickled as Ray ships it
+    (cloudpickle), loads in a fresh interpreter without torch or transformers and tokenises as the tokenizer does."""
+    check = (
+        "import pickle, sys; prepare, rows, expected = pickle.loads(sys.stdin.buffer.read()); "
+        "ids = prepare(rows).column('input_ids').to_pylist(); "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)), ids == expected)"
+    )
+    expected = task.tokenizer(captions, truncation=True, max_length=MAX_TEXT_LEN)["input_ids"]
+    shipped = cloudpickle.dumps((task.prepare_rows, pa.table({"text": captions}), expected))
+    done = subprocess.run([sys.executable, "-c", check], input=shipped, capture_output=True, check=True)
+    assert done.stdout.decode().split() == ["[]", "True"], done.stderr.decode()[-2000:]

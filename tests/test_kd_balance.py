@@ -64,9 +64,9 @@ def test_probing_a_step_leaves_its_gradients_as_they_are(distillation, inputs) -
     terms, hidden = distillation(*inputs)
     gradient_norms(terms, hidden, KD)
     assert all(p.grad is None for p in distillation.parameters())  # autograd.grad accumulates nothing
-    weighted_total(terms["mlm"], terms, KD).backward()
+    weighted_total(terms, KD).backward()
     twin_terms, _ = twin(*inputs)
-    weighted_total(twin_terms["mlm"], twin_terms, KD).backward()
+    weighted_total(twin_terms, KD).backward()
     for (name, probed), (_, plain) in zip(distillation.named_parameters(), twin.named_parameters(), strict=True):
         assert (probed.grad is None) == (plain.grad is None), name
         if plain.grad is not None:

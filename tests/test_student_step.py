@@ -79,7 +79,7 @@ def _sparse(model: torch.nn.Module, masking: losses.Masking, batch: dict, teache
 
 def _backward(model: Distillation, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each trained parameter's gradient of L^S (Eq. 4)."""
-    weighted_total(terms["mlm"], terms, model.kd).backward()
+    weighted_total(terms, model.kd).backward()
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 

@@ -553,8 +553,8 @@ def test_a_tokenized_packed_sequence_says_which_articles_it_mixes() -> None:
     lines = list(corpus_lines(long_articles(seed=0, articles=4, words_per_article=1000)))
     tokenizer = train_tokenizer(lambda: lines, vocab_size=512, min_frequency=1, lowercase=True)
     sentences = [f"{s} ." for line in lines for s in line.split(" . ")]
-    longest_sentence = max(len(ids) for ids in tokenize_lines(tokenizer, sentences))
-    ids = tokenize_lines(tokenizer, lines)
+    longest_sentence = max(len(ids) for ids in tokenize_lines(tokenizer.backend_tokenizer, sentences))
+    ids = tokenize_lines(tokenizer.backend_tokenizer, lines)
     sequences = list(pack_sequences(ids, 128, tokenizer.cls_token_id, tokenizer.sep_token_id, pack=True))
     mixed = [articles_in(tokenizer.decode(s, skip_special_tokens=True)) for s in sequences]
     assert all(len(found) <= 2 for found in mixed)

@@ -14,6 +14,7 @@ from vlkd.data.text import (
     ALPHABET_SIZE,
     caption_paragraphs,
     corpus_lines,
+    load_rust_tokenizer,
     load_vocab_tokenizer,
     pack_sequences,
     read_index,
@@ -220,9 +221,22 @@ def test_a_vocab_file_without_bert_special_tokens_is_an_error(tmp_path):
 
 def test_tokenize_lines_gives_ids_without_special_tokens(tokenizer):
     lines = synthetic_corpus(5, seed=3)
-    ids = tokenize_lines(tokenizer, lines)
+    ids = tokenize_lines(tokenizer.backend_tokenizer, lines)
     assert ids == [tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
     assert all(CLS not in seq and SEP not in seq for seq in ids)
+
+
+def test_a_saved_tokenizers_rust_tokenizer_tokenises_as_transformers_loads_it(tokenizer, tmp_path):
+    """The text stage's read tasks load tokenizer.json alone (no transformers): the same ids, untruncated and
+    unpadded even when the tokenizer was last called with padding and truncation."""
+    tokenizer(["a b", "a"], padding=True, truncation=True, max_length=4)  # settings its Rust tokenizer then holds
+    save_tokenizer(tokenizer, tmp_path)
+    lines = synthetic_corpus(5, seed=4)
+    lines.append(" ".join(lines))  # longer than any max_length above
+    loaded = BertTokenizerFast.from_pretrained(tmp_path)
+    expected = [loaded(line, add_special_tokens=False)["input_ids"] for line in lines]
+    assert tokenize_lines(load_rust_tokenizer(tmp_path), lines) == expected
+    assert len(expected[-1]) > 100
 
 
 # Packing

@@ -227,18 +227,19 @@ class Distillation(nn.Module):
             (directory / KD_HEADS / "config.json").write_text(json.dumps(description, indent=2))
 
 
-def weighted_total(mlm: torch.Tensor, terms: dict[str, torch.Tensor], kd: dict[str, float]) -> torch.Tensor:
+def term_weights(kd: dict[str, float]) -> dict[str, float]:
+    """Each term's weight in Eq. 4: L_MLM's 1, then the KD objectives'."""
+    return {"mlm": 1.0, **kd}
+
+
+def weighted_total(terms: dict[str, torch.Tensor], kd: dict[str, float]) -> torch.Tensor:
     """L^S = L_MLM + sum_k w_k L_k (Eq. 4)."""
-    return mlm + sum((kd[name] * terms[name] for name in kd), torch.zeros_like(mlm))
+    weights = term_weights(kd)
+    return sum((weight * terms[name] for name, weight in weights.items()), torch.zeros_like(terms["mlm"]))
 
 
 GRADIENT_NORM = "hidden_grad_norm/"
 """The prefix of a term's logged gradient norm at the student's last hidden states (`gradient_norms`)."""
-
-
-def term_weights(kd: dict[str, float]) -> dict[str, float]:
-    """Each term's weight in Eq. 4: L_MLM's 1, then the KD objectives'."""
-    return {"mlm": 1.0, **kd}
 
 
 def gradient_norms(terms: dict[str, torch.Tensor], hidden: torch.Tensor, kd: dict[str, float]) -> dict[str, float]:

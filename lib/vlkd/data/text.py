@@ -31,7 +31,7 @@ from vlkd.data.captions import Caption, read_captions
 from vlkd.errors import DataError, NotFoundError
 
 if TYPE_CHECKING:
-    from tokenizers import BertWordPieceTokenizer
+    from tokenizers import BertWordPieceTokenizer, Tokenizer
     from transformers import BertTokenizerFast
 
 log = logging.getLogger("vlkd.text")
@@ -201,12 +201,24 @@ def save_tokenizer(tokenizer: BertTokenizerFast, out_dir: Path) -> None:
     (out_dir / VOCAB).write_text("".join(f"{token}\n" for token in ordered), encoding="utf-8")
 
 
-def tokenize_lines(tokenizer: BertTokenizerFast, lines: list[str]) -> list[list[int]]:
+def load_rust_tokenizer(directory: Path) -> Tokenizer:
+    """The Rust tokenizer of a `save_tokenizer` folder (its tokenizer.json), without padding or truncation."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def tokenize_lines(tokenizer: Tokenizer, lines: list[str]) -> list[list[int]]:
     """Token ids of each line without special tokens (`pack_sequences` adds them), for Ray Data `map_batches`.
 
-    Calls the Rust tokenizer's batch encoder directly: no padding, masks or length warnings to build and drop.
+    Takes the Rust tokenizer (`load_rust_tokenizer`, or a transformers tokenizer's `backend_tokenizer`) and calls
+    its batch encoder directly: no padding, masks or length warnings to build and drop, and a read task that
+    tokenises need not import transformers.
     """
-    encodings = tokenizer.backend_tokenizer.encode_batch(list(lines), add_special_tokens=False)
+    encodings = tokenizer.encode_batch(list(lines), add_special_tokens=False)
     return [encoding.ids for encoding in encodings]
 
 
