@@ -1,7 +1,7 @@
 """Captions tokenised where Ray Data reads them (`vlkd.data.ingest.RowsPreparer`), by an object that needs neither
 torch nor transformers: Ray Data's read tasks run in worker processes of their own, and what they unpickle they
-import. Tokenising with the teacher's own task there made every read worker import torch and transformers, about
-1.5 CPU-seconds and a few hundred MB apiece, to tokenise text."""
+import. Tokenising with the teacher's own task there made every read worker import torch and transformers to
+tokenise text: 2 CPU-seconds and 195 MB more apiece (`bench.read_worker`)."""
 
 from __future__ import annotations
 
