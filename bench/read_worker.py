@@ -47,7 +47,8 @@ class WholeTask:
     def __call__(self, rows: pa.Table) -> pa.Table:
         texts = rows.column("text").to_pylist()
         encoded = self.task.tokenizer(texts, truncation=True, max_length=self.task.spec.max_text_len)
-        return pa.table({"input_ids": pa.array(encoded["input_ids"], pa.list_(pa.int32()))})
+        ids = pa.array(encoded["input_ids"], pa.list_(pa.int32()))
+        return rows.drop_columns(["text"]).append_column("input_ids", ids)
 
 
 def worker_cost(prepare: Any, rows: pa.Table) -> dict[str, Any]:
