@@ -47,9 +47,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The longest files, started first: with `-n` (pytest-xdist, `--dist loadfile`) the others fill the other workers
 # meanwhile, instead of one long file starting last and running alone.
 FIRST = ("test_quickstart.py", "test_cluster_resume.py")
+ON_RAY: set[Path] = set()
+"""the test files that use the shared local Ray (`ray_session`)"""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    ON_RAY.update(item.path for item in items if "ray_session" in item.fixturenames)
+
     def rank(item: pytest.Item) -> int:
         name = item.path.name
         return FIRST.index(name) if name in FIRST else len(FIRST)
@@ -175,18 +179,30 @@ def quickstart(vlkd_cli, s3_endpoint, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    """A real local Ray for the test module, with more logical CPUs than cores so trainers, Ray Data tasks and
-    actors never wait on each other (jobs call `ensure_ray`, which then reuses it). Per module, not per session:
-    an idle Ray's dozen processes (its workers included) cost about 5 CPU-seconds a minute, which a session's Ray
-    would spend for the rest of the suite in a pytest-xdist worker that has moved on to other files."""
+def ray_session() -> None:
+    """A real local Ray, with more logical CPUs than cores so trainers, Ray Data tasks and actors never wait on each
+    other (jobs call `ensure_ray`, which then reuses it). One Ray serves consecutive modules that use it: a module's
+    own Ray cost its start and a new set of workers importing torch again (six such modules in one process: 486 and
+    501 CPU-s with a Ray each, 456 and 424 sharing one). It stops when the next file does not use it
+    (`pytest_runtest_teardown`): idle, its workers and Ray Data's actors cost about 5.5 CPU-s a minute."""
     import ray
 
     from vlkd.runtime import start_local_ray
 
-    start_local_ray(8, log_to_driver=False)  # as a job starts one; its processes inherit the test credentials
+    if not ray.is_initialized():
+        start_local_ray(8, log_to_driver=False)  # as a job starts one; its processes inherit the test credentials
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Stop the shared local Ray (`ray_session`) after a file that uses it, unless the next test's file does too
+    (pytest-xdist keeps a worker's next test known until its last). Not within a file: its module-scoped
+    `ray_session` would not start it again."""
     yield
-    ray.shutdown()
+    if item.path in ON_RAY and (nextitem is None or (nextitem.path != item.path and nextitem.path not in ON_RAY)):
+        import ray
+
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -162,22 +162,6 @@ def test_data_synth_again_republishes_nothing_unless_asked(vlkd_cli, tmp_path):
     assert forced == [f"published dataset/synth-{part}:v2" for part in SYNTH_PARTS]
 
 
-@pytest.mark.timeout(600)
-def test_data_synth_where_the_quickstart_ran_keeps_the_quickstarts_dataset(vlkd_cli, tmp_path, monkeypatch):
-    """The README's `vlkd data synth` after `vlkd quickstart`: the same dataset, so the same versions (it used to
-    publish 16 videos over the quickstart's 256, on which the tiny teacher fails and every stage reruns)."""
-    from vlkd.cli import pipeline, quickstart
-
-    store = (tmp_path / "store").as_uri()
-    monkeypatch.setattr(pipeline, "run_pipeline_file", lambda *args: None)  # the quickstart's data, not its stages
-    monkeypatch.setattr(quickstart, "_print_report", lambda *args: None)
-    quickstart.quickstart(workdir=tmp_path / "quickstart", scale="tiny", store=store, force=False, verbose=False)
-    synth = vlkd_cli("data", "synth", "--out", str(tmp_path / "synth"), "--store", store, timeout=300)
-    assert synth_lines(synth) == [
-        f"unchanged dataset/synth-{part}:v1 (already holds these files)" for part in SYNTH_PARTS
-    ]
-
-
 def test_artifacts_help_names_every_command():
     from vlkd.cli.artifacts import app
 

@@ -117,17 +117,21 @@ def test_a_killed_teacher_job_resubmitted_with_its_id_resumes_from_its_latest_ch
     spec = _spec(tmp_path, "teacher", train=train)
     job_id = _submit(vlkd_cli, ray_head, datasets, "teacher", spec).stdout.strip()
 
-    def checkpoints() -> list[str]:
-        return [c for c in store.storage.children(f"checkpoints/{job_id}") if c.startswith("step-")]
+    def complete_checkpoints() -> list[int]:
+        """The steps of the checkpoints whose upload finished: a kill can land while the next one uploads, and
+        the resumed run restores only a complete one."""
+        names = [c for c in store.storage.children(f"checkpoints/{job_id}") if c.startswith("step-")]
+        complete = [c for c in names if store.storage.exists(f"checkpoints/{job_id}/{c}/.complete")]
+        return [int(c.removeprefix("step-")) for c in complete]
 
     def checkpointed() -> bool:
         assert _head_state(ray_head, job_id) not in ("FAILED", "SUCCEEDED")
-        return any(store.storage.exists(f"checkpoints/{job_id}/{c}/.complete") for c in checkpoints())
+        return bool(complete_checkpoints())
 
     _wait_for(checkpointed)
     _kill_driver("vlkd.jobs.teacher", job_id)
     _ends_failed(vlkd_cli, ray_head, datasets, job_id)
-    latest = max(int(c.removeprefix("step-")) for c in checkpoints())
+    latest = max(complete_checkpoints())
     # The last step the killed run logged, from the head's copy of its output (the store's copy can lack the last
     # seconds: a SIGKILL leaves no time to upload them).
     from vlkd.backends.ray import RayBackend

@@ -386,8 +386,11 @@ def test_the_readme_tour_after_a_quickstart(quickstart, vlkd_cli, tmp_path, back
     vlkd(*commands[0][1:])
     assert (here / "synth-howto" / "text").is_dir()
     synth = vlkd(*commands[1][1:])
-    # the quickstart's own dataset: every part keeps its version, so its finished stages stay skipped
-    assert synth.stdout.count("unchanged dataset/synth-") == 12, synth.stdout
+    # the quickstart's own dataset: every part keeps its version, so its finished stages stay skipped (it once
+    # published 16 videos over the quickstart's 256, on which the tiny teacher fails and every stage reruns)
+    said = [line for line in synth.stdout.splitlines() if line.startswith(("published", "unchanged"))]
+    assert len(said) == 12, synth.stdout
+    assert all(re.fullmatch(r"unchanged dataset/synth-[\w-]+:v1 \(already holds these files\)", line) for line in said)
     # the quickstart's data stages, as specs of their own: their outputs stand, so nothing runs
     opened = ArtifactStore.open(store, endpoint_url=quickstart.env["AWS_ENDPOINT_URL"])
     for args, kind in zip(commands[2:4], ("features", "corpus"), strict=True):
