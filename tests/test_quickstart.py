@@ -390,7 +390,8 @@ def test_the_readme_tour_after_a_quickstart(quickstart, vlkd_cli, tmp_path, back
     # published 16 videos over the quickstart's 256, on which the tiny teacher fails and every stage reruns)
     said = [line for line in synth.stdout.splitlines() if line.startswith(("published", "unchanged"))]
     assert len(said) == 12, synth.stdout
-    assert all(re.fullmatch(r"unchanged dataset/synth-[\w-]+:v1 \(already holds these files\)", line) for line in said)
+    kept = r"unchanged dataset/synth-[\w-]+:v1 \(already holds these files\)"
+    assert all(re.fullmatch(kept, line) for line in said), said
     # the quickstart's data stages, as specs of their own: their outputs stand, so nothing runs
     opened = ArtifactStore.open(store, endpoint_url=quickstart.env["AWS_ENDPOINT_URL"])
     for args, kind in zip(commands[2:4], ("features", "corpus"), strict=True):
