@@ -199,7 +199,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     (pytest-xdist keeps a worker's next test known until its last). Not within a file: its module-scoped
     `ray_session` would not start it again."""
     yield
-    if item.path in ON_RAY and (nextitem is None or (nextitem.path != item.path and nextitem.path not in ON_RAY)):
+    if item.path in ON_RAY and (nextitem is None or nextitem.path not in ON_RAY):
         import ray
 
         ray.shutdown()
