@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +43,13 @@ os.environ.update(TEST_CREDENTIALS)
 # CPU-s and 11.7 s, against 26.0 CPU-s and 13.2 s. Set before torch loads; every process a test starts inherits it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def sigint_as_in_a_terminal() -> None:
+    """`preexec_fn` of a command a test interrupts as Ctrl-C does (SIGINT). A shell starts a background command
+    (`make test &`, a CI runner's job) with SIGINT ignored, its children inherit that, and Python then installs no
+    handler of its own, so the signal would be lost: give the command the default a terminal's command has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # The longest files, started first: with `-n` (pytest-xdist, `--dist loadfile`) the others fill the other workers

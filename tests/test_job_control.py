@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import sigint_as_in_a_terminal
 from test_backends import wait_for
 
 from vlkd.artifacts import ArtifactStore, collect_files
@@ -100,17 +101,20 @@ def interrupted_wait(corpus, tmp_path_factory):
             stdout=stdout,
             stderr=stderr,
             env={**os.environ, **env},
+            preexec_fn=sigint_as_in_a_terminal,
         )
+    job_id = None
     try:
         wait_for(lambda: out.read_text().strip(), timeout=60)
         job_id = out.read_text().splitlines()[0]
         wait_for(lambda: (read_progress(store.storage, job_id) or {}).get("rate"), timeout=300)  # a rate: an ETA
         waiting.send_signal(signal.SIGINT)
         code = waiting.wait(timeout=30)
-    finally:
+        yield job_id, code, err.read_text()
+    finally:  # also when the setup failed: a job left training would take a core from the rest of the suite
         waiting.kill()
-    yield job_id, code, err.read_text()
-    subprocess.run([sys.executable, "-m", "vlkd.cli.main", "cancel", job_id], env={**os.environ, **env})
+        if job_id is not None:
+            subprocess.run([sys.executable, "-m", "vlkd.cli.main", "cancel", job_id], env={**os.environ, **env})
 
 
 def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_follow_or_stop_it(

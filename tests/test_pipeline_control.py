@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sigint_as_in_a_terminal
 from test_backends import wait_for
 
 from vlkd.artifacts import ArtifactStore, collect_files
@@ -40,6 +41,7 @@ class Pipeline:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env={**os.environ, **self.env},
+                preexec_fn=sigint_as_in_a_terminal,
             )
 
     def teacher(self) -> StageRun:
