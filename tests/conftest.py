@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -165,23 +166,62 @@ def store(store_uri: str) -> ArtifactStore:
     return ArtifactStore.open(store_uri)
 
 
-@pytest.fixture(scope="session")
-def vlkd_cli() -> callable:
-    """Run the installed `vlkd` command in a subprocess with the test's environment."""
+class CliRunner:
+    """Runs `vlkd ARGS` as `subprocess.run([python, -m, vlkd.cli.main, ARGS], capture_output=True, text=True)`
+    does, each in a process forked from one that has imported the command (tests/cli_server.py)."""
 
-    def run(
-        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
-    ) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "vlkd.cli.main", *args],
-            capture_output=True,
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.runs = 0
+        self.lock = threading.Lock()
+        self.server = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("cli_server.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(folder / "server.log", "w"),  # noqa: SIM115 (the server's, as long as it runs)
             text=True,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            timeout=timeout,
         )
 
-    return run
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "vlkd.cli.main", *args]
+        with self.lock:
+            self.runs += 1
+            out, err = self.folder / f"{self.runs}.out", self.folder / f"{self.runs}.err"
+            out.touch()
+            err.touch()
+            request = {"args": list(args), "env": {**os.environ, **(env or {})}, "cwd": str(cwd or Path.cwd())}
+            self.server.stdin.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}) + "\n")
+            self.server.stdin.flush()
+            answer = self.server.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the vlkd command server ended: see {self.folder / 'server.log'}")
+        pid, status = int(answer), Path(f"{out}.status")
+        deadline, pause = time.monotonic() + timeout, 0.002
+        while not status.exists():
+            if time.monotonic() > deadline and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired(command, timeout, out.read_text(), err.read_text())
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        code = os.waitstatus_to_exitcode(int(status.read_text()))
+        done = subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
+        for path in (out, err, status):
+            path.unlink()
+        return done
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def vlkd_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliRunner]:
+    """Run the installed `vlkd` command in a process of its own with the test's environment."""
+    runner = CliRunner(tmp_path_factory.mktemp("cli"))
+    yield runner
+    runner.close()
 
 
 @dataclass(frozen=True)
