@@ -174,11 +174,12 @@ class CliRunner:
         self.folder = folder
         self.runs = 0
         self.lock = threading.Lock()
+        self.log = open(folder / "server.log", "w")  # noqa: SIM115 (the server's stderr, as long as it runs)
         self.server = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("cli_server.py"))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=open(folder / "server.log", "w"),  # noqa: SIM115 (the server's, as long as it runs)
+            stderr=self.log,
             text=True,
         )
 
@@ -214,6 +215,8 @@ class CliRunner:
     def close(self) -> None:
         self.server.stdin.close()
         self.server.wait(timeout=30)
+        self.server.stdout.close()
+        self.log.close()
 
 
 @pytest.fixture(scope="session")
