@@ -88,7 +88,6 @@ def serve() -> None:
     gc.freeze()  # what the server imported is never collected: a child's collections leave its pages shared
     for line in sys.stdin:
         request = json.loads(line)
-        sys.stdout.flush()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # reaped only once its status file is known
         pid = os.fork()
         if pid == 0:

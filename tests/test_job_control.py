@@ -82,7 +82,7 @@ def test_a_spec_whose_outputs_are_published_is_not_run_again_unless_forced(vlkd_
 
 
 @pytest.fixture(scope="module")
-def interrupted_wait(corpus, tmp_path_factory):
+def interrupted_wait(vlkd_cli, corpus, tmp_path_factory):
     """`vlkd submit distill --wait` of a student that trains for 100000 steps, interrupted (SIGINT, as Ctrl-C sends
     it) once the job has recorded its progress and rate: (job id, the command's exit code, its stderr). The job is
     cancelled afterwards if a test left it running."""
@@ -114,7 +114,7 @@ def interrupted_wait(corpus, tmp_path_factory):
     finally:  # also when the setup failed: a job left training would take a core from the rest of the suite
         waiting.kill()
         if job_id is not None:
-            subprocess.run([sys.executable, "-m", "vlkd.cli.main", "cancel", job_id], env={**os.environ, **env})
+            vlkd_cli("cancel", job_id, env=env)
 
 
 def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_follow_or_stop_it(

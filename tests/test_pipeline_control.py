@@ -59,7 +59,7 @@ def interrupt(run: subprocess.Popen) -> int:
 
 
 @pytest.fixture(scope="module")
-def pipeline(synth_root, tmp_path_factory) -> Iterator[Pipeline]:
+def pipeline(vlkd_cli, synth_root, tmp_path_factory) -> Iterator[Pipeline]:
     folder = tmp_path_factory.mktemp("pipeline-control")
     store = ArtifactStore.open((folder / "store").as_uri())
     for part in ("videos", "text"):
@@ -74,10 +74,8 @@ def pipeline(synth_root, tmp_path_factory) -> Iterator[Pipeline]:
     path.write_text(yaml.safe_dump(spec))
     env = {"VLKD_STORE": store.uri, "HOME": str(folder / "home")}
     yield Pipeline(path, store, env)
-    for line in subprocess.run(
-        [sys.executable, "-m", "vlkd.cli.main", "list"], capture_output=True, text=True, env={**os.environ, **env}
-    ).stdout.splitlines()[1:]:
-        subprocess.run([sys.executable, "-m", "vlkd.cli.main", "cancel", line.split()[0]], env={**os.environ, **env})
+    for line in vlkd_cli("list", env=env).stdout.splitlines()[1:]:
+        vlkd_cli("cancel", line.split()[0], env=env)
 
 
 @pytest.fixture(scope="module")
