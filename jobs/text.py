@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -28,6 +28,9 @@ from vlkd.inputs import InputSource, fetch_weights, open_input
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import Resources, TextSpec, TokenizerSpec
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 log = logging.getLogger("vlkd.text")
 TOKENIZE_LINES = 4096
@@ -93,10 +96,10 @@ def tokenize_file(path: str, source: InputSource, corpus_format: str, tokenizer_
         yield pa.table({"input_ids": pa.array(textdata.tokenize_lines(tokenizer, chunk), pa.list_(pa.int32()))})
 
 
-_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS: dict[str, Tokenizer] = {}
 
 
-def _cached_tokenizer(directory: str) -> Any:
+def _cached_tokenizer(directory: str) -> Tokenizer:
     # Ray reuses worker processes: load the tokenizer once per worker, not once per file.
     if directory not in _TOKENIZERS:
         _TOKENIZERS[directory] = textdata.load_rust_tokenizer(Path(directory))

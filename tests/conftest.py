@@ -35,9 +35,9 @@ TEST_CREDENTIALS = {
 }
 
 
-# Module- and session-scoped fixtures run before the per-test environment below is set up, so the fake
-# credentials are also the process's own from the start.
-os.environ.update(TEST_CREDENTIALS)
+DEVELOPER_ENV = dict(os.environ)
+"""the environment pytest started with (xdist's workers inherit it unchanged: nothing below changes it at import):
+what a test of a real cluster needs, its kubeconfig and cloud credentials"""
 
 # The suite runs three test processes (pytest-xdist) and the jobs and Ray workers they start on the same cores, so
 # torch's OpenMP threads outnumber the cores, and by default a waiting thread spins: three tiny BERT trainings at once
@@ -47,6 +47,9 @@ os.environ.update(TEST_CREDENTIALS)
 # CPU-s and 11.7 s, against 26.0 CPU-s and 13.2 s. Set before torch loads; every process a test starts inherits it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# matplotlib (the reports' charts) keeps its font cache in the home directory, and is imported while the tests are
+# collected, before any fixture gives them a home of their own: keep it out of the developer's.
+os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "vlkd-tests-matplotlib"))
 
 
 def sigint_as_in_a_terminal() -> None:
@@ -73,17 +76,43 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: within a file, the file's own order
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests never see the developer's AWS profile, store or home directory."""
-    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "VLKD_STORE", "AWS_SESSION_TOKEN"):
+# What would point a test at the developer's own store, cloud account, Ray cluster or Kubernetes cluster.
+DEVELOPER_SETTINGS = (
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_SESSION_TOKEN",
+    "VLKD_STORE",
+    "VLKD_HOME",
+    "RAY_ADDRESS",
+    "KUBECONFIG",
+)
+
+
+def _isolate(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    for key in DEVELOPER_SETTINGS:
         monkeypatch.delenv(key, raising=False)
     for key, value in TEST_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "aws-credentials"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Module- and session-scoped fixtures (a job submitted once for a file's tests) run before a test's own
+    environment is set up: they get a home of their own too, never the developer's (its `~/.vlkd/jobs` would list
+    the tests' jobs). Set up before any other fixture of the session: autouse, and the widest scope."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(monkeypatch, tmp_path_factory.mktemp("session-home"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never see the developer's AWS profile, store, clusters or home directory, nor each other's home."""
+    _isolate(monkeypatch, tmp_path_factory.mktemp("home"))
 
 
 class _Dispatcher(DomainDispatcherApplication):
@@ -201,6 +230,8 @@ class CliRunner:
         pid, status = int(answer), Path(f"{out}.status")
         deadline, pause = time.monotonic() + timeout, 0.002
         while not status.exists():
+            if self.server.poll() is not None:  # it writes the status: without it the wait would never end
+                raise RuntimeError(f"the vlkd command server ended: see {self.folder / 'server.log'}")
             if time.monotonic() > deadline and alive(pid):
                 os.kill(pid, signal.SIGKILL)
                 raise subprocess.TimeoutExpired(command, timeout, out.read_text(), err.read_text())

@@ -23,6 +23,24 @@ def empty_store(tmp_path) -> dict[str, str]:
     return {"VLKD_STORE": (tmp_path / "store").as_uri()}
 
 
+@pytest.fixture(scope="module")
+def environment_of_a_module_fixture() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def test_a_fixture_made_once_for_a_file_sees_neither_the_developers_home_nor_their_stores_clusters_or_keys(
+    environment_of_a_module_fixture,
+):
+    """Such a fixture (a job submitted once for a file's tests) is set up before the test's own environment: jobs
+    it submitted were listed by the developer's `vlkd list`, from their `~/.vlkd/jobs`."""
+    from conftest import DEVELOPER_ENV, DEVELOPER_SETTINGS, TEST_CREDENTIALS
+
+    seen = environment_of_a_module_fixture
+    assert seen["HOME"] not in (DEVELOPER_ENV.get("HOME"), os.environ["HOME"])  # nor the test's own
+    assert [key for key in DEVELOPER_SETTINGS if key in seen] == []
+    assert {key: seen.get(key) for key in TEST_CREDENTIALS} == TEST_CREDENTIALS
+
+
 def test_a_job_id_that_is_not_a_plain_name_is_refused_before_anything_is_written(vlkd_cli, empty_store):
     home = Path(os.environ["HOME"]) / ".vlkd"
     submitted = vlkd_cli("submit", "text", "-f", str(EXAMPLES / "text.yaml"), "--job-id", "../evil", env=empty_store)

@@ -1074,13 +1074,42 @@ def test_the_namespace_is_the_backends_then_the_specs_then_the_contexts(api_serv
 # --- A real cluster ----------------------------------------------------------------------------------------------
 
 
+def use_the_developers_cluster_and_cloud(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubeconfig and cloud credentials pytest was started with, which every other test is kept from (conftest
+    `_isolate`): their files, profile and keys, and no fake ones."""
+    from conftest import DEVELOPER_ENV, TEST_CREDENTIALS
+
+    home = Path(DEVELOPER_ENV.get("HOME") or Path.home())
+    for key in TEST_CREDENTIALS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in DEVELOPER_ENV.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", DEVELOPER_ENV.get("AWS_CONFIG_FILE", str(home / ".aws" / "config")))
+    credentials = DEVELOPER_ENV.get("AWS_SHARED_CREDENTIALS_FILE", str(home / ".aws" / "credentials"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", credentials)
+    monkeypatch.setenv("KUBECONFIG", DEVELOPER_ENV.get("KUBECONFIG", str(home / ".kube" / "config")))
+
+
+def test_the_real_cluster_test_gets_the_developers_kubeconfig_and_cloud_credentials_not_the_fake_ones(monkeypatch):
+    from conftest import DEVELOPER_ENV
+
+    use_the_developers_cluster_and_cloud(monkeypatch)
+    home = Path(DEVELOPER_ENV.get("HOME") or Path.home())
+    assert os.environ["KUBECONFIG"] == DEVELOPER_ENV.get("KUBECONFIG", str(home / ".kube" / "config"))
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED", "AWS_PROFILE"):
+        assert os.environ.get(key) == DEVELOPER_ENV.get(key)
+
+
 @pytest.mark.cluster
-def test_a_tiny_stage_runs_on_a_real_cluster(tmp_path):
-    """Needs VLKD_TEST_KUBECONTEXT (a cluster with KubeRay and k8s/ applied), VLKD_TEST_STORE (an s3:// store the
-    cluster reaches, holding the synthetic dataset) and the image (VLKD_TEST_IMAGE, default: the CLI's)."""
+def test_a_tiny_stage_runs_on_a_real_cluster(tmp_path, monkeypatch):
+    """Needs VLKD_TEST_KUBECONTEXT (a context of the developer's kubeconfig: a cluster with KubeRay and k8s/
+    applied), VLKD_TEST_STORE (an s3:// store the cluster reaches, holding the synthetic dataset, with the
+    developer's credentials) and the image (VLKD_TEST_IMAGE, default: the CLI's)."""
     context, store_uri = os.environ.get("VLKD_TEST_KUBECONTEXT"), os.environ.get("VLKD_TEST_STORE")
     if not context or not store_uri:
         pytest.skip("set VLKD_TEST_KUBECONTEXT and VLKD_TEST_STORE to submit a real RayJob")
+    use_the_developers_cluster_and_cloud(monkeypatch)
     from vlkd.artifacts import ArtifactStore
     from vlkd.backends import submission
 
