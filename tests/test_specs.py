@@ -254,6 +254,37 @@ def test_data_source_must_be_a_uri_or_a_dataset_ref():
     assert parse_spec({**spec, "corpus": "dataset/wiki103:v2"}).corpus == "dataset/wiki103:v2"
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "http://host/wiki.txt",
+            "unsupported URI 'http://host/wiki.txt': use s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH",
+        ),
+        ("weights/wiki", "'weights/wiki' is neither a URI nor a dataset ref: use s3://BUCKET/PREFIX"),
+    ],
+)
+def test_a_data_source_that_is_neither_says_what_to_give(source, message):
+    (problem,) = problems({"stage": "text", "name": "w", "corpus": source})
+    assert problem.startswith(f"corpus: {message}")
+
+
+@pytest.mark.parametrize(
+    ("vocab", "message"),
+    [
+        ("hf://bert", "unsupported URI 'hf://bert': use s3://..., file:///..., hf://ORG/NAME or weights/NAME"),
+        ("dataset/vocab", "'dataset/vocab' is not a weights source: use s3://..., file:///..., a Hugging Face hub"),
+        ("vocab.txt", "'vocab.txt' is not a weights source"),
+    ],
+)
+def test_a_weights_source_is_a_uri_a_hub_id_or_a_weights_ref(vocab, message):
+    spec = {"stage": "text", "name": "w", "corpus": "dataset/wiki", "tokenizer": {"vocab": vocab}}
+    (problem,) = problems(spec)
+    assert problem.startswith(f"tokenizer.vocab: {message}")
+    for good in ("hf://google-bert/bert-base-uncased", "s3://bkt/vocab.txt", "weights/bert-vocab:v1"):
+        assert parse_spec({**spec, "tokenizer": {"vocab": good}}).tokenizer.vocab == good
+
+
 def test_eval_task_overrides_merge_with_the_common_finetune_block():
     spec = parse_spec(
         {

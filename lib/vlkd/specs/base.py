@@ -65,21 +65,30 @@ ModelRef = ref_of("student", "teacher")
 _URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.*)$")
 
 
-def _check_data_source(value: str) -> str:
+def _check_source(value: str, kind: str, uris: str, what_else: str) -> str:
+    """`value` is a URI of a scheme jobs read (`uris` says which) or a ref to an artifact of `kind`; `what_else`
+    completes the message when it is neither."""
     if "://" in value:
         if not _URI.match(value):
-            raise ValueError(f"unsupported URI {value!r}: use s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH")
+            raise ValueError(f"unsupported URI {value!r}: use {uris}")
         return value
     try:
         ref = ArtifactRef.parse(value)
     except RefError:
         ref = None
-    if ref is None or ref.kind != "dataset":
-        raise ValueError(
-            f"{value!r} is neither a URI nor a dataset ref: use s3://BUCKET/PREFIX, file:///ABSOLUTE/PATH "
-            "or dataset/NAME[:vN] (imported with `vlkd artifacts push dataset/NAME PATH`)"
-        )
+    if ref is None or ref.kind != kind:
+        raise ValueError(f"{value!r} {what_else}")
     return value
+
+
+def _check_data_source(value: str) -> str:
+    return _check_source(
+        value,
+        "dataset",
+        "s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH",
+        "is neither a URI nor a dataset ref: use s3://BUCKET/PREFIX, file:///ABSOLUTE/PATH "
+        "or dataset/NAME[:vN] (imported with `vlkd artifacts push dataset/NAME PATH`)",
+    )
 
 
 DataSource = Annotated[
@@ -92,20 +101,13 @@ DataSource = Annotated[
 def _check_weights_source(value: str) -> str:
     if value.startswith("hf://") and value.count("/") >= 3:
         return value
-    if "://" in value:
-        if not _URI.match(value):
-            raise ValueError(f"unsupported URI {value!r}: use s3://..., file:///..., hf://ORG/NAME or weights/NAME")
-        return value
-    try:
-        ref = ArtifactRef.parse(value)
-    except RefError:
-        ref = None
-    if ref is None or ref.kind != "weights":
-        raise ValueError(
-            f"{value!r} is not a weights source: use s3://..., file:///..., a Hugging Face hub id as "
-            "hf://ORG/NAME (needs internet), or weights/NAME[:vN] (imported with `vlkd artifacts push`)"
-        )
-    return value
+    return _check_source(
+        value,
+        "weights",
+        "s3://..., file:///..., hf://ORG/NAME or weights/NAME",
+        "is not a weights source: use s3://..., file:///..., a Hugging Face hub id as "
+        "hf://ORG/NAME (needs internet), or weights/NAME[:vN] (imported with `vlkd artifacts push`)",
+    )
 
 
 WeightsSource = Annotated[
