@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from vlkd.artifacts import ArtifactStore, collect_files
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -121,6 +124,38 @@ def test_unreachable_endpoint_is_one_line(vlkd_cli):
         "artifacts", "ls", "--store", "s3://some-bucket/x", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
     )
     assert_one_line_error(result, "cannot reach the S3 endpoint http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize(
+    ("address", "error"),
+    [
+        (
+            "127.0.0.1:{port}",
+            "the ray backend needs the cluster's dashboard address, http://HOST:8265 (its Job Submission API), not "
+            "'127.0.0.1:{port}'; the HOST:6379 that `ray start --head` prints is for nodes joining the cluster",
+        ),
+        (
+            "http://127.0.0.1:{port}",
+            "cannot reach the Ray cluster at http://127.0.0.1:{port}: nothing answers there; is the cluster running, "
+            "and is this its dashboard's address (http://HOST:8265)?",
+        ),
+    ],
+    ids=["no-scheme", "nothing-listens"],
+)
+def test_a_ray_address_that_cannot_work_is_one_line(vlkd_cli, tmp_path, address, error):
+    """Given an address without a scheme, Ray's client looks for a GCS there: 40 s, and warnings from its core on
+    the terminal, where nothing answers."""
+    with socket.socket() as taken:  # a port nothing listens on
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+    store = ArtifactStore.open((tmp_path / "store").as_uri())
+    store.publish("dataset", "synth-text", collect_files([Path(__file__)]))
+    spec = EXAMPLES / "tiny" / "text.yaml"
+    address = address.format(port=port)
+    result = vlkd_cli(
+        "submit", "text", "-f", str(spec), "--backend", "ray", "--address", address, env={"VLKD_STORE": store.uri}
+    )
+    assert_one_line_error(result, error.format(port=port), 1)
 
 
 def test_a_librarys_error_is_one_line_and_its_traceback_is_behind_verbose(monkeypatch, capsys):

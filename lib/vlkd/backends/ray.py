@@ -43,6 +43,10 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+DASHBOARD = "http://HOST:8265"
+NOTHING_ANSWERS = f"nothing answers there; is the cluster running, and is this its dashboard's address ({DASHBOARD})?"
+
+
 def _state(status: Any) -> JobState:
     """Ray's JobStatus (a str enum) -> ours; the names are the same."""
     return JobState(getattr(status, "value", status))
@@ -53,7 +57,13 @@ class RayBackend:
 
     def __init__(self, address: str | None = None) -> None:
         if not address:
-            raise VlkdError("the ray backend needs the cluster's dashboard address: --address http://HOST:8265")
+            raise VlkdError(f"the ray backend needs the cluster's dashboard address: --address {DASHBOARD}")
+        if not address.startswith(("http://", "https://")):
+            # Ray's client takes it for the GCS, and waits 40 s for one that does not answer, printing warnings
+            raise VlkdError(
+                f"the ray backend needs the cluster's dashboard address, {DASHBOARD} (its Job Submission API), "
+                f"not {address!r}; the HOST:6379 that `ray start --head` prints is for nodes joining the cluster"
+            )
         self.address = address
         self._client: Any = None
 
@@ -65,6 +75,8 @@ class RayBackend:
             headers = auth_headers()
             try:
                 self._client = JobSubmissionClient(self.address, headers=headers)
+            except ConnectionError:  # Ray's says only that it failed, and repeats the address
+                raise VlkdError(f"cannot reach the Ray cluster at {self.address}: {NOTHING_ANSWERS}") from None
             except Exception as exc:
                 raise self._error("cannot reach the Ray cluster at {address}", exc, headers) from None
         return self._client
