@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from vlkd.artifacts import ArtifactStore, collect_files
+from vlkd.backends.ray import NOTHING_ANSWERS, RayBackend
+from vlkd.errors import VlkdError
 from vlkd.joblog import read_log, read_state
 from vlkd.jobstate import jobs_dir
 
@@ -288,16 +290,23 @@ def test_a_job_needing_gpus_on_a_cpu_only_ray_cluster_is_explained_as_pending(vl
 
 
 @pytest.mark.slow
-def test_logs_and_status_outlive_the_ray_cluster(vlkd_cli, text_job_on_head, ray_head_dir, stop_ray_head):
+def test_logs_and_status_outlive_the_ray_cluster(vlkd_cli, text_job_on_head, ray_head, ray_head_dir, stop_ray_head):
     """The module's last test: it shuts the head down."""
     submitted, s3_text_inputs = text_job_on_head
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job_id = submitted.stdout.splitlines()[0]
+    following = RayBackend(ray_head)  # as `vlkd logs -f` holds its client while the head goes
+    assert job_id in {s.job_id for s in following.list()}
     stop_ray_head(ray_head_dir)
+    gone = f"cannot reach the Ray cluster at {ray_head}: {NOTHING_ANSWERS}"
+    with pytest.raises(VlkdError) as error:
+        following.list()
+    assert str(error.value) == gone  # not the HTTP library's retries and connection pool
     # The head and its dashboard are gone: the store still has the log and how the job ended.
     status = vlkd_cli("status", job_id, env=s3_text_inputs)
     assert status.returncode == 0, status.stderr
     assert status.stdout.split()[:2] == [job_id, "SUCCEEDED"] and "recorded in the store" in status.stdout
+    assert gone in status.stdout
     log = vlkd_cli("logs", job_id, env=s3_text_inputs).stdout
     assert "published tokenizer/tiny:v1" in log and "published corpus/tiny:v1" in log
     no_workers = vlkd_cli("logs", job_id, "--worker", "0", env=s3_text_inputs)

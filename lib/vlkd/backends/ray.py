@@ -75,16 +75,18 @@ class RayBackend:
             headers = auth_headers()
             try:
                 self._client = JobSubmissionClient(self.address, headers=headers)
-            except ConnectionError:  # Ray's says only that it failed, and repeats the address
-                raise VlkdError(f"cannot reach the Ray cluster at {self.address}: {NOTHING_ANSWERS}") from None
             except Exception as exc:
                 raise self._error("cannot reach the Ray cluster at {address}", exc, headers) from None
         return self._client
 
     def _error(self, what: str, exc: Exception, headers: dict[str, str] | None = None) -> VlkdError:
-        """One line for a failed request: a refused or missing token says how to give one."""
+        """One line for a failed request: a refused or missing token says how to give one, a connection that
+        failed what to check (Ray's own message, when it has one, only repeats the address)."""
         from ray.exceptions import AuthenticationError
+        from requests.exceptions import ConnectionError as RequestFailed
 
+        if isinstance(exc, ConnectionError | RequestFailed):  # the client's start, then its requests
+            return VlkdError(f"cannot reach the Ray cluster at {self.address}: {NOTHING_ANSWERS}")
         if isinstance(exc, AuthenticationError):
             sent = auth_headers() if headers is None else headers
             problem = "refused the token it was given" if sent else "requires a token (Ray token authentication)"
