@@ -226,12 +226,12 @@ class CliRunner:
             self.server.stdin.flush()
             answer = self.server.stdout.readline()
         if not answer:
-            raise RuntimeError(f"the vlkd command server ended: see {self.folder / 'server.log'}")
+            raise self._ended()
         pid, status = int(answer), Path(f"{out}.status")
         deadline, pause = time.monotonic() + timeout, 0.002
         while not status.exists():
             if self.server.poll() is not None:  # it writes the status: without it the wait would never end
-                raise RuntimeError(f"the vlkd command server ended: see {self.folder / 'server.log'}")
+                raise self._ended()
             if time.monotonic() > deadline and alive(pid):
                 os.kill(pid, signal.SIGKILL)
                 raise subprocess.TimeoutExpired(command, timeout, out.read_text(), err.read_text())
@@ -242,6 +242,9 @@ class CliRunner:
         for path in (out, err, status):
             path.unlink()
         return done
+
+    def _ended(self) -> RuntimeError:
+        return RuntimeError(f"the vlkd command server ended: see {self.folder / 'server.log'}")
 
     def close(self) -> None:
         self.server.stdin.close()
