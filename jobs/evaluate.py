@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ def reference_rows(spec: EvalSpec, store: ArtifactStore, scratch: Path) -> dict[
             if (name, task.trained_on) not in fitted:
                 fitted[name, task.trained_on] = fit_reference(name, get_task(task.trained_on), folder(task.trained_on))
             scored = score_reference(fitted[name, task.trained_on], task, folder(task.name))
-            table.setdefault(task.name, {})[name] = asdict(scored)
+            table.setdefault(task.name, {})[name] = scored.predictor_fields()
             log.info("reference %s on %s: %s", name, task.name, scored.metrics)
     return table
 

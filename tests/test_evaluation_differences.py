@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vlkd.errors import DataError
-from vlkd.evaluation.bootstrap import cluster_labels
-from vlkd.evaluation.report import NOISE, parse_tables, render_markdown, render_table
+from vlkd.evaluation.bootstrap import cluster_labels, difference_interval
+from vlkd.evaluation.differences import differences
+from vlkd.evaluation.report import NOISE, R3_NOTE, parse_tables, render_markdown, render_table
 from vlkd.evaluation.results import RunRecord, build_results, load_results, merge, write_results
 
 DEV = 100
@@ -160,3 +162,125 @@ def test_runs_on_another_dev_set_than_the_clusters_get_no_interval() -> None:
     old = [RunRecord(row, f"student/{row}:v0", "squad_v1", 0, {}, correct="10" * 60) for row in ("BASE", "OLD")]
     results = build_results([*old, _squad("NEW", 0, range(10))], "BASE")
     assert results["clusters"] == {"squad_v1": PARAGRAPHS} and results["differences"] == {}
+
+
+# --- the GLUE diagnostic: an interval per category's accuracy, none on R3 ------------------------------------------
+
+PAIRS = cluster_labels([example // 2 for example in range(DEV)])  # 50 sentence pairs, each asked both ways
+LOGIC = "1" * 40 + "0" * 60  # 20 pairs tagged Logic
+KNOWLEDGE = "0" * 40 + "1" * 60  # 30 pairs tagged Knowledge
+DIAGNOSTIC_SUBSETS = {"acc_logic": LOGIC, "acc_knowledge": KNOWLEDGE}
+
+
+def _diagnostic(row: str, seed: int, correct: str, subsets: dict | None = DIAGNOSTIC_SUBSETS) -> RunRecord:
+    """A diagnostic run right on the examples `correct` marks, with R3 made up (no outcome sums to it)."""
+    metrics = {"r3_average": 10.0 * seed, "r3_logic": 10.0 * seed, "acc_logic": 100 * correct[:40].count("1") / 40}
+    metrics["acc_knowledge"] = 100 * correct[40:].count("1") / 60
+    return RunRecord(
+        row, f"student/{row}:v1", "glue_diagnostic", seed, metrics, correct=correct, clusters=PAIRS, subsets=subsets
+    )
+
+
+def _diagnostic_results(subsets: dict | None = DIAGNOSTIC_SUBSETS) -> dict:
+    """NST right on all of Logic, BASE on a fifth of it; both right on the same half of Knowledge."""
+    knowledge = "1" * 30 + "0" * 30
+    records = [_diagnostic("BASE", s, "1" * 8 + "0" * 32 + knowledge, subsets) for s in (0, 1, 2)]
+    return build_results(records + [_diagnostic("NST", s, "1" * 40 + knowledge, subsets) for s in (0, 1, 2)], "BASE")
+
+
+def test_each_diagnostic_categorys_accuracy_gets_an_interval_and_r3_none() -> None:
+    results = _diagnostic_results()
+    assert results["subsets"] == {"glue_diagnostic": DIAGNOSTIC_SUBSETS}
+    assert all("subsets" not in run for run in results["runs"])
+    nst = results["differences"]["NST"]
+    assert set(nst) == {"glue_diagnostic/acc_logic", "glue_diagnostic/acc_knowledge"}  # not R3, the main metric
+    assert nst["glue_diagnostic/acc_logic"]["difference"] == pytest.approx(80.0)
+    assert not nst["glue_diagnostic/acc_logic"]["within_noise"]
+    assert nst["glue_diagnostic/acc_knowledge"] == {
+        "difference": 0.0,
+        "low": 0.0,
+        "high": 0.0,
+        "within_noise": True,
+        "over_seeds": True,
+    }
+
+
+def test_a_categorys_interval_is_the_one_of_its_examples_drawn_as_pairs() -> None:
+    """The subset's outcomes, with the clusters of its examples numbered afresh: the interval of a dev set of
+    those examples alone, its pairs drawn whole."""
+
+    def seeds_of(knowledge: str) -> list[str]:  # 3 seeds, each flips one Knowledge example of its own
+        return ["1" * 40 + knowledge[:seed] + "10"[int(knowledge[seed])] + knowledge[seed + 1 :] for seed in range(3)]
+
+    model, baseline = seeds_of("11" * 20 + "00" * 10), seeds_of("00" * 10 + "11" * 20)  # each right on 20 of 30 pairs
+    records = [
+        RunRecord(row, f"{row}:v1", "glue_diagnostic", seed, {}, correct=c, clusters=PAIRS, subsets={"acc": KNOWLEDGE})
+        for row, runs in (("BASE", baseline), ("M", model))
+        for seed, c in enumerate(runs)
+    ]
+    entry = build_results(records, "BASE")["differences"]["M"]["glue_diagnostic/acc"]
+    subset = ([run[40:] for run in model], [run[40:] for run in baseline])
+    pairs = difference_interval([subset], [cluster_labels([example // 2 for example in range(60)])])
+    independent = difference_interval([subset])
+    assert (entry["difference"], entry["low"], entry["high"]) == pytest.approx(
+        (pairs.difference, pairs.low, pairs.high), abs=1e-4
+    )
+    assert pytest.approx((entry["low"], entry["high"]), abs=1e-4) != (independent.low, independent.high)
+
+
+def test_table_7_shows_the_accuracies_intervals_and_counts_them() -> None:
+    report = render_markdown(_diagnostic_results())
+    tables = parse_tables(report)
+    header, nst = next(table for table in tables if table[0][0] == "Model" and table[1][0] == "NST")
+    cells = dict(zip(header, nst, strict=True))
+    assert cells["Diag. Logic Acc"].startswith("+80.0 [+") and NOISE not in cells["Diag. Logic Acc"]
+    assert cells["Diag. Knowledge Acc"] == f"+0.0 [+0.0, +0.0] {NOISE}"
+    assert cells["Diag. Logic R3"] == "+0.0"  # R3 is no mean over examples: a bare difference
+    assert "1 of these 2 per-column intervals exclude 0" in report
+    assert R3_NOTE in report and R3_NOTE not in render_markdown(_results())  # said only where the diagnostic ran
+
+
+def test_a_results_file_from_before_subsets_gives_the_categories_no_interval(tmp_path: Path) -> None:
+    document = _diagnostic_results()
+    del document["subsets"]
+    write_results(document, tmp_path / "results.json")
+    assert merge([load_results(tmp_path / "results.json")])["differences"] == {}
+    assert _diagnostic_results(subsets=None)["differences"] == {}
+
+
+def _diagnostic_null(rng: np.random.Generator, pairs: int, seeds: int) -> list[dict]:
+    """Both rows' runs on a fresh draw of `pairs` sentence pairs, each asked both ways, from one population: a
+    pair's difficulty and its tilt towards one row (which the two rows' means share, so neither is better) hold for
+    both directions; each run adds its own luck."""
+    difficulty = (rng.normal(1.0, 1.0, pairs) + rng.normal(0.0, 0.3, (2, pairs))).T.ravel()  # [pair, direction]
+    tilt = rng.normal(0.0, 4.0, pairs).repeat(2) / 2
+    runs = []
+    for row, sign in (("BASE", -1), ("M", 1)):
+        chance = 1 / (1 + np.exp(-(difficulty + sign * tilt + rng.normal(0.0, 0.2, (seeds, 1)))))
+        for outcome in (rng.random(chance.shape) < chance).astype(np.uint8):
+            runs.append({"row": row, "task": "glue_diagnostic", "correct": (outcome + ord("0")).tobytes().decode()})
+    return runs
+
+
+def test_under_a_null_in_the_diagnostics_shape_a_category_excludes_zero_about_5_percent() -> None:
+    """552 sentence pairs asked both ways (1,104 examples, as `diagnostic-full.tsv`), each pair in one or two of the
+    four categories (350-400 examples each, a third of the set), 3 seeds a row, rows equally good. Drawn as
+    pairs, a category's interval excludes 0 near 5% of the time (4.3%); taken as independent examples, twice as
+    often (10.1%): both directions of a pair move together."""
+    rng, pairs, reps = np.random.default_rng(7), 552, 500
+    tagged = np.zeros((4, pairs), dtype=bool)
+    tagged[rng.integers(0, 4, pairs), np.arange(pairs)] = True
+    tagged[rng.integers(0, 4, pairs), np.arange(pairs)] |= rng.random(pairs) < 0.4
+    members = {f"acc_{category}": "".join("11" if t else "00" for t in row) for category, row in enumerate(tagged)}
+    subsets = {"glue_diagnostic": members}
+    clusters = {"glue_diagnostic": cluster_labels(np.arange(pairs).repeat(2).tolist())}
+    excluded = {"pairs": 0, "independent": 0}
+    for _ in range(reps):
+        runs = _diagnostic_null(rng, pairs, seeds=3)
+        for way, by_task in (("pairs", clusters), ("independent", {})):
+            entries = differences(runs, "BASE", by_task, subsets)["M"]
+            assert len(entries) == 4
+            excluded[way] += sum(not entry["within_noise"] for entry in entries.values())
+    rates = {way: count / (4 * reps) for way, count in excluded.items()}
+    print(f"\nexcluding 0 per category: {rates}")
+    assert 0.03 <= rates["pairs"] <= 0.07 and rates["independent"] > max(0.08, 1.5 * rates["pairs"])

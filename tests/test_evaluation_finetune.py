@@ -169,9 +169,12 @@ def test_mnli_model_scores_both_dev_sets_and_the_diagnostic(model_dir: Path, syn
     assert set(scores) == {"matched_accuracy", "mismatched_accuracy"} and _in_range(scores)
     scored = evaluate(mnli, "glue_diagnostic", synth.tasks_dir / "glue_diagnostic")
     diagnostic = scored.metrics
-    assert scored.correct is None and sum(scored.predicted.values()) == 20  # R3 is no mean over examples
+    assert len(scored.correct) == sum(scored.predicted.values()) == 20
     fields = run_fields(mnli, scored, "glue_diagnostic")
     assert fields["loss_curve"] == fields["dev_curve"] == []  # the MNLI run's curves are MNLI's
+    # its outcomes, its sentence pairs (asked both ways: 10 clusters) and its categories' examples go to the record
+    assert cluster_count(fields["clusters"]) == 20 and len(set(fields["clusters"].split())) == 10
+    assert fields["subsets"] and all(len(members) == 20 for members in fields["subsets"].values())
     assert {"r3", "accuracy", "r3_average"} <= set(diagnostic)
     assert set(diagnostic) - {"r3", "accuracy", "r3_average"} <= {
         f"{measure}_{category}"

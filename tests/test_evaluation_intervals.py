@@ -38,7 +38,7 @@ def test_each_table_counts_its_intervals_excluding_zero_against_chance() -> None
     """Per table, not per report: an ablation section repeats rows of Table 1, whose intervals would count twice."""
     results = _results((0, 1, 2))
     (table1,) = [t for t in comparisons(results) if t.differences]
-    line = "1 of these 2 per-task intervals exclude 0; with no real difference, about 0.1 would by chance alone."
+    line = "1 of these 2 per-column intervals exclude 0; with no real difference, about 0.1 would by chance alone."
     assert table1.multiplicity == [line]
     assert line in render_table(results) and line in render_markdown(results)
     assert not any("intervals exclude 0" in note for note in report_notes(results))

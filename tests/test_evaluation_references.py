@@ -71,8 +71,11 @@ def test_bag_of_words_learns_what_words_give_away(synth: SynthSummary) -> None:
 def test_the_diagnostic_references_fit_on_mnli(synth: SynthSummary) -> None:
     predict = fit_reference("majority", get_task("mnli"), synth.tasks_dir / "mnli")
     scored = score_reference(predict, get_task("glue_diagnostic"), synth.tasks_dir / "glue_diagnostic")
+    examples = read_eval(get_task("glue_diagnostic"), synth.tasks_dir / "glue_diagnostic")[""]
     assert scored.metrics["r3"] == 0.0  # one class everywhere: no correlation
-    assert scored.correct is None  # R3 is no mean over examples
+    (everywhere,) = [label for label, count in scored.predicted.items() if count]  # the one class predicted
+    assert scored.correct == "".join("1" if e.label == everywhere else "0" for e in examples)
+    assert 100 * scored.correct.count("1") / len(scored.correct) == scored.metrics["accuracy"]
 
 
 def _results() -> dict:

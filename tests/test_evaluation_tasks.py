@@ -17,6 +17,7 @@ from vlkd.evaluation.tasks import (
     DIAGNOSTIC_CATEGORIES,
     TASKS,
     example_clusters,
+    example_subsets,
     get_task,
     read_eval,
     read_train,
@@ -72,10 +73,11 @@ def test_reads_every_synthetic_file_with_all_its_examples(synth: SynthSummary, n
     }
 
 
-def test_only_squad_and_tracie_have_clustered_examples() -> None:
-    """SQuAD asks several questions per paragraph, TRACIE several statements per story; GLUE, SWAG and PIQA
-    examples each stand alone."""
-    assert [name for name, task in TASKS.items() if task.example_cluster] == ["squad_v1", "squad_v2", "tracie"]
+def test_only_squad_tracie_and_the_diagnostic_have_clustered_examples() -> None:
+    """SQuAD asks several questions per paragraph, TRACIE several statements per story, the GLUE diagnostic each
+    sentence pair both ways; the other GLUE tasks', SWAG's and PIQA's examples each stand alone."""
+    clustered = ["squad_v1", "squad_v2", "glue_diagnostic", "tracie"]
+    assert [name for name, task in TASKS.items() if task.example_cluster] == clustered
     assert example_clusters(get_task("sst2"), [TextPair("a", None, "0")]) is None
 
 
@@ -389,7 +391,7 @@ def _half_right(task_name: str, examples: list) -> list:
     return predictions
 
 
-@pytest.mark.parametrize("name", [name for name, task in TASKS.items() if task.example_correct])
+@pytest.mark.parametrize("name", [name for name, task in TASKS.items() if task.main_is_mean])
 def test_the_main_metric_is_the_mean_of_its_per_example_outcomes(synth: SynthSummary, name: str) -> None:
     """What lets the report compare two models example by example: the outcomes add up to the number shown."""
     task = get_task(name)
@@ -400,8 +402,37 @@ def test_the_main_metric_is_the_mean_of_its_per_example_outcomes(synth: SynthSum
     assert 100 * scored.correct.count("1") / len(scored.correct) == pytest.approx(scored.metrics[task.main_metric])
 
 
-def test_only_the_diagnostics_correlation_has_no_per_example_outcome() -> None:
-    assert [name for name, task in TASKS.items() if task.example_correct is None] == ["glue_diagnostic"]
+def test_only_the_diagnostics_correlation_is_no_mean_over_examples() -> None:
+    assert [name for name, task in TASKS.items() if not task.main_is_mean] == ["glue_diagnostic"]
+    assert all(task.example_correct is not None for task in TASKS.values())
+    assert [name for name, task in TASKS.items() if task.example_subsets] == ["glue_diagnostic"]
+
+
+def test_each_diagnostic_category_accuracy_is_the_mean_of_its_examples_outcomes(synth: SynthSummary) -> None:
+    """What lets the report give a category's accuracy an interval: the outcomes over its subset add up to it."""
+    task = get_task("glue_diagnostic")
+    examples = read_eval(task, synth.tasks_dir / "glue_diagnostic")
+    predictions = {"": _half_right("glue_diagnostic", examples[""])}
+    scored = score_predictions(task, predictions, examples)
+    accuracies = {m for m in scored.metrics if m.startswith("acc_")}
+    assert accuracies and set(scored.subsets) == accuracies
+    for metric, members in scored.subsets.items():
+        outcomes = [right for right, member in zip(scored.correct, members, strict=True) if member == "1"]
+        assert 100 * outcomes.count("1") / len(outcomes) == pytest.approx(scored.metrics[metric])
+    assert 100 * scored.correct.count("1") / len(scored.correct) == pytest.approx(scored.metrics["accuracy"])
+
+
+def test_a_diagnostic_pair_asked_both_ways_is_one_cluster() -> None:
+    """`diagnostic-full.tsv`'s first rows: one pair of sentences, then the same two the other way round."""
+    tags = {category: "" for category in DIAGNOSTIC_CATEGORIES} | {"Logic": "Negation"}
+    examples = [
+        TextPair("The cat sat on the mat.", "The cat did not sit on the mat.", "contradiction", tags),
+        TextPair("The cat did not sit on the mat.", "The cat sat on the mat.", "contradiction", tags),
+        TextPair("The cat sat on the mat.", "A cat sat.", "entailment", tags),
+    ]
+    assert example_clusters(get_task("glue_diagnostic"), examples) == "0 0 1"
+    assert example_subsets(get_task("glue_diagnostic"), examples) == {"acc_logic": "111"}
+    assert example_subsets(get_task("sst2"), examples) is None
 
 
 def test_the_main_metric_is_measured_on_the_main_evaluation_file() -> None:

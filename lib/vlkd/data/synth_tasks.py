@@ -203,41 +203,44 @@ def write_mnli(folder: Path, rng: random.Random, train: int, dev: int) -> dict[s
     }
 
 
-Phenomenon = Callable[[random.Random, Actor, str, bool], tuple[str, str, str]]
-"""(rng, actor, another motion, whether the hypothesis should hold) -> (premise, hypothesis, label)."""
+Phenomenon = Callable[[random.Random, Actor, str, bool], tuple[str, str, str, str]]
+"""(rng, actor, another motion, whether the hypothesis should hold) -> (premise, hypothesis, label, the label with
+premise and hypothesis swapped)."""
 
 
-def _lexical_entailment(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str]:
+def _lexical_entailment(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str, str]:
     """A circle is a shape, not the other way round: the reverse direction is neutral."""
     seen, general = actor_phrase(actor), _hypernym(actor)
-    return (seen, general, "entailment") if holds else (general, seen, "neutral")
+    return (seen, general, "entailment", "neutral") if holds else (general, seen, "neutral", "entailment")
 
 
-def _negation(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str]:
+def _negation(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str, str]:
     denied = _base(other if holds else actor.motion)
-    return actor_phrase(actor), f"the {actor.colour} {actor.shape} does not {denied}", _nli(holds)
+    return actor_phrase(actor), f"the {actor.colour} {actor.shape} does not {denied}", *_nli(holds)
 
 
-def _coordination(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str]:
+def _coordination(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str, str]:
     partner = sample_actor(rng, exclude_colours=(actor.colour,))
     both = f"{indefinite(f'{partner.colour} {partner.shape}')} and {indefinite(f'{actor.colour} {actor.shape}')}"
     claimed = replace(actor, motion=actor.motion if holds else other)
-    return f"{both} {_base(actor.motion)}", actor_phrase(claimed), _nli(holds)
+    return f"{both} {_base(actor.motion)}", actor_phrase(claimed), *_nli(holds)
 
 
-def _common_sense(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str]:
+def _common_sense(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str, str]:
     outcome = OUTCOMES[actor.motion if holds else other]
-    return actor_phrase(actor), f"the {actor.colour} {actor.shape} ends {outcome}", _nli(holds)
+    return actor_phrase(actor), f"the {actor.colour} {actor.shape} ends {outcome}", *_nli(holds)
 
 
-def _world_knowledge(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str]:
+def _world_knowledge(rng: random.Random, actor: Actor, other: str, holds: bool) -> tuple[str, str, str, str]:
     shape = actor.shape if holds else rng.choice([s for s in CORNERS if s != actor.shape])
     hypothesis = f"a shape with {CORNERS[shape]} {MOTION_PHRASES[actor.motion]}"
-    return actor_phrase(actor), hypothesis, "entailment" if holds else "neutral"
+    return actor_phrase(actor), hypothesis, "entailment" if holds else "neutral", "neutral"
 
 
-def _nli(holds: bool) -> str:
-    return "entailment" if holds else "contradiction"
+def _nli(holds: bool) -> tuple[str, str]:
+    """An entailed claim that says less than the premise (one motion ruled out, one of two actors, an outcome),
+    whose reverse is neutral; or a contradiction, both ways."""
+    return ("entailment", "neutral") if holds else ("contradiction", "contradiction")
 
 
 # (category column, fine-grained tag as GLUE spells it) -> how to make an example of it.
@@ -251,16 +254,19 @@ PHENOMENA: dict[tuple[str, str], Phenomenon] = {
 
 
 def write_glue_diagnostic(folder: Path, rng: random.Random, train: int, dev: int) -> dict[str, int]:
-    """GLUE's diagnostic set is evaluation-only (scored with the MNLI model), so it has no train split."""
+    """GLUE's diagnostic set is evaluation-only (scored with the MNLI model), so it has no train split. Like
+    `diagnostic-full.tsv`, it asks each sentence pair both ways, the reverse on the next row (an odd `dev` cuts the
+    last pair's), and every phenomenon comes up (as often as the others, up to one) once there are enough pairs."""
     rows = []
-    for _ in range(dev):
-        (column, tag), make = rng.choice(list(PHENOMENA.items()))
+    for column, tag in balanced(rng, (dev + 1) // 2, tuple(PHENOMENA)):
+        make = PHENOMENA[column, tag]
         actor = sample_actor(rng)
         other = rng.choice([m for m in MOTIONS if m != actor.motion])
-        premise, hypothesis, label = make(rng, actor, other, rng.random() < 0.5)
+        premise, hypothesis, label, reverse = make(rng, actor, other, rng.random() < 0.5)
         categories = [tag if name == column else "" for name in DIAGNOSTIC_HEADER[:4]]
         rows.append([*categories, "Artificial", f"{premise} .", f"{hypothesis} .", label])
-    return {"diagnostic-full.tsv": write_tsv(folder / "diagnostic-full.tsv", DIAGNOSTIC_HEADER, rows)}
+        rows.append([*categories, "Artificial", f"{hypothesis} .", f"{premise} .", reverse])
+    return {"diagnostic-full.tsv": write_tsv(folder / "diagnostic-full.tsv", DIAGNOSTIC_HEADER, rows[:dev])}
 
 
 WRITERS: dict[str, TaskWriter] = {

@@ -66,20 +66,21 @@ Outcomes = Sequence[str]
 
 Clusters = str
 """Each dev example's cluster, the examples whose outcomes move together (SQuAD's questions on one paragraph,
-TRACIE's statements about one story): one number per example, space-separated, numbered in order of first
-appearance ("0 0 0 1 1 2 ..."; `cluster_labels`). None where every example is its own cluster."""
+TRACIE's statements about one story, the GLUE diagnostic's pair of sentences asked both ways): one number per
+example, space-separated, numbered in order of first appearance ("0 0 0 1 1 2 ..."; `cluster_labels`). None where
+every example is its own cluster."""
 
 Parts = list[tuple[np.ndarray, int]]
 """The variance parts of a difference (each a fraction squared, any shape) with their degrees of freedom."""
 
 SEED_INTERVAL_NOTE = (
     "Student's t over finetuning seeds (each run's noise on the dev examples included) and dev examples (the rows' "
-    "disagreement, paired; over SQuAD's paragraphs and TRACIE's stories, not their questions), Welch-Satterthwaite "
-    "degrees of freedom."
+    "disagreement, paired; over SQuAD's paragraphs, TRACIE's stories and the diagnostic's sentence pairs, not their "
+    "questions), Welch-Satterthwaite degrees of freedom."
 )
 EXAMPLES_ONLY_NOTE = (
-    f"Where a row has one seed: paired bootstrap over dev examples ({RESAMPLES} resamples, paragraphs and stories "
-    "drawn whole), which does not cover seed noise."
+    f"Where a row has one seed: paired bootstrap over dev examples ({RESAMPLES} resamples, paragraphs, stories and "
+    "sentence pairs drawn whole), which does not cover seed noise."
 )
 NOT_COVERED_NOTE = "Not covered: pretraining, each row being one pretraining run."
 

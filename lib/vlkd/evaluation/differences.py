@@ -1,6 +1,7 @@
 """Each model row's difference from the baseline row with its interval (`bootstrap.difference_interval`): per
-task, on the task's main metric, and over the averaged layout's columns (Table 1's Avg.). What results.json's
-`differences` holds and the report's difference tables show beside each number."""
+task on its main metric, per metric that is a mean over some of a task's dev examples (the GLUE diagnostic's
+per-category accuracies, whose main metric R3 is no mean), and over the averaged layout's columns (Table 1's
+Avg.). What results.json's `differences` holds and the report's difference tables show beside each number."""
 
 from __future__ import annotations
 
@@ -8,25 +9,39 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vlkd.evaluation.bootstrap import Clusters, Outcomes, cluster_count, difference_interval
+from vlkd.evaluation.bootstrap import Clusters, Outcomes, cluster_count, cluster_labels, difference_interval
 from vlkd.evaluation.layouts import LAYOUTS
+from vlkd.evaluation.tasks import TASKS
 
 AVERAGE = "average"
 """The key of the difference over the averaged layout's columns."""
 _AVERAGED = next(layout for layout in LAYOUTS if layout.average)
 
+Compared = tuple[tuple[Outcomes, Outcomes], Clusters | None]
+"""(the model row's runs, the baseline row's) on the examples a metric is a mean over, and those examples' clusters."""
+
+
+def difference_key(task: str, metric: str) -> str:
+    """Where `differences` keeps a metric's difference: under the task for its main metric, `task/metric` for
+    another (`glue_diagnostic/acc_logic`)."""
+    return task if metric == TASKS[task].main_metric else f"{task}/{metric}"
+
 
 def differences(
-    runs: Sequence[Mapping[str, Any]], baseline: str | None, clusters: Mapping[str, Clusters] | None = None
+    runs: Sequence[Mapping[str, Any]],
+    baseline: str | None,
+    clusters: Mapping[str, Clusters] | None = None,
+    subsets: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """row -> task (or `AVERAGE`) -> {"difference", "low", "high", "within_noise", "over_seeds"}, for every row but the
-    baseline and every task both rows kept per-example outcomes of (results.json runs' `correct`) on the same
-    dev set; the average only where the row has every column of the averaged layout that some row has.
-    `clusters`: task -> its dev examples' clusters (results.json's `clusters`); a task absent has independent
-    examples."""
+    """row -> `difference_key` (or `AVERAGE`) -> {"difference", "low", "high", "within_noise", "over_seeds"}, for
+    every row but the baseline and every metric that is a mean over (some of) a task's dev examples, where both
+    rows kept per-example outcomes (results.json runs' `correct`) on the same dev set; the average only where the
+    row has every column of the averaged layout that some row has. `clusters`: task -> its dev examples' clusters
+    (results.json's `clusters`); a task absent has independent examples. `subsets`: task -> metric -> which dev
+    examples it is a mean over (results.json's `subsets`)."""
     if baseline is None:
         return {}
-    clusters = clusters or {}
+    clusters, subsets = clusters or {}, subsets or {}
     outcomes: dict[str, dict[str, list[str | None]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         outcomes[run["row"]][run["task"]].append(run.get("correct"))
@@ -35,14 +50,13 @@ def differences(
     for row in outcomes:
         if row == baseline:
             continue
-        pairs = {
-            task: pair
-            for task in outcomes[row]
-            if (pair := _pair(outcomes[row], outcomes[baseline], task, clusters.get(task)))
-        }
-        entries = {task: _entry(pairs, clusters, [task]) for task in pairs}
-        if averaged and all(task in pairs for task in averaged):
-            entries[AVERAGE] = _entry(pairs, clusters, averaged) | {"tasks": averaged}
+        compared: dict[str, Compared] = {}
+        for task in outcomes[row]:
+            if pair := _pair(outcomes[row], outcomes[baseline], task, clusters.get(task)):
+                compared |= _metrics(task, pair, clusters.get(task), subsets.get(task, {}))
+        entries = {key: _entry([compared[key]]) for key in compared}
+        if averaged and all(task in compared for task in averaged):
+            entries[AVERAGE] = _entry([compared[task] for task in averaged]) | {"tasks": averaged}
         if entries:
             table[row] = entries
     return table
@@ -63,11 +77,26 @@ def _pair(
     return model[task], baseline[task]
 
 
-def _entry(
-    pairs: Mapping[str, tuple[Outcomes, Outcomes]], clusters: Mapping[str, Clusters], tasks: Sequence[str]
-) -> dict[str, Any]:
-    """The difference over `tasks` (one, or the averaged layout's) with its interval, as results.json keeps it."""
-    interval = difference_interval([pairs[task] for task in tasks], [clusters.get(task) for task in tasks])
+def _metrics(
+    task: str, pair: tuple[Outcomes, Outcomes], clusters: Clusters | None, subsets: Mapping[str, str]
+) -> dict[str, Compared]:
+    """`difference_key` -> what its difference compares: the task's main metric where it is a mean over the dev
+    examples, and each metric that is a mean over some of them (on the dev set the runs scored)."""
+    compared: dict[str, Compared] = {task: (pair, clusters)} if TASKS[task].main_is_mean else {}
+    examples, cluster_of = len(pair[0][0]), None if clusters is None else clusters.split()
+    for metric, members in subsets.items():
+        chosen = [i for i, member in enumerate(members) if member == "1"]
+        if len(members) == examples and chosen:
+            model, base = (["".join(run[i] for i in chosen) for run in runs] for runs in pair)
+            labels = None if cluster_of is None else cluster_labels([cluster_of[i] for i in chosen])
+            compared[difference_key(task, metric)] = ((model, base), labels)
+    return compared
+
+
+def _entry(compared: Sequence[Compared]) -> dict[str, Any]:
+    """The difference over one or more compared metrics (the averaged layout's) with its interval, as results.json
+    keeps it."""
+    interval = difference_interval([pair for pair, _ in compared], [labels for _, labels in compared])
     return {
         "difference": round(interval.difference, 4) + 0.0,  # + 0.0: never -0.0
         "low": round(interval.low, 4) + 0.0,

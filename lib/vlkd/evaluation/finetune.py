@@ -35,9 +35,8 @@ from torch.utils.data import DataLoader
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.evaluation import choice, classification, qa
 from vlkd.evaluation.batches import Feature, collate
-from vlkd.evaluation.bootstrap import Clusters
 from vlkd.evaluation.scoring import Scored, main_score, score_predictions
-from vlkd.evaluation.tasks import Kind, Task, example_clusters, get_task, read_eval, read_train
+from vlkd.evaluation.tasks import Kind, Task, get_task, read_eval, read_train
 from vlkd.optim import build_optimizer, build_scheduler
 from vlkd.specs import OptimSpec
 from vlkd.specs.evaluate import FinetuneSpec
@@ -96,9 +95,6 @@ class Finetuned:
     seconds: float
     """training time, with the per-epoch scoring of dev"""
     curves: Curves
-    dev_clusters: Clusters | None
-    """the main dev file's examples in clusters (`tasks.example_clusters`), which its run record keeps for the
-    comparisons' intervals; None where they are independent"""
 
 
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
@@ -180,8 +176,7 @@ def train(
     )
     curves.loss = _fit(model, loader, hp, device, progress, score_dev)
     seconds = time.perf_counter() - started
-    clusters = example_clusters(definition, dev)
-    return Finetuned(task, model, tokenizer, hp, device, len(examples), seconds, curves, clusters)
+    return Finetuned(task, model, tokenizer, hp, device, len(examples), seconds, curves)
 
 
 class _LossWindows:
@@ -266,7 +261,7 @@ def evaluate(finetuned: Finetuned, task: str, data_dir: Path) -> Scored:
 
 def run_fields(finetuned: Finetuned, scored: Scored, task: str) -> dict[str, Any]:
     """What a run record keeps of `finetuned` scored on `task`. A task scored with another task's model (GLUE's
-    diagnostic) has no curves of its own (they are that task's run's), nor clusters (it keeps no outcomes)."""
+    diagnostic) has no curves of its own (they are that task's run's)."""
     own = task == finetuned.task
     curves = finetuned.curves if own else Curves([], [])
     return {
@@ -278,7 +273,8 @@ def run_fields(finetuned: Finetuned, scored: Scored, task: str) -> dict[str, Any
         "dev_curve": curves.dev,
         "predicted": scored.predicted,
         "correct": scored.correct,
-        "clusters": finetuned.dev_clusters if own else None,
+        "clusters": scored.clusters,
+        "subsets": scored.subsets,
     }
 
 

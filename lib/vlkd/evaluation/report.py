@@ -25,7 +25,7 @@ from vlkd.ablation_table import table_results
 from vlkd.errors import DataError
 from vlkd.evaluation.balance import BALANCE_NOTE, balance_table
 from vlkd.evaluation.bootstrap import EXAMPLES_ONLY_NOTE, LEVEL, NOT_COVERED_NOTE, SEED_INTERVAL_NOTE
-from vlkd.evaluation.differences import AVERAGE
+from vlkd.evaluation.differences import AVERAGE, difference_key
 from vlkd.evaluation.flags import THRESHOLDS
 from vlkd.evaluation.layouts import LAYOUTS, Column, Layout
 from vlkd.evaluation.references import REFERENCES
@@ -41,6 +41,7 @@ CELL_NOTE = (
     f"Mean over seeds ± sample std (median from three seeds on); {FLAG}: a run of the cell is flagged (see the "
     "notes). Reference rows are never averaged."
 )
+R3_NOTE = "The diagnostic's R3 differences have none: a correlation is no mean over dev examples."
 CURVES_NOTE = (
     "Each run's training loss (mean over windows of steps) and its main metric on dev after every epoch: a panel "
     "per task and model, a line per seed; dashed, the majority-class reference."
@@ -130,9 +131,9 @@ def _reference_rows(results: Mapping[str, Any], columns: Sequence[Column], avera
 def _intervals(
     results: Mapping[str, Any], row: str, layout: Layout, columns: Sequence[Column]
 ) -> list[Mapping[str, Any] | None]:
-    """The interval of each column's difference (a task's main metric only), and of the average."""
+    """The interval of each column's difference (where its metric is a mean over examples), and of the average."""
     differences = results.get("differences", {}).get(row, {})
-    intervals = [differences.get(c.task) if c.metric == TASKS[c.task].main_metric else None for c in columns]
+    intervals = [differences.get(difference_key(c.task, c.metric)) for c in columns]
     return intervals + ([differences.get(AVERAGE)] if layout.average else [])
 
 
@@ -157,7 +158,7 @@ class Comparison:
     unequal_training: list[str]
     """a line per row whose model is published at another training step than the baseline's"""
     multiplicity: list[str]
-    """how many of the table's per-task intervals exclude 0, against how many would by chance (two or more)"""
+    """how many of the table's per-column intervals exclude 0, against how many would by chance (two or more)"""
 
 
 def comparisons(results: Mapping[str, Any]) -> list[Comparison]:
@@ -196,23 +197,23 @@ def _comparisons_of(results: Mapping[str, Any], layouts: Sequence[Layout], title
 
 def multiplicity(results: Mapping[str, Any], layout: Layout) -> list[str]:
     """With many comparisons some intervals exclude 0 by luck alone (Table 5 has 30): the line that says how many
-    of a table's per-task intervals (its main metrics, not the average) exclude 0, against the number expected
-    when no difference is real; none for fewer than two."""
+    of a table's per-column intervals (not the average's) exclude 0, against the number expected when no
+    difference is real; none for fewer than two."""
     baseline = results.get("baseline")
-    shown = {c.task for c in layout.columns if c.metric == TASKS[c.task].main_metric}
+    shown = {difference_key(c.task, c.metric) for c in layout.columns}
     entries = [
         entry
         for model in results["models"]
         if model["row"] != baseline
-        for task, entry in results.get("differences", {}).get(model["row"], {}).items()
-        if task in shown
+        for key, entry in results.get("differences", {}).get(model["row"], {}).items()
+        if key in shown
     ]
     if len(entries) < 2:
         return []
     excluding = sum(not entry["within_noise"] for entry in entries)
     chance = len(entries) * (1 - LEVEL)
     return [
-        f"{excluding} of these {len(entries)} per-task intervals exclude 0; with no real difference, about "
+        f"{excluding} of these {len(entries)} per-column intervals exclude 0; with no real difference, about "
         f"{chance:.1f} would by chance alone."
     ]
 
@@ -276,7 +277,8 @@ def render_markdown(
 
 def legend(results: Mapping[str, Any]) -> list[str]:
     """What the tables' marks mean: the cells', and the intervals' when some difference has one: what they cover
-    (seeds, dev examples) and not (pretraining), and the one-seed fallback's gap where some interval used it."""
+    (seeds, dev examples) and not (pretraining), the one-seed fallback's gap where some interval used it, and why
+    the diagnostic's R3 columns have none."""
     if not results["summary"]:
         return []
     differences = results.get("differences", {})
@@ -285,7 +287,8 @@ def legend(results: Mapping[str, Any]) -> list[str]:
         return [CELL_NOTE]
     how = [SEED_INTERVAL_NOTE] * (True in methods) + [EXAMPLES_ONLY_NOTE] * (False in methods)
     noise = f"{NOISE}: the interval contains 0, the difference is within noise."
-    return [CELL_NOTE, " ".join([f"[{LEVEL:.0%} interval]:", *how, NOT_COVERED_NOTE, noise])]
+    r3 = [R3_NOTE] * ("glue_diagnostic" in results["tasks"])
+    return [CELL_NOTE, " ".join([f"[{LEVEL:.0%} interval]:", *how, NOT_COVERED_NOTE, noise, *r3])]
 
 
 def report_notes(results: Mapping[str, Any]) -> list[str]:

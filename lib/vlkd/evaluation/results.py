@@ -11,21 +11,24 @@
            "worker": "host:pid",        # the process that finetuned: a Ray task's, or the job's own
            "loss_curve": [[step, mean loss]], "dev_curve": [[epoch, main metric]],    # how it trained
            "predicted": {label: count},  # main dev file (extractive QA: `scoring.answer_counts`)
-           "correct": "0110..."}],      # main dev file, per example: right for the main metric (not for R3)
- "clusters": {task: "0 0 0 1 1 ..."},   # main dev file, per example: its paragraph (SQuAD) or story (TRACIE)
+           "correct": "0110..."}],      # main dev file, per example: right (diagnostic: for its accuracies, not R3)
+ "clusters": {task: "0 0 0 1 1 ..."},   # main dev file, per example: its paragraph (SQuAD), story (TRACIE), pair
+ "subsets": {task: {metric: "0110..."}},  # main dev file: the examples a metric is a mean of `correct` over
  "references": {task: {"majority" | "bag_of_words" | "no_answer": {"metrics", "correct", "predicted"}}},  # not averaged
  "summary": {row: {task: {metric: {"mean", "std", "median", "seeds"}}}},   # std: sample std over seeds, 0 for one
                           # the main metric's also has "flags": [{"seed", "flags": ["did not learn: ..."]}]
- "differences": {row: {task | "average": {"difference", "low", "high", "within_noise", "over_seeds"}}},  # vs baseline
+ "differences": {row: {key: {"difference", "low", "high", "within_noise", "over_seeds"}}},  # vs baseline
+                          # key: a task (its main metric), "task/metric" (`differences.difference_key`), "average"
  "retrieval": {teacher label: {"r1", "r5", "r10", "median_rank", "queries"}},
  "notes": ["..."],
  "tables": [{"name", "title", "rows": [[row, label]]}]}   # ablation tables (Tables 3, 5, 6): rows in their order
 ```
-`summary` and `differences` are derived from `runs`, `clusters` and `references` (`flags`, `differences`);
-`merge` recomputes them, and keeps no tables (they name one eval's rows). `clusters` (`bootstrap.Clusters`) is
-stored once per task, not per run; a task without one has independent dev examples. A v1 document (before runs
-kept curves and outcomes) loads with no flags nor intervals; a v2 one from before ablation tables, with none; one
-from before clusters, with every dev example its own cluster.
+`summary` and `differences` are derived from `runs`, `clusters`, `subsets` and `references` (`flags`,
+`differences`); `merge` recomputes them, and keeps no tables (they name one eval's rows). `clusters`
+(`bootstrap.Clusters`) and `subsets` are stored once per task, not per run; a task without clusters has independent
+dev examples. A v1 document (before runs kept curves and outcomes) loads with no flags nor intervals; a v2 one from
+before ablation tables, with none; one from before clusters, with every dev example its own cluster; one from
+before subsets, with no interval on the diagnostic's per-category accuracies.
 """
 
 from __future__ import annotations
@@ -71,10 +74,13 @@ class RunRecord:
     predicted: dict[str, int] | None = None
     """main dev file: how many examples got each label or choice index"""
     correct: str | None = None
-    """main dev file: "1" per example right for the main metric, "0" per one wrong"""
+    """main dev file: "1" per example right, "0" per one wrong (`scoring.Scored.correct`)"""
     clusters: Clusters | None = None
     """main dev file: each example's cluster, where the task's examples come in clusters; results.json keeps it
     once per task (`clusters`), not in the run"""
+    subsets: dict[str, str] | None = None
+    """main dev file: per metric that is a mean of `correct` over some examples, which (`scoring.Scored.subsets`);
+    kept once per task (`subsets`), as `clusters` is"""
 
 
 def build_results(
@@ -120,8 +126,8 @@ def build_results(
             raise DataError(
                 f"table {table['name']!r} shows rows with no runs: {', '.join(unknown)}; rows: {', '.join(models)}"
             )
-    runs = [{key: value for key, value in asdict(record).items() if key != "clusters"} for record in records]
-    clusters = _task_clusters(records)
+    runs = [{key: value for key, value in asdict(record).items() if key not in _PER_TASK} for record in records]
+    clusters, subsets = (_per_task(records, name) for name in _PER_TASK)
     references = {
         task: {name: dict(scores) for name, scores in refs.items()} for task, refs in (references or {}).items()
     }
@@ -132,9 +138,10 @@ def build_results(
         "tasks": [task for task in TASKS if any(r.task == task for r in records)],
         "runs": runs,
         "clusters": clusters,
+        "subsets": subsets,
         "references": references,
         "summary": summarize(records, references),
-        "differences": differences(runs, baseline, clusters),
+        "differences": differences(runs, baseline, clusters, subsets),
         "retrieval": {label: dict(values) for label, values in (retrieval or {}).items()},
         "notes": list(notes),
         "tables": [{**table, "rows": [list(row) for row in table["rows"]]} for table in tables],
@@ -194,12 +201,17 @@ def _sample_std(numbers: Sequence[float]) -> float:
     return math.sqrt(math.fsum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1))
 
 
-def _task_clusters(records: Sequence[RunRecord]) -> dict[str, Clusters]:
-    """task -> the clusters of its dev examples, as its runs recorded them (results.json's `clusters`), in the
-    registry's order. Runs of one task that cluster its dev set differently were scored on different dev files."""
-    found: dict[str, Clusters] = {}
+_PER_TASK = ("clusters", "subsets")
+"""The run records' fields that describe the task's dev file, not the run: results.json keeps each once per task."""
+
+
+def _per_task(records: Sequence[RunRecord], name: str) -> dict[str, Any]:
+    """task -> the runs' field `name` (one of `_PER_TASK`), as its runs recorded it, in the registry's order. Runs of
+    one task that group its dev set differently were scored on different dev files."""
+    found: dict[str, Any] = {}
     for record in records:
-        if record.clusters is not None and found.setdefault(record.task, record.clusters) != record.clusters:
+        value = getattr(record, name)
+        if value is not None and found.setdefault(record.task, value) != value:
             raise DataError(
                 f"runs on {record.task} group its dev examples differently (row {record.row!r}, seed {record.seed}):"
                 " were they scored on different dev files? Compare runs on the same ones"
@@ -208,9 +220,12 @@ def _task_clusters(records: Sequence[RunRecord]) -> dict[str, Clusters]:
 
 
 def records_of(results: Mapping[str, Any]) -> list[RunRecord]:
-    """The document's runs, each with its task's clusters again."""
-    clusters = results.get("clusters", {})
-    return [RunRecord(**run, clusters=clusters.get(run["task"])) for run in results["runs"]]
+    """The document's runs, each with its task's clusters and subsets again."""
+    kept = {name: results.get(name, {}) for name in _PER_TASK}
+    return [
+        RunRecord(**run, **{name: by_task.get(run["task"]) for name, by_task in kept.items()})
+        for run in results["runs"]
+    ]
 
 
 def merge(results_list: Sequence[Mapping[str, Any]], baseline: str | None = None) -> dict[str, Any]:

@@ -1,18 +1,22 @@
 """Predictions on a task's evaluation files scored the one way every predictor shares (a finetuned model, a
 reference row): the task's metrics, and what the report needs beyond them to explain and compare runs: which
-examples of the main evaluation file were right, and how often each label was predicted.
+examples of the main evaluation file were right, how often each label was predicted, and how that file's examples
+group (clusters, and the subsets a metric is a mean over).
 
 Per-example outcomes are kept as one character per example ("1" right, "0" wrong) of the main evaluation file:
-about 1 byte per dev example and run (MNLI-m's 9,815, QQP's 40,430), bounded by the size of a dev set."""
+about 1 byte per dev example and run (MNLI-m's 9,815, QQP's 40,430), bounded by the size of a dev set; a subset
+too (the diagnostic's four categories: 4 bytes per example, once per task)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from vlkd.evaluation.bootstrap import Clusters
 from vlkd.evaluation.readers import Example
-from vlkd.evaluation.tasks import Task, prefixed
+from vlkd.evaluation.tasks import Task, example_clusters, example_subsets, prefixed
 
 
 @dataclass(frozen=True)
@@ -22,11 +26,21 @@ class Scored:
     metrics: dict[str, float]
     """every metric, in percent, under its report name"""
     correct: str | None
-    """main evaluation file: "1" per example right for the main metric, "0" otherwise; None when the main metric
-    is no mean over examples (GLUE diagnostic's correlation)"""
+    """main evaluation file: "1" per example right (`Task.example_correct`), "0" otherwise; None when no metric is
+    a mean over examples"""
     predicted: dict[str, int] | None
     """main evaluation file: how many examples got each label (classification) or choice index (multiple
     choice), every possible one listed; extractive QA: `answer_counts`"""
+    clusters: Clusters | None = None
+    """main evaluation file: each example's cluster (`tasks.example_clusters`); None where they are independent"""
+    subsets: dict[str, str] | None = None
+    """main evaluation file: per metric that is a mean of `correct` over some examples (`tasks.example_subsets`),
+    "1" per example in it; None where there is no such metric"""
+
+    def predictor_fields(self) -> dict[str, Any]:
+        """What is the predictor's own (a reference row keeps these), not its evaluation file's, which every
+        predictor on it shares."""
+        return {"metrics": self.metrics, "correct": self.correct, "predicted": self.predicted}
 
 
 def score_predictions(
@@ -40,7 +54,10 @@ def score_predictions(
     correct = None
     if task.example_correct is not None:
         correct = "".join("1" if task.example_correct(p, e) else "0" for p, e in zip(main, main_examples, strict=True))
-    return Scored(metrics, correct, prediction_counts(task, main, main_examples))
+    predicted = prediction_counts(task, main, main_examples)
+    return Scored(
+        metrics, correct, predicted, example_clusters(task, main_examples), example_subsets(task, main_examples)
+    )
 
 
 def main_score(task: Task, predictions: Sequence[object], examples: Sequence[Example]) -> float:

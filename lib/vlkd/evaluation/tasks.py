@@ -5,8 +5,10 @@ Every metric is a percentage, as in the paper's tables (a Matthews correlation R
 several evaluation files prefixes its metrics with the file's role (MNLI: `matched_accuracy`,
 `mismatched_accuracy`). `main_metric` is the number a report's table shows for the task; `example_correct` says
 whether one example counts as right for it, when it is a mean over examples (accuracy, exact match), which is what
-lets the report compare two models example by example; `example_cluster` says which examples share what makes
-their outcomes move together (SQuAD's paragraph, TRACIE's story), which the comparison's interval draws whole.
+lets the report compare two models example by example; `example_subsets` names the other metrics that are such a
+mean over some of the examples (the diagnostic's per-category accuracies, whose main metric R3 is none), compared
+the same way; `example_cluster` says which examples share what makes their outcomes move together (SQuAD's
+paragraph, TRACIE's story, the diagnostic's sentence pair), which the comparison's interval draws whole.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ Reader = Callable[[Path], list[Example]]
 Scorer = Callable[[Sequence[object], Sequence[Example]], dict[str, float]]
 """(predictions: a label for classification, a choice index, an answer text; the examples) -> metrics."""
 ExampleCorrect = Callable[[object, Example], bool]
-"""(one prediction, its example) -> whether it counts as right for the task's main metric."""
+"""(one prediction, its example) -> whether it counts as right for the task's metrics that are means over examples."""
+ExampleSubsets = Callable[[Example], list[str]]
+"""(one example) -> the metrics, besides the main one, that are a mean of `ExampleCorrect` counting this example."""
 ExampleCluster = Callable[[Example], str]
 """(one example) -> the key of its cluster: what it shares with the examples whose outcomes move with its own."""
 
@@ -62,7 +66,11 @@ class Task:
     main_metric: str
     metric_label: str
     example_correct: ExampleCorrect | None = None
-    """None when the main metric is no mean over examples (a correlation)"""
+    """None when no metric is a mean over examples"""
+    main_is_mean: bool = True
+    """False when the main metric is no mean of `example_correct` over examples (the diagnostic's R3, a correlation)"""
+    example_subsets: ExampleSubsets | None = None
+    """None when no other metric is a mean of `example_correct` over some of the examples"""
     labels: tuple[str, ...] = ()
     trained_as: str | None = None
     unanswerable: bool = False
@@ -103,6 +111,24 @@ def answer_matches(prediction: str, question: Question) -> bool:
 def paragraph_of(question: Question) -> str:
     """A SQuAD question's cluster: its paragraph, by its text (v1.1's dev set asks 5.1 questions per paragraph)."""
     return question.context
+
+
+def sentence_pair_of(pair: TextPair) -> str:
+    """A diagnostic example's cluster: its two sentences in either order. `diagnostic-full.tsv` asks pairs both
+    ways, one after the other (its first rows: "The cat sat on the mat." / "The cat did not sit on the mat.", then
+    the same two the other way round), and a model that misreads one direction tends to misread the other; a pair
+    asked once is a cluster of its own."""
+    return "\t".join(sorted((pair.text_a, pair.text_b or "")))
+
+
+def diagnostic_categories(pair: TextPair) -> list[str]:
+    """The coarse categories a diagnostic example is tagged with (its fine-grained tags' cells not empty)."""
+    return [category for category in DIAGNOSTIC_CATEGORIES if pair.meta[category].strip()]
+
+
+def category_accuracies(pair: TextPair) -> list[str]:
+    """The diagnostic's per-category accuracies an example counts in (`Task.example_subsets`)."""
+    return [category_key("acc", category) for category in diagnostic_categories(pair)]
 
 
 def story_of(statement: TextPair) -> str:
@@ -185,7 +211,8 @@ def score_diagnostic(predictions: Sequence[str], examples: Sequence[TextPair]) -
     overall = _r3_and_accuracy(predictions, labels)
     scores = {"r3": overall["r3"], "accuracy": overall["acc"]}
     for category in DIAGNOSTIC_CATEGORIES:
-        chosen = [(p, g) for p, g, e in zip(predictions, labels, examples, strict=True) if e.meta[category].strip()]
+        tagged = zip(predictions, labels, examples, strict=True)
+        chosen = [(p, g) for p, g, e in tagged if category in diagnostic_categories(e)]
         if chosen:
             for measure, value in _r3_and_accuracy(*zip(*chosen, strict=True)).items():
                 scores[category_key(measure, category)] = value
@@ -288,8 +315,12 @@ TASKS: dict[str, Task] = {
             score=score_diagnostic,
             main_metric="r3_average",
             metric_label="R3",
+            example_correct=label_matches,
+            main_is_mean=False,
+            example_subsets=category_accuracies,
             labels=NLI_LABELS,
             trained_as="mnli",
+            example_cluster=sentence_pair_of,
         ),
         _choice("piqa", "PIQA", _piqa("train"), _piqa("valid")),
         # TRACIE has no dev split; its test file is the evaluation set (as in the paper's Table 7).
@@ -327,6 +358,16 @@ def example_clusters(task: Task, examples: Sequence[Example]) -> Clusters | None
     if task.example_cluster is None:
         return None
     return cluster_labels([task.example_cluster(example) for example in examples])
+
+
+def example_subsets(task: Task, examples: Sequence[Example]) -> dict[str, str] | None:
+    """metric -> "1" per example it is a mean over, "0" per other, for each metric of `Task.example_subsets` that
+    some example counts in (in the order examples first name them); None where the task has no such metric."""
+    if task.example_subsets is None:
+        return None
+    each = [task.example_subsets(example) for example in examples]
+    metrics = dict.fromkeys(metric for named in each for metric in named)
+    return {metric: "".join("1" if metric in named else "0" for named in each) for metric in metrics}
 
 
 def read_train(task: Task, folder: Path) -> list[Example]:
