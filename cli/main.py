@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from vlkd import __version__
+from vlkd import __version__, storage
 from vlkd.cli import artifacts, data, jobs, pipeline, quickstart, report, specs
 from vlkd.cli.output import print_error
 from vlkd.errors import VlkdError, error_lines, first_line
@@ -57,6 +57,7 @@ def _root(
 
 def main() -> None:
     """Run the CLI; user errors print one line (no traceback) and exit non-zero."""
+    storage.interactive()
     try:
         code = app(standalone_mode=False)
     except typer.TyperException as exc:  # a usage error: which option or argument, and what is wrong with it

@@ -43,10 +43,21 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # limiter that holds back every request of a client after a throttle, but each Ray worker has its own client, so it
 # cannot pace the cluster; the AWS SDKs' reference guide recommends standard and keeps adaptive for special cases.
 S3_MAX_ATTEMPTS = 10
+# A person at a terminal waits for every attempt's backoff: ten attempts at an endpoint where nothing listens took
+# 9.5-15 s before the error. The CLI (`interactive`) makes 3, the AWS CLI's default in standard mode; the jobs it
+# submits run in processes of their own (a local job's subprocess, a Ray driver, a pod) and keep S3_MAX_ATTEMPTS.
+INTERACTIVE_S3_MAX_ATTEMPTS = 3
 # Backoff between attempts to read a body: full jitter over BASE * 2**(attempt - 1) seconds, at most MAX, as
 # botocore waits between attempts of a request that failed for a reason other than throttling.
 BODY_RETRY_BASE_SECONDS = 0.05
 BODY_RETRY_MAX_SECONDS = 20.0
+
+
+def interactive() -> None:
+    """This process answers a person at a terminal: S3 requests, body reads and downloads get
+    `INTERACTIVE_S3_MAX_ATTEMPTS`, so a mistyped endpoint or a stopped server fails in about a second."""
+    global S3_MAX_ATTEMPTS
+    S3_MAX_ATTEMPTS = min(S3_MAX_ATTEMPTS, INTERACTIVE_S3_MAX_ATTEMPTS)
 
 
 @dataclass(frozen=True)
