@@ -57,24 +57,24 @@ def _root(
 
 def main() -> None:
     """Run the CLI; user errors print one line (no traceback) and exit non-zero."""
-    storage.interactive()
-    try:
-        code = app(standalone_mode=False)
-    except typer.TyperException as exc:  # a usage error: which option or argument, and what is wrong with it
-        print_error(exc.format_message())
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print_error("aborted")
-        sys.exit(130)
-    except VlkdError as exc:
-        for line in error_lines(exc):
-            print_error(line)
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # a library's error (a backend's client, a network): one line unless asked for more
-        if _verbose:
-            raise
-        print_error(f"{type(exc).__name__}: {first_line(exc)} (run `vlkd -v ...` for the traceback)")
-        sys.exit(1)
+    with storage.interactive():
+        try:
+            code = app(standalone_mode=False)
+        except typer.TyperException as exc:  # a usage error: which option or argument, and what is wrong with it
+            print_error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(130)
+        except VlkdError as exc:
+            for line in error_lines(exc):
+                print_error(line)
+            sys.exit(exc.exit_code)
+        except Exception as exc:  # a library's error (a backend's client, a network): one line unless asked for more
+            if _verbose:
+                raise
+            print_error(f"{type(exc).__name__}: {first_line(exc)} (run `vlkd -v ...` for the traceback)")
+            sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

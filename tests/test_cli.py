@@ -16,6 +16,7 @@ import pytest
 
 from vlkd import storage as storage_module
 from vlkd.artifacts import ArtifactStore, collect_files
+from vlkd.errors import VlkdError
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -210,6 +211,25 @@ def test_a_librarys_error_is_one_line_and_its_traceback_is_behind_verbose(monkey
     monkeypatch.setattr(sys, "argv", ["vlkd", "-v", "status", "some-job"])
     with pytest.raises(ConnectionResetError):
         main()
+
+
+def test_the_clis_three_attempts_last_as_long_as_its_command(monkeypatch, capsys):
+    """`main` called in a process that goes on (this test, a notebook) gives the process its jobs' 10 back."""
+    from vlkd.backends import submission
+    from vlkd.cli.main import main
+
+    during = []
+
+    def status(*args, **kwargs):
+        during.append(storage_module.S3_MAX_ATTEMPTS)
+        raise VlkdError("no such job")
+
+    monkeypatch.setattr(submission, "job_status", status)
+    monkeypatch.setattr(sys, "argv", ["vlkd", "status", "some-job"])
+    with pytest.raises(SystemExit):
+        main()
+    assert during == [3] and storage_module.S3_MAX_ATTEMPTS == 10
+    assert capsys.readouterr().err == "error: no such job\n"
 
 
 def test_gc_lists_and_removes_abandoned_drafts(vlkd_cli, tmp_path):

@@ -53,11 +53,18 @@ BODY_RETRY_BASE_SECONDS = 0.05
 BODY_RETRY_MAX_SECONDS = 20.0
 
 
-def interactive() -> None:
-    """This process answers a person at a terminal: S3 requests, body reads and downloads get
-    `INTERACTIVE_S3_MAX_ATTEMPTS`, so a mistyped endpoint or a stopped server fails in about a second."""
+@contextlib.contextmanager
+def interactive() -> Iterator[None]:
+    """While it lasts, this process answers a person at a terminal: S3 requests, body reads and downloads get
+    `INTERACTIVE_S3_MAX_ATTEMPTS`, so a mistyped endpoint or a stopped server fails in about a second. Given back
+    after, for a process that goes on to other work (a test, a notebook calling the CLI's `main`)."""
     global S3_MAX_ATTEMPTS
-    S3_MAX_ATTEMPTS = min(S3_MAX_ATTEMPTS, INTERACTIVE_S3_MAX_ATTEMPTS)
+    jobs = S3_MAX_ATTEMPTS
+    S3_MAX_ATTEMPTS = min(jobs, INTERACTIVE_S3_MAX_ATTEMPTS)
+    try:
+        yield
+    finally:
+        S3_MAX_ATTEMPTS = jobs
 
 
 @dataclass(frozen=True)
