@@ -49,16 +49,18 @@ def run_pipeline_file(
     from vlkd.cli.progress import StageReporter
     from vlkd.pipeline import run_pipeline
     from vlkd.specs import load_spec
+    from vlkd.storage import patient
 
     pipeline = load_spec(spec_file, "pipeline")
     root = store or (pipeline.storage.root if pipeline.storage else None)
-    artifacts = ArtifactStore.open(root)
-    reporter = StageReporter(verbose, [key for key, _ in pipeline.stages()])
-    try:
-        return run_pipeline(pipeline, artifacts, get_backend(backend, **options), options, reporter, force, image)
-    except KeyboardInterrupt:
-        _interrupted(pipeline.name, artifacts.uri)
-        raise typer.Exit(130) from None
+    with patient():
+        artifacts = ArtifactStore.open(root)
+        reporter = StageReporter(verbose, [key for key, _ in pipeline.stages()])
+        try:
+            return run_pipeline(pipeline, artifacts, get_backend(backend, **options), options, reporter, force, image)
+        except KeyboardInterrupt:
+            _interrupted(pipeline.name, artifacts.uri)
+            raise typer.Exit(130) from None
 
 
 def _interrupted(name: str, store: str) -> None:

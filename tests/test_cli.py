@@ -232,6 +232,21 @@ def test_the_clis_three_attempts_last_as_long_as_its_command(monkeypatch, capsys
     assert capsys.readouterr().err == "error: no such job\n"
 
 
+def test_a_pipeline_run_from_the_cli_gets_a_jobs_ten_attempts_again(monkeypatch, tmp_path):
+    """`vlkd pipeline run` and the quickstart drive jobs for hours: a blip of the network as a stage ends must not
+    stop them, as it would after the 3 attempts of a command that answers at once."""
+    from vlkd import pipeline
+    from vlkd.cli.pipeline import run_pipeline_file
+    from vlkd.pipelines import pipeline_file
+
+    during = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args: during.append(storage_module.S3_MAX_ATTEMPTS))
+    with storage_module.interactive():
+        run_pipeline_file(pipeline_file("tiny"), (tmp_path / "store").as_uri(), "local", {}, None, False, False)
+        assert storage_module.S3_MAX_ATTEMPTS == 3
+    assert during == [10]
+
+
 def test_gc_lists_and_removes_abandoned_drafts(vlkd_cli, tmp_path):
     store = tmp_path / "s"
     leftover = store / "artifacts" / "dataset" / "a" / "v1" / "files"
