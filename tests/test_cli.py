@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from s3_faults import DROP, FaultyS3Proxy
 
 from vlkd import storage as storage_module
 from vlkd.artifacts import ArtifactStore, collect_files
@@ -130,33 +129,13 @@ def test_unreachable_endpoint_is_one_line(vlkd_cli):
     assert_one_line_error(result, "cannot reach the S3 endpoint http://127.0.0.1:9")
 
 
-def test_the_cli_gives_an_s3_request_three_attempts_not_a_jobs_ten(vlkd_cli):
+def test_the_cli_gives_an_s3_request_three_attempts_not_a_jobs_ten(vlkd_cli, s3_endpoint):
     """A person at a terminal waits out every attempt's backoff: ten, where nothing listens, took 9.5-15 s before
-    the error. An endpoint that accepts each connection and closes it unanswered counts the attempts."""
-    attempts = 0
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(16)
-        server.settimeout(0.2)
-
-        def hang_up() -> None:
-            nonlocal attempts
-            while not done.is_set():
-                with contextlib.suppress(TimeoutError):
-                    server.accept()[0].close()
-                    attempts += 1
-
-        done = threading.Event()
-        counter = threading.Thread(target=hang_up)
-        counter.start()
-        endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
-        try:
-            result = vlkd_cli("artifacts", "ls", "--store", "s3://some-bucket/x", env={"AWS_ENDPOINT_URL": endpoint})
-        finally:
-            done.set()
-            counter.join()
+    the error. A proxy that closes every connection unanswered counts the attempts."""
+    with FaultyS3Proxy(s3_endpoint, 1.0, kinds=(DROP,)) as proxy:
+        result = vlkd_cli("artifacts", "ls", "--store", "s3://some-bucket/x", env={"AWS_ENDPOINT_URL": proxy.url})
     assert_one_line_error(result, "S3 request on s3://some-bucket/x/artifacts failed despite retries")
-    assert attempts == storage_module.INTERACTIVE_S3_MAX_ATTEMPTS == 3
+    assert proxy.faults == {DROP: storage_module.INTERACTIVE_S3_MAX_ATTEMPTS} and proxy.faults[DROP] == 3
     assert storage_module.S3_MAX_ATTEMPTS == 10  # this process, like a job's, was never made interactive
 
 
