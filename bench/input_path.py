@@ -4,7 +4,7 @@
         [--read-tasks 2 8]
 
 For the teacher (caption + frame features of a `features` artifact) and the student (token sequences of a `corpus`
-artifact): batches/s the training loop's own input path delivers (`vlkd.train.train_batches` over the stage's
+artifact): batches/s the training loop's own input path delivers (`vlkd.worker_batches.train_batches` over the stage's
 Ray Data datasets, with its prefetching, pinned memory and non-blocking copies on a GPU), and batches/s of the
 stage's step (forward, backward) on this machine's device, per preset. The input path does not depend on the
 preset (only the step does), so it is measured once per stage. A GPU step of BERT-12L at batch 32 x 128 takes
@@ -43,7 +43,8 @@ from vlkd.data.ingest import configure_ray_data
 from vlkd.jobs.distill import DistillTask
 from vlkd.jobs.teacher import TeacherTask
 from vlkd.specs import Resources, TeacherSpec, TrainSpec
-from vlkd.train import autocast, train_batches
+from vlkd.train import autocast
+from vlkd.worker_batches import train_batches
 
 
 def per_clip_features(

@@ -22,6 +22,8 @@ from torch import nn
 
 from vlkd import losses
 from vlkd.artifacts import ArtifactStore, Manifest, collect_files
+from vlkd.checkpoints import RunPlace, published_weights, run_summary
+from vlkd.curves import export_logs
 from vlkd.data.corpus import corpus_datasets, pad_sequences
 from vlkd.data.ingest import configure_ray_data
 from vlkd.distillation import (
@@ -43,7 +45,7 @@ from vlkd.runtime import JobContext, job_main
 from vlkd.specs import DistillSpec
 from vlkd.specs.shapes import ModelShape
 from vlkd.specs.teacher import trained_with
-from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary, validation_losses
+from vlkd.train import fit, validation_losses
 
 log = logging.getLogger("vlkd.distill")
 BANK_BATCH = 256
@@ -420,11 +422,10 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     task = plan_task(spec, store, tokenizer, info.train_sequences)
     final = context.scratch / "final"
     place = RunPlace(store.storage, context.job_id)
-    fit(task, train, spec.optim, spec.resources, splits, place, spec.seed, f"student/{spec.name}", final)
-    payload = load_final(final)
+    payload = fit(task, train, spec.optim, spec.resources, splits, place, spec.seed, f"student/{spec.name}", final)
     model = task.new_model()
-    weights, validation = published_weights(payload, spec.train)
-    model.load_state_dict(weights)
+    published = published_weights(payload, spec.train)
+    model.load_state_dict(published.weights)
     export = context.scratch / "student"
     description = {
         "kd": spec.kd,
@@ -433,8 +434,7 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
     }
     model.save(export, tokenizer_dir, description)
     export_logs(final, export)
-    metrics = run_summary(payload["state"], validation, time.monotonic() - started)
-    metrics["published_step"] = metrics["best_step"] if weights is payload["best_weights"] else metrics["steps"]
+    metrics = run_summary(payload["state"], published, time.monotonic() - started)
     if spec.kd:
         state = payload["state"]
         metrics["kd_balance"] = kd_balance(state["first_logged"], state["last_logged"], spec.kd)

@@ -25,6 +25,8 @@ from torch import nn
 
 from vlkd import flops, losses
 from vlkd.artifacts import Manifest, collect_files
+from vlkd.checkpoints import RunPlace, published_weights, run_summary
+from vlkd.curves import export_logs
 from vlkd.data.caption_tokens import CaptionTokens
 from vlkd.data.clips import clip_datasets, clip_features
 from vlkd.data.corpus import pad_sequences
@@ -34,7 +36,7 @@ from vlkd.evaluation.retrieval import Retrieval
 from vlkd.models.teacher import Teacher, TeacherPretraining, reads_both_texts
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import TeacherSpec
-from vlkd.train import RunPlace, export_logs, fit, load_final, published_weights, run_summary, validation_losses
+from vlkd.train import fit, validation_losses
 
 log = logging.getLogger("vlkd.teacher")
 
@@ -200,17 +202,16 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
     task = TeacherTask(spec, tokenizer, feature_dim)
     place = RunPlace(store.storage, context.job_id)
     final = context.scratch / "final"
-    fit(task, train, spec.optim, spec.resources, splits, place, spec.seed, f"teacher/{spec.name}", final)
-    payload = load_final(final)
+    payload = fit(task, train, spec.optim, spec.resources, splits, place, spec.seed, f"teacher/{spec.name}", final)
     model = task.build_model()
-    weights, validation = published_weights(payload, spec.train)
-    model.load_state_dict(weights)
+    published = published_weights(payload, spec.train)
+    model.load_state_dict(published.weights)
     export = context.scratch / "teacher"
     model.save(export, tokenizer_dir)
     export_logs(final, export)
     description = {"feature_dim": feature_dim, "visual_input": spec.visual_input, "objectives": spec.objectives}
     (export / "teacher.json").write_text(json.dumps(description, indent=2))
-    metrics = run_summary(payload["state"], validation, time.monotonic() - started)
+    metrics = run_summary(payload["state"], published, time.monotonic() - started)
     manifest = store.publish(
         "teacher",
         spec.name,

@@ -322,8 +322,8 @@ def test_gc_reports_a_damaged_version_and_keeps_it(damaged, store):
 
 def finished_job(store: ArtifactStore, job_id: str, state: dict, publishes: Path | None) -> str:
     """A training job's record as it leaves it: checkpoints where `RunPlace` keeps them, its state, its output."""
+    from vlkd.checkpoints import RunPlace
     from vlkd.joblog import STATE_KEY
-    from vlkd.train import RunPlace
 
     prefix = RunPlace(store.storage, job_id).prefix
     store.storage.write_bytes(f"{prefix}/step-000000100/state.pt", b"x" * 1000)

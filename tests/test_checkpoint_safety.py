@@ -14,8 +14,9 @@ import pytest
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from vlkd.checkpoints import STATE_FILE, load_final, rng_state
 from vlkd.errors import VlkdError
-from vlkd.train import STATE_FILE, TrainState, _rng_state, load_final
+from vlkd.train import TrainState
 
 
 class RunsAShellCommand:
@@ -44,7 +45,7 @@ def trainer_payload() -> dict:
         "scaler": torch.amp.GradScaler("cuda", enabled=False).state_dict(),
         "state": dataclasses.asdict(TrainState(step=1, resumed_from=[1])),
         "best_weights": {k: v.clone() for k, v in model.state_dict().items()},
-        "rng": [{**_rng_state(), "generator": torch.Generator().manual_seed(3).get_state()}],
+        "rng": [{**rng_state(), "generator": torch.Generator().manual_seed(3).get_state()}],
     }
 
 

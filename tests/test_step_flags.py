@@ -1,4 +1,5 @@
-"""Workers whose shares of an epoch differ by a few batches stop together, agreeing on the host (`vlkd.train`)."""
+"""Workers whose shares of an epoch differ by a few batches stop together, agreeing on the host
+(`vlkd.worker_batches`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def _share(rank: int, port: int, counts: list[int], seen: dict) -> None:
 
     import torch.distributed as dist
 
-    from vlkd.train import host_group, while_every_rank_has_one
+    from vlkd.worker_batches import host_group, while_every_rank_has_one
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=len(counts))

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from vlkd import losses
+from vlkd.curves import LOGS, METRICS_FILE
 from vlkd.jobs import teacher
 from vlkd.models.teacher import Teacher, TeacherPretraining
 from vlkd.runtime import JobContext
 from vlkd.specs import ModelShape, parse_spec
-from vlkd.train import LOGS, METRICS_FILE, Loop
+from vlkd.train import Loop
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -128,6 +129,7 @@ def test_teacher_is_published_with_its_parents_and_loads_in_transformers(context
     assert manifest.parents == ["features/synth:v1", "tokenizer/synth:v1"]
     assert manifest.metrics["steps"] == 12 and "val_r1" in manifest.metrics and "val_median_rank" in manifest.metrics
     assert manifest.metrics["peak_tokens_per_s"] > 0
+    assert manifest.metrics["published_step"] == manifest.metrics["best_step"]  # trained until it converges
     out = tmp_path / "teacher"
     context.store.fetch(manifest.ref, out)
     language_model = BertForMaskedLM.from_pretrained(out / "language_model", local_files_only=True)
@@ -291,9 +293,10 @@ def test_a_lost_ray_train_worker_is_replaced_and_resumes(context, tmp_path):
     import ray.cloudpickle
     from transformers import BertTokenizerFast
 
+    from vlkd.checkpoints import RunPlace
     from vlkd.data.clips import clip_datasets
     from vlkd.specs import Resources
-    from vlkd.train import RunPlace, fit, load_final
+    from vlkd.train import fit
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
     spec = teacher_spec(resources={"num_workers": 1})
@@ -305,7 +308,8 @@ def test_a_lost_ray_train_worker_is_replaced_and_resumes(context, tmp_path):
     place = RunPlace(context.store.storage, "lost-worker")
     task = CrashOnce(spec, tokenizer, info.feature_dim, str(tmp_path / "crashed"), place)
     final = tmp_path / "final"
-    fit(task, spec.train, spec.optim, Resources(num_workers=1), splits, place, 0, "teacher/lost-worker", final)
-    state = load_final(final)["state"]
+    state = fit(task, spec.train, spec.optim, Resources(num_workers=1), splits, place, 0, "teacher/lost-worker", final)[
+        "state"
+    ]
     assert (tmp_path / "crashed").exists()
     assert state["resumed_from"] == [6] and state["step"] == 12

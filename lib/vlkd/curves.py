@@ -1,11 +1,14 @@
-"""Training curves: the metrics log the teacher and student stages keep (`logs/metrics.jsonl` in their
-artifacts, one JSON object per line: `step`, `time`, and either the training terms (`loss`, each objective, `lr`,
-throughput) or the validation ones (`val_*`)), read back for `vlkd report show` and drawn to PNG."""
+"""Training curves: the metrics log the teacher and student stages keep (`logs/metrics.jsonl` in their artifacts,
+one JSON object per line: `step`, `time`, and either the training terms (`loss`, each objective, `lr`, throughput)
+or the validation ones (`val_*`)), written by the training loop (`MetricsLog`), read back for `vlkd report show`
+and drawn to PNG."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,10 +52,43 @@ _MEASURES: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
 for on the losses' axis a perplexity of 60 flattens every loss (2 to 7) into a line."""
 
 
+class MetricsLog:
+    """Rank 0's metrics: one JSON line per record and TensorBoard scalars, in a folder checkpoints carry."""
+
+    def __init__(self, directory: Path, enabled: bool) -> None:
+        self.directory = directory
+        self.enabled = enabled
+        self._writer: Any = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            directory.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(str(directory))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.directory / METRICS_FILE, "a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def export_logs(final: Path, directory: Path) -> None:
+    """Put the run's metrics (JSON Lines, TensorBoard events) into the artifact being published."""
+    if (final / LOGS).is_dir():
+        shutil.copytree(final / LOGS, directory / LOGS, dirs_exist_ok=True)
+
+
 def published_step(manifest: Manifest) -> int | None:
     """The training step of a teacher's or student's published weights: the one its manifest recorded
-    (`published_step`), else, for a teacher or a student from before students recorded it, what its spec made it:
-    the best step when training stopped on validation (`patience`), else the last (`train.published_weights`)."""
+    (`published_step`), else, for one published before manifests recorded it, what its spec made it: the best step
+    when training stopped on validation (`patience`), else the last (`vlkd.checkpoints.published_weights`)."""
     metrics = manifest.metrics
     if "published_step" in metrics:
         return metrics["published_step"]

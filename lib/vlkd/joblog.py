@@ -41,7 +41,7 @@ log = logging.getLogger("vlkd.joblog")
 JOB_PREFIX = "jobs/{job_id}"
 LOG_PREFIX = JOB_PREFIX + "/log/"
 STATE_KEY = JOB_PREFIX + "/state.json"
-# A training job's checkpoints (`vlkd.train.RunPlace`): what submitting its id again resumes from.
+# A training job's checkpoints (`vlkd.checkpoints.RunPlace`): what submitting its id again resumes from.
 CHECKPOINT_PREFIX = "checkpoints/{job_id}"
 CHUNK_SECONDS = 5.0
 HEARTBEAT_SECONDS = 30.0

@@ -4,48 +4,43 @@ that carry everything needed to resume (model, optimizer, scheduler, step, RNG, 
 console, a JSON Lines file and TensorBoard, and the run's progress as structured events (`vlkd.joblog`).
 
 A stage describes itself as a `TrainingTask`; `fit` runs it on Ray Train (`TorchTrainer`, DDP across workers) and
-returns the directory of the final checkpoint. Checkpoints live in the artifact store under
-`checkpoints/<job id>/`: Ray Train persists them there (`RunConfig(storage_path=...)`, `CheckpointConfig`) and
+returns the final checkpoint's payload. Checkpoints live in the artifact store under `checkpoints/<job id>/`
+(`vlkd.checkpoints`): Ray Train persists them there (`RunConfig(storage_path=...)`, `CheckpointConfig`) and
 restores them after a worker failure (`FailureConfig`) or when the same job id is submitted again. Ray Train's
-in-process local mode (`num_workers: 0`) persists nothing itself, so there the loop writes and finds them.
+in-process local mode (`num_workers: 0`) persists nothing itself, so there the loop writes and finds them. Each
+worker steps on its own share of the data (`vlkd.worker_batches`) and logs to `vlkd.curves.MetricsLog`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import pickle
-import random
-import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
 
-from vlkd.curves import LOGS, METRICS_FILE
+from vlkd.checkpoints import STATE_FILE, Checkpoints, RunPlace, load_final, load_payload, rng_state, set_rng_state
+from vlkd.curves import LOGS, MetricsLog
 from vlkd.data.ingest import SplitReader, configure_ray_data
 from vlkd.durations import clock
 from vlkd.errors import DataError, VlkdError
 from vlkd.flops import counted_flops, device_peak_tflops, trainable_parameters
-from vlkd.joblog import CHECKPOINT_PREFIX, WORKER_BANNER, describe_utilisation, report_progress
+from vlkd.joblog import WORKER_BANNER, describe_utilisation, report_progress
 from vlkd.optim import build_optimizer, build_scheduler
 from vlkd.specs import OptimSpec, Resources, TrainSpec
-from vlkd.storage import Storage
+from vlkd.worker_batches import examples_in, host_group, train_batches, while_every_rank_has_one
 
 log = logging.getLogger("vlkd.train")
-STATE_FILE = "state.pt"
-_COMPLETE = ".complete"
 
 
 class TrainingTask(Protocol):
@@ -78,18 +73,6 @@ class TrainingTask(Protocol):
     def flops(self, batch: dict[str, Any]) -> float:
         """The FLOPs one micro-step on `batch` runs, forward and backward (`vlkd.flops`: the achieved count), from
         the batch's shapes alone: the host knows it without asking the GPU."""
-
-
-@dataclass
-class RunPlace:
-    """Where a run keeps its checkpoints: `checkpoints/<job id>` in the store."""
-
-    storage: Storage
-    job_id: str
-
-    @property
-    def prefix(self) -> str:
-        return CHECKPOINT_PREFIX.format(job_id=self.job_id)
 
 
 @dataclass
@@ -127,104 +110,6 @@ def autocast(precision: str, device: torch.device) -> tuple[AbstractContextManag
     return torch.autocast("cuda", dtype=dtype), dtype == torch.float16
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class MetricsLog:
-    """Rank 0's metrics: one JSON line per record and TensorBoard scalars, in a folder checkpoints carry."""
-
-    def __init__(self, directory: Path, enabled: bool) -> None:
-        self.directory = directory
-        self.enabled = enabled
-        self._writer: Any = None
-        if enabled:
-            from tensorboardX import SummaryWriter
-
-            directory.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(str(directory))
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        with open(self.directory / METRICS_FILE, "a") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-        for key, value in metrics.items():
-            self._writer.add_scalar(key, value, step)
-        self._writer.flush()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-
-
-class Checkpoints:
-    """Save and find checkpoints; Ray Train persists them unless it runs in local mode, where this does."""
-
-    def __init__(self, place: RunPlace, keep: int, local_mode: bool) -> None:
-        self.place = place
-        self.keep = keep
-        self.local_mode = local_mode
-
-    def restore(self, into: Path) -> bool:
-        """Copy the latest checkpoint into `into`; False when the run has none yet."""
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                shutil.copytree(directory, into, dirs_exist_ok=True)
-            return True
-        return self.local_mode and self.download_latest(into)
-
-    def save(self, directory: Path, step: int, metrics: dict[str, float], is_writer: bool) -> None:
-        import ray.train
-        from ray.train import Checkpoint
-
-        if self.local_mode:
-            if is_writer:
-                self._upload(directory, step)
-            ray.train.report(metrics)
-        else:  # every rank reports; Ray keeps rank 0's directory
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(directory)) if is_writer else None)
-
-    def _local_steps(self) -> list[str]:
-        storage, prefix = self.place.storage, self.place.prefix
-        names = [c for c in storage.children(prefix) if c.startswith("step-")]
-        return sorted(n for n in names if storage.exists(f"{prefix}/{n}/{_COMPLETE}"))
-
-    def _upload(self, directory: Path, step: int) -> None:
-        storage, prefix = self.place.storage, f"{self.place.prefix}/step-{step:09d}"
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            storage.upload(f"{prefix}/{path.relative_to(directory).as_posix()}", path)
-        storage.write_bytes(f"{prefix}/{_COMPLETE}", b"")  # last: an interrupted upload is never restored
-        for old in self._local_steps()[: -self.keep]:
-            storage.delete_prefix(f"{self.place.prefix}/{old}")
-
-    def download_latest(self, into: Path) -> bool:
-        steps = self._local_steps()
-        if not steps:
-            return False
-        prefix = f"{self.place.prefix}/{steps[-1]}"
-        for info in self.place.storage.list(prefix):
-            relative = info.key[len(prefix) + 1 :]
-            if relative != _COMPLETE:
-                (into / relative).parent.mkdir(parents=True, exist_ok=True)
-                self.place.storage.download(info.key, into / relative)
-        return True
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     """The model itself, under `torch.compile`'s and DDP's wrappers."""
     model = getattr(model, "_orig_mod", model)
@@ -242,65 +127,6 @@ def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
     backward, fused kernels (and CUDA graphs in the modes that have them). The wrapper shares the model's
     parameters, so optimizer, checkpoints and validation see the model itself."""
     return torch.compile(model, mode=mode)
-
-
-def _collate_fn(task: TrainingTask) -> Any:
-    """A task's `collate` as Ray Data's collate function: it gets the Arrow batch itself and runs in Ray's prefetch
-    threads, which then pin the tensors and copy them to the device without blocking, so the step never waits."""
-    from ray.data.collate_fn import ArrowBatchCollateFn
-
-    class Collate(ArrowBatchCollateFn):
-        def __call__(self, batch: pa.Table) -> dict[str, Any]:
-            return task.collate(batch)
-
-    return Collate()
-
-
-def train_batches(
-    dataset: Any, task: TrainingTask, batch_size: int, device: torch.device, prefetch: int, drop_last: bool
-) -> Iterable[dict[str, Any]]:
-    """Collated batches of a worker's Ray Data dataset (`SplitReader.epoch`) on `device`, in the order it reads
-    (already drawn across the split); training drops the last incomplete batch (a batch of one has no in-batch
-    negative), validation keeps it. `prefetch` batches are made ahead in background threads."""
-    return dataset.iter_torch_batches(
-        batch_size=batch_size,
-        collate_fn=_collate_fn(task),
-        device=device,
-        pin_memory=device.type == "cuda",
-        prefetch_batches=prefetch,
-        drop_last=drop_last,
-    )
-
-
-def host_group() -> Any:
-    """A process group of every training worker whose collectives run on the host (gloo), made by every rank at
-    once; None where the default group is one already. NCCL reduces on the GPU, in its queue: reading the result
-    (`.item()`) waits for every kernel queued before it, a drained queue once a step."""
-    import torch.distributed as dist
-
-    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-
-
-def while_every_rank_has_one(batches: Iterable[Any], group: Any) -> Iterator[Any]:
-    """`batches` while every worker of `group` (`host_group`) has one: DDP's collectives need every rank at every
-    step, and workers' shares of an epoch differ by a few rows (held-out clips filtered out of their row groups, a
-    shard's short last group), where a shared Ray Data split would cut every share to the shortest. A flag is
-    reduced per batch on the host, so the step does not wait for the GPU."""
-    import torch.distributed as dist
-
-    iterator = iter(batches)
-    while True:
-        batch = next(iterator, None)
-        every = torch.tensor([batch is not None], dtype=torch.int32)
-        dist.all_reduce(every, op=dist.ReduceOp.MIN, group=group)
-        if not every.item():
-            return
-        yield batch
-
-
-def examples_in(batch: dict[str, Any]) -> int:
-    """Examples in a collated batch: the length of its first tensor."""
-    return next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
 
 
 def validation_losses(
@@ -398,7 +224,7 @@ class Loop:
         self.state.resumed_from.append(self.state.step)
         self.best_weights = saved["best_weights"]
         rng = saved["rng"][min(self.rank, len(saved["rng"]) - 1)]  # each rank its own; a larger group reuses the last
-        _set_rng_state(rng)
+        set_rng_state(rng)
         self.generator.set_state(rng["generator"])
         if (restored / LOGS).is_dir():
             shutil.copytree(restored / LOGS, self.work / LOGS, dirs_exist_ok=True)
@@ -580,7 +406,7 @@ class Loop:
     def _every_ranks_rng(self) -> list[dict[str, Any]]:
         """Each rank's random state (Python, NumPy, torch, CUDA, and the generator of masks and negatives), for rank 0
         to save: every rank restores its own, so a resumed run draws what the uninterrupted one would have."""
-        mine = {**_rng_state(), "generator": self.generator.get_state()}
+        mine = {**rng_state(), "generator": self.generator.get_state()}
         if self.world == 1:
             return [mine]
         import torch.distributed as dist
@@ -639,10 +465,10 @@ def fit(
     seed: int,
     identity: str,
     final: Path,
-) -> None:
-    """Run `task` on Ray Train and put the final checkpoint in the local directory `final` (the job's scratch, so
-    it goes with the job). `identity` names what is trained (e.g. `teacher/NAME`): a job id resumes from its
-    checkpoints only for the same identity."""
+) -> dict[str, Any]:
+    """Run `task` on Ray Train, put the final checkpoint in the local directory `final` (the job's scratch, so it
+    goes with the job) and return its payload (`load_final`). `identity` names what is trained (e.g.
+    `teacher/NAME`): a job id resumes from its checkpoints only for the same identity."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
@@ -687,6 +513,7 @@ def fit(
     else:
         with result.checkpoint.as_directory() as directory:
             shutil.copytree(directory, final, dirs_exist_ok=True)
+    return load_final(final)
 
 
 def _worker_user_error(failure: Exception) -> VlkdError | None:
@@ -697,57 +524,3 @@ def _worker_user_error(failure: Exception) -> VlkdError | None:
         if error is not None:
             return error
     return None
-
-
-def load_payload(path: Path, checkpoint: str) -> dict[str, Any]:
-    """A checkpoint's payload, read with torch's weights-only unpickler: tensors, Python's plain values and NumPy's
-    random state (an array) only. Anyone who can write to the store can write a checkpoint; one that names anything
-    else (a function to call while unpickling) is refused, so reading it never runs its code."""
-    # NumPy's random state holds its MT19937 keys as a uint32 array; an array unpickles with numpy's _reconstruct,
-    # which numpy 1 and 2 keep in different modules.
-    numpy_random_state = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.empty(0).__reduce__()[0]]
-    try:
-        with torch.serialization.safe_globals(numpy_random_state):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL (\S+)|got <class '([^']+)'>", str(error))
-        held = next(name for name in found.groups() if name) if found else "an object"
-        raise VlkdError(
-            f"refused to load {checkpoint}: it holds {held}, not only tensors and plain data, so vlkd did not write "
-            "it; find out who can write to the store, and delete the checkpoint"
-        ) from None
-
-
-def load_final(directory: Path) -> dict[str, Any]:
-    """The final checkpoint's payload: `model` (last weights), `best_weights`, `state`."""
-    return load_payload(directory / STATE_FILE, f"the checkpoint in {directory}")
-
-
-def published_weights(payload: dict[str, Any], train: TrainSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The weights to publish and their validation metrics: the best ones when training stops on validation
-    (`patience`, the teacher's "until it converges", Sec. 4.3), else the last (a fixed budget, so students and
-    their baseline compare at equal steps)."""
-    state = payload["state"]
-    if train.patience is not None and payload["best_weights"] is not None:
-        return payload["best_weights"], state["best_metrics"]
-    return payload["model"], state["last_metrics"]
-
-
-def export_logs(final: Path, directory: Path) -> None:
-    """Put the run's metrics (JSON Lines, TensorBoard events) into the artifact being published."""
-    if (final / LOGS).is_dir():
-        shutil.copytree(final / LOGS, directory / LOGS, dirs_exist_ok=True)
-
-
-def run_summary(state: dict[str, Any], metrics: dict[str, float], seconds: float) -> dict[str, Any]:
-    """The manifest metrics of a training run: validation `metrics` of the published weights, how it ran."""
-    return {
-        **{k: round(v, 4) for k, v in metrics.items()},
-        "best_val_loss": round(state["best_val"], 4),
-        "best_step": state["best_step"],
-        "steps": state["step"],
-        "stopped_early": state["stopped_early"],
-        "resumed_from": state["resumed_from"],
-        **{f"peak_{k}": round(v, 1) for k, v in state["peak"].items()},
-        "seconds": round(seconds, 1),
-    }
