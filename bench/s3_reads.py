@@ -5,7 +5,7 @@ boto3 client, and makes one.
 
 Each read unpickles an S3 storage, as a Ray Data read task does, and reads one object from a moto S3 server on
 127.0.0.1, in this process, alternating between a new boto3 session per storage (the baseline: what every task did
-before the process kept its session) and the process's session (`vlkd.storage._session`). Reports CPU milliseconds
+before the process kept its session) and the process's session (`vlkd.storage.s3._session`). Reports CPU milliseconds
 per read of each and their ratio.
 """
 
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 
 from bench.common import machine
-from vlkd import storage as storage_module
 from vlkd.storage import S3Storage
+from vlkd.storage import s3 as s3_storage
 
 
 def cpu_ms_per_read(read: Callable[[], None], reads: int) -> float:
@@ -54,7 +54,7 @@ def main() -> None:
             pickle.loads(shipped).read_bytes("shard.parquet")
 
         def fresh() -> None:
-            storage_module._last_session = None  # as before: every storage made its own session
+            s3_storage._last_session = None  # as before: every storage made its own session
             shared()
 
         rates = {"new session per storage": [], "process's session": []}

@@ -167,6 +167,13 @@ def test_dockerignore_sends_only_the_sources():
 
     for path in (".git", ".venv", ".pytest_cache", ".ruff_cache", "build", "dist", "data", "tests", ".env", "s3.env"):
         assert excluded(path), path
-    for path in (REQUIREMENTS, "pyproject.toml", "README.md", "lib/vlkd/storage.py", "cli/main.py", "jobs/teacher.py"):
+    for path in (
+        REQUIREMENTS,
+        "pyproject.toml",
+        "README.md",
+        "lib/vlkd/storage/s3.py",
+        "cli/main.py",
+        "jobs/teacher.py",
+    ):
         assert not excluded(path), path
     assert excluded("lib/vlkd/__pycache__")

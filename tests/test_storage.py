@@ -13,10 +13,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from vlkd import storage as storage_module
 from vlkd.artifacts import ArtifactStore, sha256_file
 from vlkd.errors import KeyExistsError, NotFoundError, StorageError
 from vlkd.storage import S3Storage, normalize_store_uri, open_storage
+from vlkd.storage import s3 as s3_storage
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_files_above_64_mib_go_up_in_parts_and_come_back_verified(s3_endpoint, n
     manifest = store.publish("weights", "big", {"big.bin": src})
     key = f"p/{store.version_prefix(manifest.ref)}/files/big.bin"
     head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(Bucket=bucket, Key=key)
-    assert storage_module.MULTIPART_THRESHOLD == 64 * 2**20
+    assert s3_storage.MULTIPART_THRESHOLD == 64 * 2**20
     assert head["ETag"].strip('"').endswith("-2")  # an S3 multipart ETag: md5-of-parts, dash, part count
     assert head["ContentLength"] == src.stat().st_size
     store.fetch(manifest.ref, tmp_path / "back")  # ranged GETs above the threshold, then the sha256 check
@@ -184,7 +184,7 @@ def _free_port() -> int:
 
 
 def test_unreachable_endpoint_is_one_clear_error(monkeypatch):
-    monkeypatch.setattr(storage_module, "S3_MAX_ATTEMPTS", 2)  # not ten attempts' backoff, up to 25 s in all
+    monkeypatch.setattr(s3_storage, "S3_MAX_ATTEMPTS", 2)  # not ten attempts' backoff, up to 25 s in all
     storage = S3Storage("some-bucket", "p", endpoint_url=f"http://127.0.0.1:{_free_port()}")
     with pytest.raises(StorageError, match=r"cannot reach the S3 endpoint http://127\.0\.0\.1:\d+"):
         storage.read_bytes("k")

@@ -1,40 +1,27 @@
-"""Byte stores behind one small interface: `file://` (the embedded default) and `s3://` (boto3).
-
-Keys are `/`-separated paths relative to the store's root. All object I/O of vlkd goes through here, so no
-stage calls boto3 itself. boto3 is imported lazily: the CLI's `--help` must not pay for it.
-"""
+"""`s3://` stores: a prefix in an S3-compatible bucket, through boto3 (imported when a client is first made, so
+the CLI's `--help` does not pay for it), and how many times each request is tried."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
-import re
-import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
+from typing import Any
+from urllib.parse import urlparse
 
 from vlkd.errors import KeyExistsError, NotFoundError, StorageError
+from vlkd.storage.base import ObjectInfo, Progress, check_key, folder_key
 
-Progress = Callable[[int], None]
-"""Called with the number of bytes just transferred."""
-
-DEFAULT_STORE_ENV = "VLKD_STORE"
-_CHUNK = 1 << 20
-# Tries to create a file whose folder another process's `delete_prefix` keeps removing (FileStorage._staged).
-_FOLDER_ATTEMPTS = 100
 # Parts above this size go up as S3 multipart uploads (boto3 then sends parts in parallel).
 MULTIPART_THRESHOLD = 64 << 20
 # Where an S3 store checks, once, that its endpoint honours conditional writes (deleted right after).
 PROBE_PREFIX = ".vlkd/conditional-write-probe"
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Attempts of every S3 request (pyarrow's for checkpoints too), of every read of an object's body and of every
 # download's part: a multi-day run meets S3's transient 503 SlowDown and reset connections, and one of them must not
 # end it. Requests use botocore's "standard" retry mode: exponential backoff with full jitter (in botocore 1.44 from
@@ -79,261 +66,9 @@ def patient() -> contextlib.AbstractContextManager[None]:
     return _attempts(JOB_S3_MAX_ATTEMPTS)
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-
-
-class Storage(Protocol):
-    """What the artifact store needs from a byte store."""
-
-    uri: str
-
-    def read_bytes(self, key: str) -> bytes: ...
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes [start, end) of an object: what a reader of a few Parquet row groups of a large file fetches."""
-
-    def size(self, key: str) -> int: ...
-
-    def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
-        """Write a whole object. With `exclusive`, raise `KeyExistsError` if the key already exists,
-        atomically: of two concurrent exclusive writers exactly one succeeds."""
-
-    def upload(self, key: str, local_path: Path, progress: Progress | None = None) -> None: ...
-
-    def download(self, key: str, local_path: Path, progress: Progress | None = None) -> None: ...
-
-    def exists(self, key: str) -> bool: ...
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object under the folder `prefix` (recursively); `""` is the store's root and a trailing `/` is
-        optional. A prefix names a folder, never an object: the object `a/b` is not under `a/b`."""
-
-    def children(self, prefix: str) -> list[str]:
-        """The names directly below the folder `prefix` (the next path segment), objects and 'folders' alike."""
-
-    def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under the folder `prefix`; return how many."""
-
-    def pyarrow_location(self, prefix: str) -> tuple[str, Any]:
-        """(path, pyarrow filesystem or None for local) of `prefix`, for libraries that speak pyarrow."""
-
-    def age(self, key: str) -> timedelta:
-        """How long ago the object was last written, by the store's own clock: a writer's clock (a pod's) may be
-        off, so how long a job has been silent is judged by this (`vlkd.joblog.read_state`)."""
-
-
-def default_store_uri() -> str:
-    """`--store` falls back to `$VLKD_STORE`, then to `~/.vlkd/store`."""
-    return os.environ.get(DEFAULT_STORE_ENV) or Path.home().joinpath(".vlkd", "store").as_uri()
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key) of `s3://BUCKET/KEY`, the key without its outer slashes. S3 takes a key literally: in
-    `s3://b/vlkd/../other`, `..` is a folder's name, not a step up, so vlkd would write where the user did not mean
-    and where every other S3 client (`aws s3`, a console) shows a folder named `..`. Such a key is refused, not
-    resolved: resolving it could also climb out of the prefix, and the user knows which place was meant."""
-    parsed = urlparse(uri)
-    bucket, key = parsed.netloc, parsed.path.strip("/")
-    if not _BUCKET.match(bucket):
-        raise StorageError(f"invalid S3 bucket name {bucket!r} in {uri!r}")
-    if key and any(part in ("", ".", "..") for part in key.split("/")):
-        raise StorageError(
-            f"{uri!r}: S3 takes '.', '..' and empty segments literally, as folder names; write the prefix without them"
-        )
-    return bucket, key
-
-
-def normalize_store_uri(uri: str) -> str:
-    """Accept `s3://bucket/prefix`, `file:///abs/path` or a plain local path; return a URI."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        bucket, prefix = split_s3_uri(uri)
-        return f"s3://{bucket}/{prefix}".rstrip("/")
-    if parsed.scheme == "file":
-        path = unquote(parsed.path)
-        if parsed.netloc not in ("", "localhost"):
-            raise StorageError(f"file store URI {uri!r} names a host; use file:///absolute/path")
-        if not path.startswith("/"):
-            raise StorageError(
-                f"store URI {uri!r}: a file: URI needs an absolute path; use file:///ABSOLUTE/PATH, the folder's "
-                f"path itself ({path or '.'}) or s3://BUCKET/PREFIX"
-            )
-        return Path(path).as_uri()
-    if parsed.scheme == "":
-        return Path(uri).expanduser().resolve().as_uri()
-    raise StorageError(f"unsupported store URI {uri!r}: use s3://BUCKET/PREFIX, file:///PATH or a local path")
-
-
-def open_storage(uri: str, endpoint_url: str | None = None, region: str | None = None) -> Storage:
-    """The byte store at `uri`. S3 endpoint and region fall back to the standard AWS environment/config
-    (`AWS_ENDPOINT_URL`, `AWS_REGION`, profiles); credentials always come from there, never from a spec."""
-    uri = normalize_store_uri(uri)
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        return S3Storage(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url, region=region)
-    return FileStorage(Path(unquote(parsed.path)))
-
-
-def _check_key(key: str) -> str:
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid storage key {key!r}")
-    return key
-
-
-def _folder(prefix: str) -> str:
-    """A listing prefix as a folder key, `""` for the root: `jobs/x/log/` and `jobs/x/log` are the same folder."""
-    prefix = prefix.rstrip("/")
-    return _check_key(prefix) if prefix else ""
-
-
-class FileStorage:
-    """A folder on a local or shared filesystem.
-
-    Atomicity: data is written to a hidden temporary file in the target folder and then renamed (readers
-    never see a partial file); exclusive writes use `os.link`, which fails if the target exists, so of two
-    concurrent writers exactly one wins (POSIX guarantees this on local filesystems and NFSv3+).
-    """
-
-    _TMP = ".vlkd-tmp-"
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.uri = root.as_uri()
-
-    def _path(self, key: str) -> Path:
-        return self.root / _check_key(key)
-
-    def _dir(self, prefix: str) -> Path:
-        folder = _folder(prefix)
-        return self.root / folder if folder else self.root
-
-    @contextlib.contextmanager
-    def _staged(self, key: str) -> Iterator[tuple[Path, Path]]:
-        """(a new empty temporary file beside `key`'s, the file of `key`). Creating the temporary file keeps its
-        folder: `delete_prefix` elsewhere removes folders it leaves empty, which may be this one between `mkdir` and
-        the file's creation; then both are made again."""
-        target = self._path(key)
-        tmp = target.with_name(f"{self._TMP}{uuid.uuid4().hex}-{target.name}")
-        for attempt in range(_FOLDER_ATTEMPTS):
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp.touch(exist_ok=False)
-                break
-            except FileNotFoundError:
-                if attempt == _FOLDER_ATTEMPTS - 1:
-                    raise
-        try:
-            yield tmp, target
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def read_bytes(self, key: str) -> bytes:
-        try:
-            return self._path(key).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        try:
-            with open(self._path(key), "rb") as f:
-                f.seek(start)
-                return f.read(end - start)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
-
-    def size(self, key: str) -> int:
-        try:
-            return self._path(key).stat().st_size
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
-
-    def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
-        with self._staged(key) as (tmp, target):
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if exclusive:
-                try:
-                    os.link(tmp, target)
-                except FileExistsError:
-                    raise KeyExistsError(f"{self.uri}/{key} already exists") from None
-            else:
-                os.replace(tmp, target)
-
-    def upload(self, key: str, local_path: Path, progress: Progress | None = None) -> None:
-        with self._staged(key) as (tmp, target), open(local_path, "rb") as src:
-            with open(tmp, "wb") as dst:
-                _copy(src, dst, progress)
-            os.replace(tmp, target)
-
-    def download(self, key: str, local_path: Path, progress: Progress | None = None) -> None:
-        try:
-            src = open(self._path(key), "rb")  # noqa: SIM115 (closed below)
-        except FileNotFoundError:
-            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
-        with src, open(local_path, "wb") as dst:
-            _copy(src, dst, progress)
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        for folder, dirs, files in os.walk(self._dir(prefix)):
-            dirs.sort()
-            for name in sorted(files):
-                if name.startswith(self._TMP):
-                    continue
-                path = Path(folder, name)
-                yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
-
-    def children(self, prefix: str) -> list[str]:
-        try:
-            return sorted(p.name for p in self._dir(prefix).iterdir() if not p.name.startswith(self._TMP))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-
-    def pyarrow_location(self, prefix: str) -> tuple[str, Any]:
-        """Where Ray Train (which speaks pyarrow filesystems) should write under `prefix`."""
-        return str(self._dir(prefix)), None
-
-    def delete_prefix(self, prefix: str) -> int:
-        """Also removes the folders this leaves empty, as on S3, where a folder is only the keys under it: an
-        aborted publish must not leave `artifacts/<kind>/<name>/` behind to be listed as an artifact."""
-        count = sum(1 for _ in self.list(prefix))
-        folder = self._dir(prefix)
-        shutil.rmtree(folder, ignore_errors=True)
-        for parent in folder.parents:
-            if parent == self.root or not parent.is_relative_to(self.root):
-                break
-            try:
-                parent.rmdir()
-            except OSError:  # not empty (or already gone): its ancestors are not empty either
-                break
-        return count
-
-    def age(self, key: str) -> timedelta:
-        try:
-            modified = self._path(key).stat().st_mtime  # this machine's clock, or a file server's
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
-        return timedelta(seconds=max(time.time() - modified, 0.0))
-
-
 def _bare(code: str) -> bool:
     """Whether botocore found no S3 error code in an answer: none, or only the HTTP status it puts there instead."""
     return not code or code.isdigit()
-
-
-def _copy(src: Any, dst: Any, progress: Progress | None) -> None:
-    while chunk := src.read(_CHUNK):
-        dst.write(chunk)
-        if progress:
-            progress(len(chunk))
 
 
 _SESSION_LOCK = threading.Lock()
@@ -410,12 +145,12 @@ class S3Storage:
         return self.client.meta.endpoint_url
 
     def _key(self, key: str) -> str:
-        _check_key(key)
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _folder_key(self, prefix: str) -> str:
         """The S3 prefix that lists the folder `prefix`: ends in `/` unless it is the bucket's root."""
-        full = "/".join(p for p in (self.prefix, _folder(prefix)) if p)
+        full = "/".join(p for p in (self.prefix, folder_key(prefix)) if p)
         return f"{full}/" if full else ""
 
     def _unkey(self, full: str) -> str:
