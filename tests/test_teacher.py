@@ -165,6 +165,28 @@ def test_the_eval_stage_recomputes_the_retrieval_the_teacher_validated_with(cont
         assert recomputed[name] == pytest.approx(validated[name], abs=1e-3), name
 
 
+def test_the_eval_stages_retrieval_reads_captions_as_the_teachers_training_does(context, tmp_path):
+    """The held-out captions the eval stage ranks are tokenised and padded by training's own path (`CaptionTokens`,
+    `pad_sequences`): each caption's tokenizer ids, padded to a multiple of `buckets.TOKENS`, as a compiled step
+    sees them, not to each batch's longest caption."""
+    from transformers import BertTokenizerFast
+
+    from vlkd.data.buckets import TOKENS
+    from vlkd.evaluation.retrieval import held_out_batches
+
+    spec = teacher_spec(max_text_len=512)  # no caption is cut: the padding is what is left to tell the paths apart
+    context.store.fetch(spec.tokenizer, tmp_path / "tok")
+    tokenizer = BertTokenizerFast.from_pretrained(tmp_path / "tok", local_files_only=True)
+    features = str(context.store.resolve(spec.features))
+    batches = list(held_out_batches(context.store, spec, features, tokenizer, 192))
+    assert batches
+    for clips, batch in batches:
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        assert ids.shape[1] % TOKENS == 0
+        expected = tokenizer([c.text for c in clips])["input_ids"]
+        assert [row[mask.bool()].tolist() for row, mask in zip(ids, attention, strict=True)] == expected
+
+
 @pytest.mark.parametrize(
     ("overrides", "feature_dim"),
     [

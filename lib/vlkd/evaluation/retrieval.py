@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.data import features as fmt
+from vlkd.data.caption_tokens import CaptionTokens
 from vlkd.data.clips import features_info, frames_of, held_out
+from vlkd.data.corpus import pad_sequences
 from vlkd.errors import DataError
 from vlkd.inputs import open_input
 from vlkd.losses import mean_pool
@@ -89,7 +92,8 @@ def held_out_batches(
     store: ArtifactStore, teacher: TeacherSpec, features: str, tokenizer: Any, width: int
 ) -> Iterator[tuple[list[HeldOutClip], dict[str, torch.Tensor]]]:
     """The clips `teacher` validated on, BATCH at a time: what the page shows of each, and the teacher's inputs
-    (captions tokenised as in training; the first `width` columns of each frame, as `frames_of` gives them)."""
+    (captions tokenised and padded as the teacher's training reads them, `CaptionTokens` and `pad_sequences`; the
+    first `width` columns of each frame, as `frames_of` gives them)."""
     source = open_input(features, store)
     info = features_info(source)
     validation = held_out(source, info, teacher.train.val_size, teacher.seed)
@@ -101,13 +105,18 @@ def held_out_batches(
         for clip in fmt.read_clips(source.read_bytes(path), info.feature_dim)
         if clip.video_id in validation.videos
     )
+    captions = CaptionTokens(tokenizer, teacher.max_text_len)
     while chunk := list(itertools.islice(clips, BATCH)):
-        encoded = tokenizer(
-            [c.text for c in chunk], padding=True, truncation=True, max_length=teacher.max_text_len, return_tensors="pt"
-        )
+        tokens = captions(pa.table({"text": [c.text for c in chunk]})).column("input_ids")
+        ids, attention = pad_sequences(tokens, tokenizer.pad_token_id, teacher.max_text_len)
         middle_frame = teacher.visual_input == "middle_frame"
         frames, mask = frames_of([c.features for c in chunk], teacher.max_frames, width, middle_frame)
-        batch = {**encoded, "features": torch.from_numpy(frames), "frame_mask": torch.from_numpy(mask)}
+        batch = {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(attention),
+            "features": torch.from_numpy(frames),
+            "frame_mask": torch.from_numpy(mask),
+        }
         yield [HeldOutClip(c.video_id, c.start, c.end, c.text) for c in chunk], batch
 
 
