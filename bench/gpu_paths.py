@@ -36,7 +36,7 @@ from bench.common import bert_tokenizer, machine, peak_tflops, timed
 from bench.kd_step import distill_task, frozen_teacher
 from bench.train_step import a_batch, teacher_task
 from vlkd.flops import counted_flops, trainable_parameters
-from vlkd.jobs.distill import FrozenTeacher
+from vlkd.models.frozen_teacher import FrozenTeacher
 from vlkd.optim import build_optimizer
 from vlkd.specs import OptimSpec, TrainSpec
 from vlkd.train import TrainingTask, autocast, compile_model

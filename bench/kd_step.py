@@ -24,8 +24,9 @@ import torch
 
 from bench.common import bert_tokenizer, fastest_in_turns, machine, task_step
 from vlkd import losses
-from vlkd.jobs.distill import DistillTask, FrozenTeacher
+from vlkd.jobs.distill import DistillTask
 from vlkd.models.bert import bert_config
+from vlkd.models.frozen_teacher import FrozenTeacher
 from vlkd.specs import parse_spec
 from vlkd.train import autocast
 

@@ -276,6 +276,7 @@ def _bank_of(store, teacher_ref, tmp_path, bank_size=4):
     from vlkd.data import features as fmt
     from vlkd.data.clips import features_info
     from vlkd.inputs import open_input
+    from vlkd.models.frozen_teacher import video_bank
     from vlkd.models.teacher import Teacher
 
     options = {"voken": {"features": "features/synth", "bank_size": bank_size}}
@@ -283,7 +284,7 @@ def _bank_of(store, teacher_ref, tmp_path, bank_size=4):
     task = distill.plan_task(spec, store, None, 0)
     store.fetch(teacher_ref, tmp_path / "teacher")
     encoder = Teacher.load(tmp_path / "teacher").eval().video_encoder
-    bank = distill._video_bank(encoder, store, task.bank, torch.device("cpu"))
+    bank = video_bank(encoder, store, task.bank, torch.device("cpu"))
     source = open_input("features/synth", store)
     info = features_info(source)
     clips = {video_id: [] for video_id in task.bank.videos}

@@ -15,8 +15,9 @@ from vlkd import losses
 from vlkd.data.text import SPECIAL_TOKENS, load_vocab_tokenizer
 from vlkd.distillation import Distillation, Widths, weighted_total
 from vlkd.flops import TRAINED, mlm_head_forward_flops
-from vlkd.jobs.distill import DistillTask, FrozenTeacher
+from vlkd.jobs.distill import DistillTask
 from vlkd.models.bert import bert_config
+from vlkd.models.frozen_teacher import FrozenTeacher
 from vlkd.specs import KDOptions, parse_spec
 from vlkd.specs.shapes import ModelShape
 

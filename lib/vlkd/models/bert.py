@@ -33,6 +33,21 @@ def bert_config(shape: ModelShape, vocab_size: int, **extra: object) -> BertConf
     )
 
 
+SHAPE_FIELDS = {
+    "num_hidden_layers": "num_layers",
+    "hidden_size": "hidden_size",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+}
+"""The BertConfig fields that make a checkpoint's weights fit a model, with `ModelShape`'s name for each."""
+
+
+def shape_of(config: PretrainedConfig) -> ModelShape:
+    """The shape of a saved BERT (e.g. a teacher's LM^T), from its config: what its FLOPs are counted from."""
+    return ModelShape(**{field: getattr(config, key) for key, field in SHAPE_FIELDS.items()})
+
+
 PackedRows = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"]
 """A `vlkd.data.packing.Packing` as tensors on the device: (gather, scatter, positions, segments)"""
 
