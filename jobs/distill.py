@@ -2,7 +2,8 @@
 the spec against a frozen `teacher` (Sec. 3.3-3.4), with Ray Train; `kd: {}` is the text-only baseline.
 
 The teacher is loaded on each worker, frozen (eval mode, no gradients, never in the optimizer, bf16 on GPU:
-`vlkd.models.frozen_teacher`) and fed the very masked input the student sees. The student's parents are the teacher, the corpus and its tokenizer.
+`vlkd.models.frozen_teacher`) and fed the very masked input the student sees. The student's parents are the
+teacher, the corpus and its tokenizer.
 """
 
 from __future__ import annotations

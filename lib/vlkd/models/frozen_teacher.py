@@ -64,8 +64,8 @@ def load_frozen_teacher(
     teacher.eval().requires_grad_(False).to(device)
     if device.type == "cuda":  # the frozen teacher needs no fp32 master weights
         teacher.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    video_bank = _shared_video_bank(teacher.video_encoder, store, bank, device) if bank else None
-    frozen = FrozenTeacher(teacher.language_model, video_bank)
+    bank_vectors = _shared_video_bank(teacher.video_encoder, store, bank, device) if bank else None
+    frozen = FrozenTeacher(teacher.language_model, bank_vectors)
     if compile:
         frozen.compile(mode=compile)  # in place (`nn.Module.compile`): the teacher keeps its type and attributes
     return frozen
