@@ -330,8 +330,7 @@ def test_a_lost_ray_train_worker_is_replaced_and_resumes(context, tmp_path):
     place = RunPlace(context.store.storage, "lost-worker")
     task = CrashOnce(spec, tokenizer, info.feature_dim, str(tmp_path / "crashed"), place)
     final = tmp_path / "final"
-    state = fit(task, spec.train, spec.optim, Resources(num_workers=1), splits, place, 0, "teacher/lost-worker", final)[
-        "state"
-    ]
+    resources = Resources(num_workers=1)
+    state = fit(task, spec.train, spec.optim, resources, splits, place, 0, "teacher/lost-worker", final)["state"]
     assert (tmp_path / "crashed").exists()
     assert state["resumed_from"] == [6] and state["step"] == 12
