@@ -139,10 +139,13 @@ def test_the_diagnostic_set_is_scored_with_the_mnli_model(context, tmp_path):
         context,
     )
     context.store.fetch(manifest.ref, tmp_path / "r")
-    runs = json.loads((tmp_path / "r" / "results.json").read_text())["runs"]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    runs = results["runs"]
     assert sorted(r["task"] for r in runs) == ["glue_diagnostic", "mnli"]
     diagnostic = next(r for r in runs if r["task"] == "glue_diagnostic")
     assert -100 <= diagnostic["metrics"]["r3"] <= 100 and "r3_average" in diagnostic["metrics"]
+    # kept for the R3s' intervals: the run's predicted labels, the dev file's gold ones once
+    assert len(diagnostic["labels"]) == len(results["gold"]["glue_diagnostic"]) == len(diagnostic["correct"])
 
 
 def report_runs(context, manifest, tmp_path) -> list[dict]:

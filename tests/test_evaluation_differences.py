@@ -13,8 +13,11 @@ import pytest
 from vlkd.errors import DataError
 from vlkd.evaluation.bootstrap import cluster_labels, difference_interval
 from vlkd.evaluation.differences import differences
-from vlkd.evaluation.report import NOISE, R3_NOTE, parse_tables, render_markdown, render_table
+from vlkd.evaluation.readers import TextPair
+from vlkd.evaluation.report import NOISE, R3_NOTE, R3_UNKEPT_NOTE, parse_tables, render_markdown, render_table
 from vlkd.evaluation.results import RunRecord, build_results, load_results, merge, write_results
+from vlkd.evaluation.scoring import score_predictions
+from vlkd.evaluation.tasks import NLI_LABELS, TASKS
 
 DEV = 100
 
@@ -164,7 +167,7 @@ def test_runs_on_another_dev_set_than_the_clusters_get_no_interval() -> None:
     assert results["clusters"] == {"squad_v1": PARAGRAPHS} and results["differences"] == {}
 
 
-# --- the GLUE diagnostic: an interval per category's accuracy, none on R3 ------------------------------------------
+# --- the GLUE diagnostic: an interval per category's accuracy, and per R3 where the runs kept their labels ---------
 
 PAIRS = cluster_labels([example // 2 for example in range(DEV)])  # 50 sentence pairs, each asked both ways
 LOGIC = "1" * 40 + "0" * 60  # 20 pairs tagged Logic
@@ -188,12 +191,12 @@ def _diagnostic_results(subsets: dict | None = DIAGNOSTIC_SUBSETS) -> dict:
     return build_results(records + [_diagnostic("NST", s, "1" * 40 + knowledge, subsets) for s in (0, 1, 2)], "BASE")
 
 
-def test_each_diagnostic_categorys_accuracy_gets_an_interval_and_r3_none() -> None:
+def test_each_diagnostic_categorys_accuracy_gets_an_interval_and_r3_none_without_labels() -> None:
     results = _diagnostic_results()
     assert results["subsets"] == {"glue_diagnostic": DIAGNOSTIC_SUBSETS}
     assert all("subsets" not in run for run in results["runs"])
     nst = results["differences"]["NST"]
-    assert set(nst) == {"glue_diagnostic/acc_logic", "glue_diagnostic/acc_knowledge"}  # not R3, the main metric
+    assert set(nst) == {"glue_diagnostic/acc_logic", "glue_diagnostic/acc_knowledge"}  # no R3: no labels kept
     assert nst["glue_diagnostic/acc_logic"]["difference"] == pytest.approx(80.0)
     assert not nst["glue_diagnostic/acc_logic"]["within_noise"]
     assert nst["glue_diagnostic/acc_knowledge"] == {
@@ -235,9 +238,59 @@ def test_table_7_shows_the_accuracies_intervals_and_counts_them() -> None:
     cells = dict(zip(header, nst, strict=True))
     assert cells["Diag. Logic Acc"].startswith("+80.0 [+") and NOISE not in cells["Diag. Logic Acc"]
     assert cells["Diag. Knowledge Acc"] == f"+0.0 [+0.0, +0.0] {NOISE}"
-    assert cells["Diag. Logic R3"] == "+0.0"  # R3 is no mean over examples: a bare difference
+    assert cells["Diag. Logic R3"] == "+0.0"  # runs that kept no labels: a bare difference
     assert "1 of these 2 per-column intervals exclude 0" in report
-    assert R3_NOTE in report and R3_NOTE not in render_markdown(_results())  # said only where the diagnostic ran
+    assert R3_UNKEPT_NOTE in report and R3_UNKEPT_NOTE not in render_markdown(_results())  # where the diagnostic ran
+
+
+def _labelled(row: str, seed: int, predicted: str) -> RunRecord:
+    """A diagnostic run that kept its labels, scored as the eval stage scores it (`score_diagnostic`)."""
+    examples = [_pair_example(i) for i in range(DEV)]
+    scored = score_predictions(TASKS["glue_diagnostic"], {"": [NLI_LABELS[int(d)] for d in predicted]}, {"": examples})
+    return RunRecord(
+        row,
+        f"student/{row}:v1",
+        "glue_diagnostic",
+        seed,
+        scored.metrics,
+        correct=scored.correct,
+        clusters=scored.clusters,
+        subsets=scored.subsets,
+        labels=scored.labels,
+        gold=scored.gold,
+    )
+
+
+def _pair_example(i: int) -> TextPair:
+    """Example i of a 100-example diagnostic: pair i // 2 asked both ways, its first 20 pairs tagged Logic, the
+    last 30 Knowledge; gold labels in turn."""
+    first, second = f"sentence {i // 2} a", f"sentence {i // 2} b"
+    meta = {"Lexical Semantics": "", "Predicate-Argument Structure": "", "Logic": "", "Knowledge": ""}
+    meta["Logic" if i < 40 else "Knowledge"] = "Tag"
+    text_a, text_b = (first, second) if i % 2 == 0 else (second, first)
+    return TextPair(text_a, text_b, NLI_LABELS[(i // 2) % 3], meta=meta)
+
+
+def test_with_the_runs_labels_each_r3_and_the_main_metric_get_an_interval_and_table_7_shows_them() -> None:
+    """NST predicts every gold label; the baseline only on Knowledge's pairs, elsewhere the next label. Its R3 on
+    Logic is far below NST's (outside noise); on Knowledge they are equal."""
+    gold = "".join(str((i // 2) % 3) for i in range(DEV))
+    shifted = "".join(str((int(g) + 1) % 3) if i < 40 else g for i, g in enumerate(gold))
+    records = [_labelled("BASE", s, shifted) for s in range(3)] + [_labelled("NST", s, gold) for s in range(3)]
+    results = build_results(records, "BASE")
+    assert results["gold"] == {"glue_diagnostic": gold} and all("gold" not in run for run in results["runs"])
+    nst = results["differences"]["NST"]
+    main = results["summary"]["NST"]["glue_diagnostic"]["r3_average"]["mean"]
+    base = results["summary"]["BASE"]["glue_diagnostic"]["r3_average"]["mean"]
+    assert nst["glue_diagnostic"]["difference"] == pytest.approx(main - base, abs=1e-3)  # the scored R3 average
+    assert not nst["glue_diagnostic/r3_logic"]["within_noise"] and nst["glue_diagnostic/r3_logic"]["low"] > 100
+    assert nst["glue_diagnostic/r3_knowledge"]["difference"] == 0.0 and nst["glue_diagnostic/r3_knowledge"]["high"] == 0
+    assert not nst["glue_diagnostic/r3"]["within_noise"]
+    report = render_markdown(results)
+    header, row = next(table for table in parse_tables(report) if table[0][0] == "Model" and table[1][0] == "NST")
+    assert dict(zip(header, row, strict=True))["Diag. Logic R3"].startswith("+")
+    assert "[" in dict(zip(header, row, strict=True))["Diag. Logic R3"]
+    assert R3_NOTE in report and R3_UNKEPT_NOTE not in report
 
 
 def test_a_results_file_from_before_subsets_gives_the_categories_no_interval(tmp_path: Path) -> None:

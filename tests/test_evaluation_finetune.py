@@ -13,7 +13,8 @@ from vlkd.data.synth import SynthConfig, SynthSummary, generate
 from vlkd.data.text import corpus_lines, save_tokenizer, train_tokenizer
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.evaluation import qa
-from vlkd.evaluation.bootstrap import cluster_count
+from vlkd.evaluation.bootstrap import cluster_count, digits
+from vlkd.evaluation.correlation import averaged_r3_pseudo_values
 from vlkd.evaluation.finetune import evaluate, finetune, finetune_optim, load_tokenizer, run_fields, train
 from vlkd.evaluation.flags import did_not_learn
 from vlkd.evaluation.readers import Question
@@ -182,6 +183,15 @@ def test_mnli_model_scores_both_dev_sets_and_the_diagnostic(model_dir: Path, syn
         for category in ("lexical_semantics", "predicate_argument_structure", "logic", "knowledge")
     }
     assert _in_range(diagnostic, low=-100.0)
+    # its predicted and gold labels, from which the comparison's R3s are the means of pseudo-values
+    assert len(fields["labels"]) == len(fields["gold"]) == 20
+    pairs = zip(fields["labels"], fields["gold"], strict=True)
+    assert fields["correct"] == "".join("1" if predicted == gold else "0" for predicted, gold in pairs)
+    categories = {metric: subset for metric, subset in TASKS["glue_diagnostic"].correlations.items() if subset}
+    masks = [digits(fields["subsets"][subset]).astype(bool) for m, subset in categories.items() if m in diagnostic]
+    assert masks  # some category is present
+    values = averaged_r3_pseudo_values(digits(fields["labels"]), digits(fields["gold"]), 3, masks)
+    assert 100 * values.mean() == pytest.approx(diagnostic["r3_average"], abs=1e-9)
 
 
 def test_diagnostic_needs_the_mnli_model(model_dir: Path, synth: SynthSummary) -> None:

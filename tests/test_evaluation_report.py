@@ -80,6 +80,7 @@ def test_results_list_models_tasks_and_every_run() -> None:
         "dev_curve": [],
         "predicted": None,
         "correct": None,
+        "labels": None,
     }
 
 

@@ -16,7 +16,8 @@ TESTS = Path(__file__).parent
 def test_a_missing_prerequisite_fails_in_ci_and_skips_elsewhere(tmp_path, ci, outcome):
     probe = tmp_path / "test_probe.py"
     probe.write_text("from prerequisites import require\n\n\ndef test_it():\n    require(False, 'no frobnicator')\n")
-    env = {**os.environ, "CI": ci, "PYTHONPATH": str(TESTS)}
+    # PYTEST_ADDOPTS emptied: the probe prints its summary line whatever options the suite itself was given
+    env = {**os.environ, "CI": ci, "PYTHONPATH": str(TESTS), "PYTEST_ADDOPTS": ""}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,

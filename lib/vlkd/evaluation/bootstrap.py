@@ -40,6 +40,10 @@ in tests/test_evaluation_bootstrap.py). Below 5% at 2-3 seeds (2-4%) because Wel
 assume the two rows' seed spreads equal; pooled ones would, and are exact when they are, but read 7.5% at 2-3 seeds
 when one row's seed SD is 3x the other's.
 
+A metric that is no mean over examples but a smooth function of such means (the diagnostic's R3, a correlation)
+comes in as its pseudo-values (`correlation`: per example, the metric plus the example's first-order influence), a
+mean over examples like any other: every part above applies to it unchanged.
+
 With one seed in a row its seed variance is unknown: the task (and an average over it) falls back to a paired
 bootstrap over dev examples (the same draw for both rows, whole clusters where examples are clustered, `RESAMPLES`
 replicates, a fixed `SEED`, percentile interval), which does not cover seed noise; `Interval.over_seeds` says so
@@ -61,8 +65,10 @@ LEVEL = 0.95
 _CELLS = 1 << 22
 """Bootstrap replicates are drawn in chunks of about this many example weights (32 MiB), whatever the dev set's size."""
 
-Outcomes = Sequence[str]
-"""A row's runs on one task, one string per seed: "1" per dev example it got right, "0" per one it got wrong."""
+Outcomes = Sequence[str] | np.ndarray
+"""A row's runs on one task, one string per seed: "1" per dev example it got right, "0" per one it got wrong; or
+[S, N] values per seed and example whose mean over the examples is the run's metric (a correlation's pseudo-values,
+`correlation`)."""
 
 Clusters = str
 """Each dev example's cluster, the examples whose outcomes move together (SQuAD's questions on one paragraph,
@@ -128,11 +134,12 @@ def cluster_count(clusters: Clusters) -> int:
 
 
 def difference_interval(
-    tasks: Sequence[tuple[Outcomes, Outcomes]], clusters: Sequence[Clusters | None] | None = None
+    tasks: Sequence[tuple[Outcomes, Outcomes]], clusters: Sequence[Clusters | None] | None = None, bound: float = 1.0
 ) -> Interval:
     """The mean over `tasks` of (model's metric - baseline's), each task given as (model's runs, baseline's
     runs) over the same dev examples, with its `LEVEL` interval. `clusters`: each task's, in the same order
-    (None, or none given: independent examples)."""
+    (None, or none given: independent examples). `bound`: the largest difference the metric allows, as a fraction
+    (1 for accuracies, 2 for correlations)."""
     each = [None] * len(tasks) if clusters is None else clusters
     parsed = [_task(model, baseline, labels) for (model, baseline), labels in zip(tasks, each, strict=True)]
     if any(len(task.model) < 2 or len(task.baseline) < 2 for task in parsed):
@@ -140,8 +147,8 @@ def difference_interval(
     difference = np.mean([task.model.mean() - task.baseline.mean() for task in parsed])
     parts = [(variance / len(parsed) ** 2, df) for task in parsed for variance, df in _task_parts(task)]
     low, high = t_interval(difference, parts)
-    # A t interval over two or three seeds can reach past what a difference of two scores in [0, 1] can be.
-    return Interval(float(difference) * 100, max(float(low), -1.0) * 100, min(float(high), 1.0) * 100)
+    # A t interval over two or three seeds can reach past what a difference of two scores can be.
+    return Interval(float(difference) * 100, max(float(low), -bound) * 100, min(float(high), bound) * 100)
 
 
 def _task(model: Outcomes, baseline: Outcomes, clusters: Clusters | None) -> _Task:
@@ -213,8 +220,15 @@ def _examples_bootstrap(tasks: list[_Task]) -> Interval:
 
 
 def _matrix(runs: Outcomes) -> np.ndarray:
-    """[S, N] 0/1 outcomes of S seeds on N examples."""
-    return np.array([np.frombuffer(run.encode("ascii"), dtype=np.uint8) - ord("0") for run in runs], dtype=float)
+    """[S, N] outcomes of S seeds on N examples."""
+    if isinstance(runs, np.ndarray):
+        return runs.astype(float)
+    return np.array([digits(run) for run in runs], dtype=float)
+
+
+def digits(text: str) -> np.ndarray:
+    """[N] integers from a string of one digit per example (results.json's `correct`, `labels`, `gold`)."""
+    return np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64) - ord("0")
 
 
 def _replicates(totals: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -275,6 +275,8 @@ def run_fields(finetuned: Finetuned, scored: Scored, task: str) -> dict[str, Any
         "correct": scored.correct,
         "clusters": scored.clusters,
         "subsets": scored.subsets,
+        "labels": scored.labels,
+        "gold": scored.gold,
     }
 
 

@@ -41,7 +41,10 @@ CELL_NOTE = (
     f"Mean over seeds ± sample std (median from three seeds on); {FLAG}: a run of the cell is flagged (see the "
     "notes). Reference rows are never averaged."
 )
-R3_NOTE = "The diagnostic's R3 differences have none: a correlation is no mean over dev examples."
+R3_NOTE = (
+    "The diagnostic's R3s: the same, over each dev example's share of the correlation (its first-order influence)."
+)
+R3_UNKEPT_NOTE = "The diagnostic's R3 differences have none: its runs kept no predicted labels (an older results.json)."
 CURVES_NOTE = (
     "Each run's training loss (mean over windows of steps) and its main metric on dev after every epoch: a panel "
     "per task and model, a line per seed; dashed, the majority-class reference."
@@ -278,7 +281,7 @@ def render_markdown(
 def legend(results: Mapping[str, Any]) -> list[str]:
     """What the tables' marks mean: the cells', and the intervals' when some difference has one: what they cover
     (seeds, dev examples) and not (pretraining), the one-seed fallback's gap where some interval used it, and why
-    the diagnostic's R3 columns have none."""
+    how the diagnostic's R3 columns have theirs (or why none)."""
     if not results["summary"]:
         return []
     differences = results.get("differences", {})
@@ -287,7 +290,9 @@ def legend(results: Mapping[str, Any]) -> list[str]:
         return [CELL_NOTE]
     how = [SEED_INTERVAL_NOTE] * (True in methods) + [EXAMPLES_ONLY_NOTE] * (False in methods)
     noise = f"{NOISE}: the interval contains 0, the difference is within noise."
-    r3 = [R3_NOTE] * ("glue_diagnostic" in results["tasks"])
+    r3 = []
+    if "glue_diagnostic" in results["tasks"]:
+        r3 = [R3_NOTE if "glue_diagnostic" in results.get("gold", {}) else R3_UNKEPT_NOTE]
     return [CELL_NOTE, " ".join([f"[{LEVEL:.0%} interval]:", *how, NOT_COVERED_NOTE, noise, *r3])]
 
 

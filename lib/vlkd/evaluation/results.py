@@ -11,9 +11,11 @@
            "worker": "host:pid",        # the process that finetuned: a Ray task's, or the job's own
            "loss_curve": [[step, mean loss]], "dev_curve": [[epoch, main metric]],    # how it trained
            "predicted": {label: count},  # main dev file (extractive QA: `scoring.answer_counts`)
-           "correct": "0110..."}],      # main dev file, per example: right (diagnostic: for its accuracies, not R3)
+           "correct": "0110...",        # main dev file, per example: right (the diagnostic: for its accuracies)
+           "labels": "0210..."}],       # main dev file, per example: the predicted label's index (the diagnostic)
  "clusters": {task: "0 0 0 1 1 ..."},   # main dev file, per example: its paragraph (SQuAD), story (TRACIE), pair
  "subsets": {task: {metric: "0110..."}},  # main dev file: the examples a metric is a mean of `correct` over
+ "gold": {task: "0120..."},             # main dev file, per example: the gold label's index, where `labels` is kept
  "references": {task: {"majority" | "bag_of_words" | "no_answer": {"metrics", "correct", "predicted"}}},  # not averaged
  "summary": {row: {task: {metric: {"mean", "std", "median", "seeds"}}}},   # std: sample std over seeds, 0 for one
                           # the main metric's also has "flags": [{"seed", "flags": ["did not learn: ..."]}]
@@ -23,12 +25,13 @@
  "notes": ["..."],
  "tables": [{"name", "title", "rows": [[row, label]]}]}   # ablation tables (Tables 3, 5, 6): rows in their order
 ```
-`summary` and `differences` are derived from `runs`, `clusters`, `subsets` and `references` (`flags`,
+`summary` and `differences` are derived from `runs`, `clusters`, `subsets`, `gold` and `references` (`flags`,
 `differences`); `merge` recomputes them, and keeps no tables (they name one eval's rows). `clusters`
-(`bootstrap.Clusters`) and `subsets` are stored once per task, not per run; a task without clusters has independent
-dev examples. A v1 document (before runs kept curves and outcomes) loads with no flags nor intervals; a v2 one from
-before ablation tables, with none; one from before clusters, with every dev example its own cluster; one from
-before subsets, with no interval on the diagnostic's per-category accuracies.
+(`bootstrap.Clusters`), `subsets` and `gold` are stored once per task, not per run; a task without clusters has
+independent dev examples. A v1 document (before runs kept curves and outcomes) loads with no flags nor intervals; a
+v2 one from before ablation tables, with none; one from before clusters, with every dev example its own cluster;
+one from before subsets, with no interval on the diagnostic's per-category accuracies; one from before labels and
+gold, with none on its R3s.
 """
 
 from __future__ import annotations
@@ -81,6 +84,10 @@ class RunRecord:
     subsets: dict[str, str] | None = None
     """main dev file: per metric that is a mean of `correct` over some examples, which (`scoring.Scored.subsets`);
     kept once per task (`subsets`), as `clusters` is"""
+    labels: str | None = None
+    """main dev file: each example's predicted label, where a metric is a correlation (`scoring.Scored.labels`)"""
+    gold: str | None = None
+    """main dev file: each example's gold label, as `labels` has them; kept once per task (`gold`)"""
 
 
 def build_results(
@@ -127,7 +134,7 @@ def build_results(
                 f"table {table['name']!r} shows rows with no runs: {', '.join(unknown)}; rows: {', '.join(models)}"
             )
     runs = [{key: value for key, value in asdict(record).items() if key not in _PER_TASK} for record in records]
-    clusters, subsets = (_per_task(records, name) for name in _PER_TASK)
+    clusters, subsets, gold = (_per_task(records, name) for name in _PER_TASK)
     references = {
         task: {name: dict(scores) for name, scores in refs.items()} for task, refs in (references or {}).items()
     }
@@ -139,9 +146,10 @@ def build_results(
         "runs": runs,
         "clusters": clusters,
         "subsets": subsets,
+        "gold": gold,
         "references": references,
         "summary": summarize(records, references),
-        "differences": differences(runs, baseline, clusters, subsets),
+        "differences": differences(runs, baseline, clusters, subsets, gold),
         "retrieval": {label: dict(values) for label, values in (retrieval or {}).items()},
         "notes": list(notes),
         "tables": [{**table, "rows": [list(row) for row in table["rows"]]} for table in tables],
@@ -201,7 +209,7 @@ def _sample_std(numbers: Sequence[float]) -> float:
     return math.sqrt(math.fsum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1))
 
 
-_PER_TASK = ("clusters", "subsets")
+_PER_TASK = ("clusters", "subsets", "gold")
 """The run records' fields that describe the task's dev file, not the run: results.json keeps each once per task."""
 
 
@@ -220,7 +228,7 @@ def _per_task(records: Sequence[RunRecord], name: str) -> dict[str, Any]:
 
 
 def records_of(results: Mapping[str, Any]) -> list[RunRecord]:
-    """The document's runs, each with its task's clusters and subsets again."""
+    """The document's runs, each with its task's clusters, subsets and gold labels again."""
     kept = {name: results.get(name, {}) for name in _PER_TASK}
     return [
         RunRecord(**run, **{name: by_task.get(run["task"]) for name, by_task in kept.items()})

@@ -5,7 +5,9 @@ group (clusters, and the subsets a metric is a mean over).
 
 Per-example outcomes are kept as one character per example ("1" right, "0" wrong) of the main evaluation file:
 about 1 byte per dev example and run (MNLI-m's 9,815, QQP's 40,430), bounded by the size of a dev set; a subset
-too (the diagnostic's four categories: 4 bytes per example, once per task)."""
+too (the diagnostic's four categories: 4 bytes per example, once per task). Where a metric is a correlation of
+predicted with gold labels (`Task.correlations`), each run keeps its predicted label per example as a digit (the
+label's index in `Task.labels`), and the gold labels once per task, the same way."""
 
 from __future__ import annotations
 
@@ -36,6 +38,11 @@ class Scored:
     subsets: dict[str, str] | None = None
     """main evaluation file: per metric that is a mean of `correct` over some examples (`tasks.example_subsets`),
     "1" per example in it; None where there is no such metric"""
+    labels: str | None = None
+    """main evaluation file: each example's predicted label (`label_digits`), where some metric is a correlation
+    (`Task.correlations`); None elsewhere"""
+    gold: str | None = None
+    """main evaluation file: each example's gold label, as `labels` has the predicted ones"""
 
     def predictor_fields(self) -> dict[str, Any]:
         """What is the predictor's own (a reference row keeps these), not its evaluation file's, which every
@@ -55,9 +62,20 @@ def score_predictions(
     if task.example_correct is not None:
         correct = "".join("1" if task.example_correct(p, e) else "0" for p, e in zip(main, main_examples, strict=True))
     predicted = prediction_counts(task, main, main_examples)
-    return Scored(
-        metrics, correct, predicted, example_clusters(task, main_examples), example_subsets(task, main_examples)
-    )
+    labels = gold = None
+    if task.correlations:
+        labels, gold = label_digits(task, main), label_digits(task, [e.label for e in main_examples])
+    clusters, subsets = example_clusters(task, main_examples), example_subsets(task, main_examples)
+    return Scored(metrics, correct, predicted, clusters, subsets, labels, gold)
+
+
+def label_digits(task: Task, labels: Sequence[object]) -> str:
+    """Each label's index in `task.labels`, a digit per example ("0" the first label): one byte per example, as
+    `correct` is."""
+    if len(task.labels) > 10:
+        raise ValueError(f"{task.name}: {len(task.labels)} labels do not fit a digit each")
+    index = {label: str(i) for i, label in enumerate(task.labels)}
+    return "".join(index[label] for label in labels)
 
 
 def main_score(task: Task, predictions: Sequence[object], examples: Sequence[Example]) -> float:

@@ -6,9 +6,11 @@ several evaluation files prefixes its metrics with the file's role (MNLI: `match
 `mismatched_accuracy`). `main_metric` is the number a report's table shows for the task; `example_correct` says
 whether one example counts as right for it, when it is a mean over examples (accuracy, exact match), which is what
 lets the report compare two models example by example; `example_subsets` names the other metrics that are such a
-mean over some of the examples (the diagnostic's per-category accuracies, whose main metric R3 is none), compared
-the same way; `example_cluster` says which examples share what makes their outcomes move together (SQuAD's
-paragraph, TRACIE's story, the diagnostic's sentence pair), which the comparison's interval draws whole.
+mean over some of the examples (the diagnostic's per-category accuracies), compared the same way; `correlations`
+names the metrics that are R_K correlations of predicted with gold labels (the diagnostic's R3s), compared through
+their pseudo-values (`evaluation.correlation`); `example_cluster` says which examples share what makes their
+outcomes move together (SQuAD's paragraph, TRACIE's story, the diagnostic's sentence pair), which the comparison's
+interval draws whole.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -77,6 +79,10 @@ class Task:
     """extractive QA: questions may have no answer in the passage (SQuAD 2.0)"""
     example_cluster: ExampleCluster | None = None
     """None when the examples are independent (each its own cluster)"""
+    correlations: dict[str, str | None] = field(default_factory=dict)
+    """metric -> the `example_subsets` metric whose examples it is over (None: all), for each metric that is an R_K
+    correlation of the predicted with the gold labels (classification). A main metric that is no mean is the mean
+    of those over subsets that some example counts in (the diagnostic's `r3_average`)."""
 
     @property
     def trained_on(self) -> str:
@@ -321,6 +327,10 @@ TASKS: dict[str, Task] = {
             labels=NLI_LABELS,
             trained_as="mnli",
             example_cluster=sentence_pair_of,
+            correlations={
+                "r3": None,
+                **{category_key("r3", c): category_key("acc", c) for c in DIAGNOSTIC_CATEGORIES},
+            },
         ),
         _choice("piqa", "PIQA", _piqa("train"), _piqa("valid")),
         # TRACIE has no dev split; its test file is the evaluation set (as in the paper's Table 7).
