@@ -280,8 +280,8 @@ def render_markdown(
 
 def legend(results: Mapping[str, Any]) -> list[str]:
     """What the tables' marks mean: the cells', and the intervals' when some difference has one: what they cover
-    (seeds, dev examples) and not (pretraining), the one-seed fallback's gap where some interval used it, and why
-    how the diagnostic's R3 columns have theirs (or why none)."""
+    (seeds, dev examples) and not (pretraining), the one-seed fallback's gap where some interval used it, and how
+    the diagnostic's R3 columns get theirs (or why they have none)."""
     if not results["summary"]:
         return []
     differences = results.get("differences", {})
