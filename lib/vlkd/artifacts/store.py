@@ -1,258 +1,44 @@
-"""Versioned, immutable artifacts with manifests and lineage, on any `Storage`.
-
-Layout under the store root::
-
-    artifacts/<kind>/<name>/v<N>/claim.json       who took version N, and when
-    artifacts/<kind>/<name>/v<N>/files/<path>     the data
-    artifacts/<kind>/<name>/v<N>/manifest.json    written last: its presence is what publishes vN
-    artifacts/<kind>/<name>/aliases/<alias>.json  {"version": N}
-
-Guarantees:
-- A version number is taken by an exclusive create of its `claim.json` (`If-None-Match: *` on S3, `link` on
-  files), so two concurrent publishers of one name never share a number: the loser moves on to N+1.
-- Readers only see versions whose manifest exists, and the manifest is written after every file, so a
-  crashed or interrupted publish is invisible; `gc` removes its leftovers.
-- `latest` is not stored: it is the highest published version, so concurrent publishers cannot leave it
-  pointing backwards.
-- Downloads are checked against the manifest's size and sha256 before they appear under their final name, and
-  never replace a local file that differs unless asked.
-- A manifest that exists but does not read as one (empty, cut short, not a manifest) is an error naming its
-  version where that version is asked for, and a version left out (and named) where versions are listed.
-
-`vlkd.housekeeping` finds what `vlkd artifacts gc` removes.
-"""
+"""`ArtifactStore`: publish (through a `Draft`), resolve refs and aliases, list, fetch with checksums, trace
+lineage and tag, on one `Storage`. The guarantees are the package's (`vlkd.artifacts`)."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from vlkd import __version__
+from vlkd.artifacts.draft import Draft, now, spec_dict
+from vlkd.artifacts.manifest import (
+    ALIASES,
+    CLAIM,
+    FILES,
+    MANIFEST,
+    ROOT,
+    ArtifactSummary,
+    FileEntry,
+    LineageNode,
+    Listing,
+    Manifest,
+    check_file_path,
+    sha256_file,
+)
 from vlkd.errors import ChecksumError, DamagedManifestError, KeyExistsError, NotFoundError, RefError, VlkdError
-from vlkd.joblog import log_prefix
 from vlkd.refs import KINDS, LATEST, ArtifactRef, check_alias, check_name
 from vlkd.storage import Progress, Storage, default_store_uri, open_storage
 
-ROOT = "artifacts"
-MANIFEST = "manifest.json"
-CLAIM = "claim.json"
-FILES = "files"
-ALIASES = "aliases"
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
 _MAX_CLAIM_ATTEMPTS = 1000
-
-
-class FileEntry(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    path: str
-    size: int
-    sha256: str
-
-
-class Manifest(BaseModel):
-    """Everything known about one published version; enough to rebuild what it holds without its spec."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    schema_version: int = 1
-    kind: str
-    name: str
-    version: int
-    created_at: datetime
-    vlkd_version: str
-    job_id: str | None = None
-    log: str | None = None
-    """where the log of the job that made it is kept in the store (`vlkd logs JOB_ID` reads it)"""
-    spec: dict[str, Any] | None = None
-    parents: list[str] = []
-    metrics: dict[str, Any] = {}
-    cost: dict[str, float] = {}
-    """what making it took: wall_seconds, and the cpu_hours and gpu_hours its job held"""
-    attributes: dict[str, Any] = {}
-    files: list[FileEntry] = []
-
-    @property
-    def ref(self) -> ArtifactRef:
-        return ArtifactRef(self.kind, self.name, self.version)
-
-    @property
-    def total_size(self) -> int:
-        return sum(f.size for f in self.files)
-
-
-@dataclass
-class ArtifactSummary:
-    """One artifact name and its published versions, for listings."""
-
-    kind: str
-    name: str
-    versions: list[int]
-    aliases: dict[str, int]
-    latest: Manifest
-
-
-@dataclass
-class Listing:
-    """What `ArtifactStore.list` found: the artifacts, and the versions it left out for a damaged manifest."""
-
-    artifacts: list[ArtifactSummary]
-    damaged: list[DamagedManifestError]
-
-
-@dataclass
-class LineageNode:
-    ref: str
-    manifest: Manifest | None
-    """None when the version is missing from the store, or its manifest is `damaged`"""
-    parents: list[LineageNode] = field(default_factory=list)
-    damaged: str | None = None
-    """why its manifest could not be read"""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_file_path(path: str) -> str:
-    """A manifest path: relative, `/`-separated, no `..` (a manifest must not write outside its folder)."""
-    parts = path.split("/")
-    if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
-        raise VlkdError(f"invalid file path {path!r} in artifact: use a relative path without '..'")
-    return path
-
-
-def collect_files(paths: Iterable[Path]) -> dict[str, Path]:
-    """Map artifact paths to local files: a file keeps its name, a directory contributes its contents."""
-    found: dict[str, Path] = {}
-    for root in paths:
-        if root.is_dir():
-            items = [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()]
-        elif root.is_file():
-            items = [(root.name, root)]
-        else:
-            raise VlkdError(f"{root}: no such file or directory")
-        for rel, local in items:
-            if rel in found and found[rel] != local:
-                raise VlkdError(f"two inputs would both be stored as {rel!r}: {found[rel]} and {local}")
-            found[rel] = local
-    if not found:
-        raise VlkdError("nothing to publish: the given paths hold no files")
-    return found
-
-
-def _as_dict(spec: BaseModel | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if spec is None:
-        return None
-    return spec.model_dump(mode="json") if isinstance(spec, BaseModel) else dict(spec)
 
 
 def _as_json(value: Any) -> Any:
     """`value` as a manifest holds it once read back (tuples become lists, keys strings), for comparisons."""
     return json.loads(json.dumps(value))
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class Draft:
-    """A version being published: its number is taken, its files go up, and nobody sees it until `commit`.
-
-    Use as a context manager: leaving the block by an exception aborts the draft (best-effort cleanup; an
-    abandoned draft is invisible anyway and `vlkd.housekeeping.gc` removes it).
-    """
-
-    def __init__(self, store: ArtifactStore, kind: str, name: str, version: int, job_id: str | None):
-        self.store = store
-        self.ref = ArtifactRef(kind, name, version)
-        self.job_id = job_id
-        self.files: dict[str, FileEntry] = {}
-        self.done = False
-
-    def _key(self, path: str) -> str:
-        return f"{self.store.version_prefix(self.ref)}/{FILES}/{check_file_path(path)}"
-
-    def _record(self, entry: FileEntry) -> FileEntry:
-        if self.done:
-            raise VlkdError(f"{self.ref} is already committed or aborted")
-        self.files[entry.path] = entry
-        return entry
-
-    def add_file(self, local_path: Path, path: str | None = None, progress: Progress | None = None) -> FileEntry:
-        path = path or local_path.name
-        entry = FileEntry(path=path, size=local_path.stat().st_size, sha256=sha256_file(local_path))
-        self.store.storage.upload(self._key(path), local_path, progress)
-        return self._record(entry)
-
-    def add_bytes(self, path: str, data: bytes) -> FileEntry:
-        self.store.storage.write_bytes(self._key(path), data)
-        return self._record(FileEntry(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
-
-    def add_files(self, files: Mapping[str, Path], progress: Progress | None = None) -> None:
-        for path, local in files.items():
-            self.add_file(local, path, progress)
-
-    def commit(
-        self,
-        *,
-        spec: BaseModel | Mapping[str, Any] | None = None,
-        parents: Iterable[ArtifactRef | str] = (),
-        metrics: Mapping[str, Any] | None = None,
-        attributes: Mapping[str, Any] | None = None,
-        cost: Mapping[str, float] | None = None,
-    ) -> Manifest:
-        """Write the manifest, which makes the version visible. Parents are pinned to versions here, so
-        lineage never moves when an alias does."""
-        if self.done:
-            raise VlkdError(f"{self.ref} is already committed or aborted")
-        manifest = Manifest(
-            kind=self.ref.kind,
-            name=self.ref.name,
-            version=self.ref.version or 0,
-            created_at=_now(),
-            vlkd_version=__version__,
-            job_id=self.job_id,
-            log=log_prefix(self.job_id) if self.job_id else None,
-            spec=_as_dict(spec),
-            parents=[str(self.store.resolve(p)) for p in parents],
-            metrics=dict(metrics or {}),
-            attributes=dict(attributes or {}),
-            cost=dict(cost or {}),
-            files=sorted(self.files.values(), key=lambda f: f.path),
-        )
-        key = f"{self.store.version_prefix(self.ref)}/{MANIFEST}"
-        self.store.storage.write_bytes(key, manifest.model_dump_json(indent=2).encode(), exclusive=True)
-        self.done = True
-        return manifest
-
-    def abort(self) -> None:
-        if not self.done:
-            self.done = True
-            self.store.storage.delete_prefix(self.store.version_prefix(self.ref))
-
-    def __enter__(self) -> Draft:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None and not self.done:
-            with contextlib.suppress(Exception):  # the original error matters more; gc cleans up later
-                self.abort()
 
 
 class ArtifactStore:
@@ -295,7 +81,7 @@ class ArtifactStore:
             raise RefError(f"unknown artifact kind {kind!r}; available: {', '.join(KINDS)}")
         check_name(name)
         version = max(self.taken_versions(kind, name), default=0) + 1
-        claim = {"job_id": job_id, "claimed_at": _now().isoformat(), "token": uuid.uuid4().hex}
+        claim = {"job_id": job_id, "claimed_at": now().isoformat(), "token": uuid.uuid4().hex}
         for _ in range(_MAX_CLAIM_ATTEMPTS):
             key = f"{self.name_prefix(kind, name)}/v{version}/{CLAIM}"
             try:
@@ -341,7 +127,7 @@ class ArtifactStore:
         dataset): importing the same data again must not make a version that everything made from it would count as
         a new input. Stage jobs publish every run: their outputs name the job that made them, which pipelines read."""
         pinned = [str(self.resolve(parent)) for parent in parents]
-        described = _as_json([_as_dict(spec), pinned, dict(attributes or {})])
+        described = _as_json([spec_dict(spec), pinned, dict(attributes or {})])
         if (same := self._same_as_latest(kind, name, files, described)) is not None:
             return same, False
         new = self.publish(kind, name, files, spec=spec, parents=pinned, attributes=attributes, progress=progress)
@@ -498,7 +284,7 @@ class ArtifactStore:
         if alias == LATEST:
             raise RefError("'latest' always means the newest published version and cannot be set by hand")
         pinned = self.resolve(ref)
-        record = {"version": pinned.version, "tagged_at": _now().isoformat()}
+        record = {"version": pinned.version, "tagged_at": now().isoformat()}
         key = f"{self.name_prefix(pinned.kind, pinned.name)}/{ALIASES}/{alias}.json"
         self.storage.write_bytes(key, json.dumps(record).encode())
         return pinned
