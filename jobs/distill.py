@@ -40,7 +40,7 @@ from vlkd.distillation import (
 )
 from vlkd.errors import DataError
 from vlkd.flops import TRAINED, encoder_forward_flops, linear_forward_flops, mlm_head_forward_flops
-from vlkd.models.bert import SHAPE_FIELDS
+from vlkd.models.bert import shape_fields
 from vlkd.models.frozen_teacher import FrozenTeacher, VideoBank, load_frozen_teacher
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
@@ -232,7 +232,7 @@ def _teacher_width(store: ArtifactStore, teacher: ArtifactRef) -> int:
 def _check_init_shape(store: ArtifactStore, init: ArtifactRef, spec: DistillSpec, vocab_size: int) -> None:
     """LM^S can start from `init` only if every weight has the student's shape: say which field differs."""
     config = _language_model_config(store, init)
-    wanted = {key: getattr(spec.model, field) for key, field in SHAPE_FIELDS.items()} | {"vocab_size": vocab_size}
+    wanted = shape_fields(spec.model) | {"vocab_size": vocab_size}
     differ = [
         f"{key} {config.get(key)} (the student's {value})" for key, value in wanted.items() if config.get(key) != value
     ]

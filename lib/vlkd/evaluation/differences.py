@@ -7,7 +7,7 @@ tables show beside each number."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,13 +112,12 @@ def _metrics(
     """`difference_key` -> what its difference compares: the task's main metric where it is a mean over the dev
     examples, and each metric that is a mean over some of them (on the dev set the runs scored)."""
     compared = {task: Compared(pair, clusters)} if TASKS[task].main_is_mean else {}
-    examples, cluster_of = len(pair[0][0]), None if clusters is None else clusters.split()
+    examples = len(pair[0][0])
     for metric, members in subsets.items():
         chosen = [i for i, member in enumerate(members) if member == "1"]
         if len(members) == examples and chosen:
             model, base = (["".join(run[i] for i in chosen) for run in runs] for runs in pair)
-            labels = None if cluster_of is None else cluster_labels([cluster_of[i] for i in chosen])
-            compared[difference_key(task, metric)] = Compared((model, base), labels)
+            compared[difference_key(task, metric)] = Compared((model, base), _subset_clusters(clusters, chosen))
     return compared
 
 
@@ -132,7 +131,6 @@ def _correlations(
     definition = TASKS[task]
     classes, truth = len(definition.labels), digits(gold)
     model, base = ([digits(run) for run in runs] for runs in pair)
-    cluster_of = None if clusters is None else clusters.split()
     masks: dict[str, np.ndarray] = {}
     for metric, subset in definition.correlations.items():
         members = "1" * len(gold) if subset is None else subsets.get(subset, "")
@@ -141,8 +139,7 @@ def _correlations(
 
     def compare(pseudo_values: Callable[[np.ndarray], np.ndarray], mask: np.ndarray) -> Compared:
         runs = tuple(np.array([pseudo_values(run) for run in rows]) for rows in (model, base))
-        labels = None if cluster_of is None else cluster_labels([cluster_of[i] for i in np.flatnonzero(mask)])
-        return Compared((runs[0], runs[1]), labels, _CORRELATION_BOUND)
+        return Compared((runs[0], runs[1]), _subset_clusters(clusters, np.flatnonzero(mask)), _CORRELATION_BOUND)
 
     compared = {
         difference_key(task, metric): compare(lambda run, m=mask: r3_pseudo_values(run[m], truth[m], classes), mask)
@@ -158,6 +155,15 @@ def _correlations(
     elif overall:  # no example in any subset: the main metric is the correlation over all of them
         compared[task] = compared[difference_key(task, overall[0])]
     return compared
+
+
+def _subset_clusters(clusters: Clusters | None, chosen: Iterable[int]) -> Clusters | None:
+    """The clusters of the `chosen` examples, numbered afresh: a metric over some of the dev examples draws its own
+    examples' clusters whole (None where every example is its own)."""
+    if clusters is None:
+        return None
+    cluster_of = clusters.split()
+    return cluster_labels([cluster_of[i] for i in chosen])
 
 
 def _entry(compared: Sequence[Compared]) -> dict[str, Any]:

@@ -17,22 +17,6 @@ LANGUAGE_MODEL = "language_model"
 tokenizer files: what downstream finetuning loads, and `transformers` alone can."""
 
 
-def bert_config(shape: ModelShape, vocab_size: int, **extra: object) -> BertConfig:
-    from transformers import BertConfig
-
-    return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=shape.hidden_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        intermediate_size=shape.intermediate_size,
-        max_position_embeddings=shape.max_position_embeddings,
-        hidden_dropout_prob=shape.hidden_dropout,
-        attention_probs_dropout_prob=shape.attention_dropout,
-        **extra,
-    )
-
-
 SHAPE_FIELDS = {
     "num_hidden_layers": "num_layers",
     "hidden_size": "hidden_size",
@@ -41,6 +25,24 @@ SHAPE_FIELDS = {
     "max_position_embeddings": "max_position_embeddings",
 }
 """The BertConfig fields that make a checkpoint's weights fit a model, with `ModelShape`'s name for each."""
+
+
+def shape_fields(shape: ModelShape) -> dict[str, int]:
+    """`shape` as those BertConfig fields: what `bert_config` builds a model with, and an init checkpoint's config is
+    checked against."""
+    return {key: getattr(shape, field) for key, field in SHAPE_FIELDS.items()}
+
+
+def bert_config(shape: ModelShape, vocab_size: int, **extra: object) -> BertConfig:
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        **shape_fields(shape),
+        hidden_dropout_prob=shape.hidden_dropout,
+        attention_probs_dropout_prob=shape.attention_dropout,
+        **extra,
+    )
 
 
 def shape_of(config: PretrainedConfig) -> ModelShape:
