@@ -42,8 +42,8 @@ ClusterBackend = Annotated[
 def run_pipeline_file(
     spec_file: Path, store: str | None, backend: str, options: dict, image: str | None, force: bool, verbose: bool
 ):
-    """Run the pipeline from this machine. Interrupted (Ctrl-C), it says which stage job runs on and how to follow
-    it, and exits 130: the same command again follows that job, then runs the stages after it."""
+    """Run the pipeline from this machine. Interrupted (Ctrl-C), it says which stage jobs run on and how to follow
+    them, and exits 130: the same command again follows those jobs, then runs the stages after them."""
     from vlkd.artifacts import ArtifactStore
     from vlkd.backends import get_backend
     from vlkd.cli.progress import StageReporter
@@ -55,10 +55,12 @@ def run_pipeline_file(
     root = store or (pipeline.storage.root if pipeline.storage else None)
     with patient():
         artifacts = ArtifactStore.open(root)
-        reporter = StageReporter(verbose, [key for key, _ in pipeline.stages()])
+        at_once = pipeline.parallelism_on(backend) > 1
+        reporter = StageReporter(verbose, [key for key, _ in pipeline.stages()], at_once)
         try:
             return run_pipeline(pipeline, artifacts, get_backend(backend, **options), options, reporter, force, image)
         except KeyboardInterrupt:
+            reporter.stop()
             _interrupted(pipeline.name, artifacts.uri)
             raise typer.Exit(130) from None
 
@@ -89,7 +91,8 @@ def run(
     force: bool = typer.Option(False, "--force", help="redo stages whose output already exists"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print every job's full log"),
 ) -> None:
-    """Run every stage in order; stages already published for the same spec and inputs are skipped."""
+    """Run every stage once its inputs are published, independent ones at once up to the spec's parallelism;
+    stages already published for the same spec and inputs are skipped."""
     from vlkd.cli.progress import print_tables
 
     result = run_pipeline_file(

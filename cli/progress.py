@@ -4,9 +4,11 @@ the store (`vlkd.joblog`: done, total, unit, rate, ETA), which every backend's j
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +16,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
     TaskID,
     TextColumn,
@@ -38,37 +41,74 @@ def key_width(keys: Iterable[str]) -> int:
 
 
 class StageReporter:
-    """Shows a pipeline run (`vlkd.pipeline.Reporter`): with `verbose` every job's log; on a terminal a progress
-    bar per stage; otherwise a line on how far a stage is every HEARTBEAT_SECONDS, and one when it ends. `keys`: the
-    run's stage keys, which line up."""
+    """Shows a pipeline run (`vlkd.pipeline.Reporter`): with `verbose` every job's log (each line after its stage's
+    key where stages run at once); on a terminal a progress bar per stage; otherwise a line on how far a stage is
+    every HEARTBEAT_SECONDS, and one when it ends. `keys`: the run's stage keys, which line up. Stages running at
+    once are followed from threads of their own: their bars share one display, which stays while any is followed."""
 
-    def __init__(self, verbose: bool, keys: Iterable[str]) -> None:
+    def __init__(self, verbose: bool, keys: Iterable[str], at_once: bool = False) -> None:
         self.verbose = verbose
         self.bars = err_console.is_terminal and not verbose
         self.width = key_width(keys)
-        self.started: float | None = None
-        """when the stage being followed began; None while none is (a stage that ended before it was followed)"""
+        self.prefix = at_once
+        """whether a verbose log line starts with its stage's key: several jobs' logs interleave"""
+        self.started: dict[str, float] = {}
+        """when each stage being followed began (a stage that ended before it was followed has none)"""
+        self.display: Progress | None = None
+        self.following = 0
+        self.lock = threading.Lock()
 
     def follow(self, stage: Any, backend: Any, record: dict[str, Any]) -> Any:
         from vlkd.pipeline import wait_until_finished
 
-        self.started = time.monotonic()
+        self.started[stage.key] = time.monotonic()
         if self.bars:
-            return _bar(stage, backend, record, self.width)
+            with self._bars() as bars:
+                return _bar(bars, stage, backend, record)
         if not self.verbose:
             return _heartbeats(stage, backend, record, self.width)
+        lead = f"{stage.key} | " if self.prefix else ""
         for line in backend.logs(stage.job_id, record, follow=True):
-            sys.stdout.write(line)
+            sys.stdout.write(lead + line)
         return wait_until_finished(backend, stage.job_id, record)
 
     def done(self, stage: Any) -> None:
         """The stage's line: its state, how long it took, its outputs and what the run says of it (skipped: why)."""
-        started, self.started = self.started, None
+        started = self.started.pop(stage.key, None)
         if started is None or not self.bars:  # a bar showed the followed stage
             took = f"{time.monotonic() - started:5.0f} s" if started is not None else "       "
             outputs = ", ".join(stage.outputs)
             line = f"{stage.key:<{self.width}} {stage.state:<10} {took}  {outputs}  {stage.message}"
             err_console.print(line.rstrip(), highlight=False)
+
+    def stop(self) -> None:
+        """End the bars' display (the run was interrupted while stages were followed)."""
+        with self.lock:
+            self._end_display()
+
+    @contextlib.contextmanager
+    def _bars(self) -> Iterator[Progress]:
+        """The display the bars of the stages followed now share: started by the first, ended (its bars left on
+        the terminal) with the last."""
+        with self.lock:
+            if self.display is None:
+                self.display = Progress(*_columns(self.width), console=err_console)
+                self.display.start()
+            self.following += 1
+            display = self.display
+        try:
+            yield display
+        finally:
+            with self.lock:
+                self.following -= 1
+                if self.following == 0:
+                    self._end_display()
+
+    def _end_display(self) -> None:
+        """(with `lock` held)"""
+        if self.display is not None:
+            self.display.stop()
+            self.display = None
 
 
 def _heartbeats(stage: Any, backend: Any, record: dict[str, Any], width: int) -> JobState:
@@ -94,10 +134,9 @@ def _in_words(progress: dict[str, Any] | None) -> str:
     return "no progress recorded yet" if progress is None else describe_progress(progress)
 
 
-def _bar(stage: Any, backend: Any, record: dict[str, Any], width: int) -> Any:
-    """A bar for a stage's job until it ends, polling its state in the store (none where the store is out of
-    reach from here: a spinner then); its key padded to `width`."""
-    columns = (
+def _columns(width: int) -> tuple[ProgressColumn, ...]:
+    """A stage's bar: its key padded to `width`, done/total in its unit, elapsed time and the job's ETA."""
+    return (
         SpinnerColumn(),
         TextColumn(f"{{task.description:<{width}}}"),
         BarColumn(),
@@ -106,16 +145,21 @@ def _bar(stage: Any, backend: Any, record: dict[str, Any], width: int) -> Any:
         TimeElapsedColumn(),
         TextColumn("eta {task.fields[eta]}"),
     )
+
+
+def _bar(bars: Progress, stage: Any, backend: Any, record: dict[str, Any]) -> Any:
+    """A bar on `bars` for a stage's job until it ends, polling its state in the store (none where the store is
+    out of reach from here: a spinner then)."""
     storage = _job_storage(stage.job_id)
-    with Progress(*columns, console=err_console) as bars:
-        task = bars.add_task(stage.key, total=None, unit="", eta=_UNKNOWN)
-        while not (status := backend.status(stage.job_id, record)).state.finished:
-            show_progress(bars, task, _recorded_progress(storage, stage.job_id))
-            time.sleep(POLL_SECONDS)
+    task = bars.add_task(stage.key, total=None, unit="", eta=_UNKNOWN)
+    while not (status := backend.status(stage.job_id, record)).state.finished:
         show_progress(bars, task, _recorded_progress(storage, stage.job_id))
-        if bars.tasks[0].total is None:  # the job never said how far it was: a full bar for an ended job
-            bars.update(task, completed=1, total=1)
-        bars.update(task, description=f"{stage.key} {status.state.value.lower()}")
+        time.sleep(POLL_SECONDS)
+    show_progress(bars, task, _recorded_progress(storage, stage.job_id))
+    shown = next(shown for shown in bars.tasks if shown.id == task)
+    if shown.total is None:  # the job never said how far it was: a full bar for an ended job
+        bars.update(task, completed=1, total=1)
+    bars.update(task, description=f"{stage.key} {status.state.value.lower()}")
     return status.state
 
 

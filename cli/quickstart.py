@@ -13,7 +13,9 @@ from vlkd.cli.output import console, err_console
 
 def quickstart(
     workdir: Path = typer.Option(Path("vlkd-quickstart"), help="where the synthetic dataset is written"),
-    scale: str = typer.Option("tiny", help="tiny (4 minutes on 2 CPU cores) or small (6 minutes: 512 videos, 4 tasks)"),
+    scale: str = typer.Option(
+        "tiny", help="tiny (2.5 minutes on 2 CPU cores) or small (4 minutes: 512 videos, 4 tasks)"
+    ),
     store: Store = None,
     force: bool = typer.Option(False, "--force", help="redo every stage, even those already published"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print every job's full log"),

@@ -279,7 +279,7 @@ class QuickstartRun:
 def quickstart(vlkd_cli, s3_endpoint, tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
     """`vlkd quickstart` run once per session: the tests that only read what it made (its output, artifacts,
     logs, its teacher's grounding, a rerun's skips, an ablation on its stages) share it. Its first user's timeout
-    must cover it (about 4 minutes on 2 quiet cores)."""
+    must cover it (about 2.5 minutes on 2 quiet cores)."""
     root = tmp_path_factory.mktemp("quickstart")
     home = root / "home"
     env = {"AWS_ENDPOINT_URL": s3_endpoint, "HOME": str(home), "VLKD_HOME": str(home / ".vlkd")}

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import yaml
 from rich.console import Console
+from test_pipeline_dag import publish_inputs
 
 from vlkd.ablation_table import cell_state, progress_lines, table_results
-from vlkd.artifacts import ArtifactStore, collect_files
+from vlkd.artifacts import ArtifactStore
 from vlkd.backends.base import JobState, JobStatus
 from vlkd.errors import SpecError, VlkdError
 from vlkd.pipeline import PipelineRun, StageRun, run_pipeline
@@ -348,8 +349,8 @@ class ReadingReporter:
 
 def test_a_local_stage_reads_its_spec_file_while_it_runs_and_the_run_keeps_the_tables(tmp_path):
     store = ArtifactStore.open((tmp_path / "store").as_uri())
-    store.publish("dataset", "synth-videos", collect_files([Path(__file__)]))
     spec, backend = load_spec(TINY), SpecReadingBackend()
+    publish_inputs(store, spec)
     with pytest.raises(VlkdError, match="stage preprocess failed"):
         run_pipeline(spec, store, backend, {}, ReadingReporter())
     assert yaml.safe_load(backend.specs[0])["videos"] == "dataset/synth-videos:v1"

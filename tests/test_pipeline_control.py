@@ -66,6 +66,7 @@ def pipeline(vlkd_cli, synth_root, tmp_path_factory) -> Iterator[Pipeline]:
         store.publish("dataset", f"synth-{part}", collect_files([synth_root / part]))
     spec = yaml.safe_load((EXAMPLES / "pipeline.yaml").read_text())
     spec["name"] = "control"
+    spec["parallelism"] = 1  # the teacher is the one stage job running when interrupted (several: test_pipeline_dag)
     spec["text"]["val_size"] = 16
     spec["teacher"]["train"] = {"batch_size": 4, "max_steps": 100000, "log_every": 10, "val_size": 4}
     spec["students"] = [s for s in spec["students"] if s["name"] == "tiny-baseline"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -69,6 +70,58 @@ def test_a_stage_bar_follows_the_progress_its_job_recorded_in_the_store(tmp_path
     assert final == JobState.SUCCEEDED
     shown = terminal.getvalue()
     assert "8/8 steps" in shown and "eta 0:00:00" in shown and "distill:s succeeded" in shown
+
+
+class OverlappingBackend:
+    """Jobs that each run until every job has been polled while running: followed one after the other, the first
+    never ends (a BrokenBarrierError after a second fails the test instead)."""
+
+    name = "fake"
+
+    def __init__(self, jobs: int) -> None:
+        self.overlapped = threading.Barrier(jobs, timeout=1.0)
+        self.polled: set[str] = set()
+
+    def status(self, job_id: str, record: dict[str, Any]) -> JobStatus:
+        if job_id not in self.polled:
+            self.polled.add(job_id)
+            self.overlapped.wait()
+            return JobStatus(job_id, JobState.RUNNING)
+        return JobStatus(job_id, JobState.SUCCEEDED)
+
+
+def test_stages_followed_at_once_share_one_display_which_leaves_every_bar_when_the_last_ends(terminal):
+    """rich allows one live display at a time: a display per stage would fail the second stage's follow."""
+    keys = ["distill:a", "distill:b"]
+    reporter = cli_progress.StageReporter(verbose=False, keys=keys, at_once=True)
+    reporter.bars = True
+    backend, states = OverlappingBackend(len(keys)), {}
+
+    def follow(key: str) -> None:
+        states[key] = reporter.follow(StageRun(key, "distill", job_id=f"job-{key[-1]}"), backend, {})
+
+    threads = [threading.Thread(target=follow, args=(key,)) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert states == dict.fromkeys(keys, JobState.SUCCEEDED)
+    assert "distill:a succeeded" in terminal.getvalue() and "distill:b succeeded" in terminal.getvalue()
+    assert reporter.display is None  # ended with the last stage's bar
+
+
+def test_a_verbose_log_line_starts_with_its_stage_where_stages_run_at_once(capsys):
+    class Logging:
+        def logs(self, job_id: str, record: dict[str, Any], follow: bool = False) -> Any:
+            yield "step 1\n"
+
+        def status(self, job_id: str, record: dict[str, Any]) -> JobStatus:
+            return JobStatus(job_id, JobState.SUCCEEDED)
+
+    for at_once, shown in ((True, "teacher | step 1\n"), (False, "step 1\n")):
+        reporter = cli_progress.StageReporter(verbose=True, keys=["teacher"], at_once=at_once)
+        assert reporter.follow(StageRun("teacher", "teacher", job_id=JOB), Logging(), {}) == JobState.SUCCEEDED
+        assert capsys.readouterr().out == shown
 
 
 def test_the_line_of_each_ended_stage_lines_up_with_the_runs_longest_key(monkeypatch):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_cli_artifacts import SYNTH_PARTS
+from test_pipeline_dag import publish_inputs
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.backends.base import JobState, JobStatus
@@ -97,8 +98,7 @@ def test_a_retried_pipeline_job_counts_what_its_own_stage_job_published_meanwhil
     from vlkd.specs import parse_spec
 
     spec = load_spec(pipeline_file("tiny"))
-    for dataset in ("synth-videos", "synth-text"):
-        store.publish("dataset", dataset, collect_files([Path(__file__)]))
+    publish_inputs(store, spec)
     preprocess = dict(spec.stages())["preprocess"]
     pinned = parse_spec(pin_refs(preprocess.model_dump(mode="json"), store), "preprocess")
     own = stage_job_id("pipeline-job", "preprocess")

@@ -27,6 +27,13 @@ def pin_spec(spec: StageSpec, store: ArtifactStore, source: str) -> StageSpec:
     return parse_spec(pin_refs(spec.model_dump(mode="json"), store), spec.stage, source)
 
 
+def refs_in(value: Any) -> list[ArtifactRef]:
+    """Every artifact ref in a spec's data, in the order it lists them."""
+    found: list[ArtifactRef] = []
+    _map_refs(value, lambda ref: found.append(ref))
+    return found
+
+
 def _as_consumed(manifest: Manifest) -> dict[str, Any] | None:
     """The spec a version was made for, each ref pinned to the version its job read (the manifest's parents): a job
     submitted with `dataset/x` that read `dataset/x:v3` made it for `dataset/x:v3`, as a pipeline pins it."""

@@ -62,6 +62,16 @@ class PipelineSpec(StrictModel):
         "of the distilled student; every combination is a cell, distilled and evaluated",
     )
     eval: EvalSpec | None = None
+    parallelism: int | None = Field(
+        None,
+        ge=1,
+        description="how many stage jobs run at once: a stage starts once the stages whose outputs it reads have "
+        "published, so preprocess and text can run together, and so can the teachers, and the students. Unset: as "
+        "many as that allows on the k8s backend, where each stage job is a RayJob with a cluster of its own that "
+        "Kueue or the cluster's capacity admits; one at a time on the local and ray backends (and in the pipeline "
+        "job), whose stage jobs share one machine or one Ray cluster that nothing shares out between them: their "
+        "drivers all run on its head, and its worker groups are sized for one stage",
+    )
     resources: Resources = Field(
         default_factory=lambda: Resources(num_workers=0, cpus_per_worker=0.25),
         description="the pipeline job's driver (`vlkd pipeline submit`), which submits the stages and waits: each "
@@ -200,6 +210,12 @@ class PipelineSpec(StrictModel):
         if self.eval is not None:
             ordered.append(("eval", self.eval))
         return ordered
+
+    def parallelism_on(self, backend: str) -> int:
+        """How many stage jobs run at once on `backend` (see `parallelism`)."""
+        if self.parallelism is not None:
+            return self.parallelism
+        return len(self.stages()) if backend == "k8s" else 1
 
     def stage_key(self, spec: TeacherSpec | DistillSpec) -> str:
         """`teacher` for the pipeline's teacher, `teacher:NAME` for an ablation's, `distill:NAME` for a student."""
