@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from vlkd.artifacts import ArtifactStore, collect_files
 from vlkd.backends.base import JobState, JobStatus
@@ -17,7 +18,7 @@ from vlkd.errors import NotFoundError, VlkdError
 from vlkd.pipeline import PipelineRun, StageRun, run_pipeline, stage_needs, wait_until_finished
 from vlkd.pipelines import pipeline_file
 from vlkd.published import refs_in
-from vlkd.specs import PipelineSpec, load_spec
+from vlkd.specs import PipelineSpec, load_spec, parse_spec
 
 PAPER_ABLATIONS = Path(__file__).parent.parent / "examples" / "paper" / "ablations.yaml"
 OUTPUTS = {
@@ -139,13 +140,29 @@ def test_independent_stages_run_at_once_up_to_the_parallelism(store):
 
 def test_the_local_and_ray_backends_run_one_stage_at_a_time_unless_the_spec_says_otherwise(store):
     spec = tiny(None)
-    assert [spec.parallelism_on(backend) for backend in ("local", "ray", "k8s")] == [1, 1, 6]
+    assert [spec.parallelism_on(backend) for backend in ("local", "ray", "k8s")] == [1, 1, 1]
     assert tiny(3).parallelism_on("local") == 3
     publish_inputs(store, spec)
     backend = ScriptedBackend(store)
     run_pipeline(spec, store, backend, {}, Following())
     keys = [key for key, _ in spec.stages()]
     assert backend.events == [(event, key) for key in keys for event in ("start", "end")]
+
+
+def test_on_kubernetes_every_stage_runs_as_soon_as_it_can_where_each_job_waits_its_turn_without_failing():
+    """Unqueued, a RayJob whose cluster is not running after `start_deadline_seconds` fails: submitted at once,
+    stages the cluster cannot yet fit would fail after 30 minutes. Queued, Kueue holds them, and the deadline
+    counts from admission."""
+    data = yaml.safe_load(pipeline_file("tiny").read_text()) | {"parallelism": None}
+    blocks = [data[key] for key in ("preprocess", "text", "teacher", "eval")] + data["students"]
+    for block in blocks:
+        block["kubernetes"] = {"queue": "team-a"}
+    assert parse_spec(data).parallelism_on("k8s") == 6
+    assert parse_spec(data).parallelism_on("ray") == 1
+    blocks[-1]["kubernetes"] = {"start_deadline_seconds": None}
+    assert parse_spec(data).parallelism_on("k8s") == 6
+    del blocks[-1]["kubernetes"]
+    assert parse_spec(data).parallelism_on("k8s") == 1
 
 
 @pytest.mark.parametrize("parallelism", [1, 2, 3])

@@ -67,8 +67,9 @@ class PipelineSpec(StrictModel):
         ge=1,
         description="how many stage jobs run at once: a stage starts once the stages whose outputs it reads have "
         "published, so preprocess and text can run together, and so can the teachers, and the students. Unset: as "
-        "many as that allows on the k8s backend, where each stage job is a RayJob with a cluster of its own that "
-        "Kueue or the cluster's capacity admits; one at a time on the local and ray backends (and in the pipeline "
+        "many as that allows on the k8s backend when every stage job waits its turn there without failing (each a "
+        "RayJob with a cluster of its own, queued through Kueue, whose start deadline counts from admission, or "
+        "with no start deadline); one at a time otherwise, and on the local and ray backends (and in the pipeline "
         "job), whose stage jobs share one machine or one Ray cluster that nothing shares out between them: their "
         "drivers all run on its head, and its worker groups are sized for one stage",
     )
@@ -215,7 +216,10 @@ class PipelineSpec(StrictModel):
         """How many stage jobs run at once on `backend` (see `parallelism`)."""
         if self.parallelism is not None:
             return self.parallelism
-        return len(self.stages()) if backend == "k8s" else 1
+        stages = [spec for _, spec in self.stages()]
+        # Unqueued, a RayJob that waits for nodes longer than its start deadline fails.
+        wait = all(s.kubernetes.queue or s.kubernetes.start_deadline_seconds is None for s in stages)
+        return len(stages) if backend == "k8s" and wait else 1
 
     def stage_key(self, spec: TeacherSpec | DistillSpec) -> str:
         """`teacher` for the pipeline's teacher, `teacher:NAME` for an ablation's, `distill:NAME` for a student."""
