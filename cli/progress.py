@@ -33,6 +33,8 @@ HEARTBEAT_SECONDS = 30.0
 """How often a stage followed without a terminal says how far it is: a log or a pipe that shows nothing for the
 minutes a teacher trains looks like a hang."""
 _UNKNOWN = "-:--:--"
+_ENDED = 1 + max(len(state.value) for state in JobState)
+"""room after a stage's key for the state its bar ends with (" succeeded")"""
 
 
 def key_width(keys: Iterable[str]) -> int:
@@ -135,10 +137,11 @@ def _in_words(progress: dict[str, Any] | None) -> str:
 
 
 def _columns(width: int) -> tuple[ProgressColumn, ...]:
-    """A stage's bar: its key padded to `width`, done/total in its unit, elapsed time and the job's ETA."""
+    """A stage's bar: its key padded to `width` and room for the state it ends in (`_ENDED`), done/total in its
+    unit, elapsed time and the job's ETA. Every display's columns line up with the others'."""
     return (
         SpinnerColumn(),
-        TextColumn(f"{{task.description:<{width}}}"),
+        TextColumn(f"{{task.description:<{width + _ENDED}}}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[unit]}"),
