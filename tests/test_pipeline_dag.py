@@ -191,7 +191,8 @@ def test_after_a_failure_no_stage_starts_and_the_running_ones_are_followed_to_th
     assert backend.events == [("start", "preprocess"), ("start", "text"), ("end", "text"), ("end", "preprocess")]
     stages = {s.key: s for s in PipelineRun.load(spec.name, store.uri).stages}
     assert (stages["preprocess"].state, stages["preprocess"].outputs) == ("succeeded", ["features/tiny:v1"])
-    assert stages["text"].state == "failed" and stages["teacher"].state == "pending"
+    assert stages["text"].state == "failed"
+    assert (stages["teacher"].state, stages["teacher"].message) == ("pending", "waits for preprocess, text")
 
 
 def test_a_stage_the_backend_refused_is_recorded_as_failed_and_the_running_ones_end(store):

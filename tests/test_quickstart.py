@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,11 @@ def test_every_quickstart_artifact_is_published_once_with_its_log_and_lineage(qu
     lineage = store.lineage("student/tiny-nst-crd")
     assert [p.ref for p in lineage.parents] == ["teacher/tiny:v1", "corpus/tiny:v1", "tokenizer/tiny:v1"]
     assert [p.ref for p in lineage.parents[0].parents] == ["features/tiny:v1", "tokenizer/tiny:v1"]
+    # Two stage jobs at a time (the tiny pipeline's parallelism): the text-only baseline, which reads no teacher,
+    # was submitted (its job id says when) before the teacher published.
+    baseline = store.manifest("student/tiny-baseline").job_id
+    submitted = datetime.strptime(baseline.split("-", 2)[2][:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc)
+    assert submitted < store.manifest("teacher/tiny").created_at, baseline
 
 
 @pytest.mark.slow

@@ -138,7 +138,7 @@ def run_pipeline(
         store.uri,
         backend.name,
         datetime.now(timezone.utc).isoformat(),
-        [StageRun(key, spec.stage) for key, spec in stages],
+        [StageRun(key, spec.stage, message=_waits_for(needs[key])) for key, spec in stages],
         job_id,
         pipeline.ablation_tables(),
     )
@@ -170,6 +170,11 @@ def stage_needs(stages: list[tuple[str, StageSpec]]) -> dict[str, set[str]]:
         key: {makers[ref.path] for ref in refs_in(spec.model_dump(mode="json")) if _made_here(ref, makers)} - {key}
         for key, spec in stages
     }
+
+
+def _waits_for(keys: set[str]) -> str:
+    """What a pending stage's line says until it starts (`vlkd pipeline status`)."""
+    return f"waits for {', '.join(sorted(keys))}" if keys else ""
 
 
 def _makers(stages: list[tuple[str, StageSpec]]) -> dict[str, str]:
@@ -302,7 +307,7 @@ class _Stages:
             self.save()
             self.reporter.done(record)
             return None
-        record.state, record.spec_sha256 = "running", _sha256(pinned)
+        record.state, record.spec_sha256, record.message = "running", _sha256(pinned), ""
         earlier = self.earlier.get(key)
         if earlier is not None and earlier.state == "running" and earlier.spec_sha256 == record.spec_sha256:
             stage_id = stage_id or earlier.job_id
