@@ -36,10 +36,11 @@ from bench.common import bert_tokenizer, machine, peak_tflops, timed
 from bench.kd_step import distill_task, frozen_teacher
 from bench.train_step import a_batch, teacher_task
 from vlkd.flops import counted_flops, trainable_parameters
+from vlkd.model_wrappers import autocast, compile_model
 from vlkd.models.frozen_teacher import FrozenTeacher
 from vlkd.optim import build_optimizer
 from vlkd.specs import OptimSpec, TrainSpec
-from vlkd.train import TrainingTask, autocast, compile_model
+from vlkd.training_task import TrainingTask
 
 FORMS = {  # name: (precision, fused AdamW, train.compile)
     "fp32": ("fp32", False, False),

@@ -42,8 +42,8 @@ from vlkd.data.corpus import corpus_datasets
 from vlkd.data.ingest import configure_ray_data
 from vlkd.jobs.distill import DistillTask
 from vlkd.jobs.teacher import TeacherTask
+from vlkd.model_wrappers import autocast
 from vlkd.specs import Resources, TeacherSpec, TrainSpec
-from vlkd.train import autocast
 from vlkd.worker_batches import train_batches
 
 

@@ -25,10 +25,10 @@ import torch
 from bench.common import bert_tokenizer, fastest_in_turns, machine, task_step
 from vlkd import losses
 from vlkd.jobs.distill import DistillTask
+from vlkd.model_wrappers import autocast
 from vlkd.models.bert import bert_config
 from vlkd.models.frozen_teacher import FrozenTeacher
 from vlkd.specs import parse_spec
-from vlkd.train import autocast
 
 
 def nst_by_pairs(student: torch.Tensor, teacher: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:

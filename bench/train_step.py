@@ -27,9 +27,9 @@ import torch
 
 from bench.common import bert_tokenizer, fastest_in_turns, machine, peak_tflops, task_step, training_step
 from vlkd.jobs.teacher import TeacherTask
+from vlkd.model_wrappers import autocast
 from vlkd.models.bert import bert_config
 from vlkd.specs import parse_spec
-from vlkd.train import autocast
 
 FEATURE_DIM = 2560  # CLIP ViT-B/32 (512) + 3D-ResNeXt (2048)
 

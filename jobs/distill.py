@@ -46,7 +46,8 @@ from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import DistillSpec
 from vlkd.specs.teacher import trained_with
-from vlkd.train import fit, validation_losses
+from vlkd.train import fit
+from vlkd.training_task import validation_losses
 
 log = logging.getLogger("vlkd.distill")
 

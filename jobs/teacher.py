@@ -36,7 +36,8 @@ from vlkd.evaluation.retrieval import Retrieval
 from vlkd.models.teacher import Teacher, TeacherPretraining, reads_both_texts
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import TeacherSpec
-from vlkd.train import fit, validation_losses
+from vlkd.train import fit
+from vlkd.training_task import validation_losses
 
 log = logging.getLogger("vlkd.teacher")
 

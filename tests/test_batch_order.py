@@ -195,7 +195,7 @@ def test_the_teacher_logs_its_negatives_from_other_videos_near_the_uniform_share
 def test_a_resumed_teacher_logs_the_losses_of_an_uninterrupted_run(howto, tmp_path, monkeypatch):
     from vlkd.jobs import teacher
     from vlkd.runtime import JobContext
-    from vlkd.train import Loop
+    from vlkd.train_loop import Loop
 
     store, _ = howto
     (whole,) = teacher.run(_teacher_spec("whole"), JobContext("whole", store, tmp_path / "whole"))

@@ -16,7 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from vlkd.checkpoints import STATE_FILE, load_final, rng_state
 from vlkd.errors import VlkdError
-from vlkd.train import TrainState
+from vlkd.train_loop import TrainState
 
 
 class RunsAShellCommand:

@@ -12,7 +12,7 @@ from vlkd.errors import DataError
 from vlkd.jobs import distill, text
 from vlkd.runtime import JobContext
 from vlkd.specs import parse_spec
-from vlkd.train import Loop
+from vlkd.train_loop import Loop
 
 SHORT_TRAINING = {
     "batch_size": 4,

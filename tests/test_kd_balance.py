@@ -11,9 +11,9 @@ import torch
 from vlkd.distillation import GRADIENT_NORM, Distillation, Widths, gradient_norms, kd_balance, weighted_total
 from vlkd.evaluation.balance import balance_table
 from vlkd.evaluation.report import parse_tables, render_markdown, render_table
+from vlkd.model_wrappers import compile_model, eager
 from vlkd.specs import KDOptions
 from vlkd.specs.shapes import ModelShape
-from vlkd.train import _eager, compile_model
 
 KD = {"nst": 2.0, "crd": 1.0}
 VOCAB = 40
@@ -75,14 +75,14 @@ def test_probing_a_step_leaves_its_gradients_as_they_are(distillation, inputs) -
 
 def test_the_loop_probes_a_compiled_model_through_the_module_beneath(distillation, inputs) -> None:
     """A compiled forward is one autograd node: a term cannot be differentiated by the hidden states it outputs
-    (`aot_eager`: torch.compile's autograd without its code generation). The loop probes `_eager` of it, the
+    (`aot_eager`: torch.compile's autograd without its code generation). The loop probes `eager` of it, the
     same parameters."""
     compiled = torch.compile(copy.deepcopy(distillation), backend="aot_eager")
     with pytest.raises(RuntimeError, match="not have been used in the graph"):
         gradient_norms(*compiled(*inputs), KD)
-    assert _eager(compiled) is compiled._orig_mod
-    assert gradient_norms(*_eager(compiled)(*inputs), KD) == pytest.approx(gradient_norms(*distillation(*inputs), KD))
-    assert _eager(compile_model(distillation)) is distillation
+    assert eager(compiled) is compiled._orig_mod
+    assert gradient_norms(*eager(compiled)(*inputs), KD) == pytest.approx(gradient_norms(*distillation(*inputs), KD))
+    assert eager(compile_model(distillation)) is distillation
 
 
 def test_kd_balance_weights_each_logged_loss_and_keeps_its_gradient_norm() -> None:

@@ -15,7 +15,7 @@ from vlkd.jobs import teacher
 from vlkd.models.teacher import Teacher, TeacherPretraining
 from vlkd.runtime import JobContext
 from vlkd.specs import ModelShape, parse_spec
-from vlkd.train import Loop
+from vlkd.train_loop import Loop
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -11,9 +11,9 @@ import torch
 
 from vlkd.data import text as textdata
 from vlkd.jobs.teacher import TeacherTask
+from vlkd.model_wrappers import compile_model
 from vlkd.optim import build_optimizer, build_scheduler
 from vlkd.specs import OptimSpec, parse_spec
-from vlkd.train import compile_model
 
 WORDS = ("a", "red", "circle", "moves", "to", "the", "left", "while", "blue", "square", "stays", "still", "grows")
 

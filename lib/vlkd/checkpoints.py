@@ -2,7 +2,7 @@
 (Ray Train persists them, except in its local mode, where `Checkpoints` does), reading one without running its
 code, and what a finished run publishes (its weights, their metrics, the run's summary).
 
-The loop (`vlkd.train`) writes a payload of `STATE_FILE` per checkpoint: model, optimizer, scheduler, grad scaler,
+The loop (`vlkd.train_loop`) writes a payload of `STATE_FILE` per checkpoint: model, optimizer, scheduler, grad scaler,
 `TrainState`, best weights and every rank's random state, everything a resumed run needs to go on as the
 uninterrupted one would have.
 """

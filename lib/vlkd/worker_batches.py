@@ -12,7 +12,7 @@ import pyarrow as pa
 import torch
 
 if TYPE_CHECKING:
-    from vlkd.train import TrainingTask
+    from vlkd.training_task import TrainingTask
 
 
 def _collate_fn(task: TrainingTask) -> Any:
