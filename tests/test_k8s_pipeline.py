@@ -61,7 +61,7 @@ def test_each_pipeline_golden_is_a_fresh_rendering_the_crd_accepts(name, crd_val
 
 
 def test_each_worker_shape_gets_a_group_sized_for_the_stage_that_needs_most_of_it():
-    rayjob = render(gpu_pipeline())
+    rayjob = render({**gpu_pipeline(), "parallelism": 1})
 
     # preprocess and text: 1 worker of 1 CPU; the teacher: 2 of 1 GPU/8 CPUs; students (in-process) 1 and eval 2
     # of 1 GPU/4 CPUs. Stages run one after another, so a group needs the most, not the sum. Each pod also carries
@@ -72,6 +72,24 @@ def test_each_worker_shape_gets_a_group_sized_for_the_stage_that_needs_most_of_i
     assert limits(groups(rayjob)["cpu1"]) == {"cpu": "3", "memory": "12Gi"}  # no memory asked: 4Gi per CPU
 
 
+@pytest.mark.parametrize(("parallelism", "students"), [(2, 2), (3, 3), (8, 3)])
+def test_stages_that_may_run_at_once_get_workers_for_all_of_them_together(parallelism, students):
+    """The pipeline job runs `parallelism` stages at once (its driver's `RayBackend`), each as soon as the stages
+    it reads from have published: a group holds what stages that may overlap ask together, up to `parallelism` of
+    them, never what a stage asks beside one it waits for, directly or through others."""
+    data = gpu_pipeline()
+    baseline = next(s for s in data["students"] if not s["kd"])
+    data["students"].append({**baseline, "name": "tiny-baseline-2"})  # reads only text too
+    data["eval"]["resources"] |= {"num_workers": 1, "cpus_per_worker": 8}  # the teacher's shape, read after it
+    data["parallelism"] = parallelism
+
+    # preprocess beside text; the KD student and the two baselines (which read no teacher) beside each other; the
+    # teacher's 2 workers and the eval's 1 never overlap
+    assert sizes(render(data)) == {"cpu1": (0, 0, 2), "gpu1-cpu8": (0, 0, 2), "gpu1-cpu4": (0, 0, students)}
+    queued = sizes(render({**data, "kubernetes": {"queue": "team-a"}}))  # held for the whole pipeline
+    assert queued == {"cpu1": (2, 2, 2), "gpu1-cpu8": (2, 2, 2), "gpu1-cpu4": (students,) * 3}
+
+
 def test_stages_of_one_shape_share_a_group_with_the_largest_memory_among_them():
     group = groups(render(gpu_pipeline()))["gpu1-cpu4"]  # students ask 16Gi, eval 24Gi
 
@@ -79,7 +97,7 @@ def test_stages_of_one_shape_share_a_group_with_the_largest_memory_among_them():
 
 
 def test_a_gpu_stage_that_trains_in_process_gets_a_gpu_worker_of_its_shape():
-    data = gpu_pipeline()
+    data = {**gpu_pipeline(), "parallelism": 1}
     data["eval"]["resources"]["cpus_per_worker"] = 2  # leave the students' shape to the students alone
     rayjob = render(data)
 
@@ -114,7 +132,7 @@ def test_gpu_groups_run_where_their_stages_asked():
 def test_the_tiny_pipeline_is_a_head_and_one_small_cpu_group():
     rayjob = render(tiny_pipeline())
 
-    assert sizes(rayjob) == {"cpu1": (0, 0, 1)}  # every tiny stage asks 1 CPU; none a GPU
+    assert sizes(rayjob) == {"cpu1": (0, 0, 2)}  # every tiny stage asks 1 CPU, none a GPU; two run at once
 
 
 # --- Autoscaling, or a queue ---------------------------------------------------------------------------------------
@@ -138,7 +156,7 @@ def test_queued_the_pipeline_holds_fixed_groups_that_kueue_admits_whole(crd_vali
 
     cluster = rayjob["spec"]["rayClusterSpec"]
     assert "enableInTreeAutoscaling" not in cluster and "autoscalerOptions" not in cluster  # Kueue refuses it
-    assert sizes(rayjob) == {"cpu1": (1, 1, 1), "gpu1-cpu8": (2, 2, 2), "gpu1-cpu4": (2, 2, 2)}
+    assert sizes(rayjob) == {"cpu1": (2, 2, 2), "gpu1-cpu8": (2, 2, 2), "gpu1-cpu4": (2, 2, 2)}
     assert all("restartPolicy" not in g["template"]["spec"] for g in groups(rayjob).values())
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert rayjob["spec"]["suspend"] is True and rayjob["spec"]["shutdownAfterJobFinishes"] is True

@@ -3,6 +3,8 @@ to the spec's parallelism, what a failure stops, and the inputs checked before a
 
 from __future__ import annotations
 
+import itertools
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -15,10 +17,11 @@ import yaml
 from vlkd.artifacts import ArtifactStore, collect_files
 from vlkd.backends.base import JobState, JobStatus
 from vlkd.errors import NotFoundError, VlkdError
-from vlkd.pipeline import PipelineRun, StageRun, run_pipeline, stage_needs, wait_until_finished
+from vlkd.pipeline import PipelineRun, StageRun, run_pipeline, wait_until_finished
 from vlkd.pipelines import pipeline_file
 from vlkd.published import refs_in
 from vlkd.specs import PipelineSpec, load_spec, parse_spec
+from vlkd.stage_dag import most_at_once, stage_needs
 
 PAPER_ABLATIONS = Path(__file__).parent.parent / "examples" / "paper" / "ablations.yaml"
 OUTPUTS = {
@@ -118,6 +121,50 @@ def test_a_ref_pinned_to_a_version_reads_what_exists_and_waits_for_no_stage():
     key, baseline = stages[4]
     stages[4] = (key, baseline.model_copy(update={"corpus": "corpus/tiny:v1"}))
     assert stage_needs(stages)["distill:tiny-baseline"] == set()
+
+
+def test_what_stages_at_once_ask_together_counts_only_stages_that_may_overlap():
+    chain = {"a": set(), "b": {"a"}, "c": {"b"}}
+    assert most_at_once(chain, {"a": 3, "b": 2, "c": 1}, limit=3) == 3  # one after another: the most, not the sum
+    assert most_at_once({**chain, "c": set()}, {"a": 3, "b": 2, "c": 1}, limit=3) == 4  # c beside a or b
+    # Through others: d waits for a via b, so a and d never overlap, though d does not read a.
+    diamond = {"a": set(), "b": {"a"}, "c": {"a"}, "d": {"b"}}
+    assert most_at_once(diamond, {"a": 5, "b": 3, "c": 3, "d": 5}, limit=2) == 8  # c beside d, not a beside d
+    assert most_at_once(diamond, {"a": 5, "b": 3, "c": 3, "d": 5}, limit=1) == 5
+    free = {key: set() for key in "abcd"}
+    assert most_at_once(free, {"a": 5, "b": 4, "c": 0, "d": 3}, limit=2) == 9  # the largest two
+
+
+def test_what_stages_at_once_ask_together_is_the_largest_sum_any_set_of_overlapping_stages_asks():
+    """Against every subset of random DAGs: the search's pruning never loses the best set (the largest ask first
+    is not always in it: a stage that waits for two small ones outweighs neither together)."""
+    rng = random.Random(0)
+    for _ in range(300):
+        keys = [f"s{i}" for i in range(rng.randint(1, 8))]
+        needs = {key: {k for k in keys[:i] if rng.random() < 0.3} for i, key in enumerate(keys)}
+        asks = {key: rng.randint(0, 4) for key in keys}
+        limit = rng.randint(1, len(keys))
+        closure = {key: set() for key in keys}
+        for key in keys:  # needs only name earlier keys: closed in order
+            closure[key] = set().union(*(closure[n] | {n} for n in needs[key]))
+        best = max(
+            sum(asks[k] for k in chosen)
+            for size in range(limit + 1)
+            for chosen in itertools.combinations(keys, size)
+            if all(a not in closure[b] and b not in closure[a] for a, b in itertools.combinations(chosen, 2))
+        )
+        assert most_at_once(needs, asks, limit) == best, (needs, asks, limit)
+
+
+def test_the_papers_fourteen_students_at_once_ask_their_sum_at_once():
+    """The ablations' students read teachers and text, not each other: all of them may overlap."""
+    spec = load_spec(PAPER_ABLATIONS)
+    needs = stage_needs(spec.stages())
+    students = [key for key in needs if key.startswith("distill:")]
+    asks = {key: 2 for key in students}
+    assert len(students) >= 14
+    assert most_at_once(needs, asks, limit=len(needs)) == 2 * len(students)
+    assert most_at_once(needs, asks, limit=4) == 8
 
 
 def test_independent_stages_run_at_once_up_to_the_parallelism(store):

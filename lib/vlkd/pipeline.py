@@ -41,8 +41,9 @@ from vlkd.backends.submission import job_status, prepare, submit
 from vlkd.errors import NotFoundError, VlkdError
 from vlkd.jobstate import recall, vlkd_home
 from vlkd.published import outputs_of, pin_spec, refs_in
-from vlkd.refs import LATEST, ArtifactRef
+from vlkd.refs import ArtifactRef
 from vlkd.specs import PipelineSpec, StageSpec
+from vlkd.stage_dag import artifact_makers, made_here, stage_needs
 
 
 @dataclass
@@ -162,40 +163,21 @@ def _cores_shared(parallelism: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallelism))}
 
 
-def stage_needs(stages: list[tuple[str, StageSpec]]) -> dict[str, set[str]]:
-    """Each stage's key -> the keys of the stages it waits for: those that publish an artifact it reads at
-    `latest` (a ref pinned to a version, or naming another alias, reads what exists, whatever the run makes)."""
-    makers = _makers(stages)
-    return {
-        key: {makers[ref.path] for ref in refs_in(spec.model_dump(mode="json")) if _made_here(ref, makers)} - {key}
-        for key, spec in stages
-    }
-
-
 def _waits_for(keys: set[str]) -> str:
     """What a pending stage's line says until it starts (`vlkd pipeline status`)."""
     return f"waits for {', '.join(sorted(keys))}" if keys else ""
 
 
-def _makers(stages: list[tuple[str, StageSpec]]) -> dict[str, str]:
-    """`kind/name` of each artifact a stage publishes -> that stage's key."""
-    return {f"{kind}/{spec.name}": key for key, spec in stages for kind in type(spec).outputs}
-
-
-def _made_here(ref: ArtifactRef, makers: dict[str, str]) -> bool:
-    return ref.alias == LATEST and ref.path in makers
-
-
 def _check_inputs(stages: list[tuple[str, StageSpec]], store: ArtifactStore) -> None:
     """Every input that no stage makes exists now: a missing dataset fails the run before anything runs, not
     after the days the stages before its reader take."""
-    makers = _makers(stages)
+    makers = artifact_makers(stages)
     readers: dict[ArtifactRef, str] = {}  # each ref once, with the first stage that reads it
     for key, spec in stages:
         for ref in refs_in(spec.model_dump(mode="json")):
             readers.setdefault(ref, key)
     for ref, key in readers.items():
-        if not _made_here(ref, makers):
+        if not made_here(ref, makers):
             try:
                 store.resolve(ref)
             except NotFoundError as missing:

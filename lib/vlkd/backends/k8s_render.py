@@ -22,19 +22,19 @@ Rendering choices, stated once:
   `workerGroupSpecs` optional): the trainer runs in-process in the driver, which runs on the head, so the head gets
   the worker's GPUs, node selector and tolerations, the larger of the head's and the worker's memory, and the CPUs
   of both the worker and the driver's tasks.
-- A pipeline job (`vlkd pipeline submit`, `_pipeline_cluster`): its driver submits each stage as a Ray job of its own
-  to the same cluster, one after another. The head (`kubernetes.head_cpus/head_memory`, no GPU) runs that driver and
-  the drivers of stages with workers: neither asks Ray for resources, and Ray runs such an entrypoint on the head. A
-  stage with `num_workers: 0` trains in its entrypoint, which asks for one worker's CPUs and GPUs
-  (`RayBackend.request`), so such a stage needs one worker of its shape. One worker group per shape of worker, of as
-  many pods as the stage asking most of that shape needs (stages run one after another). Ray places work by CPUs
-  and GPUs only (vlkd's stages ask for no memory or node label), so stages of the same CPUs and GPUs share one group
-  with the largest memory among them, and must agree on node selector and tolerations: Ray could not keep them
-  apart. Unqueued, Ray's in-tree autoscaler (v2, which drains a node before removing it) sizes each group from none
-  up to that need, so GPUs are held only while a stage uses them. Worker pods are never restarted (`restartPolicy:
-  Never`): the autoscaler stops an idle worker's Ray, and a restarted container would bring it back. The autoscaler
-  runs in the head pod under `kubernetes.autoscaler_service_account`: KubeRay binds its Role (common/rbac.go
-  BuildRole: pods get/list/watch/patch, rayclusters get/patch) to the head's ServiceAccount
+- A pipeline job (`vlkd pipeline submit`, `_pipeline_cluster`): its driver submits each stage as a Ray job of its
+  own to the same cluster, up to the pipeline's parallelism at once. The head (`kubernetes.head_cpus/head_memory`,
+  no GPU) runs that driver and the drivers of stages with workers: neither asks Ray for resources, and Ray runs such
+  an entrypoint on the head. A stage with `num_workers: 0` trains in its entrypoint, which asks for one worker's
+  CPUs and GPUs (`RayBackend.request`), so such a stage needs one worker of its shape. One worker group per shape of
+  worker, of as many pods as stages that may run at once ask of that shape together (`vlkd.stage_dag.most_at_once`).
+  Ray places work by CPUs and GPUs only (vlkd's stages ask for no memory or node label), so stages of the same CPUs
+  and GPUs share one group with the largest memory among them, and must agree on node selector and tolerations: Ray
+  could not keep them apart. Unqueued, Ray's in-tree autoscaler (v2, which drains a node before removing it) sizes
+  each group from none up to that need, so GPUs are held only while a stage uses them. Worker pods are never
+  restarted (`restartPolicy: Never`): the autoscaler stops an idle worker's Ray, and a restarted container would
+  bring it back. The autoscaler runs in the head pod under `kubernetes.autoscaler_service_account`: KubeRay binds
+  its Role (common/rbac.go BuildRole: pods get/list/watch/patch, rayclusters get/patch) to the head's ServiceAccount
   (raycluster_controller.go reconcileAutoscalerRoleBinding), and that account must exist (k8s/base/rbac-job.yaml).
 - Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY by reference to the Secret `kubernetes.s3_secret`, or none
   (`s3_secret: null`): the SDK's default chain then finds the pods' workload identity (IRSA, EKS Pod Identity). The
@@ -77,8 +77,10 @@ from typing import Any
 from vlkd.backends import kueue
 from vlkd.backends.base import JobDescription
 from vlkd.backends.k8s_pods import HEAD_CONTAINER, STORE_CONFIGMAP, PodTemplates, cpu_quantity
+from vlkd.backends.ray import RayBackend
 from vlkd.errors import VlkdError
 from vlkd.specs import PipelineSpec, Resources, StageSpec, quantity_bytes
+from vlkd.stage_dag import most_at_once, stage_needs
 
 # HEAD_CONTAINER and STORE_CONFIGMAP are named here too: what the backend looks for in what it rendered.
 __all__ = ["HEAD_CONTAINER", "STORE_CONFIGMAP", "rayjob_name", "render_rayjob"]
@@ -214,17 +216,19 @@ def _worker_group(
 
 def _worker_shapes(pipeline: PipelineSpec) -> list[tuple[Resources, int, int]]:
     """One worker per shape of CPUs and GPUs the stages ask for (with the largest memory among them), the CPUs
-    for drivers' tasks each of its pods needs (the largest share of any stage), and the most workers any stage
-    asks of it: its `num_workers`, or 1 for a stage that trains in its entrypoint."""
-    shapes: dict[tuple[int, float], tuple[str, Resources, int, int]] = {}
-    for key, stage in pipeline.stages():
+    for drivers' tasks each of its pods needs (the largest share of any stage), and the most workers of it that
+    stages running at once ask for together (`stage_dag.most_at_once`, up to the pipeline job's parallelism; one at a
+    time, the stage asking most). A stage asks its `num_workers`, or 1 if it trains in its entrypoint."""
+    stages = pipeline.stages()
+    shapes: dict[tuple[int, float], tuple[str, Resources, int, dict[str, int]]] = {}
+    for key, stage in stages:
         worker, need = stage.resources, max(stage.resources.num_workers, 1)
         share = math.ceil(stage.driver_cpus / need)
         shape = (math.ceil(worker.gpus_per_worker), worker.cpus_per_worker)
         if shape not in shapes:
-            shapes[shape] = (key, worker, share, need)
+            shapes[shape] = (key, worker, share, {key: need})
             continue
-        first, seen, most_share, most = shapes[shape]
+        first, seen, most_share, asks = shapes[shape]
         if (seen.node_selector, seen.tolerations) != (worker.node_selector, worker.tolerations):
             raise VlkdError(
                 f"pipeline {pipeline.name}: stages {first} and {key} ask for workers of "
@@ -234,8 +238,10 @@ def _worker_shapes(pipeline: PipelineSpec) -> list[tuple[Resources, int, int]]:
                 "CPUs, or run the stages as jobs of their own (`vlkd pipeline run --backend k8s`)"
             )
         memory = _larger(seen.memory, worker.memory)
-        shapes[shape] = (first, seen.model_copy(update={"memory": memory}), max(most_share, share), max(most, need))
-    return [(worker, share, most) for _, worker, share, most in shapes.values()]
+        shapes[shape] = (first, seen.model_copy(update={"memory": memory}), max(most_share, share), asks | {key: need})
+    needs = stage_needs(stages)
+    at_once = pipeline.parallelism_on(RayBackend.name)  # its driver submits stages to its cluster (jobs/pipeline.py)
+    return [(worker, share, most_at_once(needs, asks, at_once)) for _, worker, share, asks in shapes.values()]
 
 
 def _shape_name(gpus: float, cpus: float) -> str:

@@ -70,8 +70,8 @@ class PipelineSpec(StrictModel):
         "many as that allows on the k8s backend when every stage job waits its turn there without failing (each a "
         "RayJob with a cluster of its own, queued through Kueue, whose start deadline counts from admission, or "
         "with no start deadline); one at a time otherwise, and on the local and ray backends (and in the pipeline "
-        "job), whose stage jobs share one machine or one Ray cluster that nothing shares out between them: their "
-        "drivers all run on its head, and its worker groups are sized for one stage",
+        "job), whose stage jobs share one machine or one Ray cluster that nothing shares out between them. A "
+        "pipeline job's cluster has workers for the stages that may run at once together",
     )
     resources: Resources = Field(
         default_factory=lambda: Resources(num_workers=0, cpus_per_worker=0.25),
