@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 import pytest
 
 from vlkd.artifacts import Manifest
-from vlkd.evaluation.report import NOISE, parse_tables
+from vlkd.evaluation.report import NOISE
+from vlkd.evaluation.table_text import parse_tables
 from vlkd.jobs import evaluate
 from vlkd.runtime import JobContext
 from vlkd.specs import TaskSpec, parse_spec

@@ -14,9 +14,10 @@ from vlkd.errors import DataError
 from vlkd.evaluation.bootstrap import cluster_labels, difference_interval
 from vlkd.evaluation.differences import differences
 from vlkd.evaluation.readers import TextPair
-from vlkd.evaluation.report import NOISE, R3_NOTE, R3_UNKEPT_NOTE, parse_tables, render_markdown, render_table
+from vlkd.evaluation.report import NOISE, R3_NOTE, R3_UNKEPT_NOTE, render_markdown, render_table
 from vlkd.evaluation.results import RunRecord, build_results, load_results, merge, write_results
 from vlkd.evaluation.scoring import score_predictions
+from vlkd.evaluation.table_text import parse_tables
 from vlkd.evaluation.tasks import NLI_LABELS, TASKS
 
 DEV = 100

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from vlkd.artifacts import Manifest
-from vlkd.evaluation.report import parse_tables, render_markdown, render_table
+from vlkd.evaluation.report import render_markdown, render_table
 from vlkd.evaluation.results import RunRecord, build_results
+from vlkd.evaluation.table_text import parse_tables
 from vlkd.jobs.evaluate import published_step
 
 UNEQUAL = "tiny-nst-crd is published at step 100, its baseline tiny-baseline at step 300: not equal training"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from vlkd.evaluation.flags import at_or_below_majority, did_not_learn, one_class
-from vlkd.evaluation.report import parse_tables, render_markdown, render_table, report_notes
+from vlkd.evaluation.report import render_markdown, render_table, report_notes
 from vlkd.evaluation.results import RunRecord, build_results
 from vlkd.evaluation.scoring import answer_counts
+from vlkd.evaluation.table_text import parse_tables
 from vlkd.evaluation.tasks import get_task
 
 FLAT = [[step, 0.695 + (0.004 if step % 2 else -0.004)] for step in range(1, 41)]

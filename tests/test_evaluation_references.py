@@ -12,8 +12,9 @@ import pytest
 from vlkd.data.synth import SynthConfig, SynthSummary, generate
 from vlkd.evaluation.readers import MultipleChoice, TextPair
 from vlkd.evaluation.references import REFERENCES, fit_reference, majority_class, score_reference
-from vlkd.evaluation.report import parse_tables, render_markdown, render_table
+from vlkd.evaluation.report import render_markdown, render_table
 from vlkd.evaluation.results import RunRecord, build_results
+from vlkd.evaluation.table_text import parse_tables
 from vlkd.evaluation.tasks import TASKS, get_task, read_eval
 from vlkd.specs.evaluate import ReferenceName
 

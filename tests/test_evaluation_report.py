@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from vlkd.errors import DataError
-from vlkd.evaluation.report import parse_tables, render_markdown, render_table, write_report
+from vlkd.evaluation.report import render_markdown, render_table, write_report
 from vlkd.evaluation.results import RunRecord, build_results, load_results, merge
+from vlkd.evaluation.table_text import parse_tables
 from vlkd.evaluation.tasks import TASKS
 
 BASE = {"teacher": None, "kd_objectives": [], "corpus": "corpus/wiki103:v1"}

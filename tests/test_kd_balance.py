@@ -10,7 +10,8 @@ import torch
 
 from vlkd.distillation import GRADIENT_NORM, Distillation, Widths, gradient_norms, kd_balance, weighted_total
 from vlkd.evaluation.balance import balance_table
-from vlkd.evaluation.report import parse_tables, render_markdown, render_table
+from vlkd.evaluation.report import render_markdown, render_table
+from vlkd.evaluation.table_text import parse_tables
 from vlkd.model_wrappers import compile_model, eager
 from vlkd.specs import KDOptions
 from vlkd.specs.shapes import ModelShape

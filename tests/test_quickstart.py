@@ -19,7 +19,7 @@ from test_pipeline_dag import publish_inputs
 from vlkd.artifacts import ArtifactStore
 from vlkd.backends.base import JobState, JobStatus
 from vlkd.errors import NotFoundError, VlkdError
-from vlkd.evaluation.report import parse_tables
+from vlkd.evaluation.table_text import parse_tables
 from vlkd.joblog import read_log, read_state
 from vlkd.pipeline import PipelineRun
 from vlkd.published import pin_refs

@@ -12,8 +12,9 @@ from matplotlib.figure import Figure
 
 from vlkd.artifacts import ArtifactStore, collect_files
 from vlkd.evaluation.charts import write_charts, write_curves
-from vlkd.evaluation.report import parse_tables, render_markdown, render_table, write_report
+from vlkd.evaluation.report import render_markdown, render_table, write_report
 from vlkd.evaluation.results import RunRecord, build_results
+from vlkd.evaluation.table_text import parse_tables
 
 FLAT = [[step, 0.695 + (0.004 if step % 2 else -0.004)] for step in range(1, 41)]
 FALLING = [[step, 0.7 * 0.97**step] for step in range(1, 41)]

@@ -15,14 +15,12 @@ example page), the cost, the charts (a bar chart per task; training curves) and 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlkd.ablation_table import table_results
-from vlkd.errors import DataError
 from vlkd.evaluation.balance import BALANCE_NOTE, balance_table
 from vlkd.evaluation.bootstrap import EXAMPLES_ONLY_NOTE, LEVEL, NOT_COVERED_NOTE, SEED_INTERVAL_NOTE
 from vlkd.evaluation.differences import AVERAGE, difference_key
@@ -30,6 +28,7 @@ from vlkd.evaluation.flags import THRESHOLDS
 from vlkd.evaluation.layouts import LAYOUTS, Column, Layout
 from vlkd.evaluation.references import REFERENCES
 from vlkd.evaluation.results import RESULTS_FILE, reference_metric, write_results
+from vlkd.evaluation.table_text import aligned_table, markdown_table
 from vlkd.evaluation.tasks import TASKS
 
 REPORT_FILE = "report.md"
@@ -49,7 +48,6 @@ CURVES_NOTE = (
     "Each run's training loss (mean over windows of steps) and its main metric on dev after every epoch: a panel "
     "per task and model, a line per seed; dashed, the majority-class reference."
 )
-_UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 RETRIEVAL_COLUMNS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("Median rank", "median_rank"))
 RETRIEVAL_PAGE = "retrieval/index.html"
 """the eval artifact's page of example queries and their top videos (`retrieval.write_examples`)"""
@@ -235,11 +233,6 @@ def unequal_training(results: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [header, ["---", *([":---:"] * (len(header) - 1))], *rows]
-    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
-
-
 def render_markdown(
     results: Mapping[str, Any],
     charts: Mapping[str, str] | None = None,
@@ -391,57 +384,19 @@ def render_table(results: Mapping[str, Any]) -> str:
     `report_notes`)."""
     blocks = []
     for table in comparisons(results):
-        blocks.append("\n".join([table.heading, _aligned(table.header, table.rows), *table.unequal_training]))
+        blocks.append("\n".join([table.heading, aligned_table(table.header, table.rows), *table.unequal_training]))
         if table.differences:
-            difference = [f"Difference from {table.baseline}", _aligned(table.header, table.differences)]
+            difference = [f"Difference from {table.baseline}", aligned_table(table.header, table.differences)]
             blocks.append("\n".join([*difference, *table.multiplicity]))
     if key := legend(results):
         blocks.append("\n".join(key))
     if balance := balance_table(results["models"]):
-        blocks.append("KD term balance\n" + _aligned(*balance))
+        blocks.append("KD term balance\n" + aligned_table(*balance))
     if results.get("retrieval"):
-        blocks.append("Teacher text-to-video retrieval\n" + _aligned(*retrieval_rows(results["retrieval"])))
+        blocks.append("Teacher text-to-video retrieval\n" + aligned_table(*retrieval_rows(results["retrieval"])))
     if any(model.get("cost") for model in results["models"]):
-        blocks.append("Cost\n" + _aligned(*cost_rows(results["models"])))
+        blocks.append("Cost\n" + aligned_table(*cost_rows(results["models"])))
     return "\n\n".join(blocks) if blocks else "no results"
-
-
-def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        )
-        for line in [header, *rows]
-    )
-
-
-def parse_tables(markdown: str) -> list[list[list[str]]]:
-    """Every Markdown table in `markdown` as [header, *rows] (the separator line dropped), each checked: a
-    separator after the header, and as many cells in every line as in the header."""
-    tables, block = [], []
-    for line in [*markdown.splitlines(), ""]:
-        if line.startswith("|"):
-            block.append(line)
-        elif block:
-            tables.append(_parse_table(block))
-            block = []
-    return tables
-
-
-def _parse_table(lines: list[str]) -> list[list[str]]:
-    cells = [_cells(line) for line in lines]
-    if len(cells) < 2 or not all(set(c) <= set(":-") and "-" in c for c in cells[1]):
-        raise DataError(f"Markdown table without a separator line under its header: {lines[0]}")
-    bad = [line for line, row in zip(lines, cells, strict=True) if len(row) != len(cells[0])]
-    if bad:
-        raise DataError(f"Markdown table rows with a cell count other than the header's {len(cells[0])}: {bad}")
-    return [cells[0], *cells[2:]]
-
-
-def _cells(line: str) -> list[str]:
-    inner = line.strip().removeprefix("|").removesuffix("|")
-    return [cell.strip().replace("\\|", "|") for cell in _UNESCAPED_PIPE.split(inner)]
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path, charts: bool = True) -> dict[str, Path]:
