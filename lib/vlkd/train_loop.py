@@ -39,6 +39,9 @@ log = logging.getLogger("vlkd.train")
 
 @dataclass
 class TrainState:
+    """The run's progress that a checkpoint saves beside the weights, optimizer and RNG: a resumed run goes on from
+    it as the uninterrupted one would have."""
+
     step: int = 0
     best_val: float = math.inf
     best_step: int = -1
