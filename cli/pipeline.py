@@ -1,10 +1,11 @@
-"""`vlkd pipeline run|submit|status`: the stages of a pipeline spec, each consuming what the previous published;
-`run` drives them from this machine, `submit` sends the pipeline to a cluster as one job that drives them there."""
+"""`vlkd pipeline run|submit|render|plan|status`: the stages of a pipeline spec, each consuming what the previous
+published; `run` drives them from this machine, `submit` sends the pipeline to a cluster as one job that drives them
+there, `plan` says what a run would do."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +23,9 @@ from vlkd.cli.jobs import (
 )
 from vlkd.cli.output import console, err_console
 from vlkd.errors import VlkdError
+
+if TYPE_CHECKING:
+    from vlkd.specs import PipelineSpec
 
 app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Pipelines: data -> teacher -> students -> eval in one go."
@@ -52,9 +56,8 @@ def run_pipeline_file(
     from vlkd.storage import patient
 
     pipeline = load_spec(spec_file, "pipeline")
-    root = store or (pipeline.storage.root if pipeline.storage else None)
     with patient():
-        artifacts = ArtifactStore.open(root)
+        artifacts = ArtifactStore.open(_store_of(pipeline, store))
         at_once = pipeline.parallelism_on(backend) > 1
         reporter = StageReporter(verbose, [key for key, _ in pipeline.stages()], at_once)
         try:
@@ -166,6 +169,31 @@ def _pipeline_job(spec_file: Path, store: str | None, backend: str, image: str |
     if backend == "local":
         raise VlkdError("a pipeline job runs on a cluster (--backend ray or k8s): here, `vlkd pipeline run`")
     return prepare_file("pipeline", spec_file, store, backend, image, job_id)
+
+
+@app.command()
+def plan(
+    spec: Path = typer.Argument(..., help="a pipeline spec (stage: pipeline)", show_default=False),
+    backend: BackendName = "local",
+    store: Store = None,
+    force: bool = typer.Option(False, "--force", help="as `pipeline run --force` would: redo published stages"),
+) -> None:
+    """What `pipeline run` would do now, running nothing: each stage in order, skipped (published for its spec and
+    the inputs it would read now) or run, and why; then how many stage jobs run at once on --backend (a pipeline
+    job's: ray)."""
+    from vlkd.artifacts import ArtifactStore
+    from vlkd.cli.progress import print_plan
+    from vlkd.pipeline_plan import plan_pipeline
+    from vlkd.specs import load_spec
+
+    pipeline = load_spec(spec, "pipeline")
+    planned = plan_pipeline(pipeline, ArtifactStore.open(_store_of(pipeline, store)), force)
+    print_plan(planned, pipeline.parallelism_on(backend), backend, console)
+
+
+def _store_of(pipeline: PipelineSpec, store: str | None) -> str | None:
+    """The store a pipeline runs in: --store, else the spec's `storage.root`, else the default."""
+    return store or (pipeline.storage.root if pipeline.storage else None)
 
 
 @app.command()

@@ -214,6 +214,17 @@ def print_stages(run: Any, to: Console) -> None:
     print_tables(run, to)
 
 
+def print_plan(planned: list[Any], at_once: int, backend: str, to: Console) -> None:
+    """What a run would do (`vlkd pipeline plan`): a line per stage (run or skip, and why), then how many would run
+    and how many at once."""
+    width = key_width(stage.key for stage in planned)
+    for stage in planned:
+        plan = "run" if stage.runs else "skip"
+        to.print(f"{stage.key:<{width}} {plan:<4}  {stage.why}", highlight=False, markup=False, soft_wrap=True)
+    runs = sum(stage.runs for stage in planned)
+    to.print(f"{runs} of {len(planned)} stages would run, at most {at_once} at a time on {backend}", highlight=False)
+
+
 def print_tables(run: Any, to: Console) -> None:
     """Each ablation table's progress: what the end of `vlkd pipeline run` adds to the stages `StageReporter`
     showed as they ended."""

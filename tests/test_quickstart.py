@@ -171,6 +171,12 @@ def test_every_quickstart_artifact_is_published_once_with_its_log_and_lineage(qu
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_a_second_quickstart_skips_every_stage(quickstart, vlkd_cli):
+    # as the plan says beforehand, from what the real jobs recorded (their pinned specs and parents)
+    plan = vlkd_cli(
+        "pipeline", "plan", str(EXAMPLES / "tiny" / "pipeline.yaml"), "--store", quickstart.store, env=quickstart.env
+    )
+    assert plan.returncode == 0 and plan.stdout.count(" skip  published for this spec and these inputs") == 6
+    assert plan.stdout.splitlines()[-1] == "0 of 6 stages would run, at most 2 at a time on local"
     again = vlkd_cli(
         "quickstart", "--workdir", str(quickstart.workdir), "--store", quickstart.store, env=quickstart.env
     )

@@ -132,7 +132,7 @@ def run_pipeline(
     Stages run as their inputs allow (`stage_needs`), up to the pipeline's parallelism on `backend` at once."""
     stages = pipeline.stages()
     needs = stage_needs(stages)
-    _check_inputs(stages, store)
+    check_inputs(stages, store)
     earlier = _last_run(pipeline.name, store, backend.name)
     run = PipelineRun(
         pipeline.name,
@@ -168,7 +168,7 @@ def _waits_for(keys: set[str]) -> str:
     return f"waits for {', '.join(sorted(keys))}" if keys else ""
 
 
-def _check_inputs(stages: list[tuple[str, StageSpec]], store: ArtifactStore) -> None:
+def check_inputs(stages: list[tuple[str, StageSpec]], store: ArtifactStore) -> None:
     """Every input that no stage makes exists now: a missing dataset fails the run before anything runs, not
     after the days the stages before its reader take."""
     makers = artifact_makers(stages)

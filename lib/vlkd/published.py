@@ -34,7 +34,7 @@ def refs_in(value: Any) -> list[ArtifactRef]:
     return found
 
 
-def _as_consumed(manifest: Manifest) -> dict[str, Any] | None:
+def as_consumed(manifest: Manifest) -> dict[str, Any] | None:
     """The spec a version was made for, each ref pinned to the version its job read (the manifest's parents): a job
     submitted with `dataset/x` that read `dataset/x:v3` made it for `dataset/x:v3`, as a pipeline pins it."""
     parents = {ArtifactRef.parse(parent).path: parent for parent in manifest.parents}
@@ -61,7 +61,7 @@ def outputs_of(spec: StageSpec, store: ArtifactStore) -> list[Manifest] | None:
             manifest = store.manifest(ArtifactRef(kind, spec.name))
         except NotFoundError:
             return None
-        if _as_consumed(manifest) != wanted:
+        if as_consumed(manifest) != wanted:
             return None
         found.append(manifest)
     return found
