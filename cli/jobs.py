@@ -7,12 +7,14 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
+from vlkd.backends import BACKENDS
 from vlkd.cli.artifacts import Store
 from vlkd.cli.output import console, err_console
 from vlkd.errors import VlkdError
@@ -24,9 +26,30 @@ if TYPE_CHECKING:
 log = logging.getLogger("vlkd.cli")
 JOB_STAGES = tuple(s for s in STAGES if s != "pipeline")
 
+
+def one_of(what: str, choices: tuple[str, ...], hint: str) -> Callable[[str | None], str | None]:
+    """A Typer callback that checks a name before anything else runs: one vlkd does not know is a usage error that
+    names the one meant, if close, and every choice."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            meant = f"did you mean {close[0]!r}? " if close else ""
+            raise typer.BadParameter(
+                f"unknown {what} {value!r}; {meant}available: {', '.join(choices)}", param_hint=hint
+            )
+        return value
+
+    return check
+
+
 # Every command that runs or renders a stage job defaults to `local` (the pipeline job, cluster-only, has none).
+check_backend = one_of("backend", tuple(BACKENDS), "'--backend'")
 BackendName = Annotated[
-    str, typer.Option("--backend", "-b", help="local (this machine, the default), ray (--address) or k8s")
+    str,
+    typer.Option(
+        "--backend", "-b", help="local (this machine, the default), ray (--address) or k8s", callback=check_backend
+    ),
 ]
 Address = Annotated[Optional[str], typer.Option(help="ray: the dashboard address, http://HOST:8265")]  # noqa: UP045
 Context = Annotated[Optional[str], typer.Option(help="k8s: kubeconfig context [default: current]")]  # noqa: UP045
@@ -43,18 +66,12 @@ def _options(backend: str, address: str | None, context: str | None, namespace: 
     )
 
 
-def _stage(stage: str) -> str:
-    """The STAGE argument, checked before anything else: a stage vlkd does not know is a usage error."""
-    if stage not in JOB_STAGES:
-        close = difflib.get_close_matches(stage, JOB_STAGES, n=1)
-        meant = f"did you mean {close[0]!r}? " if close else ""
-        raise typer.BadParameter(
-            f"unknown stage {stage!r}; {meant}available: {', '.join(JOB_STAGES)}", param_hint="'STAGE'"
-        )
-    return stage
-
-
-StageName = Annotated[str, typer.Argument(help=f"one of {', '.join(JOB_STAGES)}", show_default=False, callback=_stage)]
+StageName = Annotated[
+    str,
+    typer.Argument(
+        help=f"one of {', '.join(JOB_STAGES)}", show_default=False, callback=one_of("stage", JOB_STAGES, "'STAGE'")
+    ),
+]
 
 
 def submit(

@@ -19,6 +19,7 @@ from vlkd.cli.jobs import (
     PendingNotice,
     _follow,
     _options,
+    check_backend,
     print_still_running,
 )
 from vlkd.cli.output import console, err_console
@@ -39,6 +40,7 @@ ClusterBackend = Annotated[
         "-b",
         help="ray (--address) or k8s, required: the pipeline job runs on a cluster",
         show_default=False,
+        callback=check_backend,
     ),
 ]
 

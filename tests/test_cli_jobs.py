@@ -56,6 +56,20 @@ def test_an_unknown_stage_is_a_usage_error_that_suggests_the_stage_meant(vlkd_cl
         assert_one_line_error(result, "unknown stage 'techer'; did you mean 'teacher'? available: preprocess", 2)
 
 
+def test_an_unknown_backend_is_a_usage_error_before_anything_runs(vlkd_cli, empty_store):
+    pipeline = str(EXAMPLES / "pipeline.yaml")
+    for command in (
+        ["submit", "text", "-f", str(EXAMPLES / "text.yaml")],
+        ["render", "text", "-f", str(EXAMPLES / "text.yaml")],
+        ["pipeline", "run", pipeline],
+        ["pipeline", "plan", pipeline],
+        ["pipeline", "submit", pipeline],
+    ):
+        result = vlkd_cli(*command, "--backend", "lcoal", env=empty_store)
+        assert_one_line_error(result, "unknown backend 'lcoal'; did you mean 'local'? available: local, ray, k8s", 2)
+    assert_one_line_error(vlkd_cli("pipeline", "plan", pipeline, "-b", "slurm", env=empty_store), "available: local", 2)
+
+
 def teacher_inputs(tmp_path: Path) -> ArtifactStore:
     """A store with the tiny teacher's tokenizer and features named `tiny`."""
     store = ArtifactStore.open((tmp_path / "store").as_uri())
