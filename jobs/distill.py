@@ -339,4 +339,4 @@ def run(spec: DistillSpec, context: JobContext) -> list[Manifest]:
 
 
 if __name__ == "__main__":
-    job_main("distill", run)
+    job_main("distill")

@@ -293,4 +293,4 @@ def run(spec: EvalSpec, context: JobContext) -> list[Manifest]:
 
 
 if __name__ == "__main__":
-    job_main("eval", run)
+    job_main("eval")

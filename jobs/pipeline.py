@@ -53,4 +53,4 @@ def run(spec: PipelineSpec, context: JobContext) -> list[Manifest]:
 
 
 if __name__ == "__main__":
-    job_main("pipeline", run)
+    job_main("pipeline")

@@ -376,4 +376,4 @@ def publish(
 
 
 if __name__ == "__main__":
-    job_main("preprocess", run)
+    job_main("preprocess")

@@ -232,4 +232,4 @@ def run(spec: TeacherSpec, context: JobContext) -> list[Manifest]:
 
 
 if __name__ == "__main__":
-    job_main("teacher", run)
+    job_main("teacher")

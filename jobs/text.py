@@ -171,4 +171,4 @@ def run(spec: TextSpec, context: JobContext) -> list[Manifest]:
 
 
 if __name__ == "__main__":
-    job_main("text", run)
+    job_main("text")

@@ -182,12 +182,14 @@ def test_a_killed_preprocess_job_resubmitted_takes_its_finished_videos_from_the_
 
 def _small_pipeline(tmp_path: Path) -> Path:
     """The tiny pipeline, named `cluster`, with a few steps per stage and one eval task and seed; its data stages
-    keep the name `tiny`, so they are the tiny examples' jobs (`tiny_inputs`)."""
+    keep the name `tiny`, so they are the tiny examples' jobs (`tiny_inputs`). Its teacher trains on a Ray Train
+    worker, as on a cluster: its job (`python -m vlkd.jobs.teacher`) ships the task to that worker."""
     spec = yaml.safe_load((EXAMPLES / "pipeline.yaml").read_text())
     short = {"log_every": 5, "eval_every": 10, "checkpoint_every": 10, "val_size": 4}
     spec["name"] = "cluster"
     spec["preprocess"]["name"] = spec["text"]["name"] = "tiny"
     spec["teacher"]["train"] = {**short, "batch_size": 2, "max_steps": 60}
+    spec["teacher"]["resources"] = {"num_workers": 1, "cpus_per_worker": 1}
     for student in spec["students"]:
         student["train"] = {**short, "batch_size": 4, "max_steps": 10}
     spec["eval"] |= {"tasks": spec["eval"]["tasks"][:1], "seeds": [0]}
@@ -210,7 +212,12 @@ def test_a_pipeline_submitted_as_one_cluster_job_outlives_its_driver_and_resumes
     submit = ["pipeline", "submit", str(spec), "--backend", "ray", "--address", ray_head]
     job_id = vlkd_cli(*submit, env=datasets).stdout.strip()
     teacher_job = f"{job_id}-teacher"
-    _wait_for(lambda: store.storage.children(f"checkpoints/{teacher_job}"), timeout=400)
+
+    def teacher_checkpointed() -> bool:
+        assert _head_state(ray_head, job_id) not in ("FAILED", "SUCCEEDED")  # a failed stage ends it
+        return bool(store.storage.children(f"checkpoints/{teacher_job}"))
+
+    _wait_for(teacher_checkpointed, timeout=400, poll=1)
     _kill_driver("vlkd.jobs.pipeline", job_id)
     _ends_failed(vlkd_cli, ray_head, datasets, job_id)
 

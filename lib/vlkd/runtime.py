@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import secrets
@@ -227,8 +228,13 @@ def resource_shortfall(total_ask: dict[str, float], per_worker: dict[str, float]
     return why
 
 
-def job_main(stage: str, run: Callable[[Any, JobContext], list[Manifest]], argv: Sequence[str] | None = None) -> None:
-    """Entry point of every stage job: parse arguments, run, print what was published; exit non-zero on error."""
+def job_main(stage: str, argv: Sequence[str] | None = None) -> None:
+    """Entry point of every stage job (`python -m vlkd.jobs.<stage>`): parse arguments, run, print what was
+    published; exit non-zero on error. The stage's `run` is taken from its module imported by name, not from the
+    `__main__` that `python -m` executes: what it gives Ray (a training task, a rows preparer) is then pickled by
+    reference and imported on the workers. A class of `__main__` is pickled by value, descriptors and all, and
+    Python 3.11's `functools.cached_property` holds an RLock: every teacher job with Ray Train workers failed."""
+    run: Callable[[Any, JobContext], list[Manifest]] = importlib.import_module(job_module(stage)).run
     parser = argparse.ArgumentParser(prog=f"python -m vlkd.jobs.{stage}")
     parser.add_argument("--spec", required=True, help="spec file path or URI")
     parser.add_argument("--store", default=None, help="artifact store URI (default: the spec's, then $VLKD_STORE)")
