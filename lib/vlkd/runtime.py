@@ -233,7 +233,8 @@ def job_main(stage: str, argv: Sequence[str] | None = None) -> None:
     published; exit non-zero on error. The stage's `run` is taken from its module imported by name, not from the
     `__main__` that `python -m` executes: what it gives Ray (a training task, a rows preparer) is then pickled by
     reference and imported on the workers. A class of `__main__` is pickled by value, descriptors and all, and
-    Python 3.11's `functools.cached_property` holds an RLock: every teacher job with Ray Train workers failed."""
+    Python 3.11's `functools.cached_property` holds an RLock, which cannot be pickled (`TeacherTask.prepare_rows`):
+    a teacher with Ray Train workers would fail to start."""
     run: Callable[[Any, JobContext], list[Manifest]] = importlib.import_module(job_module(stage)).run
     parser = argparse.ArgumentParser(prog=f"python -m vlkd.jobs.{stage}")
     parser.add_argument("--spec", required=True, help="spec file path or URI")
