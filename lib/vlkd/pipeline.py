@@ -282,7 +282,7 @@ class _Stages:
         pinned = pin_spec(spec, store, key)
         stage_id = stage_job_id(self.to.job_id, key) if self.to.job_id else None
         existing = outputs_of(pinned, store)
-        if existing is not None and (ended := _published_before(existing, stage_id, self.force)):
+        if existing is not None and (ended := published_before(existing, stage_id, self.force)):
             record.state, record.message = ended
             record.job_id = stage_id if record.state == "succeeded" else None
             record.outputs = [str(m.ref) for m in existing]
@@ -343,7 +343,7 @@ def _sha256(spec: StageSpec) -> str:
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def _published_before(outputs: list[Manifest], stage_id: str | None, force: bool) -> tuple[str, str] | None:
+def published_before(outputs: list[Manifest], stage_id: str | None, force: bool) -> tuple[str, str] | None:
     """The state and message of a stage whose outputs exist for its pinned spec; None to run it (forced)."""
     if stage_id and all(m.job_id == stage_id for m in outputs):
         return "succeeded", "its job published before this attempt of the pipeline"

@@ -12,7 +12,7 @@ from typing import Any
 
 from vlkd.artifacts import ArtifactStore
 from vlkd.errors import NotFoundError
-from vlkd.pipeline import check_inputs
+from vlkd.pipeline import check_inputs, published_before
 from vlkd.published import as_consumed, outputs_of, pin_spec, refs_in
 from vlkd.refs import ArtifactRef
 from vlkd.specs import PipelineSpec, StageSpec
@@ -54,7 +54,7 @@ def _now(key: str, spec: StageSpec, store: ArtifactStore, force: bool) -> tuple[
     """(runs, why) for a stage whose inputs all exist now."""
     pinned = pin_spec(spec, store, key)
     existing = outputs_of(pinned, store)
-    if existing is not None and not force:
+    if existing is not None and published_before(existing, None, force):  # the run's rule, from this machine
         return False, "published for this spec and these inputs: " + ", ".join(str(m.ref) for m in existing)
     if existing is not None:
         return True, f"forced (published as {', '.join(str(m.ref) for m in existing)})"
