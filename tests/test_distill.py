@@ -420,6 +420,18 @@ def test_the_log_of_one_training_worker_is_picked_out_of_a_real_two_worker_job(
 
 
 @pytest.mark.slow
+def test_a_local_training_jobs_log_holds_its_own_lines_not_ray_trains_failed_state_queries(
+    store, s3_endpoint, vlkd_cli, submitted_job
+):
+    """The embedded Ray has no dashboard, so Ray Train's placement-group cleaner, asking the state API once a
+    second whether the training controller lives, failed with a warning each time (a line a second for as long as
+    the job trained), or with a traceback where another Ray ran on the machine (`vlkd.embedded_ray`)."""
+    log = vlkd_cli("logs", submitted_job, "--store", store.uri, env={"AWS_ENDPOINT_URL": s3_endpoint}).stdout
+    assert "vlkd train worker rank 1 of 2" in log  # the workers' lines came through
+    assert "PlacementGroupCleaner" not in log, log
+
+
+@pytest.mark.slow
 def test_a_training_job_records_its_progress_in_the_store_step_by_step_to_the_last(store, submitted_job):
     """What progress bars read: the steps a Ray Train worker reports reach the job's state, as structured data."""
     from vlkd.joblog import PROGRESS_EVENT, read_log, read_progress

@@ -87,8 +87,37 @@ def test_a_local_rays_options_reach_ray_init_over_the_jobs_defaults(fake_ray):
     start_local_ray(8, log_to_driver=False, runtime_env={"env_vars": {"A": "1"}})
     (call,) = fake_ray.calls
     assert (call["address"], call["num_cpus"], call["include_dashboard"]) == ("local", 8, False)
-    assert call["log_to_driver"] is False and call["runtime_env"] == {"env_vars": {"A": "1"}}
+    assert call["log_to_driver"] is False and call["runtime_env"]["env_vars"] == {"A": "1"}
+    assert call["runtime_env"]["worker_process_setup_hook"] == "vlkd.embedded_ray.setup_worker"
     assert call["_system_config"] == {"prestart_worker_first_driver": False}
+
+
+EMBEDDED_WORKER = """
+import logging, threading
+from vlkd.embedded_ray import PG_CLEANER_LOGGER, PG_CLEANER_THREAD, setup_worker
+logging.basicConfig(format="%(levelname)s %(message)s")
+setup_worker()
+cleaner = logging.getLogger(PG_CLEANER_LOGGER)
+cleaner.warning("Failed to query Ray Train Controller actor state.")
+cleaner.error("Failed to clean up placement group")
+def fail(why):
+    raise ConnectionError(why)
+for name, why in ((PG_CLEANER_THREAD, "Found multiple active Ray instances"), ("Other", "the other thread's error")):
+    thread = threading.Thread(target=fail, args=(why,), name=name)
+    thread.start()
+    thread.join()
+"""
+
+
+def test_an_embedded_ray_worker_hides_what_the_placement_group_cleaner_cannot_help_and_nothing_else():
+    """What `setup_worker` does in a worker of the embedded Ray, in a process of its own (it sets the process's
+    thread excepthook): the cleaner's warning and its thread's death are hidden, its errors and any other thread's
+    death still show."""
+    result = subprocess.run([sys.executable, "-c", EMBEDDED_WORKER], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Failed to query" not in result.stderr and "Found multiple active Ray instances" not in result.stderr
+    assert "ERROR Failed to clean up placement group" in result.stderr
+    assert "ConnectionError: the other thread's error" in result.stderr
 
 
 def test_a_process_is_alive_until_it_ends_and_a_zombie_is_not():
