@@ -40,6 +40,7 @@ from vlkd.distillation import (
 )
 from vlkd.errors import DataError
 from vlkd.flops import TRAINED, encoder_forward_flops, linear_forward_flops, mlm_head_forward_flops
+from vlkd.masking import draw_masking, prediction_capacity
 from vlkd.models.bert import shape_fields
 from vlkd.models.frozen_teacher import FrozenTeacher, VideoBank, load_frozen_teacher
 from vlkd.refs import ArtifactRef
@@ -67,7 +68,7 @@ class DistillTask:
     init: ArtifactRef | None = None
     """the language model LM^S starts from (`DistillSpec.init`), pinned"""
     sparse_mlm: bool = True
-    """the MLM head scores the positions masking drew only (`vlkd.losses.Masking.positions`); False runs it at
+    """the MLM head scores the positions masking drew only (`vlkd.masking.Masking.positions`); False runs it at
     every position, BERT's reference form (`bench.kd_step` times both)"""
     _frozen: FrozenTeacher | None = field(default=None, repr=False)
 
@@ -125,7 +126,7 @@ class DistillTask:
         size, length = batch["input_ids"].shape
         shape, vocab, tokens, kd = self.spec.model, len(self.tokenizer), size * length, self.spec.kd
         full = self.needs_logits or not self.sparse_mlm
-        scored = tokens if full else losses.prediction_capacity(tokens, self.spec.mlm_probability)
+        scored = tokens if full else prediction_capacity(tokens, self.spec.mlm_probability)
         widths = self._widths()
         student = encoder_forward_flops(shape, size, length) + mlm_head_forward_flops(shape, vocab, scored)
         if self.uses_head:
@@ -151,7 +152,7 @@ class DistillTask:
         """(the loss terms, the student's last hidden states): `Distillation.forward` on the masked batch. Masking
         is drawn on the host and sent without waiting (`draw_masking`), so the step queues its GPU work unblocked."""
         ids, attention = batch["input_ids"], batch["attention_mask"]
-        masking = losses.draw_masking(
+        masking = draw_masking(
             ids, batch["special_tokens_mask"], self.tokenizer.mask_token_id, len(self.tokenizer),
             self.spec.mlm_probability, generator,
         )  # fmt: skip

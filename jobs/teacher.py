@@ -33,6 +33,7 @@ from vlkd.data.corpus import pad_sequences
 from vlkd.data.ingest import configure_ray_data
 from vlkd.data.packing import Packing, pack
 from vlkd.evaluation.retrieval import Retrieval
+from vlkd.masking import draw_masking, prediction_capacity, to_device
 from vlkd.models.teacher import Teacher, TeacherPretraining, reads_both_texts
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import TeacherSpec
@@ -50,7 +51,7 @@ class TeacherTask:
     tokenizer: Any
     feature_dim: int
     sparse_mlm: bool = True
-    """the MLM head and its cross-entropy at the masked positions only (`losses.draw_masking`); False scores every
+    """the MLM head and its cross-entropy at the masked positions only (`draw_masking`); False scores every
     position, the same loss at several times the head's cost, kept for `bench.train_step` to measure against"""
     packed: bool = True
     """LM^T reads the captions packed several to a row (`vlkd.data.packing`): the same states and losses over
@@ -112,7 +113,7 @@ class TeacherTask:
         if "mlm" in spec.objectives:
             scored = size * length
             if self.sparse_mlm:
-                scored = losses.prediction_capacity(scored, spec.mlm_probability)
+                scored = prediction_capacity(scored, spec.mlm_probability)
             total += flops.mlm_head_forward_flops(spec.model, len(self.tokenizer), scored)
         if "ct" in spec.objectives:
             frames = batch["features"].shape[1]
@@ -124,14 +125,14 @@ class TeacherTask:
     def inputs(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """The arguments of `TeacherPretraining.forward` for `batch`: the MLM masking and L_CT's negatives (x' and
         v' of each example) of the objectives trained, drawn on the CPU `generator` and sent to the batch's
-        device without blocking (`losses.draw_masking`, `losses.to_device`)."""
+        device without blocking (`draw_masking`, `to_device`)."""
         objectives = set(self.spec.objectives)
         ids = batch["input_ids"]
         inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"]}
         if PACKING + "gather" in batch:
             inputs["packing"] = tuple(batch[PACKING + field.name] for field in fields(Packing))
         if "mlm" in objectives:
-            masking = losses.draw_masking(
+            masking = draw_masking(
                 ids,
                 batch["special_tokens_mask"],
                 self.tokenizer.mask_token_id,
@@ -146,7 +147,7 @@ class TeacherTask:
                 inputs["mlm_labels"] = masking.labels
         if "ct" in objectives:
             drawn = tuple(losses.sample_negatives(len(ids), generator) for _ in range(2))
-            negatives = losses.to_device(drawn, ids.device)
+            negatives = to_device(drawn, ids.device)
             inputs.update(features=batch["features"], frame_mask=batch["frame_mask"], negatives=negatives)
         return inputs
 

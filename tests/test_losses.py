@@ -13,22 +13,20 @@ import torch
 import torch.nn.functional as F
 
 from vlkd.losses import (
-    IGNORE_INDEX,
     CRDLoss,
     assign_vokens,
     crd_nce_loss,
-    draw_masking,
     mean_pool,
     mlm_loss,
     nst_loss,
     nst_poly_loss,
-    prediction_capacity,
     regression_loss,
     sample_negatives,
     soft_label_loss,
     token_contrastive_loss,
     voken_loss,
 )
+from vlkd.masking import IGNORE_INDEX, draw_masking, prediction_capacity
 
 MASK_ID = 3
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlkd import losses
 from vlkd.data.text import SPECIAL_TOKENS, load_vocab_tokenizer
 from vlkd.distillation import Distillation, Widths, weighted_total
 from vlkd.flops import TRAINED, mlm_head_forward_flops
 from vlkd.jobs.distill import DistillTask
+from vlkd.masking import IGNORE_INDEX, Masking, draw_masking, prediction_capacity
 from vlkd.models.bert import bert_config
 from vlkd.models.frozen_teacher import FrozenTeacher
 from vlkd.specs import KDOptions, parse_spec
@@ -57,11 +57,11 @@ def _batch(seed: int, size: int = len(LENGTHS)) -> dict[str, torch.Tensor]:
 
 def _inputs(
     kd: dict[str, float], seed: int, size: int = len(LENGTHS)
-) -> tuple[losses.Masking, dict[str, torch.Tensor], dict[str, object]]:
+) -> tuple[Masking, dict[str, torch.Tensor], dict[str, object]]:
     """A masked batch, and what the frozen teacher gives the objectives for it."""
     batch = _batch(seed, size)
     generator = torch.Generator().manual_seed(seed)
-    masking = losses.draw_masking(batch["input_ids"], batch["special_tokens_mask"], MASK_ID, VOCAB, 0.15, generator)
+    masking = draw_masking(batch["input_ids"], batch["special_tokens_mask"], MASK_ID, VOCAB, 0.15, generator)
     if not kd:
         return masking, batch, {}
     size, length = batch["input_ids"].shape
@@ -73,7 +73,7 @@ def _inputs(
     return masking, batch, teacher
 
 
-def _sparse(model: torch.nn.Module, masking: losses.Masking, batch: dict, teacher: dict) -> tuple[dict, torch.Tensor]:
+def _sparse(model: torch.nn.Module, masking: Masking, batch: dict, teacher: dict) -> tuple[dict, torch.Tensor]:
     labels, positions = masking.position_labels, masking.positions
     return model(masking.input_ids, batch["attention_mask"], labels, positions=positions, **teacher)
 
@@ -97,7 +97,7 @@ def test_the_sparse_head_scores_the_positions_masking_drew_only() -> None:
     masking, batch, _ = _inputs({}, seed=1)
     student = _distillation({}).student
     logits = student(masking.input_ids, batch["attention_mask"], masking.positions)["logits"]
-    assert logits.shape == (losses.prediction_capacity(160, 0.15), VOCAB) == (64, VOCAB)
+    assert logits.shape == (prediction_capacity(160, 0.15), VOCAB) == (64, VOCAB)
     full = student(masking.input_ids, batch["attention_mask"])["logits"]
     assert full.shape == (4, 40, VOCAB)
     assert torch.allclose(logits, full.flatten(0, 1)[masking.positions], atol=1e-6)
@@ -109,7 +109,7 @@ def test_the_sparse_head_gives_the_full_heads_loss_and_gradients(kd: dict[str, f
     masking, batch, teacher = _inputs(kd, seed=2)
     model = _distillation(kd)
     twin = copy.deepcopy(model)
-    assert masking.labels.ne(losses.IGNORE_INDEX).sum() > 0
+    assert masking.labels.ne(IGNORE_INDEX).sum() > 0
     full, _ = model(masking.input_ids, batch["attention_mask"], masking.labels, **teacher)
     sparse, _ = _sparse(twin, masking, batch, teacher)
     _assert_same(sparse, full)
@@ -201,7 +201,7 @@ def test_the_task_reports_each_term_as_a_detached_tensor_and_both_forms_agree(tm
 def test_the_sparse_heads_flops_are_the_full_heads_less_the_positions_it_skips(tmp_path, kd) -> None:
     batch = _batch(6)
     sparse, full = _task(tmp_path, kd).flops(batch), _task(tmp_path, kd, sparse_mlm=False).flops(batch)
-    skipped = 160 - losses.prediction_capacity(160, 0.15)
+    skipped = 160 - prediction_capacity(160, 0.15)
     assert 0 < sparse < full
     assert full - sparse == pytest.approx(TRAINED * mlm_head_forward_flops(SHAPE, VOCAB, skipped))
 

@@ -12,6 +12,7 @@ import torch
 from vlkd import losses
 from vlkd.curves import LOGS, METRICS_FILE
 from vlkd.jobs import teacher
+from vlkd.masking import IGNORE_INDEX, draw_masking
 from vlkd.models.teacher import Teacher, TeacherPretraining
 from vlkd.runtime import JobContext
 from vlkd.specs import ModelShape, parse_spec
@@ -75,7 +76,7 @@ def test_paper_presets_build_and_take_a_step(preset):
         assert model.text_states(ids, attention).shape == (2, 16, shape.hidden_size)
         assert model.video_encoder(video["features"], video["frame_mask"])[1].shape == (2, shape.hidden_size)
         assert model.language_model.cls(model.text_states(ids, attention)).shape == (2, 16, 30522)
-    masking = losses.draw_masking(ids, torch.zeros(2, 16, dtype=torch.bool), 103, 30522, 0.5)
+    masking = draw_masking(ids, torch.zeros(2, 16, dtype=torch.bool), 103, 30522, 0.5)
     out = model(
         ids,
         attention,
@@ -100,7 +101,7 @@ def test_the_one_pass_teacher_reads_the_masked_text_for_both_terms():
     ids, attention = torch.randint(5, 100, (2, 6)), torch.ones(2, 6, dtype=torch.long)
     masked = ids.clone()
     masked[:, 2] = 4
-    labels = torch.where(masked != ids, ids, losses.IGNORE_INDEX)
+    labels = torch.where(masked != ids, ids, IGNORE_INDEX)
     negatives = (torch.tensor([1, 0]), torch.tensor([1, 0]))
     video = {"features": torch.randn(2, 3, 8), "frame_mask": torch.ones(2, 3, dtype=torch.bool)}
     inputs = {"masked_input_ids": masked, "mlm_labels": labels, "negatives": negatives, **video}

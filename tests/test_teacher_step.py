@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from vlkd import flops, losses
+from vlkd import flops, losses, masking
 from vlkd.data import text as textdata
 from vlkd.jobs.teacher import TeacherTask
 from vlkd.models.teacher import Teacher, VideoEncoder
@@ -84,7 +84,7 @@ def test_the_sparse_head_scores_the_drawn_positions_only(tokenizer, batch):
         model.language_model.cls.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[:-1]))
         task.loss(model, batch, torch.Generator().manual_seed(0))
     size, length = batch["input_ids"].shape
-    assert seen == [(losses.prediction_capacity(size * length, 0.15),), (size, length)]
+    assert seen == [(masking.prediction_capacity(size * length, 0.15),), (size, length)]
     assert seen[0][0] < size * length / 2
 
 
@@ -106,7 +106,7 @@ def test_one_lm_pass_over_both_texts_gives_two_passes_loss_and_gradients(tokeniz
     text = model.text_states(batch["input_ids"], mask)
     ct = losses.token_contrastive_loss(text, mask.bool(), video, *inputs["negatives"], task.spec.margin)
     masked = model.text_states(inputs["masked_input_ids"], mask)
-    logits = model.language_model.cls(losses.mlm_positions(masked, inputs["mlm_positions"]))
+    logits = model.language_model.cls(masking.mlm_positions(masked, inputs["mlm_positions"]))
     mlm = losses.mlm_loss(logits, inputs["mlm_labels"])
     (ct + mlm).backward()
     assert len(passes) == 3
@@ -176,7 +176,7 @@ def test_the_batch_counts_its_videos_when_it_is_collated(batch):
 def test_the_sparse_form_counts_the_head_at_its_scored_positions_only(tokenizer, batch):
     sparse, full = teacher_task(tokenizer), teacher_task(tokenizer, False)
     size, length = batch["input_ids"].shape
-    unscored = size * length - losses.prediction_capacity(size * length, 0.15)
+    unscored = size * length - masking.prediction_capacity(size * length, 0.15)
     head = flops.mlm_head_forward_flops(sparse.spec.model, len(tokenizer), unscored)
     assert 0 < sparse.flops(batch) < full.flops(batch)
     assert full.flops(batch) - sparse.flops(batch) == pytest.approx(flops.TRAINED * head)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlkd import losses
+from vlkd import losses, masking
 from vlkd.flops import linear_forward_flops
 from vlkd.models.student import Student
 from vlkd.specs import KDOptions
@@ -196,12 +196,12 @@ class Distillation(nn.Module):
         (and its logits, and vokens, for the objectives that read them), each KD objective's; and the student's
         last hidden states [B, L, D_s], where every term's gradient passes (`gradient_norms`).
 
-        `labels` are the MLM labels at `positions` [C] (`vlkd.losses.Masking`), where the MLM head then runs
+        `labels` are the MLM labels at `positions` [C] (`vlkd.masking.Masking`), where the MLM head then runs
         alone, or at every position [B, L] when `positions` is None. With an objective that reads every logit
         (`full_head`) the head runs everywhere and MLM reads its rows at `positions`: the same loss either way."""
         scored = None if self.full_head else positions
         student = self.student(input_ids, attention_mask, scored)
-        logits = student["logits"] if scored is not None else losses.mlm_positions(student["logits"], positions)
+        logits = student["logits"] if scored is not None else masking.mlm_positions(student["logits"], positions)
         terms = {"mlm": losses.mlm_loss(logits, labels)}
         if teacher_hidden is None:
             return terms, student["hidden"]

@@ -5,7 +5,7 @@ BERT report: 6 x trainable parameters x tokens, comparable across codebases but 
 runs (it charges the MLM head at every token, charges nothing for attention scores or a frozen teacher). The
 *achieved* one adds up the matrix products the step actually runs, 2 FLOPs per multiply-add, with backward at
 twice the forward for what is trained: encoder layers at every position of the padded batch (padding is computed
-too), attention scores, the MLM head at the positions it scores (`vlkd.losses.Masking.positions`), a frozen
+too), attention scores, the MLM head at the positions it scores (`vlkd.masking.Masking.positions`), a frozen
 teacher's forward. Elementwise work, softmaxes and embedding lookups are left out: they are memory-bound, and
 small next to the products.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlkd import losses
+from vlkd import masking
 from vlkd.models.bert import bert_config, save_language_model, token_states
 from vlkd.specs.shapes import ModelShape
 
@@ -50,11 +50,11 @@ class Student(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """`logits` of the MLM head, `hidden` [B, L, D_s] (last layer) and `kd` [B, L, D], what the KD objectives
         compare with the teacher (the head's output, or the hidden states without a head). The logits are [C, V]
-        at `positions` (`vlkd.losses.Masking.positions`: the head and its vocabulary projection run where MLM
+        at `positions` (`vlkd.masking.Masking.positions`: the head and its vocabulary projection run where MLM
         scores only, NVIDIA's BERT `dense_seq_output`), or [B, L, V] at every position when None."""
         hidden = token_states(self.language_model, input_ids, attention_mask)
         kd = self.head(hidden) if self.head is not None else hidden
-        logits = self.language_model.cls(losses.mlm_positions(hidden, positions))
+        logits = self.language_model.cls(masking.mlm_positions(hidden, positions))
         return {"logits": logits, "hidden": hidden, "kd": kd}
 
     def save(self, directory: Path, tokenizer_dir: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlkd import losses
+from vlkd import losses, masking
 from vlkd.models.bert import (
     LANGUAGE_MODEL,
     PackedRows,
@@ -143,7 +143,7 @@ class TeacherPretraining(Teacher):
     ) -> dict[str, torch.Tensor]:
         """`loss` (L^T) and each trained term: `ct` (Eq. 3) of the text [B, L] with V^T's representation of
         `features` [B, T, F] (`frame_mask` [B, T]) against `negatives` (x' and v', [B] indices each); `mlm` of
-        `masked_input_ids` [B, L], its head scoring [C] `mlm_positions` against `mlm_labels` [C] (`losses.Masking`),
+        `masked_input_ids` [B, L], its head scoring [C] `mlm_positions` against `mlm_labels` [C] (`masking.Masking`),
         or every position against [B, L] labels when the positions are None. With `packing` (of the [B, L] text,
         `vlkd.data.packing`) LM^T reads the captions packed several to a row: the same states, fewer positions."""
         text, masked = self._text_states(input_ids, attention_mask, masked_input_ids, packing)
@@ -152,7 +152,7 @@ class TeacherPretraining(Teacher):
             video = self.video_encoder(features, frame_mask)[1]
             terms["ct"] = losses.token_contrastive_loss(text, attention_mask.bool(), video, *negatives, self.margin)
         if "mlm" in self.weights:
-            logits = self.language_model.cls(losses.mlm_positions(masked, mlm_positions))
+            logits = self.language_model.cls(masking.mlm_positions(masked, mlm_positions))
             terms["mlm"] = losses.mlm_loss(logits, mlm_labels)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return {"loss": total, **terms}
