@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -25,8 +26,15 @@ def configure_ray_data(resources: Resources) -> None:
     (30% of a node's RAM). No progress bars: a job's output is its log, not a terminal, where Ray Data writes a
     block of progress lines every few seconds of every execution (two thirds of a teacher's log); the job reports
     its own progress (`vlkd.joblog`)."""
-    import ray.data
+    import ray.data  # sets up the "ray.data" logger: a file handler, and a console (stream) handler at INFO
 
+    # The console, the job's log, gets Ray Data's warnings and errors, not its INFO lines: four for every execution
+    # (its start, plan and end, and that another dataset logs meanwhile), and a training job runs one for every
+    # validation and every pass over its split (half of the tiny teacher's log, thousands of lines in a long run).
+    # They stay in Ray Data's log file (logs/ray-data in the Ray session's folder).
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.target_max_block_size = BLOCK_BYTES
