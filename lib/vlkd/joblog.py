@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import select
+import sys
 import threading
 import time
 import traceback
@@ -118,7 +119,15 @@ def report_progress(
     event: dict[str, Any] = {"done": done, "total": total, "unit": unit, "rate": rate}
     if utilisation:
         event["utilisation"] = utilisation
-    print(PROGRESS_EVENT + json.dumps(event), flush=True)
+    say(PROGRESS_EVENT + json.dumps(event))
+
+
+def say(line: str) -> None:
+    """Write `line` to this process's stdout once. Not `print`: in a Ray Train worker, Ray Train's patched print
+    (ray/train/v2/_internal/logging/patch_print.py) writes the line and logs it too, and Ray forwards both copies
+    to the driver, so each event and banner was in the job's log twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def has_log(storage: Storage, job_id: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 from vlkd.checkpoints import Checkpoints, RunPlace, load_final
 from vlkd.data.ingest import SplitReader
 from vlkd.errors import VlkdError
-from vlkd.joblog import WORKER_BANNER
+from vlkd.joblog import WORKER_BANNER, say
 from vlkd.specs import OptimSpec, Resources, TrainSpec
 from vlkd.train_loop import Loop
 from vlkd.training_task import TrainingTask
@@ -28,7 +28,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     if not config["local_mode"]:  # ties this process's forwarded lines to its rank (`vlkd logs --worker N`)
         context = ray.train.get_context()
-        print(WORKER_BANNER.format(rank=context.get_world_rank(), world=context.get_world_size()), flush=True)
+        say(WORKER_BANNER.format(rank=context.get_world_rank(), world=context.get_world_size()))
     # The worker's own files (its logs, the checkpoint it is saving) go when its run ends, however it ends: a node runs
     # job after job, and a Ray Train worker's process is not the job's (its scratch is on another node).
     with tempfile.TemporaryDirectory(prefix="vlkd-train-", ignore_cleanup_errors=True) as work:
