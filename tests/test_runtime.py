@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from vlkd.embedded_ray import worker_env
 from vlkd.runtime import LOCAL_START_ATTEMPTS, alive, ensure_ray, start_local_ray
 
 TIMED_OUT = (
@@ -87,9 +88,18 @@ def test_a_local_rays_options_reach_ray_init_over_the_jobs_defaults(fake_ray):
     start_local_ray(8, log_to_driver=False, runtime_env={"env_vars": {"A": "1"}})
     (call,) = fake_ray.calls
     assert (call["address"], call["num_cpus"], call["include_dashboard"]) == ("local", 8, False)
-    assert call["log_to_driver"] is False and call["runtime_env"]["env_vars"] == {"A": "1"}
+    assert call["log_to_driver"] is False
+    assert call["runtime_env"]["env_vars"] == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "A": "1"}
     assert call["runtime_env"]["worker_process_setup_hook"] == "vlkd.embedded_ray.setup_worker"
     assert call["_system_config"] == {"prestart_worker_first_driver": False}
+
+
+def test_the_embedded_rays_workers_run_without_ray_trains_preemption_watcher_unless_the_user_set_it():
+    """One machine is never drained; the switch is the one Ray Train reads (ray/train/v2/_internal/constants.py)."""
+    from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
+
+    assert worker_env({}) == {ENABLE_PREEMPTION_WATCHER_ENV_VAR: "0"}
+    assert worker_env({ENABLE_PREEMPTION_WATCHER_ENV_VAR: "1"}) == {}
 
 
 EMBEDDED_WORKER = """

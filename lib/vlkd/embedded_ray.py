@@ -8,7 +8,12 @@ placement_group_cleaner.py, `_monitor_loop`). The state API is served by the das
 without (0.9 GB of memory on a laptop), so every ask fails: a warning a second in the job's log for as long as it
 trains, or, with another Ray on the machine (two local jobs at once), a 30-line traceback as the cleaner's thread
 dies of not knowing which to ask. The cleaner has nothing to do there either: the embedded Ray, its placement groups
-with it, ends with the job's driver. On a cluster, which has a dashboard, it is left alone."""
+with it, ends with the job's driver. On a cluster, which has a dashboard, it is left alone.
+
+Ray Train also starts a `PreemptionWatcher` actor with each worker group, which polls for the drains that announce a
+node's preemption (ray/train/v2/_internal/callbacks/preemption_callback.py). One machine's Ray is never drained, and
+Ray logged an error line for every watcher it started (`has constructor arguments in the object store and
+max_restarts > 0`, ray-project/ray#53727): `worker_env` turns it off there, unless the user set the switch."""
 
 from __future__ import annotations
 
@@ -17,6 +22,13 @@ import threading
 
 PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 PG_CLEANER_THREAD = "PlacementGroupCleanerMonitor"
+PREEMPTION_WATCHER_SWITCH = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # ray/train/v2/_internal/constants.py
+
+
+def worker_env(environ: dict[str, str]) -> dict[str, str]:
+    """The environment variables the embedded Ray's workers get beside the driver's (`environ`): Ray Train's
+    preemption watcher off, unless `environ` sets it."""
+    return {} if PREEMPTION_WATCHER_SWITCH in environ else {PREEMPTION_WATCHER_SWITCH: "0"}
 
 
 def setup_worker() -> None:

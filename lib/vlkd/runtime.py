@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from vlkd.artifacts import ArtifactStore, Manifest
-from vlkd.embedded_ray import setup_worker
+from vlkd.embedded_ray import setup_worker, worker_env
 from vlkd.errors import SpecError, VlkdError, error_lines
 from vlkd.joblog import JobRecorder
 from vlkd.specs import Resources, StageSpec, parse_spec, parse_yaml
@@ -178,9 +178,12 @@ def _init_local_ray(cpus: int, options: dict[str, Any]) -> None:
         "log_to_driver": True,
         "_system_config": {"prestart_worker_first_driver": False},
     }
-    # Without a dashboard, what Ray Train's placement-group cleaner asks of it fails noisily (vlkd.embedded_ray).
+    # Without a dashboard, what Ray Train's placement-group cleaner asks of it fails noisily, and one machine needs
+    # no preemption watcher (vlkd.embedded_ray).
+    theirs = options.get("runtime_env", {})
     setup = {"worker_process_setup_hook": f"{setup_worker.__module__}.{setup_worker.__name__}"}
-    runtime_env = setup | options.get("runtime_env", {})
+    env_vars = worker_env(dict(os.environ)) | theirs.get("env_vars", {})
+    runtime_env = setup | theirs | {"env_vars": env_vars}
     ray.init(num_cpus=cpus, **(defaults | options | {"runtime_env": runtime_env}))
 
 
