@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 
 PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 PG_CLEANER_THREAD = "PlacementGroupCleanerMonitor"
 PREEMPTION_WATCHER_SWITCH = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # ray/train/v2/_internal/constants.py
 
 
-def worker_env(environ: dict[str, str]) -> dict[str, str]:
+def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment variables the embedded Ray's workers get beside the driver's (`environ`): Ray Train's
     preemption watcher off, unless `environ` sets it."""
     return {} if PREEMPTION_WATCHER_SWITCH in environ else {PREEMPTION_WATCHER_SWITCH: "0"}

@@ -182,7 +182,7 @@ def _init_local_ray(cpus: int, options: dict[str, Any]) -> None:
     # no preemption watcher (vlkd.embedded_ray).
     theirs = options.get("runtime_env", {})
     setup = {"worker_process_setup_hook": f"{setup_worker.__module__}.{setup_worker.__name__}"}
-    env_vars = worker_env(dict(os.environ)) | theirs.get("env_vars", {})
+    env_vars = worker_env(os.environ) | theirs.get("env_vars", {})
     runtime_env = setup | theirs | {"env_vars": env_vars}
     ray.init(num_cpus=cpus, **(defaults | options | {"runtime_env": runtime_env}))
 
