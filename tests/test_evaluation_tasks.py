@@ -13,18 +13,8 @@ from vlkd.errors import DataError, NotFoundError, VlkdError
 from vlkd.evaluation.layouts import LAYOUTS
 from vlkd.evaluation.readers import MultipleChoice, Question, TextPair
 from vlkd.evaluation.scoring import score_predictions
-from vlkd.evaluation.tasks import (
-    DIAGNOSTIC_CATEGORIES,
-    TASKS,
-    example_clusters,
-    example_subsets,
-    get_task,
-    read_eval,
-    read_train,
-    score_diagnostic,
-    score_squad,
-    score_tracie,
-)
+from vlkd.evaluation.task_scores import DIAGNOSTIC_CATEGORIES, score_diagnostic, score_squad, score_tracie
+from vlkd.evaluation.tasks import TASKS, example_clusters, example_subsets, get_task, read_eval, read_train
 from vlkd.specs.evaluate import TaskName
 
 SMALL = SynthConfig(num_videos=1, corpus_paragraphs=5, task_train_examples=40, task_dev_examples=20)

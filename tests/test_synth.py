@@ -375,7 +375,7 @@ def test_tracie_lines_follow_the_released_format(dataset: SynthSummary) -> None:
 
 def test_tracie_asks_about_each_story_several_times_over_the_file(dataset: SynthSummary) -> None:
     """As the released files do (4,248 test statements about 342 stories, a story's pairs apart), which is what
-    makes TRACIE's outcomes cluster by story (`tasks.story_of`)."""
+    makes TRACIE's outcomes cluster by story (`task_scores.story_of`)."""
     lines = (dataset.tasks_dir / "tracie" / "tracie_train.txt").read_text().splitlines()
     stories = [line.split(" story: ")[1].split("\t")[0] for line in lines[::2]]  # one per statement and its flip
     assert max(Counter(stories).values()) >= 3

@@ -126,7 +126,7 @@ def _correlations(
 ) -> dict[str, Compared]:
     """`difference_key` -> what its difference compares, for each correlation of `task` (`Task.correlations`) on
     the examples it is over, and for a main metric that averages those over subsets (the diagnostic's
-    `r3_average`, as `tasks.score_diagnostic` defines it): the runs' pseudo-values (`correlation`), given the
+    `r3_average`, as `task_scores.score_diagnostic` defines it): the runs' pseudo-values (`correlation`), given the
     rows' predicted labels (`pair`) and the dev examples' `gold` ones."""
     definition = TASKS[task]
     classes, truth = len(definition.labels), digits(gold)

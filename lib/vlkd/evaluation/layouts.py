@@ -13,14 +13,15 @@ one it reports, and we believe it is accuracy:
   model's MNLI accuracy, as accuracy on a harder, hand-built set would, whereas an R3 of 64.2 on Predicate-Argument
   Structure would come within 16 points of the R3 of 80 the GLUE authors report for human annotators on the whole
   set. (We found no published per-category R3 of BERT to compare with.)
-R3, GLUE's official measure, stays the diagnostic's main metric (`tasks.score_diagnostic`).
+R3, GLUE's official measure, stays the diagnostic's main metric (`task_scores.score_diagnostic`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlkd.evaluation.tasks import DIAGNOSTIC_CATEGORIES, TASKS, category_key
+from vlkd.evaluation.task_scores import DIAGNOSTIC_CATEGORIES, category_key
+from vlkd.evaluation.tasks import TASKS
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Any
 
 from vlkd.evaluation.bootstrap import Clusters
 from vlkd.evaluation.readers import Example
-from vlkd.evaluation.tasks import Task, example_clusters, example_subsets, prefixed
+from vlkd.evaluation.task_scores import prefixed
+from vlkd.evaluation.tasks import Task, example_clusters, example_subsets
 
 
 @dataclass(frozen=True)
