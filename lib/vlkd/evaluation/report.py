@@ -10,7 +10,7 @@ Each row's difference from the baseline row comes with its 95% interval (`bootst
 the interval contains 0. The ablation tables (Tables 2-7) follow the main ones, each laid out alike: the baseline,
 then its rows under their labels, the table's tasks only and no average. Then: every metric per task, each row's
 artifact ref and lineage, the KD terms' balance, the teacher retrieval table (against chance, with a link to its
-example page), the cost, the charts (a bar chart per task; training curves) and the notes.
+example page) and the cost (both `report_tables`), the charts (a bar chart per task; training curves) and the notes.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from vlkd.evaluation.differences import AVERAGE, difference_key
 from vlkd.evaluation.flags import THRESHOLDS
 from vlkd.evaluation.layouts import LAYOUTS, Column, Layout
 from vlkd.evaluation.references import REFERENCES
+from vlkd.evaluation.report_tables import COST_NOTE, RETRIEVAL_NOTE, cost_rows, retrieval_rows
 from vlkd.evaluation.results import RESULTS_FILE, reference_metric, write_results
-from vlkd.evaluation.table_text import aligned_table, markdown_table
+from vlkd.evaluation.table_text import MISSING, aligned_table, markdown_table
 from vlkd.evaluation.tasks import TASKS
 
 REPORT_FILE = "report.md"
-MISSING = "n/a"
 NOT_AVERAGED = "-"
 FLAG = "!"
 NOISE = "(noise)"
@@ -48,7 +48,6 @@ CURVES_NOTE = (
     "Each run's training loss (mean over windows of steps) and its main metric on dev after every epoch: a panel "
     "per task and model, a line per seed; dashed, the majority-class reference."
 )
-RETRIEVAL_COLUMNS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("Median rank", "median_rank"))
 RETRIEVAL_PAGE = "retrieval/index.html"
 """the eval artifact's page of example queries and their top videos (`retrieval.write_examples`)"""
 _LINEAGE_NAMES = {"published_step": "published weights"}
@@ -333,50 +332,6 @@ def _plain(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return " + ".join(map(str, value)) or "none"
     return "none" if value is None else str(value)
-
-
-def retrieval_rows(retrieval: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the teacher retrieval table: R@1/5/10 in percent and the median rank, then what chance
-    scores with as many queries (once per number of queries; none for results that did not record it)."""
-    rows = [
-        [label, *(MISSING if key not in values else f"{values[key]:.1f}" for _, key in RETRIEVAL_COLUMNS)]
-        for label, values in retrieval.items()
-    ]
-    counts = dict.fromkeys(round(values["queries"]) for values in retrieval.values() if values.get("queries"))
-    rows += [[f"chance ({n} queries)", *(f"{_chance(key, n):.1f}" for _, key in RETRIEVAL_COLUMNS)] for n in counts]
-    return ["Teacher", *(name for name, _ in RETRIEVAL_COLUMNS)], rows
-
-
-def _chance(key: str, queries: int) -> float:
-    """What ranking the videos at random scores on `key` with `queries` captions, each of one of as many videos."""
-    if key == "median_rank":
-        return (queries + 1) / 2
-    return 100.0 * min(int(key.removeprefix("r")) / queries, 1.0)
-
-
-RETRIEVAL_NOTE = (
-    "Each caption ranks the held-out videos by cosine similarity. A tie counts at its expected place under a random "
-    "order (a collapsed teacher scores chance, not 100%); the median rank of an even count is the mean of the two "
-    "middle ranks. Chance, for N queries: R@k = k / N, median rank (N + 1) / 2."
-)
-COST_NOTE = (
-    "What making each model took: the resources its job held over its wall time (and, for students, their teacher's)."
-)
-_COST_COLUMNS = {
-    "wall_seconds": "Wall s",
-    "cpu_hours": "CPU-h",
-    "gpu_hours": "GPU-h",
-    "teacher_cpu_hours": "Teacher CPU-h",
-    "teacher_gpu_hours": "Teacher GPU-h",
-}
-
-
-def cost_rows(models: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the cost table; a cost not recorded (an artifact made before vlkd kept costs) is "-"."""
-    rows = [
-        [m["row"], *(f"{m['cost'][k]:.4g}" if k in m.get("cost", {}) else "-" for k in _COST_COLUMNS)] for m in models
-    ]
-    return ["Model", *_COST_COLUMNS.values()], rows
 
 
 def render_table(results: Mapping[str, Any]) -> str:

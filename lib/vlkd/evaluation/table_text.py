@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from vlkd.errors import DataError
 
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+MISSING = "n/a"
+"""a cell whose value was not measured"""
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
