@@ -15,7 +15,7 @@ from s3_faults import DROP, FaultyS3Proxy
 
 from vlkd.artifacts import ArtifactStore, collect_files
 from vlkd.errors import VlkdError
-from vlkd.storage import s3 as s3_storage
+from vlkd.storage import attempts
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -135,8 +135,8 @@ def test_the_cli_gives_an_s3_request_three_attempts_not_a_jobs_ten(vlkd_cli, s3_
     with FaultyS3Proxy(s3_endpoint, 1.0, kinds=(DROP,)) as proxy:
         result = vlkd_cli("artifacts", "ls", "--store", "s3://some-bucket/x", env={"AWS_ENDPOINT_URL": proxy.url})
     assert_one_line_error(result, "S3 request on s3://some-bucket/x/artifacts failed despite retries")
-    assert proxy.faults == {DROP: s3_storage.INTERACTIVE_S3_MAX_ATTEMPTS} and proxy.faults[DROP] == 3
-    assert s3_storage.S3_MAX_ATTEMPTS == 10  # this process, like a job's, was never made interactive
+    assert proxy.faults == {DROP: attempts.INTERACTIVE_S3_MAX_ATTEMPTS} and proxy.faults[DROP] == 3
+    assert attempts.S3_MAX_ATTEMPTS == 10  # this process, like a job's, was never made interactive
 
 
 @pytest.mark.parametrize(
@@ -200,14 +200,14 @@ def test_the_clis_three_attempts_last_as_long_as_its_command(monkeypatch, capsys
     during = []
 
     def status(*args, **kwargs):
-        during.append(s3_storage.S3_MAX_ATTEMPTS)
+        during.append(attempts.S3_MAX_ATTEMPTS)
         raise VlkdError("no such job")
 
     monkeypatch.setattr(submission, "job_status", status)
     monkeypatch.setattr(sys, "argv", ["vlkd", "status", "some-job"])
     with pytest.raises(SystemExit):
         main()
-    assert during == [3] and s3_storage.S3_MAX_ATTEMPTS == 10
+    assert during == [3] and attempts.S3_MAX_ATTEMPTS == 10
     assert capsys.readouterr().err == "error: no such job\n"
 
 
@@ -219,10 +219,10 @@ def test_a_pipeline_run_from_the_cli_gets_a_jobs_ten_attempts_again(monkeypatch,
     from vlkd.pipelines import pipeline_file
 
     during = []
-    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args: during.append(s3_storage.S3_MAX_ATTEMPTS))
-    with s3_storage.interactive():
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args: during.append(attempts.S3_MAX_ATTEMPTS))
+    with attempts.interactive():
         run_pipeline_file(pipeline_file("tiny"), (tmp_path / "store").as_uri(), "local", {}, None, False, False)
-        assert s3_storage.S3_MAX_ATTEMPTS == 3
+        assert attempts.S3_MAX_ATTEMPTS == 3
     assert during == [10]
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from vlkd.artifacts import ArtifactStore, sha256_file
 from vlkd.errors import KeyExistsError, NotFoundError, StorageError
-from vlkd.storage import S3Storage, normalize_store_uri, open_storage
+from vlkd.storage import S3Storage, attempts, normalize_store_uri, open_storage
 from vlkd.storage import s3 as s3_storage
 
 
@@ -184,7 +184,7 @@ def _free_port() -> int:
 
 
 def test_unreachable_endpoint_is_one_clear_error(monkeypatch):
-    monkeypatch.setattr(s3_storage, "S3_MAX_ATTEMPTS", 2)  # not ten attempts' backoff, up to 25 s in all
+    monkeypatch.setattr(attempts, "S3_MAX_ATTEMPTS", 2)  # not ten attempts' backoff, up to 25 s in all
     storage = S3Storage("some-bucket", "p", endpoint_url=f"http://127.0.0.1:{_free_port()}")
     with pytest.raises(StorageError, match=r"cannot reach the S3 endpoint http://127\.0\.0\.1:\d+"):
         storage.read_bytes("k")

@@ -14,8 +14,7 @@ from s3_faults import CUT, DROP, KINDS, SLOWDOWN, FaultyS3Proxy
 from vlkd.artifacts import ArtifactStore, Manifest, collect_files
 from vlkd.data.synth import TEXT_DIR
 from vlkd.errors import NotFoundError, StorageError
-from vlkd.storage import S3Storage
-from vlkd.storage import s3 as s3_storage
+from vlkd.storage import S3Storage, attempts
 
 DATA = bytes(range(256)) * 64  # 16 KiB: a body long enough to be cut in the middle
 
@@ -72,7 +71,7 @@ def test_a_body_cut_short_is_asked_for_again(faulty_s3, bucket):
 def test_a_fault_that_persists_is_one_clear_error_after_a_bounded_number_of_attempts(
     faulty_s3, bucket, monkeypatch, kind, message
 ):
-    monkeypatch.setattr(s3_storage, "S3_MAX_ATTEMPTS", 3)
+    monkeypatch.setattr(attempts, "S3_MAX_ATTEMPTS", 3)
     proxy = faulty_s3(1.0, kinds=(kind,))
     storage = S3Storage(bucket, "p", endpoint_url=proxy.url)
     started = time.monotonic()
@@ -84,7 +83,7 @@ def test_a_fault_that_persists_is_one_clear_error_after_a_bounded_number_of_atte
 
 def test_a_download_whose_body_keeps_breaking_off_is_one_clear_error(faulty_s3, bucket, monkeypatch, tmp_path):
     """boto3's download retries a broken body itself (s3transfer), then raises its own error, not botocore's."""
-    monkeypatch.setattr(s3_storage, "S3_MAX_ATTEMPTS", 3)
+    monkeypatch.setattr(attempts, "S3_MAX_ATTEMPTS", 3)
     proxy = faulty_s3(1.0, kinds=(CUT,))
     storage = S3Storage(bucket, "p", endpoint_url=proxy.url)
     with pytest.raises(

@@ -13,9 +13,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from vlkd.errors import StorageError
+from vlkd.storage.attempts import interactive, patient
 from vlkd.storage.base import ObjectInfo, Progress, Storage
 from vlkd.storage.file import FileStorage
-from vlkd.storage.s3 import S3Storage, interactive, patient
+from vlkd.storage.s3 import S3Storage
 
 __all__ = [
     "FileStorage",

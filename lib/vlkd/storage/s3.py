@@ -1,11 +1,10 @@
 """`s3://` stores: a prefix in an S3-compatible bucket, through boto3 (imported when a client is first made, so
-the CLI's `--help` does not pay for it), and how many times each request is tried."""
+the CLI's `--help` does not pay for it), each request tried as often as `vlkd.storage.attempts` says."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import threading
 import time
 import uuid
@@ -16,54 +15,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from vlkd.errors import KeyExistsError, NotFoundError, StorageError
+from vlkd.storage import attempts
 from vlkd.storage.base import ObjectInfo, Progress, check_key, folder_key
 
 # Parts above this size go up as S3 multipart uploads (boto3 then sends parts in parallel).
 MULTIPART_THRESHOLD = 64 << 20
 # Where an S3 store checks, once, that its endpoint honours conditional writes (deleted right after).
 PROBE_PREFIX = ".vlkd/conditional-write-probe"
-# Attempts of every S3 request (pyarrow's for checkpoints too), of every read of an object's body and of every
-# download's part: a multi-day run meets S3's transient 503 SlowDown and reset connections, and one of them must not
-# end it. Requests use botocore's "standard" retry mode: exponential backoff with full jitter (in botocore 1.44 from
-# 1 s for throttling such as SlowDown and from 50 ms for other transient errors, doubling, at most 20 s) and a retry
-# quota per client that stops retrying once an endpoint is down for good. Not "adaptive": it adds a client-side rate
-# limiter that holds back every request of a client after a throttle, but each Ray worker has its own client, so it
-# cannot pace the cluster; the AWS SDKs' reference guide recommends standard and keeps adaptive for special cases.
-JOB_S3_MAX_ATTEMPTS = 10
-S3_MAX_ATTEMPTS = JOB_S3_MAX_ATTEMPTS
-"""this process's attempts now (`interactive`, `patient`)"""
-# A person at a terminal waits for every attempt's backoff: ten attempts at an endpoint where nothing listens took
-# 9.5-15 s before the error. The CLI (`interactive`) makes 3, the AWS CLI's default in standard mode; the jobs it
-# submits run in processes of their own (a local job's subprocess, a Ray driver, a pod) and keep 10.
-INTERACTIVE_S3_MAX_ATTEMPTS = 3
-# Backoff between attempts to read a body: full jitter over BASE * 2**(attempt - 1) seconds, at most MAX, as
-# botocore waits between attempts of a request that failed for a reason other than throttling.
-BODY_RETRY_BASE_SECONDS = 0.05
-BODY_RETRY_MAX_SECONDS = 20.0
-
-
-@contextlib.contextmanager
-def _attempts(count: int) -> Iterator[None]:
-    """`S3_MAX_ATTEMPTS` is `count` while it lasts, and what it was after."""
-    global S3_MAX_ATTEMPTS
-    before, S3_MAX_ATTEMPTS = S3_MAX_ATTEMPTS, count
-    try:
-        yield
-    finally:
-        S3_MAX_ATTEMPTS = before
-
-
-def interactive() -> contextlib.AbstractContextManager[None]:
-    """While it lasts, this process answers a person at a terminal: S3 requests, body reads and downloads get
-    `INTERACTIVE_S3_MAX_ATTEMPTS`, so a mistyped endpoint or a stopped server fails in about a second. Given back
-    after, for a process that goes on to other work (a test, a notebook calling the CLI's `main`)."""
-    return _attempts(min(S3_MAX_ATTEMPTS, INTERACTIVE_S3_MAX_ATTEMPTS))
-
-
-def patient() -> contextlib.AbstractContextManager[None]:
-    """Inside `interactive`, a command that drives jobs for hours or days (`vlkd pipeline run`, the quickstart) gets
-    a job's attempts again: a network blip of a few seconds as a stage ends must not stop the pipeline."""
-    return _attempts(JOB_S3_MAX_ATTEMPTS)
 
 
 def _bare(code: str) -> bool:
@@ -133,7 +91,7 @@ class S3Storage:
         config = Config(
             connect_timeout=5,
             read_timeout=60,
-            retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+            retries={"total_max_attempts": attempts.S3_MAX_ATTEMPTS, "mode": "standard"},
             # A custom endpoint (MinIO, Ceph, a test server) rarely has wildcard DNS for virtual-hosted buckets.
             s3={"addressing_style": "path" if self._endpoint_url else "auto"},
         )
@@ -263,9 +221,10 @@ class S3Storage:
         # SSLError, which botocore's body lets through.
         transient = (HTTPClientError, IncompleteReadError, FlexibleChecksumError, HTTPError)
         broken: BaseException | None = None
-        for attempt in range(S3_MAX_ATTEMPTS):
+        tries = attempts.S3_MAX_ATTEMPTS
+        for attempt in range(tries):
             if attempt:
-                time.sleep(random.uniform(0, min(BODY_RETRY_MAX_SECONDS, BODY_RETRY_BASE_SECONDS * 2 ** (attempt - 1))))
+                time.sleep(attempts.body_backoff(attempt))
             with self._errors(key):
                 body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)["Body"]
                 try:  # only the body's read: botocore has already retried the request itself
@@ -274,8 +233,8 @@ class S3Storage:
                 except transient as exc:
                     broken = exc
         raise StorageError(
-            f"reading {self._where(key)} broke off {S3_MAX_ATTEMPTS} times, last with: {broken}; check the network "
-            f"to {self.endpoint}"
+            f"reading {self._where(key)} broke off {tries} times, last with: {broken}; check the network to "
+            f"{self.endpoint}"
         )
 
     def size(self, key: str) -> int:
@@ -320,7 +279,7 @@ class S3Storage:
         return TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_THRESHOLD,
-            num_download_attempts=S3_MAX_ATTEMPTS,
+            num_download_attempts=attempts.S3_MAX_ATTEMPTS,
         )
 
     def upload(self, key: str, local_path: Path, progress: Progress | None = None) -> None:
@@ -404,7 +363,7 @@ class S3Storage:
 
         options: dict[str, Any] = {
             "region": self.bucket_region(),
-            "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+            "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=attempts.S3_MAX_ATTEMPTS),
         }
         if self._endpoint_url:
             parsed = urlparse(self._endpoint_url)
