@@ -46,6 +46,8 @@ class VideoInput:
     path: str
     tag: str
     """changes when the file does, so a rerun on changed inputs does not reuse stale features"""
+    sha256: str | None = None
+    """the file's, when its source is an artifact: its decode task checks what it fetched against it"""
     captions: list[Caption] = field(default_factory=list)
 
 
@@ -61,7 +63,7 @@ def plan_inputs(source: InputSource, captions_path: str) -> tuple[list[VideoInpu
         if PurePosixPath(path).suffix.lower() in VIDEO_SUFFIXES:
             video_id = str(PurePosixPath(path).with_suffix(""))
             tag = hashlib.sha256(f"{path}:{info.size}:{info.sha256}".encode()).hexdigest()[:12]
-            videos[video_id] = VideoInput(video_id, path, tag)
+            videos[video_id] = VideoInput(video_id, path, tag, info.sha256)
     orphans: dict[str, int] = {}
     for caption in captions:
         if caption.video_id in videos:
@@ -106,7 +108,8 @@ def decode_video_spans(
     local = source.local_path(row["path"])
     with tempfile.TemporaryDirectory(prefix="vlkd-decode-") as tmp:
         try:
-            local = local or source.fetch(row["path"], Path(tmp) / PurePosixPath(row["path"]).name)
+            fetched = Path(tmp) / PurePosixPath(row["path"]).name
+            local = local or source.fetch(row["path"], fetched, row["sha256"] or None)
             for piece in decode_spans(local, plan, span, decoder):
                 if isinstance(piece, VideoEnd):
                     yield _row(row, plan, span=piece.spans, end=piece.duration)
@@ -193,9 +196,10 @@ def encode_videos(
     configure_ray_data(resources)
     import ray
 
-    rows = [{"video_id": v.video_id, "path": v.path, "tag": v.tag} for v in todo]
+    rows = [{"video_id": v.video_id, "path": v.path, "tag": v.tag, "sha256": v.sha256 or ""} for v in todo]
+    unlisted = source.unlisted()  # each row names its file's sha256: no task carries the dataset's listing
     decode = partial(
-        decode_video_spans, source=source, plan=sampling_plan(spec), span=spec.span_features, decoder=spec.decoder
+        decode_video_spans, source=unlisted, plan=sampling_plan(spec), span=spec.span_features, decoder=spec.decoder
     )
     dataset = ray.data.from_items(rows).map_batches(decode, batch_size=1, num_cpus=spec.decode_cpus)
     dataset = dataset.map_batches(

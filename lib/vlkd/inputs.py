@@ -7,6 +7,7 @@ Sources travel to Ray tasks by pickling, so they hold only picklable state (stor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,19 +37,26 @@ class InputSource:
     uri: str
     ref: ArtifactRef | None = None
     """the pinned artifact the files belong to, if any (a parent in the lineage)"""
-    known: tuple[InputFile, ...] | None = None
+    known: dict[str, InputFile] | None = None
+    """an artifact's files by path, from its manifest (None for a URI, listed when asked)"""
 
     def _key(self, path: str) -> str:
         return f"{self.prefix}/{path}" if self.prefix else path
 
     def files(self) -> list[InputFile]:
         if self.known is not None:
-            return list(self.known)
+            return list(self.known.values())
         cut = len(self.prefix) + 1 if self.prefix else 0
         return [InputFile(info.key[cut:], info.size) for info in self.storage.list(self.prefix)]
 
     def _expected(self, path: str) -> InputFile | None:
-        return next((f for f in self.known if f.path == path), None) if self.known is not None else None
+        return self.known.get(path) if self.known is not None else None
+
+    def unlisted(self) -> InputSource:
+        """This source without its artifact's listing, for Ray tasks that each read files their rows name, with
+        their sha256 (`fetch`): a task's function is pickled with its source, and the listing of a million videos
+        would make every task, and every worker's memory, grow with the dataset."""
+        return dataclasses.replace(self, known=None)
 
     def read_bytes(self, path: str) -> bytes:
         data = self.storage.read_bytes(self._key(path))
@@ -66,12 +74,14 @@ class InputSource:
         expected = self._expected(path)
         return expected.size if expected else self.storage.size(self._key(path))
 
-    def fetch(self, path: str, local: Path) -> Path:
-        """Copy one file to `local` (verified when its checksum is known); return the local path."""
+    def fetch(self, path: str, local: Path, sha256: str | None = None) -> Path:
+        """Copy one file to `local`, verified against `sha256` or the artifact's listing when either knows it;
+        return the local path."""
         local.parent.mkdir(parents=True, exist_ok=True)
         self.storage.download(self._key(path), local)
-        expected = self._expected(path)
-        if expected and expected.sha256 != sha256_file(local):
+        listed = self._expected(path)
+        expected = sha256 or (listed.sha256 if listed else None)
+        if expected and expected != sha256_file(local):
             local.unlink()
             raise ChecksumError(f"{self.uri}/{path} does not match its manifest's sha256; re-publish it")
         return local
@@ -79,7 +89,7 @@ class InputSource:
     def local_path(self, path: str) -> Path | None:
         """The file itself when the source is a local folder (no copy needed), else None."""
         root = urlparse(self.storage.uri)
-        if root.scheme == "file" and self.known is None:
+        if root.scheme == "file" and self.ref is None:  # an artifact's files are fetched: verified
             return Path(root.path) / self._key(path)
         return None
 
@@ -97,7 +107,7 @@ def open_input(text: str, store: ArtifactStore) -> InputSource:
             return InputSource(open_storage(text), "", text.rstrip("/"))
         raise VlkdError(f"unsupported input URI {text!r}: use s3://, file:// or an artifact ref")
     manifest = store.manifest(text)
-    known = tuple(InputFile(f.path, f.size, f.sha256) for f in manifest.files)
+    known = {f.path: InputFile(f.path, f.size, f.sha256) for f in manifest.files}
     prefix = f"{store.version_prefix(manifest.ref)}/{FILES}"
     return InputSource(store.storage, prefix, str(manifest.ref), manifest.ref, known)
 
