@@ -315,3 +315,43 @@ def test_a_corpus_written_before_row_groups_were_recorded_is_read_a_shard_at_a_t
     stored = [tuple(s) for s in read_shards(folder, "train")]
     rows = sorted(tuple(r["input_ids"]) for r in splits["train"].epoch(0).iter_rows())
     assert rows == sorted(stored * splits["train"].passes)
+
+
+def test_a_read_task_carries_no_listing_and_each_window_names_its_own_shards(howto, wiki):
+    """Ray Data rebuilds a read task's function in every task, so what it pickles to must not grow with the split: a
+    paper-sized features artifact has 530k shards, whose listing took each task 1.4 s to load. The function names no
+    shard; each window names its shards with their stored sizes, and a pass names every row group once."""
+    import cloudpickle
+
+    from vlkd.data.clips import clip_datasets
+    from vlkd.data.corpus import corpus_datasets
+    from vlkd.specs import Resources
+
+    resources = Resources(num_workers=2)
+    opened = [
+        (
+            "features/howto",
+            howto[0],
+            lambda store: clip_datasets(store, "features/howto", 600, 0, resources, BATCH, 256),
+        ),
+        ("corpus/wiki", wiki[0], lambda store: corpus_datasets(store, "corpus/wiki", resources, BATCH, 256, 0)),
+    ]
+    for ref, store, open_splits in opened:
+        listing = {f.path: f.size for f in store.manifest(ref).files}
+        splits, _ = open_splits(store)
+        for split in splits.values():
+            blob = cloudpickle.dumps(split.reader())
+            assert [path for path in listing if path.encode() in blob] == []
+            named = [
+                (item["paths"][shard], item["sizes"][shard], group)
+                for item in split.items(0)
+                for shard, group in zip(item["shard"], item["group"], strict=True)
+            ]
+            every = [
+                (path, listing[path], group)
+                for path, groups in zip(split.shards, split.groups, strict=True)
+                for group in range(groups)
+            ]
+            assert sorted(named) == sorted(every * split.passes), ref
+        assert sum(splits["train"].groups) > 1, ref
+    assert len(clip_datasets(howto[0], "features/howto", 600, 0, resources, BATCH, 256)[0]["train"].shards) > 1

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from vlkd.data import text as textdata
 from vlkd.data.buckets import TOKENS, padded_length
-from vlkd.data.ingest import SplitReader, _read_windows
+from vlkd.data.ingest import SplitReader
 from vlkd.data.synth_asr import howto_captions
 from vlkd.jobs.teacher import TeacherTask
 from vlkd.specs import Resources, parse_spec
@@ -99,21 +99,25 @@ def test_short_captions_pad_to_the_bucket_above_the_longest(task, captions, size
 
 
 def test_the_read_task_hands_on_tokenised_rows_and_the_frames_untouched(task, captions):
-    """What a Ray Data read task yields (`ingest._read_windows` over a split's window, with the task's
+    """What a Ray Data read task yields (`SplitReader.reader` over a split's window, with the task's
     `prepare_rows`): every row once, its caption as token ids, its frames as they were read."""
     rows = rows_of(captions).append_column("row", pa.array(range(len(captions))))
     half = -(-rows.num_rows // 2)
-    split = SplitReader(("shard",), (2,), half, lambda _, groups: [rows.slice(g * half, half) for g in groups],
-                        Resources(), 4096, 0)  # fmt: skip
-    item = {"pass": [0], "window": [0], "groups": [[0, 1]], "keep": [0], "every": [1]}
-    read = pa.concat_tables(_read_windows(item, split, task.prepare_rows))
+
+    def read(path: str, size: int, groups: list[int]) -> list[pa.Table]:
+        return [rows.slice(g * half, half) for g in groups]
+
+    split = SplitReader(("shard",), (0,), (2,), half, read, Resources(), 4096, 0)
+    (item,) = split.items(0)
+    batch = {key: [value] for key, value in item.items()}  # a batch of one window, as Ray Data hands it on
+    read = pa.concat_tables(split.reader(task.prepare_rows)(batch))
     assert "text" not in read.column_names and read.schema.field("input_ids").type == pa.list_(pa.int32())
     order = read.column("row").to_numpy()
     assert sorted(order) == list(range(len(captions)))
     assert read.column("features").equals(rows.column("features").take(order))
     tokenised = task.tokenizer(captions, truncation=True, max_length=MAX_TEXT_LEN)["input_ids"]
     assert read.column("input_ids").to_pylist() == [tokenised[i] for i in order]
-    unprepared = pa.concat_tables(_read_windows(item, split, None))
+    unprepared = pa.concat_tables(split.reader()(batch))
     assert unprepared.column_names == rows.column_names
 
 

@@ -50,9 +50,9 @@ def corpus_info(source: InputSource) -> CorpusInfo:
     return CorpusInfo(source.ref, index["max_len"], splits["train"]["sequences"], shards, sequences, group_rows)
 
 
-def _sequence_groups(path: str, groups: list[int], source: InputSource) -> list[pa.Table]:
+def _sequence_groups(path: str, size: int, groups: list[int], source: InputSource) -> list[pa.Table]:
     """Ray Data task: row groups of a shard's sequences as Arrow tables."""
-    return read_row_groups(source, path, groups, ["input_ids"])
+    return read_row_groups(source, path, size, groups, ["input_ids"])
 
 
 def corpus_datasets(
@@ -63,11 +63,12 @@ def corpus_datasets(
     its sequences `passes_for` its size and `batch_size` times."""
     source = open_input(str(ref), store)
     info = corpus_info(source)
-    read = partial(_sequence_groups, source=source)
+    read = partial(_sequence_groups, source=source.unlisted())
     passes = passes_for(info.train_sequences, batch_size, resources)
     datasets = {
         split: SplitReader(
             paths,
+            tuple(source.size(path) for path in paths),
             tuple(-(-n // info.group_rows) for n in info.sequences[split]),
             info.group_rows,
             read,

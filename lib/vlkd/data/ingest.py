@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -78,9 +79,9 @@ def _read_each(batch: dict[str, Any], read: ShardReader) -> Iterator[Any]:
         yield from read(str(path))
 
 
-GroupReader = Callable[[str, list[int]], list[Any]]
-"""(a shard's path, row groups of it) -> each group's rows to train on as an Arrow table (after any filter, so
-possibly fewer rows, or none), in the order asked."""
+GroupReader = Callable[[str, int, list[int]], list[Any]]
+"""(a shard's path, its size in bytes, row groups of it) -> each group's rows to train on as an Arrow table (after
+any filter, so possibly fewer rows, or none), in the order asked."""
 
 RowsPreparer = Callable[[Any], Any]
 """Row by row work on an Arrow table of a split's rows (a caption's tokenisation), done where the rows are read: in
@@ -101,6 +102,8 @@ class SplitReader:
     on the driver and shipped to the workers, where `epoch` makes each worker's Ray Data dataset of its share."""
 
     shards: tuple[str, ...]
+    sizes: tuple[int, ...]
+    """bytes of each shard, from the artifact's listing: a read task finds a shard's footer by it"""
     groups: tuple[int, ...]
     """row groups of each shard"""
     group_rows: int
@@ -122,56 +125,94 @@ class SplitReader:
         return not sum(self.groups)
 
     def epoch(self, epoch: int, rank: int = 0, world: int = 1, prepare: RowsPreparer | None = None) -> Any:
-        """Worker `rank`'s Ray Data dataset for `epoch` (passes `epoch * passes` on), read by at most
-        `resources.read_tasks` tasks at once, each holding one window and applying `prepare` to the rows it yields.
-        With at least `WHOLE_WINDOWS` windows a worker, window i of the epoch goes to worker i mod world whole (a
-        paper-sized split: each window is read once); with fewer, every worker reads every window and keeps every
-        world-th of its rows, so a small split still gives each worker an equal share."""
+        """Worker `rank`'s Ray Data dataset for `epoch` (`items`), read by at most `resources.read_tasks` tasks at
+        once, each holding one window and applying `prepare` to the rows it yields."""
         import ray.data
 
+        items = self.items(epoch, rank, world)
+        pool = ray.data.TaskPoolStrategy(size=max(1, min(len(items), self.resources.read_tasks)))
+        return ray.data.from_items(items).map_batches(self.reader(prepare), batch_size=1, compute=pool)
+
+    def items(self, epoch: int, rank: int = 0, world: int = 1) -> list[dict[str, Any]]:
+        """The windows worker `rank` reads in `epoch` (passes `epoch * passes` on), each naming the shards it reads
+        (`Window`). With at least `WHOLE_WINDOWS` windows a worker, window i of the epoch goes to worker i mod world
+        whole (a paper-sized split: each window is read once); with fewer, every worker reads every window and keeps
+        every world-th of its rows, so a small split still gives each worker an equal share."""
         count = sum(self.groups)
-        items = [
-            {"pass": index, "window": w, "groups": groups.tolist(), "keep": 0, "every": 1}
+        drawn = [
+            (index, w, groups)
             for index in range(epoch * self.passes, (epoch + 1) * self.passes)
             for w, groups in enumerate(windows(pass_order(count, self.seed, index), self.per_window))
         ]
-        if len(items) >= WHOLE_WINDOWS * world:
-            items = items[rank::world]
-        else:
-            items = [{**item, "keep": rank, "every": world} for item in items]
-        pool = ray.data.TaskPoolStrategy(size=max(1, min(len(items), self.resources.read_tasks)))
-        read = partial(_read_windows, split=self, prepare=prepare)
-        return ray.data.from_items(items).map_batches(read, batch_size=1, compute=pool)
+        whole = len(drawn) >= WHOLE_WINDOWS * world
+        keep, every = (0, 1) if whole else (rank, world)
+        firsts = np.concatenate([[0], np.cumsum(self.groups)])  # the split's index of each shard's first row group
+        return [
+            vars(self._window(firsts, index, w, groups, keep, every))
+            for index, w, groups in (drawn[rank::world] if whole else drawn)
+        ]
 
-    def window_rows(
-        self, index: int, window: int, groups: Sequence[int], keep: int = 0, every: int = 1
-    ) -> Iterator[Any]:
-        """A window's rows, spread (`vlkd.data.order.spread`, seeded by pass and window), as Arrow tables: every
-        `every`-th from the `keep`-th on."""
+    def _window(self, firsts: np.ndarray, index: int, window: int, groups: np.ndarray, keep: int, every: int) -> Window:
+        shards = np.searchsorted(firsts[1:], groups, side="right")
+        local = groups - firsts[shards]
+        named, at = np.unique(shards, return_inverse=True)
+        return Window(
+            index,
+            window,
+            [self.shards[s] for s in named],
+            [self.sizes[s] for s in named],
+            at.tolist(),
+            local.tolist(),
+            keep,
+            every,
+        )
+
+    def reader(self, prepare: RowsPreparer | None = None) -> Callable[[dict[str, Any]], Iterator[Any]]:
+        """The read tasks' function: the split's `read` and seed, not its shards. Ray Data rebuilds a task's
+        function in every task, and a paper-sized split's shards and their listing (530k features shards) took a
+        read task 1.4 s to load before it read a row; each window names its own shards instead."""
+        return partial(_read_windows, read=self.read, seed=self.seed, prepare=prepare)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window of a pass: its row groups, each a shard (an index into `paths`) and a row group of it, and which of
+    its rows a worker keeps (every `every`-th from the `keep`-th on)."""
+
+    index: int
+    """the pass"""
+    window: int
+    paths: list[str]
+    sizes: list[int]
+    shard: list[int]
+    group: list[int]
+    keep: int = 0
+    every: int = 1
+
+    def rows(self, read: GroupReader, seed: int) -> Iterator[Any]:
+        """The window's rows, spread (`vlkd.data.order.spread`, seeded by pass and window), as Arrow tables."""
         import pyarrow as pa
 
-        ends = np.cumsum(self.groups)
-        shards = np.searchsorted(ends, groups, side="right")
-        places = [(int(s), int(g - ends[s] + self.groups[s])) for g, s in zip(groups, shards, strict=True)]
+        places = list(zip(self.shard, self.group, strict=True))
         wanted: dict[int, list[int]] = {}  # shard -> its row groups in the window: read together
         for shard, group in places:
             wanted.setdefault(shard, []).append(group)
         tables = {
             (shard, group): table
             for shard, local in wanted.items()
-            for group, table in zip(local, self.read(self.shards[shard], local), strict=True)
+            for group, table in zip(local, read(self.paths[shard], self.sizes[shard], local), strict=True)
         }
         parts = [tables[place] for place in places]
-        rng = np.random.default_rng([self.seed, index, window])
-        order = spread([t.num_rows for t in parts], rng)[keep::every]
+        rng = np.random.default_rng([seed, self.index, self.window])
+        order = spread([t.num_rows for t in parts], rng)[self.keep :: self.every]
         # One contiguous table first: a `take` from a table of many chunks joins them all again on every call.
         rows = pa.concat_tables(parts).combine_chunks()
         for start in range(0, len(order), WINDOW_SLICE):
             yield rows.take(order[start : start + WINDOW_SLICE])
 
 
-def _read_windows(batch: dict[str, Any], split: SplitReader, prepare: RowsPreparer | None) -> Iterator[Any]:
-    items = zip(batch["pass"], batch["window"], batch["groups"], batch["keep"], batch["every"], strict=True)
-    for index, window, groups, keep, every in items:
-        for rows in split.window_rows(int(index), int(window), [int(g) for g in groups], int(keep), int(every)):
+def _read_windows(batch: dict[str, Any], read: GroupReader, seed: int, prepare: RowsPreparer | None) -> Iterator[Any]:
+    for values in zip(*(batch[f.name] for f in dataclasses.fields(Window)), strict=True):
+        window = Window(*(np.asarray(v).tolist() for v in values))  # Ray Data's numpy values, as Python's
+        for rows in window.rows(read, seed):
             yield rows if prepare is None else prepare(rows)

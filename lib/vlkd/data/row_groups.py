@@ -80,10 +80,11 @@ def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def read_row_groups(source: InputSource, path: str, groups: Sequence[int], columns: list[str]) -> list[pa.Table]:
-    """`columns` of the row groups `groups` of the Parquet file `path`, a table each, in the order asked: one request
-    for the footer, one per run of adjacent groups."""
-    size = source.size(path)
+def read_row_groups(
+    source: InputSource, path: str, size: int, groups: Sequence[int], columns: list[str]
+) -> list[pa.Table]:
+    """`columns` of the row groups `groups` of the Parquet file `path` of `size` bytes (its listing's: no request
+    asks), a table each, in the order asked: one request for the footer, one per run of adjacent groups."""
     file = RangeFile(size, lambda start, end: source.read_range(path, start, end))
     file.prefetch(max(0, size - FOOTER_GUESS), size)  # a larger footer is fetched when Parquet reads past it
     try:
