@@ -82,6 +82,28 @@ def test_a_changed_setting_names_the_field_and_leaves_stages_that_do_not_read_it
     assert plan["eval"] == ("run", "after distill:tiny-nst-crd, teacher publish")
 
 
+def test_the_plan_reads_each_output_it_weighs_once(store, monkeypatch):
+    """A stage whose inputs exist is weighed from its outputs' latest versions: each found in the store (a listing of
+    its versions) once, for both whether it runs and why (a changed or a missing output)."""
+    from collections import Counter
+
+    from vlkd.refs import ArtifactRef
+
+    spec = tiny(2)
+    _published(store, spec)
+    store.publish("dataset", "synth-text", collect_files([Path(__file__)]))  # text changes: its outputs are weighed
+    reads: Counter[str] = Counter()
+    manifest = ArtifactStore.manifest
+
+    def counted(self, ref, *args, **kwargs):
+        reads[ArtifactRef.parse(str(ref)).path] += 1
+        return manifest(self, ref, *args, **kwargs)
+
+    monkeypatch.setattr(ArtifactStore, "manifest", counted)
+    assert _plan(spec, store)["text"][0] == "run"
+    assert reads["tokenizer/tiny"] == reads["corpus/tiny"] == reads["features/tiny"] == 1, reads
+
+
 def test_forced_every_stage_runs_saying_what_it_redoes(store):
     spec = tiny(None)
     _published(store, spec)

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlkd.artifacts import ArtifactStore
-from vlkd.errors import NotFoundError
 from vlkd.pipeline import check_inputs, published_before
-from vlkd.published import as_consumed, outputs_of, pin_spec, refs_in
-from vlkd.refs import ArtifactRef
+from vlkd.published import as_consumed, latest_outputs, made_for, pin_spec, refs_in
 from vlkd.specs import PipelineSpec, StageSpec
 from vlkd.stage_dag import stage_needs
 
@@ -53,20 +51,17 @@ def plan_pipeline(pipeline: PipelineSpec, store: ArtifactStore, force: bool = Fa
 def _now(key: str, spec: StageSpec, store: ArtifactStore, force: bool) -> tuple[bool, str]:
     """(runs, why) for a stage whose inputs all exist now."""
     pinned = pin_spec(spec, store, key)
-    existing = outputs_of(pinned, store)
+    latest = latest_outputs(pinned, store)  # read once: whether it runs, and why
+    existing = made_for(pinned, latest)
     if existing is not None and published_before(existing, None, force):  # the run's rule, from this machine
         return False, "published for this spec and these inputs: " + ", ".join(str(m.ref) for m in existing)
     if existing is not None:
         return True, f"forced (published as {', '.join(str(m.ref) for m in existing)})"
-    wanted, missing = pinned.model_dump(mode="json"), []
-    for kind in type(spec).outputs:
-        try:
-            latest = store.manifest(ArtifactRef(kind, spec.name))
-        except NotFoundError:
-            missing.append(f"{kind}/{spec.name}")
-            continue
-        if (made := as_consumed(latest)) != wanted:
-            return True, f"changed since {latest.ref}: {_changes(made or {}, wanted)}"
+    wanted = pinned.model_dump(mode="json")
+    for manifest in filter(None, latest.values()):
+        if (made := as_consumed(manifest)) != wanted:
+            return True, f"changed since {manifest.ref}: {_changes(made or {}, wanted)}"
+    missing = [f"{kind}/{spec.name}" for kind, manifest in latest.items() if manifest is None]
     reads = ", ".join(str(ref) for ref in dict.fromkeys(refs_in(wanted)))
     return True, f"{', '.join(missing)} not published yet" + (f"; reads {reads}" if reads else "")
 

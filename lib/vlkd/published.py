@@ -52,16 +52,24 @@ def _map_refs(value: Any, pin: Callable[[ArtifactRef], str | None]) -> Any:
     return value
 
 
-def outputs_of(spec: StageSpec, store: ArtifactStore) -> list[Manifest] | None:
-    """The artifacts this exact pinned spec already published (the latest version of each output), or None."""
-    wanted = spec.model_dump(mode="json")
-    found = []
+def latest_outputs(spec: StageSpec, store: ArtifactStore) -> dict[str, Manifest | None]:
+    """The latest version of each of the spec's outputs, by kind (None: not published yet)."""
+    latest: dict[str, Manifest | None] = {}
     for kind in type(spec).outputs:
         try:
-            manifest = store.manifest(ArtifactRef(kind, spec.name))
+            latest[kind] = store.manifest(ArtifactRef(kind, spec.name))
         except NotFoundError:
-            return None
-        if as_consumed(manifest) != wanted:
-            return None
-        found.append(manifest)
-    return found
+            latest[kind] = None
+    return latest
+
+
+def made_for(spec: StageSpec, latest: dict[str, Manifest | None]) -> list[Manifest] | None:
+    """The outputs in `latest` (`latest_outputs`) when this exact pinned spec made every one of them, else None."""
+    wanted = spec.model_dump(mode="json")
+    found = [m for m in latest.values() if m is not None and as_consumed(m) == wanted]
+    return found if len(found) == len(latest) else None
+
+
+def outputs_of(spec: StageSpec, store: ArtifactStore) -> list[Manifest] | None:
+    """The artifacts this exact pinned spec already published (the latest version of each output), or None."""
+    return made_for(spec, latest_outputs(spec, store))
