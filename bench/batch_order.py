@@ -34,17 +34,17 @@ from bench.inputs import Inputs
 from vlkd.artifacts import ArtifactStore
 from vlkd.data.clips import clip_datasets, features_info, held_out
 from vlkd.data.ingest import configure_ray_data, passes_for, shard_dataset
-from vlkd.inputs import InputSource, open_input
+from vlkd.inputs import InputFile, InputSource, open_input
 from vlkd.specs import Resources, TrainSpec
 
 
-def _stored_rows(path: str, source: InputSource, held: frozenset[str]) -> Iterator[pa.Table]:
+def _stored_rows(shard: InputFile, source: InputSource, held: frozenset[str]) -> Iterator[pa.Table]:
     """The reader before: a shard's row groups in order, held-out clips left out."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     held_ids = pa.array(sorted(held), pa.string())
-    for batch in pq.ParquetFile(io.BytesIO(source.read_bytes(path))).iter_batches(batch_size=32):
+    for batch in pq.ParquetFile(io.BytesIO(source.read_bytes(shard.path))).iter_batches(batch_size=32):
         kept = batch.filter(pc.invert(pc.is_in(batch.column("video_id"), value_set=held_ids)))
         if kept.num_rows:
             yield pa.Table.from_batches([kept.select(["video_id", "features"])])
@@ -101,7 +101,10 @@ def main() -> None:
             passes = passes_for(train_clips, args.batch, resources)
             readers = {
                 "before": lambda: shard_dataset(
-                    info.shards, partial(_stored_rows, source=source, held=held), resources, passes
+                    [source.file(s) for s in info.shards],
+                    partial(_stored_rows, source=source, held=held),
+                    resources,
+                    passes,
                 ).iter_batches(
                     batch_size=args.batch,
                     batch_format="pyarrow",

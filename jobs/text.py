@@ -22,9 +22,9 @@ import pyarrow as pa
 
 from vlkd.artifacts import ArtifactStore, Manifest, collect_files
 from vlkd.data import text as textdata
-from vlkd.data.ingest import configure_ray_data, shard_dataset
+from vlkd.data.ingest import ShardReader, configure_ray_data, shard_dataset
 from vlkd.errors import DataError, NotFoundError, VlkdError
-from vlkd.inputs import InputSource, fetch_weights, open_input
+from vlkd.inputs import InputFile, InputSource, fetch_weights, open_input
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import Resources, TextSpec, TokenizerSpec
@@ -36,30 +36,29 @@ log = logging.getLogger("vlkd.text")
 TOKENIZE_LINES = 4096
 
 
-def corpus_files(source: InputSource, corpus_format: str, captions: str) -> list[str]:
+def corpus_files(source: InputSource, corpus_format: str, captions: str) -> list[InputFile]:
     """The files to read: every file of a plain-text corpus, or only the captions file of a videos folder (found
     without listing the folder, which for HowTo100M holds 1.2M videos)."""
     if corpus_format == "captions":
         try:
-            source.size(captions)
+            return [source.file(captions)]
         except NotFoundError:
             raise DataError(
                 f"{source.uri}/{captions} not found: format: captions reads the captions file (JSON Lines of "
                 f"video_id, start, end, text) of a videos folder; set `captions:` to its name in {source.uri}, or "
                 "use format: lines for a plain-text corpus"
             ) from None
-        return [captions]
-    files = sorted(f.path for f in source.files() if not Path(f.path).name.startswith("."))
+    files = sorted((f for f in source.files() if not Path(f.path).name.startswith(".")), key=lambda f: f.path)
     if not files:
         raise VlkdError(f"the corpus {source.uri} holds no files")
     return files
 
 
-def _file_paragraphs(source: InputSource, path: str, corpus_format: str) -> Iterator[str]:
-    """The corpus paragraphs of one file (`textdata.PARAGRAPHS`), streamed from a local copy: a Wikipedia dump or
-    HowTo100M's captions need not fit in memory."""
+def _file_paragraphs(source: InputSource, file: InputFile, corpus_format: str) -> Iterator[str]:
+    """The corpus paragraphs of one file (`textdata.PARAGRAPHS`), streamed from a local copy (checked against the
+    file's sha256 where known): a Wikipedia dump or HowTo100M's captions need not fit in memory."""
     with tempfile.TemporaryDirectory(prefix="vlkd-text-") as tmp:
-        local = source.local_path(path) or source.fetch(path, Path(tmp) / "part")
+        local = source.local_path(file.path) or source.fetch(file.path, Path(tmp) / "part", file.sha256)
         with open(local, encoding="utf-8", errors="replace") as lines:
             yield from textdata.PARAGRAPHS[corpus_format](lines)
 
@@ -67,7 +66,7 @@ def _file_paragraphs(source: InputSource, path: str, corpus_format: str) -> Iter
 def build_tokenizer(
     spec: TokenizerSpec,
     source: InputSource,
-    files: list[str],
+    files: list[InputFile],
     corpus_format: str,
     store: ArtifactStore,
     scratch: Path,
@@ -83,15 +82,15 @@ def build_tokenizer(
         return textdata.load_vocab_tokenizer(Path(vocab), spec.lowercase), parent
 
     def lines() -> Iterator[str]:  # read twice (see train_tokenizer), a file at a time
-        return (line for path in files for line in _file_paragraphs(source, path, corpus_format))
+        return (line for file in files for line in _file_paragraphs(source, file, corpus_format))
 
     return textdata.train_tokenizer(lines, spec.vocab_size, spec.min_frequency, spec.lowercase), None
 
 
-def tokenize_file(path: str, source: InputSource, corpus_format: str, tokenizer_dir: str) -> Iterator[pa.Table]:
+def tokenize_file(file: InputFile, source: InputSource, corpus_format: str, tokenizer_dir: str) -> Iterator[pa.Table]:
     """Ray Data task: one input file -> a row of token ids per paragraph, tokenised `TOKENIZE_LINES` at a time."""
     tokenizer = _cached_tokenizer(tokenizer_dir)
-    lines = _file_paragraphs(source, path, corpus_format)
+    lines = _file_paragraphs(source, file, corpus_format)
     while chunk := list(itertools.islice(lines, TOKENIZE_LINES)):
         yield pa.table({"input_ids": pa.array(textdata.tokenize_lines(tokenizer, chunk), pa.list_(pa.int32()))})
 
@@ -106,11 +105,17 @@ def _cached_tokenizer(directory: str) -> Tokenizer:
     return _TOKENIZERS[directory]
 
 
+def tokenizing_task(source: InputSource, corpus_format: str, tokenizer_dir: Path) -> ShardReader:
+    """What each Ray Data task runs: the source without its artifact's listing (`InputSource.unlisted`; each row
+    names its file and sha256), so no task's function grows with the corpus's files."""
+    unlisted = source.unlisted()
+    return partial(tokenize_file, source=unlisted, corpus_format=corpus_format, tokenizer_dir=str(tokenizer_dir))
+
+
 def tokenized_paragraphs(
-    source: InputSource, files: list[str], corpus_format: str, tokenizer_dir: Path, resources: Resources
+    source: InputSource, files: list[InputFile], corpus_format: str, tokenizer_dir: Path, resources: Resources
 ) -> Iterator[list[int]]:
-    tokenize = partial(tokenize_file, source=source, corpus_format=corpus_format, tokenizer_dir=str(tokenizer_dir))
-    dataset = shard_dataset(files, tokenize, resources)
+    dataset = shard_dataset(files, tokenizing_task(source, corpus_format, tokenizer_dir), resources)
     for row in dataset.iter_rows():
         yield [int(t) for t in row["input_ids"]]
 

@@ -84,6 +84,33 @@ def test_a_hold_out_larger_than_the_corpus_is_a_clear_error(ray_session, job_con
         text_job.run(text_spec(val_size=10**6), job_context)
 
 
+def test_tokenizing_tasks_carry_no_listing_and_check_each_file_against_the_sha256_their_row_names(
+    ray_session, store, corpus_dataset, tmp_path
+):
+    """Ray Data rebuilds a task's function in every task, so the source it carries holds no listing of the corpus's
+    files (one per file: a corpus of many files made every task, one a file, grow with them); each row names its
+    file's sha256, and a stored copy that differs fails the task, naming the file."""
+    import cloudpickle
+
+    from vlkd.data import text as textdata
+    from vlkd.data.ingest import shard_dataset
+    from vlkd.errors import ChecksumError
+    from vlkd.inputs import open_input
+    from vlkd.specs import Resources
+
+    source = open_input(str(corpus_dataset), store)
+    files = text_job.corpus_files(source, "lines", "")
+    tokenizer = textdata.train_tokenizer(lambda: ["a red circle moves to the left"] * 4, 100, 1, True)
+    textdata.save_tokenizer(tokenizer, tmp_path / "tok")
+    task = text_job.tokenizing_task(source, "lines", tmp_path / "tok")
+    shipped = cloudpickle.dumps(task)
+    assert [f.path for f in files if f.path.encode() in shipped] == [] and all(f.sha256 for f in files)
+    assert shard_dataset(files, task, Resources()).count() > 0
+    store.storage.write_bytes(f"{source.prefix}/{files[-1].path}", b"a red circle\n")
+    with pytest.raises(ChecksumError, match=rf"{files[-1].path} does not match its manifest's sha256"):
+        shard_dataset(files, task, Resources()).count()
+
+
 @pytest.fixture
 def howto_dataset(store, tmp_path) -> tuple[str, list[HowToVideo]]:
     """A videos folder shaped like HowTo100M's: many overlapping, noisy ASR captions per video in one captions.jsonl,

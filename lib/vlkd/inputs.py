@@ -70,9 +70,12 @@ class InputSource:
         of ranges check the format's own structure instead (a Parquet footer, its row counts)."""
         return self.storage.read_range(self._key(path), start, end)
 
+    def file(self, path: str) -> InputFile:
+        """One file: its artifact's listing of it, else its size from the store (`NotFoundError` when absent)."""
+        return self._expected(path) or InputFile(path, self.storage.size(self._key(path)))
+
     def size(self, path: str) -> int:
-        expected = self._expected(path)
-        return expected.size if expected else self.storage.size(self._key(path))
+        return self.file(path).size
 
     def fetch(self, path: str, local: Path, sha256: str | None = None) -> Path:
         """Copy one file to `local`, verified against `sha256` or the artifact's listing when either knows it;

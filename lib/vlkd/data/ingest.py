@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from vlkd.data.order import pass_order, spread, windows
+from vlkd.inputs import InputFile
 from vlkd.specs import Resources
 
 # Blocks are what the readers yield (a Parquet row group, a span of a video). Ray's default target (128 MiB) makes it
@@ -44,19 +45,22 @@ def configure_ray_data(resources: Resources) -> None:
     options.resource_limits = options.resource_limits.copy(object_store_memory=resources.data_buffer_bytes)
 
 
-ShardReader = Callable[[str], Iterable[Any]]
-"""A shard's path -> its rows as Arrow tables (or dicts of numpy arrays), a batch at a time."""
+ShardReader = Callable[[InputFile], Iterable[Any]]
+"""A shard (its path, size and sha256, when known) -> its rows as Arrow tables (or dicts of numpy arrays), a batch at
+a time."""
 
 
-def shard_dataset(shards: Sequence[str], read: ShardReader, resources: Resources, passes: int = 1) -> Any:
+def shard_dataset(shards: Sequence[InputFile], read: ShardReader, resources: Resources, passes: int = 1) -> Any:
     """A Ray Data dataset of what `read` gives for each shard, in shard order (`passes` times over), read by at most
     `resources.read_tasks` tasks at once per training worker. Each task holds about one shard, so this and the
-    data buffer bound the input path's memory; left to itself Ray Data runs a task per CPU and shard."""
+    data buffer bound the input path's memory; left to itself Ray Data runs a task per CPU and shard. Each row names
+    its shard whole, sha256 included, so `read` needs no listing of the shards' artifact (`InputSource.unlisted`)."""
     import ray.data
 
     tasks = min(len(shards), resources.read_tasks * max(1, resources.num_workers))
     pool = ray.data.TaskPoolStrategy(size=max(1, tasks))
-    paths = ray.data.from_items([{"path": path} for _ in range(passes) for path in shards])
+    rows = [{"path": s.path, "size": s.size, "sha256": s.sha256 or ""} for s in shards]
+    paths = ray.data.from_items([row for _ in range(passes) for row in rows])
     return paths.map_batches(partial(_read_each, read=read), batch_size=1, compute=pool)
 
 
@@ -75,8 +79,8 @@ def passes_for(rows: int, batch_size: int, resources: Resources) -> int:
 
 
 def _read_each(batch: dict[str, Any], read: ShardReader) -> Iterator[Any]:
-    for path in batch["path"]:
-        yield from read(str(path))
+    for path, size, sha256 in zip(batch["path"], batch["size"], batch["sha256"], strict=True):
+        yield from read(InputFile(str(path), int(size), str(sha256) or None))
 
 
 GroupReader = Callable[[str, int, list[int]], list[Any]]
