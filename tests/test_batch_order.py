@@ -348,8 +348,8 @@ def test_a_read_task_carries_no_listing_and_each_window_names_its_own_shards(how
                 for shard, group in zip(item["shard"], item["group"], strict=True)
             ]
             every = [
-                (path, listing[path], group)
-                for path, groups in zip(split.shards, split.groups, strict=True)
+                (shard.path, listing[shard.path], group)
+                for shard, groups in zip(split.shards, split.groups, strict=True)
                 for group in range(groups)
             ]
             assert sorted(named) == sorted(every * split.passes), ref

@@ -17,6 +17,7 @@ from vlkd.data import text as textdata
 from vlkd.data.buckets import TOKENS, padded_length
 from vlkd.data.ingest import SplitReader
 from vlkd.data.synth_asr import howto_captions
+from vlkd.inputs import InputFile
 from vlkd.jobs.teacher import TeacherTask
 from vlkd.specs import Resources, parse_spec
 
@@ -104,10 +105,10 @@ def test_the_read_task_hands_on_tokenised_rows_and_the_frames_untouched(task, ca
     rows = rows_of(captions).append_column("row", pa.array(range(len(captions))))
     half = -(-rows.num_rows // 2)
 
-    def read(path: str, size: int, groups: list[int]) -> list[pa.Table]:
+    def read(shard: InputFile, groups: list[int]) -> list[pa.Table]:
         return [rows.slice(g * half, half) for g in groups]
 
-    split = SplitReader(("shard",), (0,), (2,), half, read, Resources(), 4096, 0)
+    split = SplitReader((InputFile("shard", 0),), (2,), half, read, Resources(), 4096, 0)
     (item,) = split.items(0)
     batch = {key: [value] for key, value in item.items()}  # a batch of one window, as Ray Data hands it on
     read = pa.concat_tables(split.reader(task.prepare_rows)(batch))

@@ -27,7 +27,7 @@ from vlkd.data.buckets import FRAMES, padded_length
 from vlkd.data.ingest import SplitReader, passes_for
 from vlkd.data.row_groups import read_row_groups
 from vlkd.errors import DataError
-from vlkd.inputs import InputSource, open_input
+from vlkd.inputs import InputFile, InputSource, open_input
 from vlkd.refs import ArtifactRef
 from vlkd.specs import Resources
 
@@ -161,14 +161,14 @@ its clip's frames, flat float16"""
 
 
 def _clip_groups(
-    path: str, size: int, groups: list[int], source: InputSource, held: frozenset[str], inside: bool
+    shard: InputFile, groups: list[int], source: InputSource, held: frozenset[str], inside: bool
 ) -> list[pa.Table]:
     """Ray Data task: row groups of a shard, each with its clips inside (or outside) the held-out videos, as Arrow
     tables. The features stay one flat float16 column: no per-clip object is made before `clip_features`."""
     import pyarrow.compute as pc
 
     held_ids = pa.array(sorted(held), pa.string())
-    tables = read_row_groups(source, path, size, groups, CLIP_COLUMNS)
+    tables = read_row_groups(source, shard, groups, CLIP_COLUMNS)
     kept = []
     for table in tables:
         member = pc.is_in(table.column("video_id"), value_set=held_ids)
@@ -198,8 +198,8 @@ def clip_datasets(
     def split(shards: tuple[str, ...], clips: tuple[int, ...], inside: bool, passes: int) -> SplitReader:
         read = partial(_clip_groups, source=source.unlisted(), held=validation.videos, inside=inside)
         groups = tuple(-(-n // fmt.READ_ROWS) for n in clips)
-        sizes = tuple(source.size(shard) for shard in shards)
-        return SplitReader(shards, sizes, groups, fmt.READ_ROWS, read, resources, window, seed, passes)
+        files = tuple(source.file(shard) for shard in shards)
+        return SplitReader(files, groups, fmt.READ_ROWS, read, resources, window, seed, passes)
 
     passes = passes_for(sum(info.shard_clips) - validation.clips, batch_size, resources)
     shard_clips = dict(zip(info.shards, info.shard_clips, strict=True))

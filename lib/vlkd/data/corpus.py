@@ -16,7 +16,7 @@ from vlkd.data.ingest import SplitReader, passes_for
 from vlkd.data.row_groups import read_row_groups
 from vlkd.data.text import FORMAT, INDEX
 from vlkd.errors import DataError
-from vlkd.inputs import InputSource, open_input
+from vlkd.inputs import InputFile, InputSource, open_input
 from vlkd.refs import ArtifactRef
 from vlkd.specs import Resources
 
@@ -50,9 +50,9 @@ def corpus_info(source: InputSource) -> CorpusInfo:
     return CorpusInfo(source.ref, index["max_len"], splits["train"]["sequences"], shards, sequences, group_rows)
 
 
-def _sequence_groups(path: str, size: int, groups: list[int], source: InputSource) -> list[pa.Table]:
+def _sequence_groups(shard: InputFile, groups: list[int], source: InputSource) -> list[pa.Table]:
     """Ray Data task: row groups of a shard's sequences as Arrow tables."""
-    return read_row_groups(source, path, size, groups, ["input_ids"])
+    return read_row_groups(source, shard, groups, ["input_ids"])
 
 
 def corpus_datasets(
@@ -67,8 +67,7 @@ def corpus_datasets(
     passes = passes_for(info.train_sequences, batch_size, resources)
     datasets = {
         split: SplitReader(
-            paths,
-            tuple(source.size(path) for path in paths),
+            tuple(source.file(path) for path in paths),
             tuple(-(-n // info.group_rows) for n in info.sequences[split]),
             info.group_rows,
             read,

@@ -83,9 +83,9 @@ def _read_each(batch: dict[str, Any], read: ShardReader) -> Iterator[Any]:
         yield from read(InputFile(str(path), int(size), str(sha256) or None))
 
 
-GroupReader = Callable[[str, int, list[int]], list[Any]]
-"""(a shard's path, its size in bytes, row groups of it) -> each group's rows to train on as an Arrow table (after
-any filter, so possibly fewer rows, or none), in the order asked."""
+GroupReader = Callable[[InputFile, list[int]], list[Any]]
+"""(a shard (its path and size), row groups of it) -> each group's rows to train on as an Arrow table (after any
+filter, so possibly fewer rows, or none), in the order asked."""
 
 RowsPreparer = Callable[[Any], Any]
 """Row by row work on an Arrow table of a split's rows (a caption's tokenisation), done where the rows are read: in
@@ -105,9 +105,8 @@ class SplitReader:
     order of its row groups, dealt to the training workers a window at a time, each window's rows spread out. Built
     on the driver and shipped to the workers, where `epoch` makes each worker's Ray Data dataset of its share."""
 
-    shards: tuple[str, ...]
-    sizes: tuple[int, ...]
-    """bytes of each shard, from the artifact's listing: a read task finds a shard's footer by it"""
+    shards: tuple[InputFile, ...]
+    """as the artifact lists them: a read task finds a shard's footer by its size"""
     groups: tuple[int, ...]
     """row groups of each shard"""
     group_rows: int
@@ -163,8 +162,8 @@ class SplitReader:
         return Window(
             index,
             window,
-            [self.shards[s] for s in named],
-            [self.sizes[s] for s in named],
+            [self.shards[s].path for s in named],
+            [self.shards[s].size for s in named],
             at.tolist(),
             local.tolist(),
             keep,
@@ -204,7 +203,7 @@ class Window:
         tables = {
             (shard, group): table
             for shard, local in wanted.items()
-            for group, table in zip(local, read(self.paths[shard], self.sizes[shard], local), strict=True)
+            for group, table in zip(local, read(InputFile(self.paths[shard], self.sizes[shard]), local), strict=True)
         }
         parts = [tables[place] for place in places]
         rng = np.random.default_rng([seed, self.index, self.window])

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlkd.errors import DataError
-from vlkd.inputs import InputSource
+from vlkd.inputs import InputFile, InputSource
 
 FOOTER_GUESS = 64 << 10
 """bytes fetched from a file's end to find its footer in one request (a shard's footer is a few KB)"""
@@ -80,11 +80,10 @@ def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def read_row_groups(
-    source: InputSource, path: str, size: int, groups: Sequence[int], columns: list[str]
-) -> list[pa.Table]:
-    """`columns` of the row groups `groups` of the Parquet file `path` of `size` bytes (its listing's: no request
-    asks), a table each, in the order asked: one request for the footer, one per run of adjacent groups."""
+def read_row_groups(source: InputSource, shard: InputFile, groups: Sequence[int], columns: list[str]) -> list[pa.Table]:
+    """`columns` of the row groups `groups` of the Parquet file `shard` (its size as listed: no request asks for
+    it), a table each, in the order asked: one request for the footer, one per run of adjacent groups."""
+    path, size = shard.path, shard.size
     file = RangeFile(size, lambda start, end: source.read_range(path, start, end))
     file.prefetch(max(0, size - FOOTER_GUESS), size)  # a larger footer is fetched when Parquet reads past it
     try:
