@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine
-from bench.stage_jobs import EXAMPLES, job_metrics, spec_file, vlkd
+from bench.stage_jobs import job_metrics, spec_file, synthetic_inputs, vlkd
 
 TIMED = {"step", "tokens_per_s", "samples_per_s", "tflops", "mfu", "mfu_achieved"}
 """logged values that depend on the machine's pace, not on what was trained"""
@@ -123,12 +123,9 @@ def main() -> None:
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="vlkd-bench-recovery-") as tmp:
         folder = Path(tmp)
-        store, home = (folder / "store").as_uri(), str(folder / "home")
-        env = {**os.environ, "VLKD_STORE": store, "VLKD_HOME": home}
+        env = synthetic_inputs(folder, args.videos, {})
+        store, home = env["VLKD_STORE"], env["VLKD_HOME"]
         os.environ.update(VLKD_STORE=store, VLKD_HOME=home)  # job_status, here
-        vlkd("data", "synth", "--videos", str(args.videos), "--out", str(folder / "synth"), env=env)
-        for stage, spec in (("preprocess", EXAMPLES / "preprocess.yaml"), ("text", EXAMPLES / "text.yaml")):
-            vlkd("submit", stage, "-f", str(spec), "--wait", env=env)
         train = {
             "batch_size": args.batch, "max_steps": args.steps, "log_every": 1, "eval_every": args.steps,
             "checkpoint_every": args.checkpoint_every, "patience": None, "val_size": 2 * args.batch,
@@ -162,10 +159,11 @@ def main() -> None:
         )
 
         student = {"teacher": "teacher/straight", "model": args.preset, "resources": {"num_workers": 2}}
-        rows = json.loads(vlkd("artifacts", "show", "corpus/tiny", "--json", env=env))["metrics"]["train_sequences"]
+        corpus = json.loads(vlkd("artifacts", "show", "corpus/tiny", "--json", env=env))
+        sequences = corpus["metrics"]["train_sequences"]
         runs = {
             "fits": {**train, "batch_size": args.batch, "max_steps": 1, "checkpoint_every": 1, "eval_every": 1},
-            "short": {**train, "batch_size": rows // 2 + 1, "max_failures": 0},
+            "short": {**train, "batch_size": sequences // 2 + 1, "max_failures": 0},  # fail once, not retried
         }
         seconds = {}
         for name, student_train in runs.items():

@@ -49,6 +49,18 @@ def spec_file(folder: Path, name: str, base: str, changes: dict[str, Any]) -> Pa
     return path
 
 
+def synthetic_inputs(folder: Path, videos: int, text: dict[str, Any]) -> dict[str, str]:
+    """A file store in `folder` with the synthetic dataset of `videos` videos, its features (the tiny preprocess
+    spec) and a tokenizer and corpus (the tiny text spec with `text`'s changes); the environment that runs vlkd on
+    it, with a home of its own in `folder`."""
+    env = {**os.environ, "VLKD_STORE": (folder / "store").as_uri(), "VLKD_HOME": str(folder / "home")}
+    vlkd("data", "synth", "--videos", str(videos), "--out", str(folder / "synth"), env=env)
+    specs = {"preprocess": EXAMPLES / "preprocess.yaml", "text": spec_file(folder, "text", "text.yaml", text)}
+    for stage, spec in specs.items():
+        vlkd("submit", stage, "-f", str(spec), "--wait", env=env)
+    return env
+
+
 def job_metrics(store: str, ref: str, folder: Path, env: dict[str, str]) -> list[dict[str, float]]:
     """The training steps the job logged (its artifact's logs/metrics.jsonl), validation lines left out."""
     vlkd("artifacts", "get", ref, "-o", str(folder), "--store", store, env=env)
@@ -97,12 +109,8 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="vlkd-bench-jobs-") as tmp:
         folder = Path(tmp)
-        store = (folder / "store").as_uri()
-        env = {**os.environ, "VLKD_STORE": store, "VLKD_HOME": str(folder / "home")}
-        vlkd("data", "synth", "--videos", str(args.videos), "--out", str(folder / "synth"), env=env)
-        text = spec_file(folder, "text", "text.yaml", {"name": "bench", "max_len": args.seq, "val_size": 256})
-        for stage, spec in (("preprocess", EXAMPLES / "preprocess.yaml"), ("text", text)):
-            vlkd("submit", stage, "-f", str(spec), "--wait", env=env)
+        env = synthetic_inputs(folder, args.videos, {"name": "bench", "max_len": args.seq, "val_size": 256})
+        store = env["VLKD_STORE"]
         teacher = {
             "name": "bench", "tokenizer": "tokenizer/bench", "model": args.preset, "max_text_len": 32,
             "loss_weights": {"ct": 1.0, "mlm": 1.0}, "train": train, "resources": resources,
