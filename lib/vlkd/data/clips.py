@@ -25,7 +25,7 @@ from vlkd.artifacts import ArtifactStore
 from vlkd.data import features as fmt
 from vlkd.data.buckets import FRAMES, padded_length
 from vlkd.data.ingest import SplitReader, passes_for
-from vlkd.data.row_groups import read_row_groups
+from vlkd.data.row_groups import read_row_groups, shard_files
 from vlkd.errors import DataError
 from vlkd.inputs import InputFile, InputSource, open_input
 from vlkd.refs import ArtifactRef
@@ -198,8 +198,7 @@ def clip_datasets(
     def split(shards: tuple[str, ...], clips: tuple[int, ...], inside: bool, passes: int) -> SplitReader:
         read = partial(_clip_groups, source=source.unlisted(), held=validation.videos, inside=inside)
         groups = tuple(-(-n // fmt.READ_ROWS) for n in clips)
-        files = tuple(source.file(shard) for shard in shards)
-        return SplitReader(files, groups, fmt.READ_ROWS, read, resources, window, seed, passes)
+        return SplitReader(shard_files(source, shards), groups, fmt.READ_ROWS, read, resources, window, seed, passes)
 
     passes = passes_for(sum(info.shard_clips) - validation.clips, batch_size, resources)
     shard_clips = dict(zip(info.shards, info.shard_clips, strict=True))

@@ -13,7 +13,7 @@ import pyarrow as pa
 from vlkd.artifacts import ArtifactStore
 from vlkd.data.buckets import TOKENS, padded_length
 from vlkd.data.ingest import SplitReader, passes_for
-from vlkd.data.row_groups import read_row_groups
+from vlkd.data.row_groups import read_row_groups, shard_files
 from vlkd.data.text import FORMAT, INDEX
 from vlkd.errors import DataError
 from vlkd.inputs import InputFile, InputSource, open_input
@@ -67,7 +67,7 @@ def corpus_datasets(
     passes = passes_for(info.train_sequences, batch_size, resources)
     datasets = {
         split: SplitReader(
-            tuple(source.file(path) for path in paths),
+            shard_files(source, paths),
             tuple(-(-n // info.group_rows) for n in info.sequences[split]),
             info.group_rows,
             read,

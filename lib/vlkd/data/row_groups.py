@@ -80,6 +80,12 @@ def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def shard_files(source: InputSource, paths: Iterable[str]) -> tuple[InputFile, ...]:
+    """Parquet shards as `read_row_groups` takes them: path and size, as listed. Not their sha256, which a read of
+    some row groups cannot check, and which a split of 530k shards would carry to every training worker (60 MB)."""
+    return tuple(InputFile(path, source.size(path)) for path in paths)
+
+
 def read_row_groups(source: InputSource, shard: InputFile, groups: Sequence[int], columns: list[str]) -> list[pa.Table]:
     """`columns` of the row groups `groups` of the Parquet file `shard` (its size as listed: no request asks for
     it), a table each, in the order asked: one request for the footer, one per run of adjacent groups."""
