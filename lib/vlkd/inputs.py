@@ -19,7 +19,7 @@ from vlkd.refs import ArtifactRef
 from vlkd.storage import Storage, open_storage, split_s3_uri
 
 
-@dataclass(frozen=True, slots=True)  # an artifact's listing holds one per file: 1.2M for HowTo100M's videos
+@dataclass(frozen=True)
 class InputFile:
     path: str
     """relative to the source's root, `/`-separated"""
