@@ -137,6 +137,15 @@ class _QuietRequestHandler(MotoRequestHandler):
         pass
 
 
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port that refuses connections for the whole test. A port merely free when probed went, in one CI run, to
+    another test's Ray dashboard before the connection; held bound but not listening, the kernel refuses for it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 at a free port, spoken to over HTTP like any S3 endpoint (STS too)."""

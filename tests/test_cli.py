@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -155,12 +154,10 @@ def test_the_cli_gives_an_s3_request_three_attempts_not_a_jobs_ten(vlkd_cli, s3_
     ],
     ids=["no-scheme", "nothing-listens"],
 )
-def test_a_ray_address_that_cannot_work_is_one_line(vlkd_cli, tmp_path, address, error):
+def test_a_ray_address_that_cannot_work_is_one_line(vlkd_cli, tmp_path, refused_port, address, error):
     """Given an address without a scheme, Ray's client looks for a GCS there: 40 s, and warnings from its core on
     the terminal, where nothing answers."""
-    with socket.socket() as taken:  # a port nothing listens on
-        taken.bind(("127.0.0.1", 0))
-        port = taken.getsockname()[1]
+    port = refused_port
     store = ArtifactStore.open((tmp_path / "store").as_uri())
     store.publish("dataset", "synth-text", collect_files([Path(__file__)]))
     spec = EXAMPLES / "tiny" / "text.yaml"

@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -1044,10 +1043,8 @@ def test_forbidden_names_the_verb_the_resource_and_the_role(api_server, kubeconf
     assert message.endswith("bind you to the Role vlkd-submitter (k8s/base/rbac-submitter.yaml)")
 
 
-def test_an_unreachable_api_server_is_named(tmp_path, monkeypatch):
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def test_an_unreachable_api_server_is_named(tmp_path, monkeypatch, refused_port):
+    port = refused_port
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")))
 
     message = one_line_error(lambda: KubernetesBackend().list())

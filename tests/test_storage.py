@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -177,15 +176,9 @@ def test_files_above_64_mib_go_up_in_parts_and_come_back_verified(s3_endpoint, n
     assert sha256_file(tmp_path / "back" / "big.bin") == sha256_file(src)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_unreachable_endpoint_is_one_clear_error(monkeypatch):
+def test_unreachable_endpoint_is_one_clear_error(monkeypatch, refused_port):
     monkeypatch.setattr(attempts, "S3_MAX_ATTEMPTS", 2)  # not ten attempts' backoff, up to 25 s in all
-    storage = S3Storage("some-bucket", "p", endpoint_url=f"http://127.0.0.1:{_free_port()}")
+    storage = S3Storage("some-bucket", "p", endpoint_url=f"http://127.0.0.1:{refused_port}")
     with pytest.raises(StorageError, match=r"cannot reach the S3 endpoint http://127\.0\.0\.1:\d+"):
         storage.read_bytes("k")
 
