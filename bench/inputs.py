@@ -61,7 +61,7 @@ class Inputs:
             frames = self.rng.standard_normal((count, frames_per_clip, sum(DIMS)), dtype=np.float32)
             video = [fmt.Clip(video_id, c, 8.0 * c, 8.0 * c + 8, self.sentence(), frames[c]) for c in range(count)]
             writer.add_video(video_id, 8.0 * count, count * frames_per_clip, video)
-        writer.close([])
+        writer.close()
         self.store.publish("features", name, collect_files([folder]), parents=[TOKENIZER])
 
     def corpus(self, name: str, sequences: int, tokenizer: Path, max_len: int = 64) -> None:

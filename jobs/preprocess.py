@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,11 +26,13 @@ import numpy as np
 from vlkd import __version__
 from vlkd.artifacts import ArtifactStore, Manifest
 from vlkd.data import features as fmt
-from vlkd.data.captions import Caption, parse_captions
+from vlkd.data.caption_ranges import CaptionRanges, count_captions
+from vlkd.data.captions import Caption
 from vlkd.data.ingest import configure_ray_data
+from vlkd.data.skipped import SkippedInputs
 from vlkd.data.video import SamplingPlan, VideoEnd, VideoError, check_decoder, decode_spans
 from vlkd.errors import DataError, NotFoundError, VlkdError
-from vlkd.inputs import InputSource, fetch_weights, open_input
+from vlkd.inputs import InputFile, InputSource, fetch_weights, open_input
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import Encoder2DSpec, Encoder3DSpec, PreprocessSpec
@@ -48,31 +50,47 @@ class VideoInput:
     """changes when the file does, so a rerun on changed inputs does not reuse stale features"""
     sha256: str | None = None
     """the file's, when its source is an artifact: its decode task checks what it fetched against it"""
-    captions: list[Caption] = field(default_factory=list)
 
 
-def plan_inputs(source: InputSource, captions_path: str) -> tuple[list[VideoInput], list[dict[str, str]]]:
-    """Pair video files with their captions; everything that cannot be paired is a skipped item."""
-    files = {f.path: f for f in source.files()}
-    if captions_path not in files:
-        raise NotFoundError(f"no captions file {captions_path!r} in {source.uri}; set `captions:` in the spec")
-    captions, problems = parse_captions(source.read_bytes(captions_path).decode().splitlines())
-    skipped = [{"item": f"{captions_path}:{line}", "reason": reason} for line, reason in problems]
-    videos: dict[str, VideoInput] = {}
+def _video_inputs(files: dict[str, InputFile]) -> dict[str, VideoInput]:
+    """The video files by video id (the path without its suffix), in path order."""
+    videos = {}
     for path, info in sorted(files.items()):
         if PurePosixPath(path).suffix.lower() in VIDEO_SUFFIXES:
             video_id = str(PurePosixPath(path).with_suffix(""))
             tag = hashlib.sha256(f"{path}:{info.size}:{info.sha256}".encode()).hexdigest()[:12]
             videos[video_id] = VideoInput(video_id, path, tag, info.sha256)
-    orphans: dict[str, int] = {}
-    for caption in captions:
-        if caption.video_id in videos:
-            videos[caption.video_id].captions.append(caption)
-        else:
-            orphans[caption.video_id] = orphans.get(caption.video_id, 0) + 1
-    skipped += [{"item": v, "reason": f"captions name a missing video ({n} clips)"} for v, n in sorted(orphans.items())]
-    skipped += [{"item": v.path, "reason": "no captions"} for v in videos.values() if not v.captions]
-    return [v for v in videos.values() if v.captions], skipped
+    return videos
+
+
+def plan_inputs(
+    source: InputSource, captions_path: str, scratch: Path, skipped: SkippedInputs
+) -> tuple[list[VideoInput], CaptionRanges]:
+    """Pair video files with their captions; everything that cannot be paired is a skipped item. The captions
+    file is read a line at a time, twice (`vlkd.data.caption_ranges`): the driver holds a count per video, never
+    the captions."""
+    files = {f.path: f for f in source.files()}
+    if captions_path not in files:
+        raise NotFoundError(f"no captions file {captions_path!r} in {source.uri}; set `captions:` in the spec")
+    videos = _video_inputs(files)
+    local = source.local_path(captions_path)
+    fetched = local is None
+    if fetched:
+        local = source.fetch(captions_path, scratch / "captions.jsonl")
+    with local.open(encoding="utf-8", errors="replace") as lines:
+        counts = count_captions(lines, lambda line, reason: skipped.add(f"{captions_path}:{line}", reason))
+    for video_id, clips in sorted(counts.items()):
+        if video_id not in videos:
+            skipped.add(video_id, f"captions name a missing video ({clips} clips)")
+    for video in videos.values():
+        if video.video_id not in counts:
+            skipped.add(video.path, "no captions")
+    wanted = {video_id: clips for video_id, clips in counts.items() if video_id in videos}
+    with local.open(encoding="utf-8", errors="replace") as lines:
+        captions = CaptionRanges.spill(lines, wanted, scratch / "caption-ranges")
+    if fetched:  # the ranges hold what is needed: local disk holds the captions once
+        local.unlink()
+    return [v for v in videos.values() if v.video_id in wanted], captions
 
 
 def sampling_plan(spec: PreprocessSpec) -> SamplingPlan:
@@ -188,8 +206,8 @@ class EncodeVideos:
 
 def encode_videos(
     spec: PreprocessSpec, source: InputSource, cache: fmt.PartCache, context: JobContext, todo: list[VideoInput]
-) -> list[dict[str, str]]:
-    """Decode and encode `todo` on Ray; return the videos that failed, with their reasons."""
+) -> dict[str, str]:
+    """Decode and encode `todo` on Ray; return the videos that failed (their paths), with their reasons."""
     resources = spec.resources
     actors = max(1, resources.num_workers)
     context.start_ray(resources, extra_cpus=spec.driver_cpus)
@@ -219,7 +237,7 @@ def encode_videos(
     for row in dataset.iter_rows():
         if row["reason"]:
             failed.setdefault(row["path"], row["reason"])  # a video whose spans fail is reported once
-    return [{"item": path, "reason": reason} for path, reason in failed.items()]
+    return failed
 
 
 def _pin(source: str | None, store: ArtifactStore) -> tuple[str | None, ArtifactRef | None]:
@@ -234,7 +252,8 @@ def run(spec: PreprocessSpec, context: JobContext) -> list[Manifest]:
     started = time.monotonic()
     store = context.store
     source = open_input(spec.videos, store)
-    videos, skipped = plan_inputs(source, spec.captions)
+    skipped = SkippedInputs(context.scratch / fmt.SKIPPED)
+    videos, captions = plan_inputs(source, spec.captions, context.scratch, skipped)
     weights_2d, parent_2d = _pin(spec.encoder_2d.weights, store)
     weights_3d, parent_3d = _pin(spec.encoder_3d.weights, store)
     pinned = spec.model_copy(
@@ -252,12 +271,14 @@ def run(spec: PreprocessSpec, context: JobContext) -> list[Manifest]:
         len(videos) - len(todo),
         len(todo),
     )
-    failed = encode_videos(pinned, source, cache, context, todo) if todo else []
+    for path, reason in (encode_videos(pinned, source, cache, context, todo) if todo else {}).items():
+        skipped.add(path, reason)
     done = cache.completed()
-    usable = [v for v in videos if (v.video_id, v.tag) in done]
+    usable = {v.video_id: v for v in videos if (v.video_id, v.tag) in done}
     parents = [p for p in (source.ref, parent_2d, parent_3d) if p is not None]
     stats = {"reused_videos": len(videos) - len(todo), "seconds": time.monotonic() - started}
-    manifest = publish(pinned, context, usable, skipped + failed, (cache, done), parents, source.uri, stats)
+    inputs = Inputs(usable, captions, skipped)
+    manifest = publish(pinned, context, inputs, (cache, done), parents, source.uri, stats)
     cache.clear()
     return [manifest]
 
@@ -270,19 +291,34 @@ class Trimmed:
     seconds: float = 0.0
 
 
+@dataclass
+class Inputs:
+    """What a run cuts clips from: the videos whose features are cached, by id, their captions, and what it
+    left out so far."""
+
+    usable: dict[str, VideoInput]
+    captions: CaptionRanges
+    skipped: SkippedInputs
+
+
 def _clips_of(
-    video: VideoInput, features: np.ndarray, spec: PreprocessSpec, skipped: list[dict[str, str]], trimmed: Trimmed
+    video_id: str,
+    captions: list[Caption],
+    features: np.ndarray,
+    spec: PreprocessSpec,
+    skipped: SkippedInputs,
+    trimmed: Trimmed,
 ) -> list[fmt.Clip]:
     """A video's caption clips, wherever they sit in it. A clip longer than `max_frames` keeps its first
     `max_frames` frames (the paper truncates, Sec. 4.3), not frames spread over it: the teacher also keeps a clip's
     first `max_frames` (`clip_features`), so a clip trimmed here or at training time gives it the same frames, and
     kept frames stay 1/fps apart, the spacing the visual encoder's position embeddings learn."""
     clips = []
-    for index, caption in enumerate(sorted(video.captions, key=lambda c: (c.start, c.end))):
+    for index, caption in enumerate(sorted(captions, key=lambda c: (c.start, c.end))):
         frames = fmt.clip_frames(caption.start, caption.end, spec.fps, len(features))
         if frames is None:
-            item = f"{video.video_id}@{caption.start:g}-{caption.end:g}s"
-            skipped.append({"item": item, "reason": f"past the video's end (its {len(features)} features)"})
+            item = f"{video_id}@{caption.start:g}-{caption.end:g}s"
+            skipped.add(item, f"past the video's end (its {len(features)} features)")
             continue
         first, end = frames
         stop = min(end, first + spec.max_frames)
@@ -291,7 +327,7 @@ def _clips_of(
             trimmed.seconds += (end - stop) / spec.fps
         # A copy, not a view: a view would hold the whole video's features until the clip's shard is written.
         kept = features[first:stop].copy()
-        clips.append(fmt.Clip(video.video_id, index, caption.start, caption.end, caption.text, kept))
+        clips.append(fmt.Clip(video_id, index, caption.start, caption.end, caption.text, kept))
     return clips
 
 
@@ -299,30 +335,26 @@ Cached = tuple[fmt.PartCache, dict[tuple[str, str], int]]
 """The run cache and its complete videos: (video id, tag) -> spans."""
 
 
-def _write_shards(
-    writer: fmt.FeaturesWriter,
-    spec: PreprocessSpec,
-    videos: list[VideoInput],
-    cached: Cached,
-    skipped: list[dict[str, str]],
-) -> Trimmed:
-    """Cut each video's features into its caption clips and write them; return what `max_frames` trimmed. The
-    driver holds one video's features at a time (float16 at 1 fps and dim 2560: 18 MB per hour of video) and a
-    shard of clips."""
+def _write_shards(writer: fmt.FeaturesWriter, spec: PreprocessSpec, inputs: Inputs, cached: Cached) -> Trimmed:
+    """Cut each usable video's features into its caption clips and write them, in video id order; return what
+    `max_frames` trimmed. The driver holds one video's features at a time (float16 at 1 fps and dim 2560: 18 MB per
+    hour of video), a range of captions and a shard of clips."""
     cache, spans = cached
     trimmed = Trimmed()
-    for video in sorted(videos, key=lambda v: v.video_id):
-        features, duration = cache.read(video.video_id, video.tag, spans[(video.video_id, video.tag)])
-        clips = _clips_of(video, features, spec, skipped, trimmed)
-        writer.add_video(video.video_id, duration, len(features), clips)
+    for video_id, captions in inputs.captions.videos():
+        video = inputs.usable.get(video_id)
+        if video is None:  # its decoding or encoding failed: skipped already
+            continue
+        features, duration = cache.read(video_id, video.tag, spans[(video_id, video.tag)])
+        clips = _clips_of(video_id, captions, features, spec, inputs.skipped, trimmed)
+        writer.add_video(video_id, duration, len(features), clips)
     return trimmed
 
 
 def publish(
     spec: PreprocessSpec,
     context: JobContext,
-    videos: list[VideoInput],
-    skipped: list[dict[str, str]],
+    inputs: Inputs,
     cached: Cached,
     parents: list[ArtifactRef],
     source_uri: str,
@@ -340,15 +372,15 @@ def publish(
             spec.fps,
             spec.max_frames,
         )
-        trimmed = _write_shards(writer, spec, videos, cached, skipped)
-        counts = writer.counts
+        trimmed = _write_shards(writer, spec, inputs, cached)
+        counts, skipped = writer.counts, inputs.skipped
         if counts["clips"] == 0:
-            reasons = sorted({s["reason"] for s in skipped})[:5]
-            raise DataError(f"no usable clips in {source_uri}: every input was skipped ({'; '.join(reasons)})")
-        writer.close(skipped)
+            reasons = "; ".join(skipped.reasons)
+            raise DataError(f"no usable clips in {source_uri}: every input was skipped ({reasons})")
+        writer.close(skipped.close())
         metrics = {
             **counts,
-            "skipped": len(skipped),
+            "skipped": skipped.count,
             "trimmed_clips": trimmed.clips,
             "trimmed_seconds": round(trimmed.seconds, 3),
             "reused_videos": stats["reused_videos"],
@@ -363,7 +395,7 @@ def publish(
             "pretrained": spec.encoder_2d.init == spec.encoder_3d.init == "pretrained",
             "source": source_uri,
             "feature_dim": dim_2d + dim_3d,
-            "skipped": skipped[:100],  # all of them are in skipped.jsonl
+            "skipped": skipped.first,  # all of them are in skipped.jsonl
         }
         manifest = draft.commit(spec=spec, parents=parents, metrics=metrics, attributes=attributes, cost=context.cost())
     log.info(
@@ -374,7 +406,7 @@ def publish(
         trimmed.clips,
         spec.max_frames,
         metrics["trimmed_seconds"],
-        len(skipped),
+        skipped.count,
     )
     return manifest
 

@@ -65,7 +65,7 @@ def _write_features(out: Path, scratch: Path) -> dict[str, int]:
         ]
         writer.add_video(video_id, clips[-1].end, 2 * len(clips), clips)
         counts[video_id] = len(clips)
-    writer.close([])
+    writer.close()
     return counts
 
 

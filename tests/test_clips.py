@@ -52,7 +52,7 @@ def write_features(folder: Path, clips_per_video: list[int], shard_size: int) ->
         features = rng.normal(size=(count, 2, sum(DIMS))).astype(np.float16)
         clips = [fmt.Clip(video_id, c, 2.0 * c, 2.0 * c + 2, f"caption {c}", features[c]) for c in range(count)]
         writer.add_video(video_id, 2.0 * count, 2 * count, clips)
-    writer.close([])
+    writer.close()
     return folder
 
 

@@ -233,7 +233,9 @@ class KubernetesSpec(StrictModel):
         "the running Ray job, so only a lost submitter beyond this fails the RayJob",
     )
     ephemeral_storage: Annotated[str, AfterValidator(_check_quantity)] = Field(
-        "20Gi", description="local disk each pod requests (Ray's session and spilled objects, model caches)"
+        "20Gi",
+        description="local disk each pod requests (Ray's session and spilled objects, model caches; preprocess's "
+        "driver spills its captions, about the captions file's size again)",
     )
     head_cpus: float = Field(2, gt=0)
     head_memory: Annotated[str, AfterValidator(_check_quantity)] = "8Gi"
