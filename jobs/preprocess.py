@@ -33,6 +33,7 @@ from vlkd.data.skipped import SkippedInputs
 from vlkd.data.video import SamplingPlan, VideoEnd, VideoError, check_decoder, decode_spans
 from vlkd.errors import DataError, NotFoundError, VlkdError
 from vlkd.inputs import InputFile, InputSource, fetch_weights, open_input
+from vlkd.overlap import read_ahead
 from vlkd.refs import ArtifactRef
 from vlkd.runtime import JobContext, job_main
 from vlkd.specs import Encoder2DSpec, Encoder3DSpec, PreprocessSpec
@@ -335,17 +336,33 @@ Cached = tuple[fmt.PartCache, dict[tuple[str, str], int]]
 """The run cache and its complete videos: (video id, tag) -> spans."""
 
 
+PUBLISH_READS = 32
+"""videos whose cached features the publish reads at once, ahead of the cut: one at a time, HowTo100M's 16M parts
+on S3 (20-50 ms a request) would take days"""
+PUBLISH_READ_BYTES = 512 << 20
+"""what those reads may hold ahead of the cut (a 10-hour video's features are 184 MB at dim 2560)"""
+
+
 def _write_shards(writer: fmt.FeaturesWriter, spec: PreprocessSpec, inputs: Inputs, cached: Cached) -> Trimmed:
     """Cut each usable video's features into its caption clips and write them, in video id order; return what
-    `max_frames` trimmed. The driver holds one video's features at a time (float16 at 1 fps and dim 2560: 18 MB per
-    hour of video), a range of captions and a shard of clips."""
+    `max_frames` trimmed. The driver holds the features of the videos read ahead (`PUBLISH_READS`, at most about
+    `PUBLISH_READ_BYTES`: float16 at 1 fps and dim 2560 is 18 MB per hour of video), a range of captions and a
+    shard of clips."""
     cache, spans = cached
+
+    def key(item: tuple[str, list[Caption]]) -> tuple[str, str]:
+        return item[0], inputs.usable[item[0]].tag
+
+    def read_features(item: tuple[str, list[Caption]]) -> tuple[np.ndarray, float]:
+        return cache.read(*key(item), spans[key(item)])
+
+    def weight(item: tuple[str, list[Caption]]) -> float:
+        return spans[key(item)] * spec.span_features * writer.index["feature_dim"] * 2 * 2  # float16, and a copy
+
     trimmed = Trimmed()
-    for video_id, captions in inputs.captions.videos():
-        video = inputs.usable.get(video_id)
-        if video is None:  # its decoding or encoding failed: skipped already
-            continue
-        features, duration = cache.read(video_id, video.tag, spans[(video_id, video.tag)])
+    usable = (item for item in inputs.captions.videos() if item[0] in inputs.usable)  # the others failed: skipped
+    read = read_ahead(usable, read_features, PUBLISH_READS, PUBLISH_READ_BYTES, weight)
+    for (video_id, captions), (features, duration) in read:
         clips = _clips_of(video_id, captions, features, spec, inputs.skipped, trimmed)
         writer.add_video(video_id, duration, len(features), clips)
     return trimmed
@@ -363,15 +380,17 @@ def publish(
     from vlkd.models.frame_encoders import ENCODER_DIMS
 
     dim_2d, dim_3d = ENCODER_DIMS[spec.encoder_2d.name], ENCODER_DIMS[spec.encoder_3d.name]
-    with context.store.draft("features", spec.name, context.job_id) as draft:
-        writer = fmt.FeaturesWriter(
+    with (
+        context.store.draft("features", spec.name, context.job_id) as draft,
+        fmt.FeaturesWriter(
             lambda path, local: draft.add_file(local, path),
             context.scratch,
             spec.shard_size,
             (dim_2d, dim_3d),
             spec.fps,
             spec.max_frames,
-        )
+        ) as writer,
+    ):
         trimmed = _write_shards(writer, spec, inputs, cached)
         counts, skipped = writer.counts, inputs.skipped
         if counts["clips"] == 0:

@@ -3,8 +3,12 @@ captions, a count per cached video; never a whole captions file, the cache's eve
 
 from __future__ import annotations
 
+import functools
 import json
 import random
+import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +18,19 @@ from vlkd.artifacts import ArtifactStore, collect_files
 from vlkd.data import caption_ranges
 from vlkd.data.caption_ranges import CaptionRanges, count_captions
 from vlkd.data.captions import Caption, dump_captions
-from vlkd.data.features import PartCache
+from vlkd.data.features import Clip, FeaturesWriter, PartCache
 from vlkd.data.skipped import SkippedInputs
 from vlkd.data.synth_asr import howto_captions
 from vlkd.errors import ChecksumError
 from vlkd.inputs import InputSource, open_input
-from vlkd.jobs.preprocess import plan_inputs
+from vlkd.jobs import preprocess
+from vlkd.jobs.preprocess import VideoInput, plan_inputs
+from vlkd.specs import parse_spec
 from vlkd.storage import open_storage
 
 CLIPS_PER_VIDEO = 111
 """HowTo100M's mean"""
+PUBLISH_AHEAD = 8
 
 
 def interleaved(captions: list[Caption], seed: int = 0) -> list[Caption]:
@@ -195,3 +202,81 @@ def test_captions_of_an_artifact_are_fetched_checked_and_gone_once_spilled(capti
 
 def skipped_in(folder: Path) -> SkippedInputs:
     return SkippedInputs(folder / "skipped.jsonl")
+
+
+def test_the_publish_reads_videos_ahead_and_writes_what_reading_one_at_a_time_writes(tmp_path, monkeypatch):
+    dim, spans = 8, 3
+    cache = PartCache(open_storage((tmp_path / "store").as_uri()), "cache/p")
+    captions = howto_captions(seed=5, videos=24, clips_per_video=6)
+    usable = {}
+    for number, video_id in enumerate(sorted({c.video_id for c in captions})):
+        for span in range(spans):
+            cache.write_span(video_id, "t", span, np.full((4, dim), number + span / 10, np.float16))
+        cache.write_end(video_id, "t", spans, 12.0)
+        usable[video_id] = VideoInput(video_id, f"{video_id}.mp4", "t")
+    lines = dump_captions(captions).splitlines()
+    ranges = CaptionRanges.spill(lines, count_captions(lines, lambda *_: None), tmp_path / "ranges", limit=20)
+    spec = parse_spec(
+        {
+            "stage": "preprocess",
+            "name": "n",
+            "videos": "dataset/v",
+            "encoder_2d": {"name": "clip-vit-b32", "init": "random"},
+            "encoder_3d": {"name": "resnext3d", "init": "random"},
+            "span_features": 4,
+            "shard_size": 8,
+        }
+    )
+    reading, most, lock = [0], [0], threading.Lock()
+    read = PartCache.read
+
+    def counted(self: PartCache, *args: object) -> tuple[np.ndarray, float]:
+        with lock:
+            reading[0] += 1
+            most[0] = max(most[0], reading[0])
+        time.sleep(0.01)
+        try:
+            return read(self, *args)
+        finally:
+            with lock:
+                reading[0] -= 1
+
+    monkeypatch.setattr(PartCache, "read", counted)
+
+    def publish(reads: int) -> dict[str, bytes]:
+        monkeypatch.setattr(preprocess, "PUBLISH_READS", reads)
+        out = tmp_path / f"out-{reads}"
+        out.mkdir()
+        skipped = SkippedInputs(tmp_path / f"skipped-{reads}.jsonl")
+        put = functools.partial(lambda root, path, local: shutil.copy(local, root / path.replace("/", "-")), out)
+        with FeaturesWriter(put, tmp_path, spec.shard_size, (dim // 2, dim // 2), 1.0, 16) as writer:
+            inputs = preprocess.Inputs(usable, ranges, skipped)
+            preprocess._write_shards(writer, spec, inputs, (cache, cache.completed()))
+            writer.close(skipped.close())
+        return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+    one_at_a_time = publish(1)
+    assert most[0] == 1
+    ahead = publish(PUBLISH_AHEAD)
+    assert most[0] == PUBLISH_AHEAD
+    assert ahead == one_at_a_time  # shards, videos, skipped inputs and index, byte for byte
+    assert len([name for name in ahead if name.startswith("shards-")]) > PUBLISH_AHEAD
+
+
+def test_a_shard_that_fails_to_go_up_fails_the_writer_and_nothing_goes_up_after_it(tmp_path):
+    puts: list[str] = []
+
+    def put(path: str, local: Path) -> None:
+        time.sleep(0.01)
+        if path.endswith("shard-00002.parquet"):
+            raise OSError("the store refused shard 2")
+        puts.append(path)
+
+    clips = [Clip("v", i, float(i), i + 1.0, "t", np.zeros((2, 8), np.float16)) for i in range(4)]
+    with pytest.raises(OSError, match="refused shard 2"), FeaturesWriter(put, tmp_path, 4, (4, 4), 1.0, 16) as writer:
+        for number in range(40):
+            writer.add_video(f"v{number:02d}", 4.0, 4, clips)
+        writer.close()
+    settled = list(puts)
+    time.sleep(0.1)
+    assert puts == settled and "shards/shard-00002.parquet" not in puts and len(puts) < 40

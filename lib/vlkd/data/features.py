@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlkd.errors import NotFoundError
+from vlkd.overlap import BackgroundCalls
 from vlkd.storage import Storage
 
 FORMAT = "vlkd.features/v2"
@@ -131,9 +133,12 @@ def read_clips(data: bytes, dim: int) -> Iterator[Clip]:
 class FeaturesWriter:
     """Writes a `features` artifact's files into `put(path, local file)` (a draft's `add_file`, or a copy into a
     folder): videos in order, their clips in shards of `shard_size`, then `videos.parquet`, `skipped.jsonl` and the
-    index. Memory holds one pending shard and a batch of video rows, however many videos there are."""
+    index. Memory holds one pending shard, `UPLOADS` shards going up and a batch of video rows, however many videos
+    there are. Shards go up in background threads while the next is cut (`close` waits for them); use as a context
+    manager, so that a failure stops the uploads before the draft is aborted."""
 
     _VIDEO_ROWS = 4096
+    UPLOADS = 4
 
     def __init__(
         self,
@@ -160,6 +165,13 @@ class FeaturesWriter:
         self._pending: list[Clip] = []
         self._rows: list[dict[str, Any]] = []
         self._videos: pq.ParquetWriter | None = None
+        self._uploads = BackgroundCalls(self.UPLOADS, self.UPLOADS)
+
+    def __enter__(self) -> FeaturesWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._uploads.stop()
 
     def add_video(self, video_id: str, duration: float, frames: int, clips: list[Clip]) -> None:
         self._rows.append({"video_id": video_id, "duration": duration, "frames": frames, "clips": len(clips)})
@@ -186,7 +198,7 @@ class FeaturesWriter:
 
     def _flush(self) -> None:
         path = f"{SHARDS}/shard-{len(self.index['shards']):05d}.parquet"
-        self._put(path, parquet_bytes(clips_table(self._pending), READ_ROWS))
+        self._uploads.submit(partial(self._put, path, parquet_bytes(clips_table(self._pending), READ_ROWS)))
         self.index["shards"].append({"path": path, "clips": len(self._pending)})
         self._pending = []
 
@@ -195,6 +207,7 @@ class FeaturesWriter:
         inputs left out (`vlkd.data.skipped`), none when omitted."""
         if self._pending:
             self._flush()
+        self._uploads.close()
         self._write_rows()
         self._videos.close()
         self.put(VIDEOS, self.scratch / VIDEOS)

@@ -20,6 +20,8 @@ from vlkd.storage.base import ObjectInfo, Progress, check_key, folder_key
 
 # Parts above this size go up as S3 multipart uploads (boto3 then sends parts in parallel).
 MULTIPART_THRESHOLD = 64 << 20
+# Connections a client keeps open for the threads that share it.
+MAX_CONNECTIONS = 64
 # Where an S3 store checks, once, that its endpoint honours conditional writes (deleted right after).
 PROBE_PREFIX = ".vlkd/conditional-write-probe"
 
@@ -94,6 +96,9 @@ class S3Storage:
             retries={"total_max_attempts": attempts.S3_MAX_ATTEMPTS, "mode": "standard"},
             # A custom endpoint (MinIO, Ceph, a test server) rarely has wildcard DNS for virtual-hosted buckets.
             s3={"addressing_style": "path" if self._endpoint_url else "auto"},
+            # Threads share a client (a publish reads 32 videos ahead, `vlkd.overlap`): botocore's default pool of
+            # 10 connections would make the rest open a connection per request and drop it.
+            max_pool_connections=MAX_CONNECTIONS,
         )
         with _SESSION_LOCK:  # a boto3 session is not thread-safe, so clients are made one at a time
             return _session(self._region).client("s3", endpoint_url=self._endpoint_url, config=config)
