@@ -57,6 +57,17 @@ def paper_split(shards: int) -> tuple[SplitReader, SplitReader]:
     return split, dataclasses.replace(split, read=partial(_clip_groups, source=source, held=held, inside=False))
 
 
+def splits(split: SplitReader) -> dict[str, bytes]:
+    """The split as each training worker gets it (once, with the TorchTrainer's config): its shards as a
+    `ShardTable`, and as a tuple of `InputFile`s (before)."""
+    return {
+        "the split a worker gets, shards as InputFiles (before)": cloudpickle.dumps(
+            dataclasses.replace(split, shards=tuple(split.shards))
+        ),
+        "the split a worker gets, shards as a ShardTable (now)": cloudpickle.dumps(split),
+    }
+
+
 def loaded(shipped: bytes) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-c", WORKER], input=shipped, capture_output=True, check=True)
     return {"mb": len(shipped) / 1e6, **json.loads(done.stdout)}
@@ -74,7 +85,7 @@ def main() -> None:
     }
     print(f"{machine()}; {args.shards:,} shards")
     for _ in range(args.rounds):
-        for name, shipped in forms.items():
+        for name, shipped in {**forms, **splits(split)}.items():
             cost = loaded(shipped)
             print(
                 f"  {name}: {cost['mb']:.2f} MB; loads in {cost['task_s']:.4f} s a task "

@@ -355,3 +355,37 @@ def test_a_read_task_carries_no_listing_and_each_window_names_its_own_shards(how
             assert sorted(named) == sorted(every * split.passes), ref
         assert sum(splits["train"].groups) > 1, ref
     assert len(clip_datasets(howto[0], "features/howto", 600, 0, resources, BATCH, 256)[0]["train"].shards) > 1
+
+
+def test_a_splits_shards_are_held_as_arrays_and_read_back_as_listed():
+    """A split reaches every training worker pickled with all its shards (530k at HowTo100M's scale): as a
+    `ShardTable` its pickle holds no object per shard, and each shard reads back as it was listed."""
+    import pickle
+
+    from vlkd.data.row_groups import ShardTable
+    from vlkd.inputs import InputFile
+
+    files = [InputFile(f"shards/shard-{i:05d}-é.parquet", 6_000_000 + i * 7) for i in range(3_000)]
+    table = pickle.loads(pickle.dumps(ShardTable(files)))
+
+    assert list(table) == files and len(table) == 3_000
+    assert table[0] == files[0] and table[-1] == files[-1] and table[1234] == files[1234]
+    with pytest.raises(IndexError):
+        table[3_000]
+    assert held_by(pickle.dumps(table)) < held_by(pickle.dumps(tuple(files))) / 3
+    chosen = np.array([0, 7, 2_999, 7])
+    assert table.paths_and_sizes(chosen) == ([files[i].path for i in chosen], [files[i].size for i in chosen])
+    assert list(ShardTable([])) == []
+
+
+def held_by(pickled: bytes) -> int:
+    """Bytes Python allocates to load `pickled`, and still holds."""
+    import pickle
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        loaded = pickle.loads(pickled)
+        return tracemalloc.get_traced_memory()[0] if loaded is not None else 0
+    finally:
+        tracemalloc.stop()

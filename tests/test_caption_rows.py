@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from vlkd.data import text as textdata
 from vlkd.data.buckets import TOKENS, padded_length
 from vlkd.data.ingest import SplitReader
+from vlkd.data.row_groups import ShardTable
 from vlkd.data.synth_asr import howto_captions
 from vlkd.inputs import InputFile
 from vlkd.jobs.teacher import TeacherTask
@@ -108,7 +109,7 @@ def test_the_read_task_hands_on_tokenised_rows_and_the_frames_untouched(task, ca
     def read(shard: InputFile, groups: list[int]) -> list[pa.Table]:
         return [rows.slice(g * half, half) for g in groups]
 
-    split = SplitReader((InputFile("shard", 0),), (2,), half, read, Resources(), 4096, 0)
+    split = SplitReader(ShardTable([InputFile("shard", 0)]), (2,), half, read, Resources(), 4096, 0)
     (item,) = split.items(0)
     batch = {key: [value] for key, value in item.items()}  # a batch of one window, as Ray Data hands it on
     read = pa.concat_tables(split.reader(task.prepare_rows)(batch))

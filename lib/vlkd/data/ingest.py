@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from vlkd.data.order import pass_order, spread, windows
+from vlkd.data.row_groups import ShardTable
 from vlkd.inputs import InputFile
 from vlkd.specs import Resources
 
@@ -105,7 +106,7 @@ class SplitReader:
     order of its row groups, dealt to the training workers a window at a time, each window's rows spread out. Built
     on the driver and shipped to the workers, where `epoch` makes each worker's Ray Data dataset of its share."""
 
-    shards: tuple[InputFile, ...]
+    shards: ShardTable
     """as the artifact lists them: a read task finds a shard's footer by its size"""
     groups: tuple[int, ...]
     """row groups of each shard"""
@@ -162,8 +163,7 @@ class SplitReader:
         return Window(
             index,
             window,
-            [self.shards[s].path for s in named],
-            [self.shards[s].size for s in named],
+            *self.shards.paths_and_sizes(named),
             at.tolist(),
             local.tolist(),
             keep,

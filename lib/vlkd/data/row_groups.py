@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -80,10 +81,41 @@ def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def shard_files(source: InputSource, paths: Iterable[str]) -> tuple[InputFile, ...]:
+class ShardTable(Sequence[InputFile]):
+    """Shards by path and size, as listed, in one bytes object and two arrays instead of an object each. A split
+    names every shard of its artifact and reaches every training worker pickled: HowTo100M's 530k shards held
+    147 MB there as `InputFile`s and took 0.8 s to unpickle (`bench.read_task`)."""
+
+    def __init__(self, files: Iterable[InputFile]) -> None:
+        paths, sizes = [], []
+        for file in files:
+            paths.append(file.path.encode())
+            sizes.append(file.size)
+        self._paths = b"".join(paths)
+        self._ends = np.cumsum([len(path) for path in paths], dtype=np.int64)
+        self._sizes = np.array(sizes, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def paths_and_sizes(self, indices: np.ndarray) -> tuple[list[str], list[int]]:
+        """The paths and sizes of the shards at `indices`: what a window names (no `InputFile` made for each)."""
+        starts = np.where(indices > 0, self._ends[np.maximum(indices - 1, 0)], 0).tolist()
+        paths = [
+            self._paths[start:end].decode() for start, end in zip(starts, self._ends[indices].tolist(), strict=True)
+        ]
+        return paths, self._sizes[indices].tolist()
+
+    def __getitem__(self, index: int) -> InputFile:  # type: ignore[override]  # no slices: nothing takes one
+        index = range(len(self))[index]  # a negative index counts from the end; past the end is an IndexError
+        start = int(self._ends[index - 1]) if index else 0
+        return InputFile(self._paths[start : int(self._ends[index])].decode(), int(self._sizes[index]))
+
+
+def shard_files(source: InputSource, paths: Iterable[str]) -> ShardTable:
     """Parquet shards as `read_row_groups` takes them: path and size, as listed. Not their sha256, which a read of
     some row groups cannot check, and which a split of 530k shards would carry to every training worker (60 MB)."""
-    return tuple(InputFile(path, source.size(path)) for path in paths)
+    return ShardTable(InputFile(path, source.size(path)) for path in paths)
 
 
 def read_row_groups(source: InputSource, shard: InputFile, groups: Sequence[int], columns: list[str]) -> list[pa.Table]:
