@@ -53,7 +53,7 @@ def paper_split(shards: int) -> tuple[SplitReader, SplitReader]:
     source = InputSource(open_storage("file:///tmp"), "features/howto/v1/files", "features/howto:v1", None, known)
     held = frozenset(f"video-{i:08d}" for i in range(2000))
     read = partial(_clip_groups, source=source.unlisted(), held=held, inside=False)
-    split = SplitReader(shard_files(source, paths), (8,) * shards, 32, read, Resources(), 4096, 0)
+    split = SplitReader(shard_files(source, paths), (8,) * shards, 32, 256 * shards, read, Resources(), 4096, 0)
     return split, dataclasses.replace(split, read=partial(_clip_groups, source=source, held=held, inside=False))
 
 

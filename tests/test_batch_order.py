@@ -389,3 +389,31 @@ def held_by(pickled: bytes) -> int:
         return tracemalloc.get_traced_memory()[0] if loaded is not None else 0
     finally:
         tracemalloc.stop()
+
+
+def test_a_split_knows_the_rows_a_pass_reads_and_which_worker_would_get_no_whole_batch(howto, wiki):
+    """What the driver checks before any training worker starts (`SplitReader.short_share`): the rows it counts are
+    the rows a pass reads, held-out clips filtered out of the teacher's training split."""
+    from vlkd.data.clips import clip_datasets
+    from vlkd.data.corpus import corpus_datasets
+    from vlkd.specs import Resources
+
+    resources = Resources(num_workers=2)
+    clips, _ = clip_datasets(howto[0], "features/howto", 600, 0, resources, BATCH, 256)
+    corpus, _ = corpus_datasets(wiki[0], "corpus/wiki", resources, BATCH, 256, 0)
+    for split in [*clips.values(), *corpus.values()]:
+        read = split.reader()
+        items = split.items(0, 0, 1)
+        tables = [t for item in items for t in read({key: [value] for key, value in item.items()})]
+        assert sum(t.num_rows for t in tables) == split.rows * split.passes
+
+    train = clips["train"]
+    rows = train.rows
+    assert train.short_share(rows, 1) is None and train.short_share((rows + 1) // 2, 2) is None
+    assert train.short_share(rows + 1, 1) == (
+        f"the training split has {rows} rows, fewer than train.batch_size {rows + 1}: lower train.batch_size"
+    )
+    assert train.short_share(rows // 3 + 1, 3) == (
+        f"worker {rows % 3}'s shard has {rows // 3} rows, fewer than train.batch_size {rows // 3 + 1}: "
+        "lower resources.num_workers or train.batch_size"
+    )

@@ -109,7 +109,7 @@ def test_the_read_task_hands_on_tokenised_rows_and_the_frames_untouched(task, ca
     def read(shard: InputFile, groups: list[int]) -> list[pa.Table]:
         return [rows.slice(g * half, half) for g in groups]
 
-    split = SplitReader(ShardTable([InputFile("shard", 0)]), (2,), half, read, Resources(), 4096, 0)
+    split = SplitReader(ShardTable([InputFile("shard", 0)]), (2,), half, 2 * half, read, Resources(), 4096, 0)
     (item,) = split.items(0)
     batch = {key: [value] for key, value in item.items()}  # a batch of one window, as Ray Data hands it on
     read = pa.concat_tables(split.reader(task.prepare_rows)(batch))

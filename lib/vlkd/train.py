@@ -16,7 +16,7 @@ from typing import Any
 
 from vlkd.checkpoints import Checkpoints, RunPlace, load_final
 from vlkd.data.ingest import SplitReader
-from vlkd.errors import VlkdError
+from vlkd.errors import DataError, VlkdError
 from vlkd.joblog import WORKER_BANNER, say
 from vlkd.specs import OptimSpec, Resources, TrainSpec
 from vlkd.train_loop import Loop
@@ -52,6 +52,9 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
+    problem = splits["train"].short_share(train.batch_size, max(1, resources.num_workers))
+    if problem:  # before any worker starts: a worker would find it only after loading the model and its data
+        raise DataError(problem)
     local_mode = resources.num_workers == 0
     storage_path, filesystem = place.storage.pyarrow_location("checkpoints")
     per_worker = {"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}

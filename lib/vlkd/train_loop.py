@@ -23,7 +23,7 @@ from torch import nn
 
 from vlkd.checkpoints import STATE_FILE, Checkpoints, load_payload, rng_state, set_rng_state
 from vlkd.curves import LOGS, MetricsLog
-from vlkd.data.ingest import SplitReader, configure_ray_data
+from vlkd.data.ingest import SplitReader, configure_ray_data, short_share
 from vlkd.durations import clock
 from vlkd.errors import DataError, VlkdError
 from vlkd.flops import counted_flops, device_peak_tflops, trainable_parameters
@@ -190,9 +190,7 @@ class Loop:
             every: list[int] = [0] * self.world
             dist.all_gather_object(every, rows)
             fewest, rank = min((r, i) for i, r in enumerate(every))
-        whose = f"worker {rank}'s shard has" if self.world > 1 else "the training split has"
-        fix = "lower resources.num_workers or train.batch_size" if self.world > 1 else "lower train.batch_size"
-        return f"{whose} {fewest} rows, fewer than train.batch_size {self.train.batch_size}: {fix}"
+        return short_share(fewest, rank, self.world, self.train.batch_size)
 
     def _finished(self) -> bool:
         return self.state.step >= self.train.max_steps or self.state.stopped_early

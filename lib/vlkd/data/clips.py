@@ -195,17 +195,19 @@ def clip_datasets(
     info = features_info(source)
     validation = held_out(source, info, val_size, seed)
 
-    def split(shards: tuple[str, ...], clips: tuple[int, ...], inside: bool, passes: int) -> SplitReader:
+    def split(shards: tuple[str, ...], clips: tuple[int, ...], inside: bool, rows: int, passes: int) -> SplitReader:
         read = partial(_clip_groups, source=source.unlisted(), held=validation.videos, inside=inside)
         groups = tuple(-(-n // fmt.READ_ROWS) for n in clips)
-        return SplitReader(shard_files(source, shards), groups, fmt.READ_ROWS, read, resources, window, seed, passes)
+        files = shard_files(source, shards)
+        return SplitReader(files, groups, fmt.READ_ROWS, rows, read, resources, window, seed, passes)
 
-    passes = passes_for(sum(info.shard_clips) - validation.clips, batch_size, resources)
+    train_clips = sum(info.shard_clips) - validation.clips
+    passes = passes_for(train_clips, batch_size, resources)
     shard_clips = dict(zip(info.shards, info.shard_clips, strict=True))
     held_clips = tuple(shard_clips[s] for s in validation.shards)
     datasets = {
-        "train": split(info.shards, info.shard_clips, False, passes),
-        "validation": split(validation.shards, held_clips, True, 1),
+        "train": split(info.shards, info.shard_clips, False, train_clips, passes),
+        "validation": split(validation.shards, held_clips, True, validation.clips, 1),
     }
     return datasets, info
 

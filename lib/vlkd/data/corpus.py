@@ -70,6 +70,7 @@ def corpus_datasets(
             shard_files(source, paths),
             tuple(-(-n // info.group_rows) for n in info.sequences[split]),
             info.group_rows,
+            sum(info.sequences[split]),
             read,
             resources,
             window,

@@ -112,6 +112,8 @@ class SplitReader:
     """row groups of each shard"""
     group_rows: int
     """rows a row group holds (a shard's last may hold fewer)"""
+    rows: int
+    """rows a pass reads, after the row-group reader's filter"""
     read: GroupReader
     resources: Resources
     window: int
@@ -127,6 +129,14 @@ class SplitReader:
     @property
     def empty(self) -> bool:
         return not sum(self.groups)
+
+    def short_share(self, batch_size: int, world: int) -> str | None:
+        """Why a worker of `world` would get no whole batch of a pass, or None. Exact while workers share windows
+        (`items`: worker r keeps rows r, r + world, ...); with whole windows dealt, a worker's share can fall short
+        of the mean, which training then reports (`vlkd.train_loop`). Checked on the driver, before any worker
+        starts."""
+        fewest, rank = min(((self.rows - r + world - 1) // world, r) for r in range(world))
+        return short_share(fewest, rank, world, batch_size) if fewest < batch_size else None
 
     def epoch(self, epoch: int, rank: int = 0, world: int = 1, prepare: RowsPreparer | None = None) -> Any:
         """Worker `rank`'s Ray Data dataset for `epoch` (`items`), read by at most `resources.read_tasks` tasks at
@@ -212,6 +222,13 @@ class Window:
         rows = pa.concat_tables(parts).combine_chunks()
         for start in range(0, len(order), WINDOW_SLICE):
             yield rows.take(order[start : start + WINDOW_SLICE])
+
+
+def short_share(rows: int, rank: int, world: int, batch_size: int) -> str:
+    """The error for worker `rank`'s share of `rows`, fewer than a batch: every worker stops when one has none."""
+    whose = f"worker {rank}'s shard has" if world > 1 else "the training split has"
+    fix = "lower resources.num_workers or train.batch_size" if world > 1 else "lower train.batch_size"
+    return f"{whose} {rows} rows, fewer than train.batch_size {batch_size}: {fix}"
 
 
 def _read_windows(batch: dict[str, Any], read: GroupReader, seed: int, prepare: RowsPreparer | None) -> Iterator[Any]:
